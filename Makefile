@@ -1,0 +1,43 @@
+# chatworkspace-operator: the commands a developer and CI use.
+# `make test` builds everything it needs from scratch (the Kubernetes test bed
+# from its Go modules, then the Rust workspace) and runs every test.
+
+CARGO ?= cargo
+
+.PHONY: all tools build test crds check-crds lint fmt demo clean-tools
+
+all: build
+
+## tools: build kube-apiserver, kubectl, etcd and helm into .tools/bin (pinned in tools/versions.env)
+tools:
+	@bash tools/build.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	$(CARGO) run --quiet --bin chatworkspace-operator -- crd > crds/chat.coder.com_chatworkspaces.yaml
+
+## check-crds: fail when crds/ differs from what the code generates
+check-crds:
+	@$(CARGO) run --quiet --bin chatworkspace-operator -- crd | diff -u crds/chat.coder.com_chatworkspaces.yaml - \
+		|| { echo "crds/ is out of date: run 'make crds' and commit the result" >&2; exit 1; }
+
+## test: every test, against the real control plane and the Coder simulator
+test: tools
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## demo: a local control plane, the simulator and the operator, showing a lifecycle and a recovery
+demo: tools
+	@bash hack/demo.sh
+
+clean-tools:
+	rm -rf .tools
