@@ -1,0 +1,20 @@
+//! The Coder side: a client that speaks exactly the REST API of
+//! `coder-api.md`, its wire types, and the rule that picks a chat's agent.
+
+mod chat_agent;
+mod client;
+mod error;
+mod token;
+mod types;
+
+pub use chat_agent::{CHAT_AGENT_SUFFIX, chat_agent};
+pub use client::{CoderClient, ProbeOutcome, RequestObserver};
+pub use error::{CoderError, FieldError};
+pub use token::{SessionToken, TokenError};
+pub use types::{
+    AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, CreateWorkspaceBuildRequest, CreateWorkspaceRequest,
+    ListeningPort, ListeningPorts, Organization, ParameterOption, ParameterValue, Preset, PresetParameter,
+    ProvisionerJob, ProvisionerJobStatus, Template, TemplateVersion, TemplateVersionParameter, User, Workspace,
+    WorkspaceAgent, WorkspaceBuild, WorkspaceHealth, WorkspaceResource, WorkspaceStatus, WorkspaceTransition,
+    WorkspacesResponse,
+};
