@@ -1,1 +1,272 @@
+//! A simulator of the parts of Coder's REST API that chatworkspace-operator
+//! uses (see `coder-api.md`): same paths, same JSON keys, builds that
+//! progress over time, agents that heartbeat, die, respawn or never connect,
+//! a reachability probe that refuses or hangs like coderd's, and injected
+//! faults. It runs in-process for tests ([`Simulator::start`]) or as the
+//! `coder-sim` binary for demos.
+//!
+//! Time-dependent state is computed from timestamps at read time, as coderd
+//! does, so there are no background tasks and reads are cheap.
 
+mod api;
+mod control;
+mod error;
+mod faults;
+mod model;
+mod requests;
+pub mod seed;
+mod server;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use faults::{Fault, FaultKind};
+pub use model::BuildRecord;
+pub use requests::RequestRecord;
+pub use seed::Seed;
+
+use crate::model::Deployment;
+use crate::server::Shared;
+
+/// How fast simulated things happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// A job waits this long for a provisioner.
+    pub job_pending: Duration,
+    /// A job runs this long before it succeeds or fails.
+    pub job_running: Duration,
+    /// After a start build succeeds, its agents connect after this delay.
+    pub agent_connect_delay: Duration,
+    /// An agent's lifecycle goes from `starting` to `ready` after this long.
+    pub agent_startup: Duration,
+    /// A live agent heartbeats this often.
+    pub heartbeat_interval: Duration,
+    /// coderd marks an agent disconnected after this long without a heartbeat.
+    pub inactive_timeout: Duration,
+    /// An agent that has not connected this long after creation is `timeout`.
+    pub connection_timeout_seconds: i32,
+    /// How long `listening-ports` dials a dead or cut-off agent before 500.
+    pub dial_limit: Duration,
+}
+
+impl Default for Timings {
+    /// coderd's own values, and build times of a small template.
+    fn default() -> Self {
+        Self {
+            job_pending: Duration::from_secs(1),
+            job_running: Duration::from_secs(5),
+            agent_connect_delay: Duration::from_secs(2),
+            agent_startup: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(15),
+            inactive_timeout: Duration::from_secs(30),
+            connection_timeout_seconds: 120,
+            dial_limit: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timings {
+    /// The same sequence of events, compressed for tests.
+    pub fn fast() -> Self {
+        Self {
+            job_pending: Duration::from_millis(100),
+            job_running: Duration::from_millis(400),
+            agent_connect_delay: Duration::from_millis(200),
+            agent_startup: Duration::from_millis(200),
+            heartbeat_interval: Duration::from_millis(250),
+            inactive_timeout: Duration::from_secs(1),
+            connection_timeout_seconds: 3,
+            dial_limit: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The one valid session token.
+    pub token: String,
+    pub seed: Seed,
+    pub timings: Timings,
+}
+
+impl SimConfig {
+    /// The default seed and real-world timings.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self { token: token.into(), seed: Seed::default(), timings: Timings::default() }
+    }
+
+    /// The default seed, fast timings and the token `sim-token`.
+    pub fn fast() -> Self {
+        Self { token: "sim-token".to_owned(), seed: Seed::default(), timings: Timings::fast() }
+    }
+}
+
+/// A running simulator. Clones share it; dropping the last clone (or calling
+/// [`Simulator::shutdown`]) stops the server.
+#[derive(Clone)]
+pub struct Simulator {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Simulator {
+    /// Starts a simulator on a free loopback port.
+    pub async fn start(config: SimConfig) -> anyhow::Result<Simulator> {
+        Self::bind(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub async fn bind(config: SimConfig, addr: SocketAddr) -> anyhow::Result<Simulator> {
+        let deployment = Deployment::from_seed(&config.seed, config.token, config.timings, Timestamp::now())
+            .context("loading the seed")?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared::new(deployment, stopping.clone()));
+        let server = tokio::spawn(server::serve(listener, Arc::clone(&shared), stopping));
+        tracing::info!(url = %format!("http://{addr}"), "coder-sim listening");
+        Ok(Simulator { handle: Arc::new(Handle { shared, addr, stop, server: Mutex::new(Some(server)) }) })
+    }
+
+    /// Stops the server and waits for it; requests still hanging end at once.
+    pub async fn shutdown(&self) {
+        self.handle.stop.send_replace(true);
+        let server = self.handle.server.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.handle.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    /// The currently valid session token.
+    pub fn token(&self) -> String {
+        self.handle.shared.lock().token.clone()
+    }
+
+    /// Rotates the valid token: the old one gets 401 from now on.
+    pub fn set_token(&self, token: &str) {
+        self.handle.shared.lock().token = token.to_owned();
+    }
+
+    /// The id of a (not deleted) workspace by owner username and name.
+    pub fn workspace_id(&self, owner: &str, name: &str) -> Option<Uuid> {
+        self.handle.shared.workspace_id(owner, name)
+    }
+
+    /// The agent processes of the workspace's latest start build die:
+    /// heartbeats stop; coderd still says `connected` (and the probe hangs)
+    /// until the inactive timeout, then `disconnected` (and the probe is refused).
+    pub fn kill_agent(&self, workspace: Uuid) {
+        self.handle.shared.kill_agent(workspace);
+    }
+
+    /// The killed agent processes respawn with the same ids and reconnect.
+    pub fn revive_agent(&self, workspace: Uuid) {
+        self.handle.shared.revive_agent(workspace);
+    }
+
+    /// Heartbeats keep arriving but dials to the workspace's agents fail, so
+    /// the probe hangs until the dial limit, then answers 500.
+    pub fn partition_probe(&self, workspace: Uuid, partitioned: bool) {
+        self.handle.shared.partition_probe(workspace, partitioned);
+    }
+
+    /// The agents of the next start build (of this workspace, or of any when
+    /// `None`) never connect: `connecting`, then `timeout`.
+    pub fn never_connect_next_start(&self, workspace: Option<Uuid>) {
+        self.handle.shared.lock().never_connect_next_start(workspace);
+    }
+
+    /// The next build (of this workspace or any; of this transition or any)
+    /// fails when its job completes.
+    ///
+    /// # Panics
+    /// If `transition` is not `start`, `stop` or `delete`.
+    pub fn fail_next_build(&self, workspace: Option<Uuid>, transition: Option<&str>) {
+        let transition =
+            transition.map(|t| model::Transition::parse(t).unwrap_or_else(|| panic!("unknown transition {t:?}")));
+        self.handle.shared.fail_next_build(workspace, transition, None, None);
+    }
+
+    /// Like [`Simulator::fail_next_build`], with the job's `error` and
+    /// `error_code` chosen by the caller.
+    pub fn fail_next_build_with(
+        &self,
+        workspace: Option<Uuid>,
+        transition: Option<&str>,
+        error: &str,
+        error_code: Option<&str>,
+    ) {
+        let transition =
+            transition.map(|t| model::Transition::parse(t).unwrap_or_else(|| panic!("unknown transition {t:?}")));
+        self.handle.shared.fail_next_build(
+            workspace,
+            transition,
+            Some(error.to_owned()),
+            error_code.map(str::to_owned),
+        );
+    }
+
+    /// Adds a fault; returns its id.
+    pub fn inject_fault(&self, fault: Fault) -> u64 {
+        self.handle.shared.lock().faults.add(fault)
+    }
+
+    /// Removes every fault and releases requests hanging on one.
+    pub fn clear_faults(&self) {
+        self.handle.shared.clear_faults();
+    }
+
+    /// Every `/api` request so far, oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.handle.shared.lock().requests.snapshot()
+    }
+
+    pub fn clear_requests(&self) {
+        self.handle.shared.lock().requests.clear();
+    }
+
+    /// Every build ever requested of the workspace, oldest first.
+    pub fn builds(&self, workspace: Uuid) -> Vec<BuildRecord> {
+        self.handle.shared.lock().build_records(workspace)
+    }
+
+    /// Creates a workspace from the template's active version, as if someone
+    /// else had (for adoption tests); it gets a start build like any create.
+    ///
+    /// # Panics
+    /// If the owner or template does not exist, or the name is taken.
+    pub fn create_workspace(&self, owner: &str, name: &str, template: &str) -> Uuid {
+        self.handle
+            .shared
+            .create_workspace(owner, name, template)
+            .unwrap_or_else(|err| panic!("creating workspace {owner}/{name}: {err}"))
+    }
+}

@@ -1,0 +1,193 @@
+//! The HTTP server: routing, the gate every `/api` request passes (injected
+//! faults, then the request log) and shutdown.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use jiff::Timestamp;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::faults::FaultKind;
+use crate::model::Deployment;
+use crate::requests::{CLIENT_CLOSED, RequestRecord};
+use crate::{api, control};
+
+/// Requests bodies are small JSON documents.
+const MAX_BODY: usize = 1 << 20;
+/// A hanging fault gives up after this long, so nothing hangs forever.
+const HANG_LIMIT: Duration = Duration::from_secs(120);
+
+/// State shared by the server's handlers and the [`crate::Simulator`] handle.
+pub struct Shared {
+    deployment: Mutex<Deployment>,
+    stopping: watch::Receiver<bool>,
+    /// Bumped when faults are cleared, to release hanging requests.
+    fault_clears: watch::Sender<u64>,
+}
+
+/// How a hanging request ended.
+pub enum Wait {
+    Released,
+    TimedOut,
+    Stopping,
+}
+
+impl Shared {
+    pub fn new(deployment: Deployment, stopping: watch::Receiver<bool>) -> Self {
+        Self { deployment: Mutex::new(deployment), stopping, fault_clears: watch::Sender::new(0) }
+    }
+
+    /// The deployment; never hold the guard across an await.
+    pub fn lock(&self) -> MutexGuard<'_, Deployment> {
+        // A handler that panicked leaves consistent data behind (every
+        // mutation is a single step), so a poisoned lock is still usable.
+        self.deployment.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+        self.fault_clears.send_modify(|generation| *generation += 1);
+    }
+
+    /// Resolves when the simulator shuts down.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        // An error means the handle is gone, which also means stop.
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
+
+    /// Waits as a hanging fault does.
+    async fn hang(&self) -> Wait {
+        let mut clears = self.fault_clears.subscribe();
+        tokio::select! {
+            _ = clears.changed() => Wait::Released,
+            () = self.stopped() => Wait::Stopping,
+            () = tokio::time::sleep(HANG_LIMIT) => Wait::TimedOut,
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopping: watch::Receiver<bool>) {
+    let app = router(shared);
+    let shutdown = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::error!(%err, "coder-sim server failed");
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let coder = Router::new()
+        .nest("/api/v2", api::routes(Arc::clone(&shared)))
+        .route("/api/{*rest}", any(route_not_found))
+        .layer(from_fn_with_state(Arc::clone(&shared), gate));
+    coder.nest("/sim", control::routes()).with_state(shared)
+}
+
+pub async fn route_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Route not found.")
+}
+
+/// Applies injected faults, then records the request with the status served.
+async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let (parts, body) = request.into_parts();
+    let mut record = Pending {
+        shared: Arc::clone(&shared),
+        started: Instant::now(),
+        record: Some(RequestRecord {
+            method: method.to_string(),
+            path: path.clone(),
+            query,
+            status: CLIENT_CLOSED,
+            at: Timestamp::now(),
+            body: None,
+        }),
+    };
+    let bytes = match to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            let response =
+                ApiError::bad_request("Request body too large or unreadable.").detail(err.to_string()).into_response();
+            record.finish(response.status());
+            return response;
+        }
+    };
+    if [Method::POST, Method::PUT, Method::PATCH].contains(&method)
+        && let Some(record) = &mut record.record
+    {
+        record.body = serde_json::from_slice(&bytes).ok();
+    }
+    let request = Request::from_parts(parts, Body::from(bytes));
+
+    let fault = shared.lock().faults.take(method.as_str(), &path);
+    let response = match fault {
+        None => next.run(request).await,
+        Some(FaultKind::Status(code)) => injected_status(code),
+        Some(FaultKind::Latency(delay)) => {
+            tokio::time::sleep(delay).await;
+            next.run(request).await
+        }
+        Some(FaultKind::Hang) => match shared.hang().await {
+            Wait::Released => next.run(request).await,
+            Wait::TimedOut => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Injected hang timed out.").into_response(),
+            Wait::Stopping => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The simulator is shutting down.").into_response()
+            }
+        },
+    };
+    record.finish(response.status());
+    response
+}
+
+fn injected_status(code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    ApiError::new(status, format!("Injected fault: HTTP {}.", status.as_u16()))
+        .detail("The simulator answers matching requests with this status until the fault is cleared or used up.")
+        .into_response()
+}
+
+/// A request not yet answered: recorded when answered, or as 499 when the
+/// client goes away first (the handler future is dropped).
+struct Pending {
+    shared: Arc<Shared>,
+    started: Instant,
+    record: Option<RequestRecord>,
+}
+
+impl Pending {
+    fn finish(&mut self, status: StatusCode) {
+        if let Some(record) = &mut self.record {
+            record.status = status.as_u16();
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        // Only method, path and status: never headers, which carry the token.
+        tracing::info!(
+            method = %record.method,
+            path = %record.path,
+            status = record.status,
+            elapsed_ms = self.started.elapsed().as_millis(),
+            "request"
+        );
+        self.shared.lock().requests.push(record);
+    }
+}
