@@ -1,1 +1,24 @@
+//! chatworkspace-operator: keeps Coder workspaces used by AI chats in the
+//! state people and agents ask for, and recovers them when their agent dies.
+//!
+//! - [`crd`]: the `ChatWorkspace` resource.
+//! - [`decision`]: the pure core (spec + observation + previous status + now
+//!   → one action + new status), with [`conditions`] and [`claims`].
+//! - [`coder`]: the Coder REST client; [`credentials`] and [`templates`]
+//!   resolve what a resource talks to and creates from.
+//! - [`controller`]: the kube-runtime reconciler, a thin shell of I/O.
+//! - [`admin`], [`metrics`], [`telemetry`]: health, metrics and logs.
 
+pub mod admin;
+pub mod claims;
+pub mod coder;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod credentials;
+pub mod decision;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod telemetry;
+pub mod templates;

@@ -1,1 +1,314 @@
-fn main() {}
+//! `chatworkspace-operator run` runs the controller; `chatworkspace-operator
+//! crd` prints the CustomResourceDefinition that `crds/` holds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+use tokio::sync::watch;
+
+use chatworkspace_operator::admin::{self, Readiness};
+use chatworkspace_operator::coder::SessionToken;
+use chatworkspace_operator::controller::{self, Context, Settings};
+use chatworkspace_operator::crd::{ChatWorkspace, parse_duration};
+use chatworkspace_operator::credentials::Credentials;
+use chatworkspace_operator::decision::Requeue;
+use chatworkspace_operator::leader::{self, LeaseSettings, Role};
+use chatworkspace_operator::metrics::Metrics;
+use chatworkspace_operator::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(version, about = "Keeps Coder workspaces used by AI chats in their desired state, and recovers dead agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the ChatWorkspace CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the controller (kubeconfig or in-cluster configuration).
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Default Coder deployment URL, used by resources without spec.credentialsRef.
+    #[arg(long, env = "CODER_URL")]
+    coder_url: Option<String>,
+    /// File holding the default Coder session token (e.g. a mounted Secret).
+    /// The token may also come from the CODER_SESSION_TOKEN environment variable.
+    #[arg(long, env = "CODER_TOKEN_FILE")]
+    coder_token_file: Option<PathBuf>,
+    /// Watch only these namespaces (repeat or comma-separate); default: all.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Resources reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Timeout of one Coder API request.
+    #[arg(long, env = "CODER_REQUEST_TIMEOUT", default_value = "15s", value_parser = duration)]
+    coder_request_timeout: Duration,
+    /// How often a settled resource is looked at again.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    resync_interval: Duration,
+    /// How often a resource with a build or agent start under way is looked at.
+    #[arg(long, env = "ACTIVE_INTERVAL", default_value = "2s", value_parser = duration)]
+    active_interval: Duration,
+    /// How long template and preset reads are reused.
+    #[arg(long, env = "TEMPLATE_CACHE_TTL", default_value = "5m", value_parser = duration)]
+    template_cache_ttl: Duration,
+    /// Name of this replica in Events and leases; default: the host name
+    /// (with a random suffix in the lease, where it must be unique).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Reconcile only while holding a coordination.k8s.io Lease, so that of
+    /// several replicas exactly one acts; the others stand by, ready.
+    #[arg(long, env = "LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "chatworkspace-operator")]
+    lease_name: String,
+    /// Namespace of the Lease; default: the operator's own (in a pod) or the
+    /// kubeconfig's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a Lease that stopped being renewed still belongs to its holder;
+    /// a killed leader is replaced after about this long.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    lease_duration: Duration,
+    /// How long a leader keeps acting while it cannot renew; shorter than the
+    /// lease duration, so it stops before a standby may start.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    lease_renew_deadline: Duration,
+    /// How often the leader renews and a standby tries to take over.
+    #[arg(long, env = "LEASE_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    lease_retry_period: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", serde_yaml::to_string(&ChatWorkspace::crd())?);
+            Ok(())
+        }
+        Command::Run(args) => run(*args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let token = match (&args.coder_token_file, std::env::var("CODER_SESSION_TOKEN").ok()) {
+        (Some(path), _) => Some(SessionToken::from_file(path).context("reading --coder-token-file")?),
+        (None, Some(token)) => Some(SessionToken::new(&token).context("CODER_SESSION_TOKEN")?),
+        (None, None) => None,
+    };
+    let default = match (args.coder_url.clone(), token) {
+        (Some(url), Some(token)) => Some((url, token)),
+        (None, None) => {
+            tracing::warn!("no default Coder credentials: only resources with spec.credentialsRef can be served");
+            None
+        }
+        (Some(_), None) => anyhow::bail!("--coder-url needs a token: --coder-token-file or CODER_SESSION_TOKEN"),
+        (None, Some(_)) => anyhow::bail!("a Coder token was given without --coder-url"),
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    let credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()))?;
+    let kube = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let election = args.leader_election.then(|| lease_settings(&args, &kube)).transpose()?;
+    let identity = args.identity.clone().unwrap_or_else(hostname);
+    let settings = Settings {
+        requeue: Requeue {
+            active: args.active_interval,
+            agent: args.active_interval,
+            stable: args.resync_interval,
+            ..Requeue::default()
+        },
+        concurrency: args.concurrency,
+        namespaces: args.namespaces.clone(),
+        template_ttl: args.template_cache_ttl,
+        instance: identity,
+    };
+    let context = Arc::new(Context::new(kube, credentials, metrics.clone(), settings));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let signalled = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing reconciles in flight");
+        signalled.send_replace(true);
+    });
+
+    let admin = tokio::spawn(admin::serve(args.admin_addr, metrics.clone(), readiness.clone(), stopped()));
+    let outcome = match election {
+        Some(lease) => run_elected(context, readiness, metrics.clone(), lease, &stopped).await,
+        None => {
+            metrics.leader.set(1);
+            controller::run(context, readiness, stopped()).await;
+            Ok(())
+        }
+    };
+    metrics.leader.set(0);
+    // The admin server goes with the work, also when the lease was lost.
+    stop_tx.send_replace(true);
+    admin.await??;
+    outcome?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn lease_settings(args: &RunArgs, kube: &kube::Client) -> anyhow::Result<LeaseSettings> {
+    let settings = LeaseSettings {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone().unwrap_or_else(|| kube.default_namespace().to_owned()),
+        identity: args.identity.clone().unwrap_or_else(|| leader::unique_identity(&hostname())),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.lease_renew_deadline,
+        retry_period: args.lease_retry_period,
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Why a leader stops reconciling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Halt {
+    Shutdown,
+    LostLease,
+}
+
+/// Stands by until this replica holds the Lease, reconciles while it does,
+/// and releases it on shutdown. Losing the Lease ends the process with an
+/// error, as client-go's controllers do: the restarted container joins the
+/// election again as a standby, with nothing cached from its time as leader.
+async fn run_elected<F>(
+    context: Arc<Context>,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    lease: LeaseSettings,
+    stopped: &impl Fn() -> F,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    // After losing the Lease, the reconciles in flight get until another
+    // replica may take over; then they are dropped.
+    let grace = lease.lease_duration.saturating_sub(lease.renew_deadline);
+    let leadership = leader::spawn(context.kube.clone(), lease);
+    let mut role = leadership.role();
+    let leading = tokio::select! {
+        () = stopped() => false,
+        result = stand_by(&mut role, &readiness) => {
+            result?;
+            true
+        }
+    };
+
+    let mut halt = None;
+    if leading {
+        metrics.leader.set(1);
+        // Ready again once the controller's caches have synced.
+        readiness.set(false);
+        let (halt_tx, halted) = watch::channel(None);
+        let watcher = tokio::spawn({
+            let stop = stopped();
+            async move {
+                let reason = tokio::select! {
+                    () = stop => Halt::Shutdown,
+                    _ = role.wait_for(|role| *role != Role::Leader) => Halt::LostLease,
+                };
+                halt_tx.send_replace(Some(reason));
+            }
+        });
+        let until = |wanted: fn(&Option<Halt>) -> bool| {
+            let mut halted = halted.clone();
+            async move {
+                let _ = halted.wait_for(wanted).await;
+            }
+        };
+        let abandoned = until(|halt| *halt == Some(Halt::LostLease));
+        tokio::select! {
+            () = controller::run(context, readiness, until(Option::is_some)) => {}
+            () = async { abandoned.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("dropping the reconciles still in flight: another replica may be leading by now");
+            }
+        }
+        watcher.abort();
+        halt = *halted.borrow();
+        metrics.leader.set(0);
+    }
+
+    match tokio::time::timeout(RELEASE_TIMEOUT, leadership.release()).await {
+        Ok(Ok(true)) => tracing::info!("released the leader lease"),
+        Ok(Ok(false)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot release the leader lease; it expires on its own"),
+        Err(_) => tracing::warn!("releasing the leader lease timed out; it expires on its own"),
+    }
+    if halt == Some(Halt::LostLease) {
+        anyhow::bail!("lost the leader lease; exiting so that a restart joins the election as a standby");
+    }
+    Ok(())
+}
+
+/// How long shutdown waits for the Lease to be released.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until this replica leads. A standby is ready as soon as the
+/// election has answered: it serves health and metrics, and is the replica
+/// that takes over.
+async fn stand_by(role: &mut watch::Receiver<Role>, readiness: &Readiness) -> anyhow::Result<()> {
+    loop {
+        let current = role.borrow_and_update().clone();
+        match current {
+            Role::Leader => return Ok(()),
+            Role::Standby { .. } => readiness.set(true),
+            Role::Unknown => {}
+        }
+        role.changed().await.context("the leader election stopped")?;
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "chatworkspace-operator".into())
+}

@@ -1,0 +1,475 @@
+//! The `ChatWorkspace` custom resource: the desired state of one Coder
+//! workspace, how to create it, and what the operator observed of it.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Finalizer that lets the operator apply `deletionPolicy` before the
+/// resource disappears.
+pub const FINALIZER: &str = "chat.coder.com/workspace";
+
+/// Field manager for everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "chatworkspace-operator";
+
+/// A Coder workspace used by an AI chat, kept in the state its users ask for.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "chat.coder.com",
+    version = "v1alpha1",
+    kind = "ChatWorkspace",
+    namespaced,
+    shortname = "cws",
+    status = "ChatWorkspaceStatus",
+    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".spec.desiredState"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agent.status"}"#,
+    printcolumn = r#"{"name":"Workspace","type":"string","priority":1,"jsonPath":".status.workspace.name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = Rule::new("has(self.preset) == has(oldSelf.preset)").message("spec.preset is a creation-time choice and cannot be added or removed; create a new ChatWorkspace instead"),
+    validation = Rule::new("has(self.owner) == has(oldSelf.owner) && (!has(self.owner) || self.owner == oldSelf.owner)").message("spec.owner is immutable"),
+    validation = Rule::new("has(self.workspaceName) == has(oldSelf.workspaceName) && (!has(self.workspaceName) || self.workspaceName == oldSelf.workspaceName)").message("spec.workspaceName is immutable"),
+    validation = Rule::new("has(self.organization) == has(oldSelf.organization) && (!has(self.organization) || self.organization == oldSelf.organization)").message("spec.organization is immutable"),
+    validation = Rule::new("self.parameters == oldSelf.parameters").message("spec.parameters are creation-time values and cannot change; create a new ChatWorkspace instead")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatWorkspaceSpec {
+    /// The state to keep the workspace in. AI agents patch this field.
+    #[serde(default)]
+    pub desired_state: DesiredState,
+
+    /// Coder user that owns the workspace; default: the token's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.owner must not be empty"))]
+    pub owner: Option<String>,
+
+    /// Coder organization of the template, by name or id; default: `coder`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+
+    /// Name of the Coder workspace; default: `metadata.name`. An existing
+    /// workspace of that name and owner is adopted, not duplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9](-?[a-zA-Z0-9])*$"), length(max = 32))]
+    pub workspace_name: Option<String>,
+
+    /// The template to create the workspace from (creation time only).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.template is a creation-time choice and cannot change; create a new ChatWorkspace instead"))]
+    pub template: TemplateRef,
+
+    /// A preset of the template version, applied when the workspace is
+    /// created (never on start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.preset is a creation-time choice and cannot change; create a new ChatWorkspace instead"))]
+    pub preset: Option<PresetRef>,
+
+    /// Rich parameter values used when the workspace is created; each name
+    /// at most once (a list keyed by name, so the API server rejects repeats).
+    #[serde(default)]
+    #[schemars(length(max = 64), schema_with = "parameters_schema")]
+    pub parameters: Vec<Parameter>,
+
+    /// The agent whose health counts; default: Coder's chat-agent rule
+    /// (root agents; a single `*-coderd-chat` agent wins, else the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+
+    /// Automatic stop-then-start recovery of a workspace whose agent died.
+    #[serde(default)]
+    pub recovery: RecoverySpec,
+
+    /// What deleting this resource does to the workspace.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// A Secret in this namespace with keys `url` and `token`; default: the
+    /// operator's own Coder credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<SecretRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DesiredState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Stop the workspace, keep it in Coder.
+    #[default]
+    Stop,
+    /// Delete the workspace in Coder.
+    Delete,
+    /// Leave the workspace as it is.
+    Orphan,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.id)").message("set exactly one of template.name and template.id"))]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Build this template version at creation instead of the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.id)").message("set exactly one of preset.name and preset.id"))]
+pub struct PresetRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Parameter {
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    pub name: String,
+}
+
+/// Go-style duration strings such as `90s`, `1m30s` or `1h`.
+const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverySpec {
+    #[serde(default)]
+    pub mode: RecoveryMode,
+    /// How long the agent must stay disconnected before a stop/start.
+    #[serde(default = "default_disconnected_threshold")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub disconnected_threshold: String,
+    /// How long the reachability probe through coderd may take.
+    #[serde(default = "default_probe_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub probe_timeout: String,
+    /// Automatic recoveries allowed per `window`.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: u32,
+    #[serde(default = "default_window")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub window: String,
+}
+
+fn default_disconnected_threshold() -> String {
+    "90s".into()
+}
+fn default_probe_timeout() -> String {
+    "30s".into()
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_window() -> String {
+    "1h".into()
+}
+
+impl Default for RecoverySpec {
+    fn default() -> Self {
+        Self {
+            mode: RecoveryMode::default(),
+            disconnected_threshold: default_disconnected_threshold(),
+            probe_timeout: default_probe_timeout(),
+            max_attempts: default_max_attempts(),
+            window: default_window(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RecoveryMode {
+    /// Stop and start the workspace when its agent is dead.
+    #[default]
+    Automatic,
+    /// Observe and report only; never build.
+    Disabled,
+}
+
+/// Recovery settings with their durations parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryPolicy {
+    pub automatic: bool,
+    pub disconnected_threshold: Duration,
+    pub probe_timeout: Duration,
+    pub max_attempts: u32,
+    pub window: Duration,
+}
+
+impl RecoverySpec {
+    /// The schema's pattern admits only valid durations, so a parse error
+    /// here means the object bypassed validation; it is reported, not
+    /// guessed around.
+    pub fn policy(&self) -> Result<RecoveryPolicy, String> {
+        let field = |name: &str, value: &str| {
+            parse_duration(value)
+                .ok_or_else(|| format!("spec.recovery.{name}: {value:?} is not a duration like 90s, 1m30s or 1h"))
+        };
+        Ok(RecoveryPolicy {
+            automatic: self.mode == RecoveryMode::Automatic,
+            disconnected_threshold: field("disconnectedThreshold", &self.disconnected_threshold)?,
+            probe_timeout: field("probeTimeout", &self.probe_timeout)?,
+            max_attempts: self.max_attempts,
+            window: field("window", &self.window)?,
+        })
+    }
+}
+
+/// Parses `DURATION_PATTERN` durations (`90s`, `1m30s`, `500ms`, `1h`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(number).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// What the operator observed and concluded. Decisions are made from fresh
+/// Coder reads and the conditions; `phase` is a human summary only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatWorkspaceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_build: Option<BuildStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
+    /// The last build this operator requested, so that a failed start is
+    /// retried once per spec change rather than in a loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build_request: Option<BuildRequestStatus>,
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+fn parameters_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Parameter>>();
+    schema.insert("maxItems".into(), 64.into());
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["name"]));
+    schema
+}
+
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Creating,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Recovering,
+    Deleting,
+    Failed,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStatus {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_version_id: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatus {
+    pub id: String,
+    pub number: i32,
+    pub transition: String,
+    pub status: String,
+    pub job_status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub lifecycle_state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_connected_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connected_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<Time>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateStatus {
+    pub id: String,
+    pub name: String,
+    pub active_version_id: String,
+    pub require_active_version: bool,
+    #[serde(default)]
+    pub deprecated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecation_message: Option<String>,
+    /// The template version the presets belong to: the one a create builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default)]
+    pub presets: Vec<PresetStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresetStatus {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    #[serde(default)]
+    pub parameters: Vec<Parameter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_prebuild_instances: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RecoveryStage {
+    /// The recovery's stop build was issued; waiting for it.
+    Stopping,
+    /// The recovery's start build was issued; waiting for it and the agent.
+    Starting,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<RecoveryStage>,
+    /// Recoveries started in the current budget window.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// The spec generation the budget counts for: a spec change resets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
+    /// Consecutive failed probes while the agent said connected.
+    #[serde(default)]
+    pub probe_failures: u32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    pub transition: String,
+    pub reason: String,
+    pub generation: i64,
+    pub time: Time,
+}
+
+impl ChatWorkspace {
+    /// The Coder workspace name: `spec.workspaceName`, else the object's name.
+    pub fn workspace_name(&self) -> String {
+        self.spec.workspace_name.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_style_durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        for bad in ["", "s", "90", "1.5s", "-1s", "1d", "10 s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recovery_defaults_match_chatd() {
+        let policy = RecoverySpec::default().policy().unwrap();
+        assert!(policy.automatic);
+        assert_eq!(policy.disconnected_threshold, Duration::from_secs(90));
+        assert_eq!(policy.probe_timeout, Duration::from_secs(30));
+        assert_eq!(policy.max_attempts, 3);
+        assert_eq!(policy.window, Duration::from_secs(3600));
+    }
+}

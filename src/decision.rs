@@ -1,0 +1,894 @@
+//! The operator's pure core: from the spec, what was just observed in Coder,
+//! the previous status and the time, decide the one next action and the new
+//! status. No I/O happens here, so every rule of chatd's workspace tools is a
+//! plain unit or property test.
+//!
+//! The rules (DESIGN.md, "Behaviour to match"):
+//! - never a build while the latest job is active;
+//! - Running: create if absent, nothing after a succeeded start, else start
+//!   (on the active version when the template requires it);
+//! - Stopped: nothing after a succeeded stop, else stop (a failed stop is
+//!   re-attempted);
+//! - recovery (stop, then start) only when the chat agent is disconnected
+//!   for at least the threshold *and* the reachability probe fails, both
+//!   observed fresh, within a budget of attempts per window.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::coder::{
+    AgentLifecycle, AgentStatus, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent, WorkspaceBuild,
+    WorkspaceTransition, chat_agent,
+};
+use crate::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, PROGRESSING, READY, RECOVERING, Verdict};
+use crate::crd::{
+    self, BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, DesiredState, Phase, RecoveryPolicy,
+    RecoveryStage, RecoveryStatus,
+};
+
+/// How soon to look again, by situation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requeue {
+    /// While a build job is pending or running.
+    pub active: Duration,
+    /// While waiting for an agent to connect or become ready.
+    pub agent: Duration,
+    /// Between the two probes of chatd's "retry once" rule.
+    pub probe_retry: Duration,
+    /// Minimum time between a failed build and its retry.
+    pub retry: Duration,
+    /// When nothing is expected to change.
+    pub stable: Duration,
+}
+
+impl Default for Requeue {
+    fn default() -> Self {
+        Self {
+            active: Duration::from_secs(2),
+            agent: Duration::from_secs(2),
+            probe_retry: Duration::from_secs(1),
+            retry: Duration::from_secs(10),
+            stable: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the reconciler saw in Coder for this resource.
+#[derive(Clone, Debug)]
+pub enum Observed<'a> {
+    /// Another, older `ChatWorkspace` drives the same Coder workspace.
+    Conflict { other: String },
+    /// The workspace (or its absence), and the chat agent's probe result if
+    /// `needs_probe` asked for one.
+    Workspace {
+        workspace: Option<&'a Workspace>,
+        /// Read just now, one workspace at a time (not from a shared list).
+        fresh: bool,
+        probe: Option<&'a ProbeOutcome>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    pub spec: &'a ChatWorkspaceSpec,
+    pub policy: RecoveryPolicy,
+    pub generation: i64,
+    pub previous: &'a ChatWorkspaceStatus,
+    pub observed: Observed<'a>,
+    pub now: Timestamp,
+    pub requeue: Requeue,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildReason {
+    /// `spec.desiredState` asks for it.
+    DesiredState,
+    /// Automatic stop-then-start of a workspace whose agent is dead.
+    Recovery,
+}
+
+impl BuildReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildReason::DesiredState => "DesiredState",
+            BuildReason::Recovery => "Recovery",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildPlan {
+    pub transition: WorkspaceTransition,
+    /// `None`: Coder builds the workspace's current version.
+    pub template_version_id: Option<String>,
+    pub reason: BuildReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do now; look again after `requeue`.
+    None,
+    /// The observation came from a shared list; read this workspace fresh
+    /// and probe again, then decide again, before a destructive step.
+    Refresh,
+    /// Create the workspace (from template, preset and parameters).
+    CreateWorkspace,
+    Build(BuildPlan),
+}
+
+/// A Kubernetes Event the reconciler should publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub action: Action,
+    pub status: ChatWorkspaceStatus,
+    pub requeue: Duration,
+    pub events: Vec<Event>,
+}
+
+/// Whether the chat agent must be probed before `decide` can judge it: only
+/// for a succeeded start whose chosen agent coderd sees connected or
+/// disconnected.
+pub fn needs_probe<'w>(workspace: &'w Workspace, agent_name: Option<&str>) -> Option<&'w WorkspaceAgent> {
+    let build = &workspace.latest_build;
+    if build.transition != WorkspaceTransition::Start || build.job.status != ProvisionerJobStatus::Succeeded {
+        return None;
+    }
+    chat_agent(build, agent_name).filter(|a| matches!(a.status, AgentStatus::Connected | AgentStatus::Disconnected))
+}
+
+/// The core decision. See the module documentation for the rules.
+pub fn decide(inputs: &Inputs) -> Decision {
+    let mut out = Outcome::new(inputs);
+    match &inputs.observed {
+        Observed::Conflict { other } => out.conflict(other),
+        Observed::Workspace { workspace: None, .. } => out.absent(),
+        Observed::Workspace { workspace: Some(workspace), fresh, probe } => {
+            out.observe(workspace);
+            out.present(workspace, *fresh, *probe);
+        }
+    }
+    out.finish()
+}
+
+/// Builds one decision: the verdicts, action and status under construction.
+struct Outcome<'a> {
+    inputs: &'a Inputs<'a>,
+    status: ChatWorkspaceStatus,
+    verdicts: Vec<Verdict>,
+    action: Action,
+    requeue: Duration,
+    events: Vec<Event>,
+    phase: Phase,
+}
+
+impl<'a> Outcome<'a> {
+    fn new(inputs: &'a Inputs<'a>) -> Self {
+        let mut status = inputs.previous.clone();
+        status.observed_generation = Some(inputs.generation);
+        Self {
+            inputs,
+            status,
+            verdicts: Vec::new(),
+            action: Action::None,
+            requeue: inputs.requeue.stable,
+            events: Vec::new(),
+            phase: Phase::Pending,
+        }
+    }
+
+    fn desired(&self) -> DesiredState {
+        self.inputs.spec.desired_state
+    }
+
+    fn say(&mut self, type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) {
+        self.verdicts.retain(|v| v.type_ != type_);
+        self.verdicts.push(Verdict::new(type_, status, reason, message));
+    }
+
+    fn requeue_within(&mut self, after: Duration) {
+        self.requeue = self.requeue.min(after);
+    }
+
+    fn build(&mut self, transition: WorkspaceTransition, template_version_id: Option<String>, reason: BuildReason) {
+        self.action = Action::Build(BuildPlan { transition, template_version_id, reason });
+        self.status.last_build_request = Some(BuildRequestStatus {
+            build_id: None,
+            transition: transition_name(transition).to_string(),
+            reason: reason.as_str().to_string(),
+            generation: self.inputs.generation,
+            time: Time(self.inputs.now),
+        });
+        self.requeue_within(self.inputs.requeue.active);
+    }
+
+    fn recovery(&mut self) -> &mut RecoveryStatus {
+        self.status.recovery.get_or_insert_with(RecoveryStatus::default)
+    }
+
+    fn recovery_stage(&self) -> Option<RecoveryStage> {
+        self.status.recovery.as_ref().and_then(|r| r.stage)
+    }
+
+    fn end_recovery(&mut self) {
+        if let Some(recovery) = self.status.recovery.as_mut() {
+            recovery.stage = None;
+        }
+    }
+
+    fn conflict(&mut self, other: &str) {
+        self.phase = Phase::Failed;
+        let message = format!(
+            "Another ChatWorkspace ({other}) already manages this Coder workspace; this one will not build it. \
+             Delete one of them, or give this one a different spec.workspaceName."
+        );
+        self.say(DEGRADED, true, "Conflict", message.clone());
+        self.say(READY, false, "Conflict", message);
+        self.say(PROGRESSING, false, "Conflict", "No builds while another ChatWorkspace owns the workspace.");
+    }
+
+    fn absent(&mut self) {
+        self.status.workspace = None;
+        self.status.latest_build = None;
+        self.status.agent = None;
+        self.end_recovery();
+        self.no_agent_conditions("NoWorkspace", "The workspace does not exist.");
+        match self.desired() {
+            DesiredState::Running => {
+                self.phase = Phase::Creating;
+                self.action = Action::CreateWorkspace;
+                self.requeue_within(self.inputs.requeue.active);
+                self.say(PROGRESSING, true, "Creating", "Creating the Coder workspace.");
+                self.say(READY, false, "Creating", "The workspace is being created; wait for Ready.");
+            }
+            DesiredState::Stopped => {
+                self.phase = Phase::Stopped;
+                self.say(PROGRESSING, false, "Stopped", "Nothing to do while desiredState is Stopped.");
+                self.say(
+                    READY,
+                    true,
+                    "NotCreated",
+                    "desiredState is Stopped and no workspace exists; it is created when desiredState becomes Running.",
+                );
+            }
+        }
+    }
+
+    /// Copies the observed workspace, latest build and chat agent into status.
+    fn observe(&mut self, workspace: &Workspace) {
+        let build = &workspace.latest_build;
+        self.status.workspace = Some(crd::WorkspaceStatus {
+            id: workspace.id.clone(),
+            name: workspace.name.clone(),
+            owner: workspace.owner_name.clone(),
+            owner_id: Some(workspace.owner_id.clone()),
+            template_id: Some(workspace.template_id.clone()),
+            template_version_id: Some(build.template_version_id.clone()),
+        });
+        self.status.latest_build = Some(crd::BuildStatus {
+            id: build.id.clone(),
+            number: build.build_number,
+            transition: transition_name(build.transition).to_string(),
+            status: build.status.as_str().to_string(),
+            job_status: build.job.status.as_str().to_string(),
+            error: build.job.error.clone().filter(|e| !e.is_empty()),
+            created_at: Some(Time(build.created_at)),
+        });
+        self.status.agent = chat_agent(build, self.inputs.spec.agent_name.as_deref()).map(|agent| crd::AgentStatus {
+            id: agent.id.clone(),
+            name: agent.name.clone(),
+            status: agent.status.as_str().to_string(),
+            lifecycle_state: agent.lifecycle_state.as_str().to_string(),
+            first_connected_at: agent.first_connected_at.map(Time),
+            last_connected_at: agent.last_connected_at.map(Time),
+            disconnected_at: agent.disconnected_at.map(Time),
+        });
+    }
+
+    fn present(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+        let build = &workspace.latest_build;
+        if build.job.status.is_active() {
+            return self.wait_for_build(build);
+        }
+        match self.desired() {
+            DesiredState::Stopped => self.keep_stopped(build),
+            DesiredState::Running => self.keep_running(workspace, fresh, probe),
+        }
+    }
+
+    fn wait_for_build(&mut self, build: &WorkspaceBuild) {
+        // A desiredState flip abandons a recovery; the build under way
+        // finishes first either way.
+        if self.desired() == DesiredState::Stopped {
+            self.end_recovery();
+        }
+        self.phase = match build.transition {
+            WorkspaceTransition::Stop => Phase::Stopping,
+            WorkspaceTransition::Delete => Phase::Deleting,
+            _ => Phase::Starting,
+        };
+        let message = format!(
+            "Build #{} ({}) is {}; waiting for it to finish before deciding anything else.",
+            build.build_number,
+            transition_name(build.transition),
+            build.job.status.as_str()
+        );
+        self.say(PROGRESSING, true, "BuildInProgress", message.clone());
+        self.say(READY, false, "BuildInProgress", format!("{message} Wait for Ready."));
+        if build.transition != WorkspaceTransition::Start {
+            self.no_agent_conditions("WorkspaceNotRunning", "The workspace is not running.");
+        }
+        self.requeue_within(self.inputs.requeue.active);
+        self.recovering_conditions();
+    }
+
+    fn keep_stopped(&mut self, build: &WorkspaceBuild) {
+        self.end_recovery();
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is stopped or stopping.");
+        let succeeded = build.job.status == ProvisionerJobStatus::Succeeded;
+        if build.transition == WorkspaceTransition::Stop && succeeded {
+            self.phase = Phase::Stopped;
+            self.say(PROGRESSING, false, "Stopped", "The workspace is stopped.");
+            self.say(
+                READY,
+                true,
+                "Stopped",
+                "The workspace is stopped, as desired. Set desiredState to Running to start it.",
+            );
+            return;
+        }
+        self.phase = Phase::Stopping;
+        if build.transition == WorkspaceTransition::Stop {
+            let error = job_error(build);
+            self.events.push(Event {
+                warning: true,
+                reason: "StopFailed",
+                note: format!("Stop build #{} failed: {error}; stopping again.", build.build_number),
+            });
+            if self.wait_before_retry() {
+                self.say(
+                    PROGRESSING,
+                    true,
+                    "StopFailed",
+                    format!("Stop build #{} failed: {error}. Retrying shortly.", build.build_number),
+                );
+                self.say(READY, false, "StopFailed", "The last stop failed; the operator retries it. Wait for Ready.");
+                return;
+            }
+        }
+        self.build(WorkspaceTransition::Stop, None, BuildReason::DesiredState);
+        self.say(PROGRESSING, true, "Stopping", "Stopping the workspace.");
+        self.say(READY, false, "Stopping", "The workspace is stopping; wait for Ready.");
+    }
+
+    /// Whether a failed build must wait before it is tried again, so that a
+    /// persistent failure is not retried in a tight loop.
+    fn wait_before_retry(&mut self) -> bool {
+        let Some(request) = &self.inputs.previous.last_build_request else { return false };
+        let since = elapsed(request.time.0, self.inputs.now);
+        if since < self.inputs.requeue.retry {
+            self.requeue_within(self.inputs.requeue.retry - since);
+            return true;
+        }
+        false
+    }
+
+    fn keep_running(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+        let build = &workspace.latest_build;
+        let succeeded = build.job.status == ProvisionerJobStatus::Succeeded;
+        match build.transition {
+            WorkspaceTransition::Start if succeeded => self.judge_agent(workspace, fresh, probe),
+            WorkspaceTransition::Start if build.job.status == ProvisionerJobStatus::Failed => {
+                self.start_failed(workspace)
+            }
+            WorkspaceTransition::Stop if self.recovery_stage() == Some(RecoveryStage::Stopping) => {
+                if succeeded {
+                    self.recovery().stage = Some(RecoveryStage::Starting);
+                    self.start(workspace, BuildReason::Recovery);
+                    self.events.push(Event {
+                        warning: false,
+                        reason: "RecoveryStarting",
+                        note: "The recovery's stop build succeeded; starting the workspace again.".into(),
+                    });
+                } else if !self.wait_before_retry() {
+                    self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
+                }
+                self.recovering_conditions();
+            }
+            _ => {
+                self.end_recovery();
+                self.start(workspace, BuildReason::DesiredState);
+            }
+        }
+    }
+
+    fn start(&mut self, workspace: &Workspace, reason: BuildReason) {
+        // Start never takes a preset, and builds the active version only when
+        // the template requires it (chatd's start_workspace).
+        let version = workspace.template_require_active_version.then(|| workspace.template_active_version_id.clone());
+        if let Some(active) = &version
+            && *active != workspace.latest_build.template_version_id
+        {
+            self.events.push(Event {
+                warning: false,
+                reason: "ActiveVersionRequired",
+                note: format!(
+                    "Template {} requires its active version: starting on version {active} instead of {}.",
+                    workspace.template_name, workspace.latest_build.template_version_id
+                ),
+            });
+        }
+        self.phase = Phase::Starting;
+        self.build(WorkspaceTransition::Start, version.clone(), reason);
+        let mut message = "Starting the workspace.".to_string();
+        if let Some(active) = version {
+            message.push_str(&format!(" The template requires its active version, so version {active} is built."));
+        }
+        self.say(PROGRESSING, true, "Starting", message);
+        self.say(READY, false, "Starting", "The workspace is starting; wait for Ready.");
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is starting.");
+    }
+
+    fn start_failed(&mut self, workspace: &Workspace) {
+        let build = &workspace.latest_build;
+        let ours_this_generation = self.inputs.previous.last_build_request.as_ref().is_some_and(|r| {
+            r.generation == self.inputs.generation
+                && r.transition == "start"
+                && r.build_id.as_deref() == Some(&build.id)
+        });
+        if !ours_this_generation {
+            // A failure inherited from before this spec (or from outside the
+            // operator) gets one fresh attempt.
+            self.end_recovery();
+            return self.start(workspace, BuildReason::DesiredState);
+        }
+        self.end_recovery();
+        self.phase = Phase::Failed;
+        let message = format!(
+            "Start build #{} failed: {}. The operator does not retry it on its own: fix the cause in Coder \
+             (template, parameters, quota), then change the spec (e.g. set desiredState to Stopped and back \
+             to Running) to try again.",
+            build.build_number,
+            job_error(build)
+        );
+        self.say(DEGRADED, true, "StartFailed", message.clone());
+        self.say(READY, false, "StartFailed", message);
+        self.say(PROGRESSING, false, "StartFailed", "Waiting for a spec change.");
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace's start failed.");
+    }
+
+    fn judge_agent(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+        let build = &workspace.latest_build;
+        let Some(agent) = chat_agent(build, self.inputs.spec.agent_name.as_deref()) else {
+            return self.no_agent(build);
+        };
+        self.phase = Phase::Starting;
+        self.say(PROGRESSING, false, "BuildSucceeded", format!("Start build #{} succeeded.", build.build_number));
+        match agent.status {
+            AgentStatus::Connected => self.connected(agent, probe),
+            AgentStatus::Disconnected => self.disconnected(agent, fresh, probe),
+            AgentStatus::Timeout => self.never_connected(agent),
+            AgentStatus::Connecting | AgentStatus::Unknown => {
+                self.say(AGENT_CONNECTED, false, "Connecting", format!("Agent {} has not connected yet.", agent.name));
+                self.say(AGENT_REACHABLE, false, "NotProbed", "The agent is not connected yet.");
+                self.say(
+                    READY,
+                    false,
+                    "AgentConnecting",
+                    "The workspace is up; its agent is connecting. Wait for Ready.",
+                );
+                self.requeue_within(self.inputs.requeue.agent);
+                self.recovering_conditions();
+            }
+        }
+    }
+
+    fn no_agent(&mut self, build: &WorkspaceBuild) {
+        self.end_recovery();
+        self.phase = Phase::Failed;
+        let names: Vec<&str> = build.resources.iter().flat_map(|r| r.agents.iter()).map(|a| a.name.as_str()).collect();
+        let message = match &self.inputs.spec.agent_name {
+            Some(wanted) => format!(
+                "The workspace has no agent named {wanted:?} (agents: {}). Fix spec.agentName or the template.",
+                list_or_none(&names)
+            ),
+            None => "The workspace's build has no agent, so no chat can use it. A person must fix the template.".into(),
+        };
+        self.say(AGENT_CONNECTED, false, "NoAgent", message.clone());
+        self.say(AGENT_REACHABLE, false, "NoAgent", "There is no agent to probe.");
+        self.say(DEGRADED, true, "NoAgent", message.clone());
+        self.say(READY, false, "NoAgent", message);
+    }
+
+    fn never_connected(&mut self, agent: &WorkspaceAgent) {
+        if self.recovery_stage().is_some() {
+            self.events.push(Event {
+                warning: true,
+                reason: "RecoveryFailed",
+                note: format!("After the recovery's start, agent {} never connected.", agent.name),
+            });
+        }
+        self.end_recovery();
+        self.phase = Phase::Failed;
+        let message = format!(
+            "Agent {} never connected (timeout): this is a template or startup failure, not a dead agent, so \
+             the operator does not rebuild. A person must check the template and the workspace's build logs.",
+            agent.name
+        );
+        self.say(AGENT_CONNECTED, false, "NeverConnected", message.clone());
+        self.say(AGENT_REACHABLE, false, "NotProbed", "The agent never connected.");
+        self.say(DEGRADED, true, "AgentNeverConnected", message.clone());
+        self.say(READY, false, "AgentNeverConnected", message);
+    }
+
+    fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&ProbeOutcome>) {
+        self.say(AGENT_CONNECTED, true, "Connected", format!("Agent {} is connected.", agent.name));
+        let Some(probe) = probe else {
+            self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet.");
+            self.say(READY, false, "AgentNotProbed", "Checking that the agent is reachable; wait for Ready.");
+            self.requeue_within(self.inputs.requeue.probe_retry);
+            return;
+        };
+        if probe.is_reachable() {
+            self.recovery().probe_failures = 0;
+            self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent.");
+            return self.agent_lifecycle(agent);
+        }
+        // chatd's dial timeout: retry once, then tell a person; never rebuild
+        // an agent that coderd still sees heartbeating.
+        let failures = {
+            let recovery = self.recovery();
+            recovery.probe_failures += 1;
+            recovery.probe_failures
+        };
+        self.say(AGENT_REACHABLE, false, probe_reason(probe), probe_message(probe, self.inputs.policy.probe_timeout));
+        if failures < 2 {
+            self.say(READY, false, "ProbeRetry", "The agent did not answer a probe; retrying once. Wait for Ready.");
+            self.requeue_within(self.inputs.requeue.probe_retry);
+            self.recovering_conditions();
+            return;
+        }
+        self.phase = Phase::Running;
+        let message = format!(
+            "coderd sees agent {} connected but cannot reach it ({} failed probes in a row). The operator does \
+             not rebuild a heartbeating agent: a person should check the workspace's network. If the agent \
+             disconnects for {}, it is recovered automatically.",
+            agent.name,
+            failures,
+            human(self.inputs.policy.disconnected_threshold)
+        );
+        self.say(DEGRADED, true, "DialTimeout", message.clone());
+        self.say(READY, false, "AgentUnreachable", message);
+        self.requeue_within(self.inputs.requeue.agent.max(self.inputs.requeue.probe_retry) * 5);
+        self.recovering_conditions();
+    }
+
+    fn agent_lifecycle(&mut self, agent: &WorkspaceAgent) {
+        match agent.lifecycle_state {
+            AgentLifecycle::Ready => {
+                if self.recovery_stage().is_some() {
+                    self.events.push(Event {
+                        warning: false,
+                        reason: "Recovered",
+                        note: format!("Agent {} is connected and reachable again; recovery finished.", agent.name),
+                    });
+                    self.say(RECOVERING, false, "Recovered", "The last recovery finished: the agent is back.");
+                }
+                self.end_recovery();
+                self.phase = Phase::Running;
+                self.say(
+                    READY,
+                    true,
+                    "Running",
+                    format!("The workspace is running and agent {} is ready.", agent.name),
+                );
+            }
+            AgentLifecycle::StartError | AgentLifecycle::StartTimeout => {
+                self.end_recovery();
+                self.phase = Phase::Running;
+                let message = format!(
+                    "Agent {} is connected but its startup script ended in {}. A person should check the \
+                     template's startup script; the operator does not rebuild for this.",
+                    agent.name,
+                    agent.lifecycle_state.as_str()
+                );
+                self.say(DEGRADED, true, "AgentStartupFailed", message.clone());
+                self.say(READY, false, "AgentStartupFailed", message);
+            }
+            _ => {
+                self.say(
+                    READY,
+                    false,
+                    "AgentStarting",
+                    format!(
+                        "Agent {} is connected and {}; wait for Ready.",
+                        agent.name,
+                        agent.lifecycle_state.as_str()
+                    ),
+                );
+                self.requeue_within(self.inputs.requeue.agent);
+                self.recovering_conditions();
+            }
+        }
+    }
+
+    fn disconnected(&mut self, agent: &WorkspaceAgent, fresh: bool, probe: Option<&ProbeOutcome>) {
+        let policy = self.inputs.policy;
+        let since = agent.disconnected_at.or(agent.last_connected_at).unwrap_or(self.inputs.now);
+        let for_how_long = elapsed(since, self.inputs.now);
+        self.say(
+            AGENT_CONNECTED,
+            false,
+            "Disconnected",
+            format!("Agent {} has been disconnected for {}.", agent.name, human(for_how_long)),
+        );
+        match probe {
+            Some(probe) if probe.is_reachable() => {
+                // The two-signal rule: a reachable agent is not dead, whatever
+                // the heartbeat says (e.g. it is respawning).
+                self.recovery().probe_failures = 0;
+                self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent despite the missed heartbeats.");
+                self.say(
+                    READY,
+                    false,
+                    "AgentDisconnected",
+                    "The agent missed heartbeats but answers probes; wait for Ready.",
+                );
+                self.requeue_within(self.inputs.requeue.agent);
+                return self.recovering_conditions();
+            }
+            Some(probe) => {
+                let message = probe_message(probe, policy.probe_timeout);
+                self.say(AGENT_REACHABLE, false, probe_reason(probe), message);
+            }
+            None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet."),
+        }
+        if self.recovery_stage().is_some() {
+            // The recovery's own start made this agent; a fresh disconnect
+            // after it is judged on its own merits from here.
+            self.end_recovery();
+        }
+        if !policy.automatic {
+            self.phase = Phase::Failed;
+            let message = format!(
+                "Agent {} is disconnected and unreachable, and spec.recovery.mode is Disabled. A person must \
+                 restart the workspace (set desiredState to Stopped, then Running).",
+                agent.name
+            );
+            self.say(DEGRADED, true, "AgentDead", message.clone());
+            self.say(READY, false, "AgentDisconnected", message);
+            return;
+        }
+        if for_how_long < policy.disconnected_threshold {
+            let remaining = policy.disconnected_threshold - for_how_long;
+            self.say(
+                READY,
+                false,
+                "AgentDisconnected",
+                format!(
+                    "Agent {} is disconnected; if it does not come back within {}, the workspace is restarted \
+                     automatically. Wait for Ready.",
+                    agent.name,
+                    human(remaining)
+                ),
+            );
+            self.requeue_within(remaining.max(Duration::from_millis(100)));
+            return;
+        }
+        if self.budget_exhausted() {
+            return;
+        }
+        if !fresh || probe.is_none() {
+            self.action = Action::Refresh;
+            self.requeue_within(self.inputs.requeue.probe_retry);
+            return;
+        }
+        self.start_recovery(agent, for_how_long);
+    }
+
+    /// Applies the `maxAttempts` per `window` budget; true when it is spent.
+    fn budget_exhausted(&mut self) -> bool {
+        let policy = self.inputs.policy;
+        let now = self.inputs.now;
+        let generation = self.inputs.generation;
+        let recovery = self.recovery();
+        let window_over = recovery.window_start.as_ref().is_none_or(|start| elapsed(start.0, now) >= policy.window);
+        if recovery.generation != Some(generation) || window_over {
+            recovery.attempts = 0;
+            recovery.window_start = None;
+            recovery.generation = Some(generation);
+        }
+        if recovery.attempts < policy.max_attempts {
+            return false;
+        }
+        let reopens = recovery
+            .window_start
+            .as_ref()
+            .map_or(Duration::ZERO, |start| policy.window.saturating_sub(elapsed(start.0, now)));
+        let attempts = recovery.attempts;
+        self.phase = Phase::Failed;
+        let message = format!(
+            "The agent died again after {attempts} automatic recoveries within {}; the operator stops rebuilding \
+             this workspace. A person should look at why it keeps dying. Recovery resumes in {} or when the \
+             spec changes.",
+            human(policy.window),
+            human(reopens)
+        );
+        self.say(DEGRADED, true, "RecoveryBudgetExhausted", message.clone());
+        self.say(READY, false, "AgentDisconnected", message);
+        self.say(RECOVERING, false, "RecoveryBudgetExhausted", "No more automatic recoveries in this window.");
+        self.requeue_within(reopens.max(Duration::from_secs(1)));
+        true
+    }
+
+    fn start_recovery(&mut self, agent: &WorkspaceAgent, down_for: Duration) {
+        let now = self.inputs.now;
+        let reason =
+            format!("agent {} disconnected for {} and unreachable through coderd", agent.name, human(down_for));
+        let recovery = self.recovery();
+        recovery.stage = Some(RecoveryStage::Stopping);
+        recovery.attempts += 1;
+        recovery.window_start.get_or_insert(Time(now));
+        recovery.last_attempt_time = Some(Time(now));
+        recovery.last_reason = Some(reason.clone());
+        recovery.probe_failures = 0;
+        let attempt = recovery.attempts;
+        self.events.push(Event {
+            warning: true,
+            reason: "RecoveryStarted",
+            note: format!("Recovery attempt {attempt}: {reason}; stopping, then starting the workspace."),
+        });
+        self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
+        self.recovering_conditions();
+    }
+
+    /// Sets `Recovering` (and the phase and `Ready`) from the recovery stage.
+    fn recovering_conditions(&mut self) {
+        let Some(stage) = self.recovery_stage() else { return };
+        self.phase = Phase::Recovering;
+        let attempt = self.status.recovery.as_ref().map_or(0, |r| r.attempts);
+        let (reason, what) = match stage {
+            RecoveryStage::Stopping => ("Stopping", "stopping the workspace"),
+            RecoveryStage::Starting => ("Starting", "starting the workspace and waiting for its agent"),
+        };
+        let message = format!(
+            "The chat's agent died; automatic recovery (attempt {attempt}) is {what}. Wait for Ready; do not \
+             start or stop the workspace meanwhile."
+        );
+        self.say(RECOVERING, true, reason, message.clone());
+        self.say(READY, false, "Recovering", message);
+        self.say(PROGRESSING, true, "Recovering", format!("Recovery: {what}."));
+    }
+
+    fn no_agent_conditions(&mut self, reason: &'static str, message: &str) {
+        self.say(AGENT_CONNECTED, false, reason, message);
+        self.say(AGENT_REACHABLE, false, reason, message);
+    }
+
+    fn finish(mut self) -> Decision {
+        // Defaults for whatever the path above did not speak about.
+        let defaults = [
+            (DEGRADED, false, "AsExpected", "Nothing needs a person's attention."),
+            (RECOVERING, false, "NotRecovering", "No recovery is under way."),
+        ];
+        for (type_, status, reason, message) in defaults {
+            if !self.verdicts.iter().any(|v| v.type_ == type_) {
+                let kept = type_ == RECOVERING
+                    && conditions::find(&self.inputs.previous.conditions, RECOVERING)
+                        .is_some_and(|c| c.status == "False" && c.reason != "NotRecovering");
+                if !kept {
+                    self.say(type_, status, reason, message);
+                }
+            }
+        }
+        if self.phase == Phase::Pending && self.action == Action::None {
+            self.phase = Phase::Running;
+        }
+        self.status.phase = Some(self.phase);
+        self.status.conditions = conditions::merge(
+            &self.inputs.previous.conditions,
+            &self.verdicts,
+            self.inputs.generation,
+            &Time(self.inputs.now),
+        );
+        Decision { action: self.action, status: self.status, requeue: self.requeue, events: self.events }
+    }
+}
+
+fn job_error(build: &WorkspaceBuild) -> String {
+    build.job.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "no error message".into())
+}
+
+pub fn transition_name(transition: WorkspaceTransition) -> &'static str {
+    transition.as_str()
+}
+
+fn probe_reason(probe: &ProbeOutcome) -> &'static str {
+    match probe {
+        ProbeOutcome::Reachable => "Reachable",
+        ProbeOutcome::Refused { .. } => "ProbeRefused",
+        ProbeOutcome::TimedOut => "ProbeTimedOut",
+        ProbeOutcome::Failed { .. } => "ProbeFailed",
+    }
+}
+
+fn probe_message(probe: &ProbeOutcome, timeout: Duration) -> String {
+    match probe {
+        ProbeOutcome::Reachable => "coderd reached the agent.".into(),
+        ProbeOutcome::Refused { status, message } => {
+            format!("coderd refused the probe ({status}): {message}")
+        }
+        ProbeOutcome::TimedOut => format!("coderd did not reach the agent within {}.", human(timeout)),
+        ProbeOutcome::Failed { message } => format!("The probe through coderd failed: {message}"),
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+/// Time from `since` to `now`, zero if `since` is in the future (clock skew
+/// between Coder and the operator must not make a duration negative).
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    let span: SignedDuration = now.duration_since(since);
+    Duration::try_from(span).unwrap_or(Duration::ZERO)
+}
+
+/// A short human duration for condition messages, e.g. `1m30s`.
+pub fn human(duration: Duration) -> String {
+    let total = duration.as_secs();
+    if total == 0 {
+        return format!("{}ms", duration.as_millis());
+    }
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// What deleting the resource still has to do to the workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Nothing left: the finalizer can go.
+    Done,
+    /// A build is active; look again soon.
+    Wait,
+    /// Issue this build, then look again.
+    Build(WorkspaceTransition),
+}
+
+/// `deletionPolicy` applied to the observed workspace. Like a desired-state
+/// stop, it waits for an active build and treats only a succeeded stop (or
+/// delete) as done.
+pub fn decide_cleanup(policy: crd::DeletionPolicy, workspace: Option<&Workspace>) -> Cleanup {
+    let wanted = match policy {
+        crd::DeletionPolicy::Orphan => return Cleanup::Done,
+        crd::DeletionPolicy::Stop => WorkspaceTransition::Stop,
+        crd::DeletionPolicy::Delete => WorkspaceTransition::Delete,
+    };
+    let Some(workspace) = workspace else { return Cleanup::Done };
+    let build = &workspace.latest_build;
+    if build.job.status.is_active() {
+        return Cleanup::Wait;
+    }
+    if build.transition == wanted && build.job.status == ProvisionerJobStatus::Succeeded {
+        return Cleanup::Done;
+    }
+    Cleanup::Build(wanted)
+}

@@ -1,0 +1,86 @@
+//! The reconciler's errors. Each variant is one thing a user or the
+//! controller can act on; `reason()` becomes a condition reason and a metric
+//! label.
+
+use crate::coder::CoderError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("{0}")]
+    Coder(#[from] CoderError),
+
+    /// The spec passed schema validation but cannot be used (e.g. an object
+    /// written before a CEL rule existed).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    /// `spec.credentialsRef` names a Secret that is missing or incomplete,
+    /// or no operator-wide default credentials are configured.
+    #[error("Coder credentials: {0}")]
+    Credentials(String),
+
+    /// The template or preset named in the spec does not exist.
+    #[error("{0}")]
+    TemplateNotFound(String),
+
+    #[error("{0}")]
+    PresetNotFound(String),
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesError",
+            Error::Coder(CoderError::Validation { .. }) => "ValidationFailed",
+            Error::Coder(
+                CoderError::Unavailable { .. } | CoderError::Timeout { .. } | CoderError::Transport { .. },
+            ) => "CoderUnavailable",
+            Error::Coder(error) => error.reason(),
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Credentials(_) => "CredentialsInvalid",
+            Error::TemplateNotFound(_) => "TemplateNotFound",
+            Error::PresetNotFound(_) => "PresetNotFound",
+        }
+    }
+
+    /// Transient errors are retried with backoff; the others wait for a
+    /// change (of the spec, the Secret or Coder) and a slow resync.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube(_) => true,
+            Error::Coder(error) => error.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// What a reading agent or person should do about it.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "The operator retries with backoff.",
+            Error::Coder(CoderError::Unauthorized { .. }) => {
+                "Replace the Coder token (spec.credentialsRef Secret or the operator's default); the operator retries slowly meanwhile."
+            }
+            Error::Coder(CoderError::Forbidden { .. }) => {
+                "Give the token's user the needed Coder role, or use spec.credentialsRef with another token."
+            }
+            Error::Coder(CoderError::Validation { .. }) => {
+                "Fix spec.parameters (or the preset); the operator does not retry until the spec changes."
+            }
+            Error::Coder(error) if error.is_retryable() => {
+                "Coder is unavailable; the operator retries with backoff and converges once it is back."
+            }
+            Error::Coder(_) => "Check the spec against Coder; the operator retries slowly.",
+            Error::InvalidSpec(_) => "Fix the spec.",
+            Error::Credentials(_) => {
+                "Create the Secret named by spec.credentialsRef with keys url and token, or configure the operator's default credentials."
+            }
+            Error::TemplateNotFound(_) => "Fix spec.template (name or id) and spec.organization.",
+            Error::PresetNotFound(_) => "Pick one of the listed presets in spec.preset.",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,178 @@
+//! Prometheus metrics: reconciles, Coder requests, builds and recoveries.
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::coder::RequestObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub transition: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub coder_requests: Family<RequestLabels, Counter>,
+    pub coder_request_duration: Histograms<EndpointLabels>,
+    pub builds: Family<BuildLabels, Counter>,
+    pub recoveries: Family<OutcomeLabels, Counter>,
+    /// 1 while this replica reconciles (it holds the leader lease, or leader
+    /// election is off); 0 on a standby.
+    pub leader: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("chatworkspace");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration = latency_histogram();
+        let coder_requests = Family::<RequestLabels, Counter>::default();
+        let coder_request_duration: Histograms<EndpointLabels> = Family::new_with_constructor(latency_histogram);
+        let builds = Family::<BuildLabels, Counter>::default();
+        let recoveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciles by error kind", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Duration of one reconcile", reconcile_duration.clone());
+        registry.register("coder_requests", "Coder API requests by endpoint and status code", coder_requests.clone());
+        registry.register(
+            "coder_request_duration_seconds",
+            "Latency of Coder API requests by endpoint",
+            coder_request_duration.clone(),
+        );
+        registry.register("builds", "Workspace builds requested by transition and reason", builds.clone());
+        registry.register("recoveries", "Automatic recoveries by outcome", recoveries.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica is the one that reconciles", leader.clone());
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            coder_requests,
+            coder_request_duration,
+            builds,
+            recoveries,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Starts timing one reconcile; the time is recorded when the guard drops.
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer { histogram: &self.reconcile_duration, start: Instant::now() }
+    }
+
+    pub fn reconciled(&self, result: &'static str) {
+        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn failed(&self, kind: &'static str) {
+        self.reconciles.get_or_create(&ResultLabels { result: "error" }).inc();
+        self.reconcile_errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    /// An error the reconcile reported in status and waits out (not retried).
+    pub fn error_kind(&self, kind: &'static str) {
+        self.reconcile_errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    pub fn build(&self, transition: &'static str, reason: &'static str) {
+        self.builds.get_or_create(&BuildLabels { transition, reason }).inc();
+    }
+
+    pub fn recovery(&self, outcome: &'static str) {
+        self.recoveries.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}
+
+impl RequestObserver for Metrics {
+    fn observe(&self, endpoint: &'static str, status: Option<u16>, elapsed: Duration) {
+        let code = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.coder_requests.get_or_create(&RequestLabels { endpoint, code }).inc();
+        self.coder_request_duration.get_or_create(&EndpointLabels { endpoint }).observe(elapsed.as_secs_f64());
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    histogram: &'a Histogram,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.reconciled("ok");
+        metrics.build("start", "DesiredState");
+        metrics.observe("GET /users/me", Some(200), Duration::from_millis(3));
+        drop(metrics.reconcile_timer());
+        let text = metrics.render();
+        assert!(text.contains("chatworkspace_reconciles_total{result=\"ok\"} 1"), "{text}");
+        assert!(text.contains("chatworkspace_builds_total{transition=\"start\",reason=\"DesiredState\"} 1"), "{text}");
+        assert!(
+            text.contains("chatworkspace_coder_requests_total{endpoint=\"GET /users/me\",code=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("chatworkspace_reconcile_duration_seconds_count 1"), "{text}");
+    }
+}

@@ -1,0 +1,557 @@
+//! The rules of chatd's workspace tools, proven on the pure decision core:
+//! no server, no clock, just spec + observation + previous status + now.
+
+use std::time::Duration;
+
+use chatworkspace_operator::coder::{ProbeOutcome, Workspace, WorkspaceTransition};
+use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
+use chatworkspace_operator::crd::{
+    BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, DeletionPolicy, DesiredState, RecoveryMode,
+    RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
+};
+use chatworkspace_operator::decision::{
+    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Requeue, decide, decide_cleanup, needs_probe,
+};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const NOW: i64 = 1_800_000_000;
+
+fn at(offset_seconds: i64) -> Timestamp {
+    Timestamp::from_second(NOW + offset_seconds).unwrap()
+}
+
+fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
+    ChatWorkspaceSpec {
+        desired_state: desired,
+        owner: None,
+        organization: None,
+        workspace_name: None,
+        template: TemplateRef { name: Some("docker-dev".into()), ..Default::default() },
+        preset: None,
+        parameters: vec![],
+        agent_name: None,
+        recovery: RecoverySpec::default(),
+        deletion_policy: DeletionPolicy::Stop,
+        credentials_ref: None,
+    }
+}
+
+fn policy() -> RecoveryPolicy {
+    RecoverySpec::default().policy().unwrap()
+}
+
+/// An agent as coderd reports it; times are offsets from NOW in seconds.
+#[derive(Clone, Copy, Debug)]
+struct Agent {
+    status: &'static str,
+    lifecycle: &'static str,
+    disconnected_since: Option<i64>,
+}
+
+const READY_AGENT: Agent = Agent { status: "connected", lifecycle: "ready", disconnected_since: None };
+
+fn dead_for(seconds: i64) -> Agent {
+    Agent { status: "disconnected", lifecycle: "ready", disconnected_since: Some(-seconds) }
+}
+
+fn agent_json(agent: Agent, id: &str) -> Value {
+    let last = agent.disconnected_since.unwrap_or(-5);
+    json!({
+        "id": id, "name": "main", "parent_id": null, "status": agent.status,
+        "lifecycle_state": agent.lifecycle, "created_at": at(-600).to_string(),
+        "first_connected_at": if agent.status == "timeout" || agent.status == "connecting" { Value::Null } else { json!(at(-590).to_string()) },
+        "last_connected_at": at(last).to_string(),
+        "disconnected_at": agent.disconnected_since.map(|s| at(s).to_string()),
+        "connection_timeout_seconds": 120, "display_order": 0,
+    })
+}
+
+fn workspace(transition: &str, job: &str, agent: Option<Agent>) -> Workspace {
+    workspace_with(transition, job, agent, false, "v1")
+}
+
+fn workspace_with(transition: &str, job: &str, agent: Option<Agent>, require_active: bool, version: &str) -> Workspace {
+    let agents: Vec<Value> = agent.map(|a| agent_json(a, "agent-1")).into_iter().collect();
+    let value = json!({
+        "id": "ws-1", "name": "fix-login-bug", "owner_id": "user-1", "owner_name": "alice",
+        "organization_id": "org-1", "template_id": "tpl-1", "template_name": "docker-dev",
+        "template_active_version_id": "v2", "template_require_active_version": require_active,
+        "outdated": version != "v2", "automatic_updates": "never", "ttl_ms": null,
+        "health": {"healthy": true, "failing_agents": []}, "deleting_at": null, "dormant_at": null,
+        "latest_build": {
+            "id": "build-7", "build_number": 7, "workspace_id": "ws-1", "workspace_name": "fix-login-bug",
+            "workspace_owner_name": "alice", "template_version_id": version, "transition": transition,
+            "status": "irrelevant", "reason": "initiator", "created_at": at(-700).to_string(),
+            "updated_at": at(-650).to_string(), "deadline": null,
+            "job": {"id": "job-7", "status": job, "error": if job == "failed" { "boom" } else { "" },
+                    "created_at": at(-700).to_string(), "queue_position": 0},
+            "resources": [{"id": "res-1", "name": "dev", "type": "docker_container", "agents": agents}],
+        },
+    });
+    serde_json::from_value(value).unwrap()
+}
+
+fn decide_with(
+    spec: &ChatWorkspaceSpec,
+    previous: &ChatWorkspaceStatus,
+    workspace: Option<&Workspace>,
+    probe: Option<&ProbeOutcome>,
+) -> Decision {
+    decide(&Inputs {
+        spec,
+        policy: spec.recovery.policy().unwrap(),
+        generation: 1,
+        previous,
+        observed: Observed::Workspace { workspace, fresh: true, probe },
+        now: at(0),
+        requeue: Requeue::default(),
+    })
+}
+
+fn build(transition: WorkspaceTransition, reason: BuildReason) -> Action {
+    Action::Build(BuildPlan { transition, template_version_id: None, reason })
+}
+
+fn condition(decision: &Decision, type_: &str) -> (String, String) {
+    let c = conditions::find(&decision.status.conditions, type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.clone(), c.reason.clone())
+}
+
+fn timed_out() -> ProbeOutcome {
+    ProbeOutcome::TimedOut
+}
+
+fn refused() -> ProbeOutcome {
+    ProbeOutcome::Refused {
+        status: 400,
+        message: r#"Agent state is "disconnected", it must be in the "connected" state."#.into(),
+    }
+}
+
+// ---- start ----
+
+#[test]
+fn running_without_a_workspace_creates_one() {
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), None, None);
+    assert_eq!(d.action, Action::CreateWorkspace);
+    assert_eq!(condition(&d, READY).0, "False");
+}
+
+#[test]
+fn an_active_job_is_waited_for_never_stacked() {
+    for job in ["pending", "running", "canceling"] {
+        for transition in ["start", "stop", "delete"] {
+            for desired in [DesiredState::Running, DesiredState::Stopped] {
+                let ws = workspace(transition, job, None);
+                let d = decide_with(&spec(desired), &Default::default(), Some(&ws), None);
+                assert_eq!(d.action, Action::None, "{transition} {job} {desired:?}");
+                assert!(d.requeue <= Requeue::default().active);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_succeeded_start_with_a_ready_reachable_agent_is_ready_and_builds_nothing() {
+    let ws = workspace("start", "succeeded", Some(READY_AGENT));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&ProbeOutcome::Reachable));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, READY), ("True".into(), "Running".into()));
+    assert_eq!(condition(&d, AGENT_CONNECTED).0, "True");
+    assert_eq!(d.requeue, Requeue::default().stable);
+}
+
+#[test]
+fn stopped_failed_or_canceled_workspaces_are_started() {
+    for (transition, job) in [("stop", "succeeded"), ("stop", "failed"), ("start", "canceled"), ("stop", "canceled")] {
+        let ws = workspace(transition, job, None);
+        let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
+        assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::DesiredState), "{transition} {job}");
+    }
+}
+
+#[test]
+fn start_builds_the_active_version_only_when_the_template_requires_it() {
+    let ws = workspace_with("stop", "succeeded", None, true, "v1");
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
+    assert_eq!(
+        d.action,
+        Action::Build(BuildPlan {
+            transition: WorkspaceTransition::Start,
+            template_version_id: Some("v2".into()),
+            reason: BuildReason::DesiredState
+        })
+    );
+    assert!(d.events.iter().any(|e| e.reason == "ActiveVersionRequired"));
+    let message = &conditions::find(&d.status.conditions, "Progressing").unwrap().message;
+    assert!(message.contains("active version"), "{message}");
+
+    let ws = workspace_with("stop", "succeeded", None, false, "v1");
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::DesiredState));
+}
+
+#[test]
+fn a_failed_start_of_this_generation_is_reported_not_retried() {
+    let ws = workspace("start", "failed", None);
+    let previous = ChatWorkspaceStatus {
+        last_build_request: Some(BuildRequestStatus {
+            build_id: Some("build-7".into()),
+            transition: "start".into(),
+            reason: "DesiredState".into(),
+            generation: 1,
+            time: Time(at(-700)),
+        }),
+        ..Default::default()
+    };
+    let d = decide_with(&spec(DesiredState::Running), &previous, Some(&ws), None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "StartFailed".into()));
+    let message = &conditions::find(&d.status.conditions, READY).unwrap().message;
+    assert!(message.contains("boom"), "the job error is shown: {message}");
+
+    // From an older generation (or from outside the operator): one new try.
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::DesiredState));
+}
+
+// ---- stop ----
+
+#[test]
+fn stop_is_idempotent_only_after_a_succeeded_stop() {
+    let ws = workspace("stop", "succeeded", None);
+    let d = decide_with(&spec(DesiredState::Stopped), &Default::default(), Some(&ws), None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, READY), ("True".into(), "Stopped".into()));
+
+    for (transition, job) in [("start", "succeeded"), ("start", "failed"), ("stop", "failed"), ("stop", "canceled")] {
+        let ws = workspace(transition, job, Some(READY_AGENT));
+        let d = decide_with(&spec(DesiredState::Stopped), &Default::default(), Some(&ws), None);
+        assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::DesiredState), "{transition} {job}");
+        assert_eq!(condition(&d, READY).0, "False");
+    }
+}
+
+#[test]
+fn a_failed_stop_is_retried_after_a_pause() {
+    let ws = workspace("stop", "failed", None);
+    let previous = ChatWorkspaceStatus {
+        last_build_request: Some(BuildRequestStatus {
+            build_id: Some("build-7".into()),
+            transition: "stop".into(),
+            reason: "DesiredState".into(),
+            generation: 1,
+            time: Time(at(-2)),
+        }),
+        ..Default::default()
+    };
+    let d = decide_with(&spec(DesiredState::Stopped), &previous, Some(&ws), None);
+    assert_eq!(d.action, Action::None, "too soon after the failed stop");
+    assert!(d.requeue <= Duration::from_secs(8));
+    assert_eq!(condition(&d, READY).0, "False", "a failed stop is never reported as stopped");
+
+    let mut later = previous.clone();
+    later.last_build_request.as_mut().unwrap().time = Time(at(-60));
+    let d = decide_with(&spec(DesiredState::Stopped), &later, Some(&ws), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::DesiredState));
+}
+
+#[test]
+fn stopped_without_a_workspace_creates_nothing() {
+    let d = decide_with(&spec(DesiredState::Stopped), &Default::default(), None, None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, READY).0, "True");
+}
+
+#[test]
+fn a_conflict_builds_nothing() {
+    let s = spec(DesiredState::Running);
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Conflict { other: "team-a/first".into() },
+        now: at(0),
+        requeue: Requeue::default(),
+    });
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "Conflict".into()));
+    assert!(conditions::find(&d.status.conditions, DEGRADED).unwrap().message.contains("team-a/first"));
+}
+
+// ---- recovery ----
+
+#[test]
+fn a_dead_agent_past_the_threshold_with_a_failed_probe_is_recovered() {
+    for probe in [timed_out(), refused(), ProbeOutcome::Failed { message: "dial".into() }] {
+        let ws = workspace("start", "succeeded", Some(dead_for(91)));
+        let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&probe));
+        assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery), "{probe:?}");
+        let recovery = d.status.recovery.as_ref().unwrap();
+        assert_eq!(recovery.stage, Some(RecoveryStage::Stopping));
+        assert_eq!(recovery.attempts, 1);
+        assert_eq!(condition(&d, RECOVERING), ("True".into(), "Stopping".into()));
+        assert!(d.events.iter().any(|e| e.reason == "RecoveryStarted"));
+    }
+}
+
+#[test]
+fn a_disconnect_shorter_than_the_threshold_waits_until_it_is_reached() {
+    let ws = workspace("start", "succeeded", Some(dead_for(80)));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&refused()));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.requeue, Duration::from_secs(10), "look again exactly when the threshold is reached");
+}
+
+#[test]
+fn a_disconnected_agent_that_answers_the_probe_is_left_alone() {
+    let ws = workspace("start", "succeeded", Some(dead_for(600)));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&ProbeOutcome::Reachable));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, READY).0, "False");
+}
+
+#[test]
+fn a_cached_observation_is_refreshed_before_a_recovery() {
+    let s = spec(DesiredState::Running);
+    let ws = workspace("start", "succeeded", Some(dead_for(120)));
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&timed_out()) },
+        now: at(0),
+        requeue: Requeue::default(),
+    });
+    assert_eq!(d.action, Action::Refresh);
+}
+
+#[test]
+fn a_probe_timeout_while_connected_is_retried_once_then_degraded_without_builds() {
+    let ws = workspace("start", "succeeded", Some(READY_AGENT));
+    let first = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&timed_out()));
+    assert_eq!(first.action, Action::None);
+    assert!(first.requeue <= Requeue::default().probe_retry);
+    assert_eq!(condition(&first, DEGRADED).0, "False", "one timeout is not yet a verdict");
+
+    let second = decide_with(&spec(DesiredState::Running), &first.status, Some(&ws), Some(&timed_out()));
+    assert_eq!(second.action, Action::None);
+    assert_eq!(condition(&second, DEGRADED), ("True".into(), "DialTimeout".into()));
+
+    let healed = decide_with(&spec(DesiredState::Running), &second.status, Some(&ws), Some(&ProbeOutcome::Reachable));
+    assert_eq!(condition(&healed, READY).0, "True");
+    assert_eq!(condition(&healed, DEGRADED).0, "False");
+}
+
+#[test]
+fn an_agent_that_never_connected_is_degraded_not_rebuilt() {
+    let agent = Agent { status: "timeout", lifecycle: "created", disconnected_since: None };
+    let ws = workspace("start", "succeeded", Some(agent));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "AgentNeverConnected".into()));
+}
+
+#[test]
+fn recovery_disabled_only_reports() {
+    let mut s = spec(DesiredState::Running);
+    s.recovery.mode = RecoveryMode::Disabled;
+    let ws = workspace("start", "succeeded", Some(dead_for(600)));
+    let d = decide_with(&s, &Default::default(), Some(&ws), Some(&refused()));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, DEGRADED).0, "True");
+}
+
+#[test]
+fn the_budget_stops_a_flapping_workspace_until_the_window_passes() {
+    let ws = workspace("start", "succeeded", Some(dead_for(600)));
+    let spent = ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus {
+            attempts: 3,
+            window_start: Some(Time(at(-1800))),
+            generation: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let d = decide_with(&spec(DesiredState::Running), &spent, Some(&ws), Some(&refused()));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "RecoveryBudgetExhausted".into()));
+    let message = &conditions::find(&d.status.conditions, DEGRADED).unwrap().message;
+    assert!(message.contains("resumes in 30m"), "says when the window reopens: {message}");
+
+    let mut old_window = spent.clone();
+    old_window.recovery.as_mut().unwrap().window_start = Some(Time(at(-3700)));
+    let d = decide_with(&spec(DesiredState::Running), &old_window, Some(&ws), Some(&refused()));
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(d.status.recovery.unwrap().attempts, 1);
+}
+
+#[test]
+fn recovery_resumes_from_its_stage_without_a_second_stop() {
+    let stopping = ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus { stage: Some(RecoveryStage::Stopping), attempts: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    // The stop is still running: wait.
+    let ws = workspace("stop", "running", None);
+    let d = decide_with(&spec(DesiredState::Running), &stopping, Some(&ws), None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, RECOVERING).0, "True");
+    // The stop succeeded: start.
+    let ws = workspace("stop", "succeeded", None);
+    let d = decide_with(&spec(DesiredState::Running), &stopping, Some(&ws), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::Recovery));
+    assert_eq!(d.status.recovery.as_ref().unwrap().stage, Some(RecoveryStage::Starting));
+    // The new agent is ready: done.
+    let ws = workspace("start", "succeeded", Some(READY_AGENT));
+    let d2 = decide_with(&spec(DesiredState::Running), &d.status, Some(&ws), Some(&ProbeOutcome::Reachable));
+    assert_eq!(d2.action, Action::None);
+    assert_eq!(d2.status.recovery.as_ref().unwrap().stage, None);
+    assert_eq!(condition(&d2, RECOVERING), ("False".into(), "Recovered".into()));
+    assert!(d2.events.iter().any(|e| e.reason == "Recovered"));
+}
+
+#[test]
+fn flipping_to_stopped_abandons_a_recovery() {
+    let stopping = ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus { stage: Some(RecoveryStage::Starting), attempts: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    let ws = workspace("start", "running", None);
+    let d = decide_with(&spec(DesiredState::Stopped), &stopping, Some(&ws), None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.recovery.unwrap().stage, None);
+}
+
+#[test]
+fn probes_are_asked_for_only_for_a_judgeable_agent() {
+    assert!(needs_probe(&workspace("start", "succeeded", Some(READY_AGENT)), None).is_some());
+    assert!(needs_probe(&workspace("start", "succeeded", Some(dead_for(5))), None).is_some());
+    let connecting = Agent { status: "connecting", lifecycle: "created", disconnected_since: None };
+    assert!(needs_probe(&workspace("start", "succeeded", Some(connecting)), None).is_none());
+    assert!(needs_probe(&workspace("start", "running", Some(READY_AGENT)), None).is_none());
+    assert!(needs_probe(&workspace("stop", "succeeded", None), None).is_none());
+}
+
+#[test]
+fn cleanup_follows_the_deletion_policy() {
+    let running = workspace("start", "succeeded", Some(READY_AGENT));
+    assert_eq!(decide_cleanup(DeletionPolicy::Orphan, Some(&running)), Cleanup::Done);
+    assert_eq!(decide_cleanup(DeletionPolicy::Stop, Some(&running)), Cleanup::Build(WorkspaceTransition::Stop));
+    assert_eq!(decide_cleanup(DeletionPolicy::Delete, Some(&running)), Cleanup::Build(WorkspaceTransition::Delete));
+    assert_eq!(decide_cleanup(DeletionPolicy::Stop, Some(&workspace("start", "running", None))), Cleanup::Wait);
+    assert_eq!(decide_cleanup(DeletionPolicy::Stop, Some(&workspace("stop", "succeeded", None))), Cleanup::Done);
+    assert_eq!(
+        decide_cleanup(DeletionPolicy::Stop, Some(&workspace("stop", "failed", None))),
+        Cleanup::Build(WorkspaceTransition::Stop)
+    );
+    assert_eq!(decide_cleanup(DeletionPolicy::Delete, None), Cleanup::Done);
+}
+
+#[test]
+fn condition_times_move_only_on_flips_across_decisions() {
+    let ws = workspace("start", "succeeded", Some(READY_AGENT));
+    let s = spec(DesiredState::Running);
+    let first = decide_with(&s, &Default::default(), Some(&ws), Some(&ProbeOutcome::Reachable));
+    let again = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &first.status,
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&ProbeOutcome::Reachable) },
+        now: at(100),
+        requeue: Requeue::default(),
+    });
+    assert_eq!(first.status, again.status, "nothing changed: the status is identical, so nothing is written");
+}
+
+// ---- properties ----
+
+fn any_agent() -> impl Strategy<Value = Option<Agent>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(READY_AGENT)),
+        Just(Some(Agent { status: "connected", lifecycle: "starting", disconnected_since: None })),
+        Just(Some(Agent { status: "connecting", lifecycle: "created", disconnected_since: None })),
+        Just(Some(Agent { status: "timeout", lifecycle: "created", disconnected_since: None })),
+        (0i64..400).prop_map(|s| Some(dead_for(s))),
+    ]
+}
+
+fn any_probe() -> impl Strategy<Value = Option<ProbeOutcome>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(ProbeOutcome::Reachable)),
+        Just(Some(timed_out())),
+        Just(Some(refused())),
+        Just(Some(ProbeOutcome::Failed { message: "x".into() })),
+    ]
+}
+
+fn any_stage() -> impl Strategy<Value = Option<RecoveryStage>> {
+    prop_oneof![Just(None), Just(Some(RecoveryStage::Stopping)), Just(Some(RecoveryStage::Starting))]
+}
+
+proptest! {
+    #[test]
+    fn never_a_build_while_one_is_active_and_never_against_the_desired_state(
+        desired in prop_oneof![Just(DesiredState::Running), Just(DesiredState::Stopped)],
+        transition in prop_oneof![Just("start"), Just("stop"), Just("delete")],
+        job in prop_oneof![Just("pending"), Just("running"), Just("succeeded"), Just("canceling"), Just("canceled"), Just("failed")],
+        agent in any_agent(),
+        probe in any_probe(),
+        stage in any_stage(),
+        attempts in 0u32..5,
+        fresh in any::<bool>(),
+        exists in any::<bool>(),
+    ) {
+        let ws = workspace(transition, job, agent);
+        let s = spec(desired);
+        let previous = ChatWorkspaceStatus {
+            recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
+            ..Default::default()
+        };
+        let d = decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &previous,
+            observed: Observed::Workspace { workspace: exists.then_some(&ws), fresh, probe: probe.as_ref() },
+            now: at(0),
+            requeue: Requeue::default(),
+        });
+        let active = matches!(job, "pending" | "running" | "canceling");
+        if let Action::Build(plan) = &d.action {
+            prop_assert!(exists, "a build needs a workspace");
+            prop_assert!(!active, "a build while the latest job is {job}");
+            match (desired, plan.transition) {
+                (DesiredState::Stopped, WorkspaceTransition::Start) => prop_assert!(false, "a start while desired is Stopped"),
+                (DesiredState::Running, WorkspaceTransition::Stop) => {
+                    prop_assert_eq!(plan.reason, BuildReason::Recovery, "a stop while desired is Running outside recovery");
+                }
+                (_, WorkspaceTransition::Delete) => prop_assert!(false, "the lifecycle never deletes"),
+                _ => {}
+            }
+            if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && stage.is_none() {
+                prop_assert!(fresh, "a recovery stop from a cached observation");
+                prop_assert!(matches!(probe, Some(ref p) if !p.is_reachable()), "a recovery stop without a failed probe");
+                prop_assert!(attempts < 3 || d.status.recovery.as_ref().unwrap().attempts == 1, "over budget");
+            }
+        }
+        if d.action == Action::CreateWorkspace {
+            prop_assert!(!exists && desired == DesiredState::Running);
+        }
+        // Every condition carries the generation it was computed for.
+        for c in &d.status.conditions {
+            prop_assert_eq!(c.observed_generation, Some(1));
+        }
+        prop_assert_eq!(d.status.observed_generation, Some(1));
+        prop_assert!(d.requeue > Duration::ZERO);
+    }
+}

@@ -1,0 +1,237 @@
+//! Issue: agent connectivity, conditions and automatic stop-then-start
+//! recovery, against the real kube-apiserver and the Coder simulator, with
+//! timings shortened through the spec. Builds are counted in the
+//! simulator's log.
+
+mod support;
+
+use std::time::Duration;
+
+use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
+use chatworkspace_operator::crd::ChatWorkspace;
+use serde_json::json;
+use support::{Env, LONG};
+
+const THRESHOLD: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A workspace whose recovery acts within seconds: the simulator marks a
+/// silent agent disconnected after 1 s, the operator waits 2 s more.
+fn fast_recovery(max_attempts: u32) -> serde_json::Value {
+    json!({
+        "desiredState": "Running",
+        "template": {"name": "docker-dev"},
+        "recovery": {
+            "mode": "Automatic",
+            "disconnectedThreshold": "2s",
+            "probeTimeout": "1s",
+            "maxAttempts": max_attempts,
+            "window": "1h",
+        },
+    })
+}
+
+async fn ready(env: &Env, name: &str) -> ChatWorkspace {
+    env.wait_for_condition(name, READY, "True", Some("Running"), LONG).await
+}
+
+fn agent_id(cws: &ChatWorkspace) -> String {
+    cws.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()).expect("status.agent")
+}
+
+#[tokio::test]
+async fn a_killed_agent_is_recovered_with_exactly_one_stop_and_one_start() {
+    let env = Env::start("recover").await;
+    env.create("chat-1", fast_recovery(3)).await;
+    let before = ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    let killed_at = jiff::Timestamp::now();
+    env.sim.kill_agent(id);
+    env.wait_for_condition("chat-1", RECOVERING, "True", None, LONG).await;
+    let after = env.wait_for_condition("chat-1", RECOVERING, "False", Some("Recovered"), LONG).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    assert_eq!(env.transitions(id), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_ne!(agent_id(&after), agent_id(&before), "the rebuild made a new agent");
+    assert_eq!(env.stacked_builds(), 0);
+
+    let stop = &env.sim.builds(id)[1];
+    let reaction = stop.created_at.duration_since(killed_at);
+    println!(
+        "agent death to recovery stop build: {:.2}s (threshold {:?} + probe timeout {:?})",
+        reaction.as_secs_f64(),
+        THRESHOLD,
+        PROBE_TIMEOUT
+    );
+    // coderd dates the disconnect from the last heartbeat, up to one
+    // heartbeat interval before the kill.
+    let heartbeat = coder_sim::SimConfig::fast().timings.heartbeat_interval;
+    assert!(
+        reaction.as_secs_f64() >= (THRESHOLD - heartbeat).as_secs_f64(),
+        "recovery started before the threshold: {reaction:?}"
+    );
+    assert!(
+        reaction.as_secs_f64() <= (THRESHOLD + PROBE_TIMEOUT + Duration::from_secs(3)).as_secs_f64(),
+        "recovery started late: {reaction:?}"
+    );
+
+    let reasons: Vec<String> = env.events("chat-1").await.into_iter().map(|(r, _)| r).collect();
+    for expected in ["RecoveryStarted", "RecoveryStarting", "Recovered"] {
+        assert!(reasons.iter().any(|r| r == expected), "no {expected} event in {reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_gap_shorter_than_the_threshold_builds_nothing() {
+    let env = Env::start("blip").await;
+    let mut spec = fast_recovery(3);
+    spec["recovery"]["disconnectedThreshold"] = json!("4s");
+    env.create("chat-1", spec).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    env.sim.kill_agent(id);
+    // The operator sees the agent disconnected (coderd's 1 s inactive timeout)...
+    env.wait_for_condition("chat-1", AGENT_CONNECTED, "False", Some("Disconnected"), LONG).await;
+    // ...and it respawns before the threshold.
+    env.sim.revive_agent(id);
+    ready(&env, "chat-1").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.transitions(id), ["start"], "a respawn blip must not trigger a stop/start");
+}
+
+#[tokio::test]
+async fn a_disconnected_agent_that_is_back_on_the_fresh_read_builds_nothing() {
+    // The observation says disconnected past the threshold, but the fresh
+    // read and probe right before acting find the agent back.
+    let env = Env::start("fresh").await;
+    let mut spec = fast_recovery(3);
+    spec["recovery"]["disconnectedThreshold"] = json!("3s");
+    env.create("chat-1", spec).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    env.sim.kill_agent(id);
+    env.wait_for_condition("chat-1", AGENT_REACHABLE, "False", None, LONG).await;
+    env.sim.revive_agent(id);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ready(&env, "chat-1").await;
+    assert_eq!(env.transitions(id), ["start"]);
+}
+
+#[tokio::test]
+async fn a_probe_that_hangs_while_the_agent_is_connected_is_retried_once_then_degraded() {
+    let env = Env::start("dial").await;
+    env.create("chat-1", fast_recovery(3)).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+    env.sim.clear_requests();
+
+    env.sim.partition_probe(id, true);
+    let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("DialTimeout"), LONG).await;
+    let status = degraded.status.unwrap();
+    assert!(conditions::is_true(&status.conditions, AGENT_CONNECTED), "the agent still heartbeats");
+    let probes = env.sim.requests().iter().filter(|r| r.path.ends_with("/listening-ports")).count();
+    assert!(probes >= 2, "the probe was retried once before the verdict ({probes} probes)");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.transitions(id), ["start"], "a heartbeating agent is never rebuilt");
+
+    env.sim.partition_probe(id, false);
+    ready(&env, "chat-1").await;
+    let healed = env.get("chat-1").await;
+    assert!(!conditions::is_true(&healed.status.unwrap().conditions, DEGRADED));
+}
+
+#[tokio::test]
+async fn an_agent_that_never_connects_is_degraded_not_rebuilt() {
+    let env = Env::start("never").await;
+    env.sim.never_connect_next_start(None);
+    env.create("chat-1", fast_recovery(3)).await;
+    let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("AgentNeverConnected"), LONG).await;
+    let message = conditions::find(&degraded.status.unwrap().conditions, DEGRADED).unwrap().message.clone();
+    assert!(message.contains("template"), "tells a person where to look: {message}");
+    let id = env.workspace_id("admin", "chat-1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.transitions(id), ["start"]);
+}
+
+#[tokio::test]
+async fn classification_follows_the_new_agent_after_a_rebuild() {
+    let env = Env::start("rebuild").await;
+    env.create("chat-1", fast_recovery(3)).await;
+    let first = ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    env.set_desired_state("chat-1", "Stopped").await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Stopped"), LONG).await;
+    env.set_desired_state("chat-1", "Running").await;
+    let second = ready(&env, "chat-1").await;
+    assert_ne!(agent_id(&first), agent_id(&second), "status follows the new build's agent");
+
+    // The old agent's death is history; the new one's is what counts.
+    env.sim.kill_agent(id);
+    env.wait_for_condition("chat-1", RECOVERING, "False", Some("Recovered"), LONG).await;
+    assert_eq!(env.transitions(id), ["start", "stop", "start", "stop", "start"]);
+}
+
+#[tokio::test]
+async fn an_operator_killed_after_the_recovery_stop_resumes_without_a_second_stop() {
+    let mut env = Env::start("crash").await;
+    env.create("chat-1", fast_recovery(3)).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    env.sim.kill_agent(id);
+    // Kill the operator the moment the recovery's stop build exists.
+    let deadline = std::time::Instant::now() + LONG;
+    while env.transitions(id).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no recovery stop build");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    env.kill_operator();
+    assert_eq!(env.transitions(id), ["start", "stop"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    env.start_operator();
+    ready(&env, "chat-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.transitions(id), ["start", "stop", "start"], "the recovery finished with no second stop");
+    assert_eq!(env.stacked_builds(), 0);
+}
+
+#[tokio::test]
+async fn a_flapping_agent_exhausts_the_budget_and_is_left_for_a_person() {
+    let env = Env::start("flap").await;
+    env.create("chat-1", fast_recovery(2)).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    for attempt in 1..=2 {
+        env.sim.kill_agent(id);
+        env.wait_for("chat-1", &format!("recovery {attempt} done"), LONG, |c| {
+            c.status.as_ref().and_then(|s| s.recovery.as_ref()).is_some_and(|r| r.attempts == attempt && r.stage.is_none())
+                && conditions::is_true(&c.status.as_ref().unwrap().conditions, READY)
+        })
+        .await;
+    }
+    env.sim.kill_agent(id);
+    let spent = env.wait_for_condition("chat-1", DEGRADED, "True", Some("RecoveryBudgetExhausted"), LONG).await;
+    let message = conditions::find(&spent.status.unwrap().conditions, DEGRADED).unwrap().message.clone();
+    assert!(message.contains("2 automatic recoveries"), "{message}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.transitions(id), ["start", "stop", "start", "stop", "start"], "no builds past the budget");
+}
+
+#[tokio::test]
+async fn recovery_disabled_reports_and_never_builds() {
+    let env = Env::start("disabled").await;
+    let mut spec = fast_recovery(3);
+    spec["recovery"]["mode"] = json!("Disabled");
+    env.create("chat-1", spec).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+    env.sim.kill_agent(id);
+    env.wait_for_condition("chat-1", DEGRADED, "True", Some("AgentDead"), LONG).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.transitions(id), ["start"]);
+}

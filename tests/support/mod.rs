@@ -1,0 +1,231 @@
+//! What the integration tests share: a real control plane (one per test
+//! binary), a Coder simulator per test, and the operator running in-process
+//! against both, restricted to the test's own namespace.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatworkspace_operator::admin::Readiness;
+use chatworkspace_operator::coder::SessionToken;
+use chatworkspace_operator::conditions;
+use chatworkspace_operator::controller::{self, Context, Settings};
+use chatworkspace_operator::crd::ChatWorkspace;
+use chatworkspace_operator::credentials::Credentials;
+use chatworkspace_operator::decision::Requeue;
+use chatworkspace_operator::metrics::Metrics;
+use coder_sim::{SimConfig, Simulator};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use testbed::ControlPlane;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Requeue intervals short enough that the simulator's fast timings drive
+/// the tests in seconds.
+pub fn fast_requeue() -> Requeue {
+    Requeue {
+        active: Duration::from_millis(200),
+        agent: Duration::from_millis(200),
+        probe_retry: Duration::from_millis(200),
+        retry: Duration::from_secs(1),
+        stable: Duration::from_secs(2),
+    }
+}
+
+pub struct Env {
+    pub namespace: String,
+    pub client: Client,
+    pub api: Api<ChatWorkspace>,
+    pub sim: Simulator,
+    pub metrics: Arc<Metrics>,
+    operator: Option<Operator>,
+}
+
+struct Operator {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Env {
+    /// A fresh namespace, a simulator with fast timings, and a running operator.
+    pub async fn start(prefix: &str) -> Env {
+        Self::start_with(prefix, SimConfig::fast()).await
+    }
+
+    pub async fn start_with(prefix: &str, config: SimConfig) -> Env {
+        let plane = ControlPlane::shared();
+        let namespace = plane.namespace(prefix).await;
+        let client = plane.client().await;
+        let sim = Simulator::start(config).await.expect("start the Coder simulator");
+        let api = Api::namespaced(client.clone(), &namespace);
+        let mut env = Env { namespace, client, api, sim, metrics: Arc::new(Metrics::default()), operator: None };
+        env.start_operator();
+        env
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            requeue: fast_requeue(),
+            concurrency: 8,
+            namespaces: vec![self.namespace.clone()],
+            template_ttl: Duration::from_secs(300),
+            instance: "test".into(),
+        }
+    }
+
+    /// Starts the operator (again), as a restarted process would: nothing
+    /// carried over but what is in Kubernetes and Coder.
+    pub fn start_operator(&mut self) {
+        assert!(self.operator.is_none(), "the operator is already running");
+        let credentials = Credentials::new(
+            Some((self.sim.url(), SessionToken::new(&self.sim.token()).unwrap())),
+            Duration::from_secs(5),
+            Some(self.metrics.clone()),
+        )
+        .unwrap();
+        let context = Arc::new(Context::new(self.client.clone(), credentials, self.metrics.clone(), self.settings()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(context, Arc::new(Readiness::default()), async move {
+            let _ = stopped.await;
+        }));
+        self.operator = Some(Operator { stop, task });
+    }
+
+    /// Kills the operator at once, mid-reconcile if it is in one.
+    pub fn kill_operator(&mut self) {
+        if let Some(operator) = self.operator.take() {
+            operator.task.abort();
+        }
+    }
+
+    /// Stops the operator gracefully and waits for it.
+    pub async fn stop_operator(&mut self) {
+        if let Some(operator) = self.operator.take() {
+            let _ = operator.stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(20), operator.task).await;
+        }
+    }
+
+    pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
+        let object: ChatWorkspace = serde_json::from_value(json!({
+            "apiVersion": "chat.coder.com/v1alpha1",
+            "kind": "ChatWorkspace",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": spec,
+        }))
+        .expect("a valid ChatWorkspace");
+        self.api.create(&PostParams::default(), &object).await.expect("create ChatWorkspace")
+    }
+
+    pub async fn get(&self, name: &str) -> ChatWorkspace {
+        self.api.get(name).await.expect("get ChatWorkspace")
+    }
+
+    pub async fn set_desired_state(&self, name: &str, state: &str) {
+        let patch = json!({"spec": {"desiredState": state}});
+        self.api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch desiredState");
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.api.delete(name, &DeleteParams::default()).await.expect("delete ChatWorkspace");
+    }
+
+    /// Waits until `check` holds for the resource, or fails the test with
+    /// the resource's last status.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&ChatWorkspace) -> bool,
+    ) -> ChatWorkspace {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let current = self.api.get_opt(name).await.expect("get ChatWorkspace");
+            if let Some(current) = &current
+                && check(current)
+            {
+                return current.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {name} to be {what}; last status: {}",
+                    serde_json::to_string_pretty(&current.and_then(|c| c.status)).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for condition `type_` to have `status` (and `reason`, if given)
+    /// for the current generation.
+    pub async fn wait_for_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+        timeout: Duration,
+    ) -> ChatWorkspace {
+        let what = format!("{type_}={status}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default());
+        self.wait_for(name, &what, timeout, |cws| {
+            let generation = cws.metadata.generation;
+            cws.status.as_ref().is_some_and(|s| {
+                conditions::find(&s.conditions, type_).is_some_and(|c| {
+                    c.status == status && reason.is_none_or(|r| c.reason == r) && c.observed_generation == generation
+                })
+            })
+        })
+        .await
+    }
+
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.api.get_opt(name).await.expect("get").is_some() {
+            assert!(Instant::now() < deadline, "{name} still exists after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The Coder workspace id the simulator holds for `name` (owned by the
+    /// simulator's default user).
+    pub fn workspace_id(&self, owner: &str, name: &str) -> uuid::Uuid {
+        self.sim.workspace_id(owner, name).unwrap_or_else(|| panic!("no workspace {owner}/{name} in the simulator"))
+    }
+
+    /// Transitions of every build of a workspace, in order.
+    pub fn transitions(&self, workspace: uuid::Uuid) -> Vec<String> {
+        self.sim.builds(workspace).into_iter().map(|b| b.transition).collect()
+    }
+
+    /// Requests whose status was 409 for a build: the operator tried to stack
+    /// a build on an active one.
+    pub fn stacked_builds(&self) -> usize {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/builds") && r.status == 409)
+            .count()
+    }
+
+    pub async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let list = events.list(&Default::default()).await.expect("list events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_operator();
+    }
+}
+
+pub const LONG: Duration = Duration::from_secs(30);
