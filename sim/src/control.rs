@@ -59,6 +59,31 @@ impl Shared {
         self.lock().fail_next_build(workspace, transition, failure);
     }
 
+    /// Changes a template setting, as a template admin would.
+    pub fn set_require_active_version(&self, template: &str, required: bool) -> Result<(), String> {
+        let mut deployment = self.lock();
+        let template = deployment.template_named_mut(template).ok_or_else(|| format!("no template {template:?}"))?;
+        template.require_active_version = required;
+        Ok(())
+    }
+
+    /// Promotes one of a template's versions (by name) to active.
+    pub fn set_active_version(&self, template: &str, version: &str) -> Result<(), String> {
+        let mut deployment = self.lock();
+        let template_id =
+            deployment.template_named_mut(template).ok_or_else(|| format!("no template {template:?}"))?.id;
+        let version_id = deployment
+            .versions
+            .values()
+            .find(|v| v.template_id == template_id && v.name == version)
+            .ok_or_else(|| format!("template {template:?} has no version {version:?}"))?
+            .id;
+        if let Some(template) = deployment.template_named_mut(template) {
+            template.active_version_id = version_id;
+        }
+        Ok(())
+    }
+
     pub fn create_workspace(&self, owner: &str, name: &str, template: &str) -> Result<Uuid, String> {
         let mut deployment = self.lock();
         let owner_id = deployment.user(owner).ok_or_else(|| format!("no user {owner:?}"))?.id;
@@ -84,6 +109,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/workspaces/{id}/partition-probe", post(partition_probe))
         .route("/workspaces/{id}/never-connect", post(never_connect))
         .route("/workspaces/{id}/builds", get(builds))
+        .route("/templates/{name}/require-active-version", post(set_require_active_version))
+        .route("/templates/{name}/active-version", post(set_active_version))
         .route("/never-connect", post(never_connect_any))
         .route("/fail-next-build", post(fail_next_build))
         .route("/faults", post(add_fault).delete(clear_faults))
@@ -226,6 +253,34 @@ async fn clear_requests(State(shared): State<Arc<Shared>>) -> StatusCode {
 async fn builds(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Vec<BuildRecord>>, ApiError> {
     let id = workspace_param(&shared, &id)?;
     Ok(Json(shared.lock().build_records(id)))
+}
+
+#[derive(Deserialize)]
+struct RequireActiveVersionBody {
+    required: bool,
+}
+
+async fn set_require_active_version(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    CoderJson(body): CoderJson<RequireActiveVersionBody>,
+) -> Result<StatusCode, ApiError> {
+    shared.set_require_active_version(&name, body.required).map_err(|_| ApiError::not_found())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ActiveVersionBody {
+    version: String,
+}
+
+async fn set_active_version(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    CoderJson(body): CoderJson<ActiveVersionBody>,
+) -> Result<StatusCode, ApiError> {
+    shared.set_active_version(&name, &body.version).map_err(ApiError::bad_request)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

@@ -116,6 +116,13 @@ pub struct Simulator {
     handle: Arc<Handle>,
 }
 
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Simulator").field("url", &self.url()).finish_non_exhaustive()
+    }
+}
+
 struct Handle {
     shared: Arc<Shared>,
     addr: SocketAddr,
@@ -232,6 +239,23 @@ impl Simulator {
             Some(error.to_owned()),
             error_code.map(str::to_owned),
         );
+    }
+
+    /// Turns the template's `require_active_version` setting on or off.
+    ///
+    /// # Panics
+    /// If there is no template of that name.
+    pub fn set_require_active_version(&self, template: &str, required: bool) {
+        self.handle.shared.set_require_active_version(template, required).unwrap_or_else(|err| panic!("{err}"));
+    }
+
+    /// Promotes the template's version named `version` to active, which makes
+    /// workspaces on other versions `outdated`.
+    ///
+    /// # Panics
+    /// If there is no such template or version.
+    pub fn set_active_version(&self, template: &str, version: &str) {
+        self.handle.shared.set_active_version(template, version).unwrap_or_else(|err| panic!("{err}"));
     }
 
     /// Adds a fault; returns its id.

@@ -166,6 +166,7 @@ async fn dead_agent_probe_hangs_first_then_is_refused_fast() {
     let ws = sim.workspace_id("bob", "existing-dev").unwrap();
     let agent_id = id_of(&client.agents(&ws.to_string()).await[0]);
     sim.kill_agent(ws);
+    let killed_at = Instant::now();
 
     // Within the inactive timeout coderd still sees it connected and dials.
     let started = Instant::now();
@@ -174,6 +175,11 @@ async fn dead_agent_probe_hangs_first_then_is_refused_fast() {
     assert_eq!(failed["message"], "Internal error dialing workspace agent.");
 
     client.wait_for_agent(&agent_id, "disconnected", None).await;
+    // coderd notices after the inactive timeout since the last heartbeat,
+    // which came at most one heartbeat interval before the kill.
+    let noticed = killed_at.elapsed();
+    assert!(noticed >= Duration::from_millis(1500 - 250), "noticed too early: {noticed:?}");
+    assert!(noticed < Duration::from_millis(1500 + 500), "noticed too late: {noticed:?}");
     let started = Instant::now();
     let refused = client.probe(&agent_id).await.expect(400);
     assert!(started.elapsed() < Duration::from_millis(300), "refused without dialing");

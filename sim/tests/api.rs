@@ -381,3 +381,34 @@ async fn adopted_workspaces_come_from_outside() {
     assert_eq!(ws["latest_build"]["transition"], "start");
     assert_eq!(sim.builds(id).len(), 1);
 }
+
+#[tokio::test]
+async fn template_settings_can_change_under_a_workspace() {
+    let (sim, client) = start().await;
+    let id = id_of(
+        &client
+            .post("/api/v2/users/me/workspaces", json!({ "name": "pinned", "template_version_id": DOCKER_DEV_V1 }))
+            .await
+            .expect(201),
+    );
+    client.wait_for_build(&id, "running").await;
+    assert_eq!(client.workspace(&id).await["outdated"], true);
+    sim.set_active_version("docker-dev", "v1");
+    let ws = client.workspace(&id).await;
+    assert_eq!(
+        (ws["outdated"].as_bool(), ws["template_active_version_id"].as_str()),
+        (Some(false), Some(DOCKER_DEV_V1))
+    );
+    sim.set_active_version("docker-dev", "v2");
+
+    client.build(&id, json!({ "transition": "stop" })).await.expect(201);
+    client.wait_for_build(&id, "stopped").await;
+    sim.set_require_active_version("docker-dev", true);
+    assert_eq!(client.workspace(&id).await["template_require_active_version"], true);
+    client.build(&id, json!({ "transition": "start" })).await.expect(403);
+
+    let control = client.with_token(None);
+    control.post("/sim/templates/docker-dev/require-active-version", json!({ "required": false })).await.expect(204);
+    control.post("/sim/templates/docker-dev/active-version", json!({ "version": "v9" })).await.expect(400);
+    client.build(&id, json!({ "transition": "start" })).await.expect(201);
+}

@@ -208,12 +208,21 @@ templates:
     assert_eq!(seed.templates[0].versions[0].resource.kind, "docker_container");
 }
 
+#[test]
+fn the_readme_seed_example_is_a_valid_seed() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("```yaml\n").expect("a YAML example") + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let seed: Seed = serde_yaml::from_str(&readme[start..end]).unwrap();
+    assert_eq!(seed.templates[0].versions[0].agents[2].parent.as_deref(), Some("main"));
+}
+
 #[tokio::test]
 async fn a_seed_with_a_broken_reference_is_refused() {
     let mut seed = Seed::default();
     seed.templates[0].active_version = "v9".to_owned();
     let config = coder_sim::SimConfig { seed, ..coder_sim::SimConfig::fast() };
-    let err = coder_sim::Simulator::start(config).await.err().expect("a bad seed fails");
+    let err = coder_sim::Simulator::start(config).await.expect_err("a bad seed fails");
     assert!(format!("{err:#}").contains("v9"), "{err:#}");
 }
 

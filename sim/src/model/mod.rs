@@ -192,6 +192,11 @@ impl Deployment {
         self.templates.iter().find(|template| template.id == id)
     }
 
+    /// A template by name in any organization, for the simulator's controls.
+    pub fn template_named_mut(&mut self, name: &str) -> Option<&mut Template> {
+        self.templates.iter_mut().find(|template| template.name == name)
+    }
+
     pub fn template_by_name(&self, organization_id: Uuid, name: &str) -> Option<&Template> {
         self.templates
             .iter()

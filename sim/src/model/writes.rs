@@ -72,7 +72,7 @@ impl Deployment {
         let version = match request.template_version_id {
             None => None,
             Some(id) => Some(self.versions.get(&id).ok_or_else(|| {
-                ApiError::bad_request(format!("Template version {id:?} doesn't exist."))
+                ApiError::bad_request(format!("Template version \"{id}\" doesn't exist."))
                     .validation("template_version_id", "template not found")
             })?),
         };
@@ -89,7 +89,7 @@ impl Deployment {
             (None, Some(version)) => version.template_id,
         };
         self.template(template_id).ok_or_else(|| {
-            ApiError::bad_request(format!("Template {template_id:?} doesn't exist."))
+            ApiError::bad_request(format!("Template \"{template_id}\" doesn't exist."))
                 .validation("template_id", "template not found")
         })
     }
@@ -192,7 +192,7 @@ impl Deployment {
         if let Some(preset_id) = preset_id {
             let preset = version.presets.iter().find(|p| p.id == preset_id).ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "Template version preset {preset_id:?} does not belong to template version {version_id:?}."
+                    "Template version preset \"{preset_id}\" does not belong to template version \"{version_id}\"."
                 ))
                 .validation("template_version_preset_id", "preset not found for this template version")
             })?;
