@@ -30,7 +30,9 @@ pub enum CoderError {
     #[error("the token's user is not allowed to do this in Coder (403): {message}")]
     Forbidden { message: String },
 
-    #[error("not found in Coder (404): {message}")]
+    /// 404, or 410 for a workspace that was deleted (coderd's answer to a
+    /// read by id).
+    #[error("not found in Coder: {message}")]
     NotFound { message: String },
 
     /// For a build: another build is still active; read the workspace again
@@ -107,7 +109,7 @@ impl CoderError {
             }
             401 => Self::Unauthorized { message: body.summary() },
             403 => Self::Forbidden { message: body.summary() },
-            404 => Self::NotFound { message: body.summary() },
+            404 | 410 => Self::NotFound { message: body.summary() },
             409 => Self::Conflict { message: body.summary() },
             408 | 429 | 500..=599 => Self::Unavailable { status: code, message: body.summary() },
             400..=499 => Self::BadRequest { status: code, message: body.message, detail: body.detail },
@@ -261,7 +263,7 @@ mod tests {
     #[test]
     fn message_and_detail_are_shown() {
         let error = error_for(404, r#"{"message": "Resource not found.", "detail": "workspace \"x\""}"#);
-        assert_eq!(error.to_string(), "not found in Coder (404): Resource not found.: workspace \"x\"");
+        assert_eq!(error.to_string(), "not found in Coder: Resource not found.: workspace \"x\"");
     }
 
     #[test]
