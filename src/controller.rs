@@ -135,8 +135,15 @@ pub async fn run(
     let stores = context.stores.lock().expect("stores").clone();
     tokio::spawn(async move {
         for store in stores {
-            if store.wait_until_ready().await.is_err() {
-                return;
+            // kube-runtime wakes only the latest of several waiters on a
+            // store, and the controller waits on it too: look again until
+            // it is ready.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
             }
         }
         info!("caches synced; ready");
@@ -218,12 +225,16 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
             write_status(api, resource, &previous, &status).await?;
             publish(context, resource, &previous, &status, &[]).await;
             if error.is_transient() {
-                Err(error)
+                return Err(error);
+            }
+            warn!(name = %resource.name_any(), %error, "reconcile needs a change to succeed");
+            context.metrics.error_kind(error.reason());
+            if error.waits_for_spec_change() {
+                // Only a new spec can fix it; a spec change triggers a reconcile.
+                Ok(Action::await_change())
             } else {
-                // Waits for a change of the spec (which triggers a reconcile)
-                // or a slow resync: no retry storm on a bad token or input.
-                warn!(name = %resource.name_any(), %error, "reconcile needs a change to succeed");
-                context.metrics.error_kind(error.reason());
+                // A token, template or Secret may be fixed outside Kubernetes'
+                // view of this resource: look again slowly, never in a storm.
                 Ok(Action::requeue(context.settings.requeue.stable.max(Duration::from_secs(60))))
             }
         }

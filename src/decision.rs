@@ -296,7 +296,7 @@ impl<'a> Outcome<'a> {
     fn present(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
         let build = &workspace.latest_build;
         if build.job.status.is_active() {
-            return self.wait_for_build(build);
+            return self.wait_for_build(workspace);
         }
         match self.desired() {
             DesiredState::Stopped => self.keep_stopped(build),
@@ -304,7 +304,8 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    fn wait_for_build(&mut self, build: &WorkspaceBuild) {
+    fn wait_for_build(&mut self, workspace: &Workspace) {
+        let build = &workspace.latest_build;
         // A desiredState flip abandons a recovery; the build under way
         // finishes first either way.
         if self.desired() == DesiredState::Stopped {
@@ -315,12 +316,18 @@ impl<'a> Outcome<'a> {
             WorkspaceTransition::Delete => Phase::Deleting,
             _ => Phase::Starting,
         };
-        let message = format!(
+        let mut message = format!(
             "Build #{} ({}) is {}; waiting for it to finish before deciding anything else.",
             build.build_number,
             transition_name(build.transition),
             build.job.status.as_str()
         );
+        if build.transition == WorkspaceTransition::Start && workspace.template_require_active_version {
+            message.push_str(&format!(
+                " Template {} requires its active version, so this start builds version {}.",
+                workspace.template_name, build.template_version_id
+            ));
+        }
         self.say(PROGRESSING, true, "BuildInProgress", message.clone());
         self.say(READY, false, "BuildInProgress", format!("{message} Wait for Ready."));
         if build.transition != WorkspaceTransition::Start {
@@ -470,7 +477,10 @@ impl<'a> Outcome<'a> {
         let Some(agent) = chat_agent(build, self.inputs.spec.agent_name.as_deref()) else {
             return self.no_agent(build);
         };
-        self.phase = Phase::Starting;
+        self.phase = match agent.status {
+            AgentStatus::Connecting | AgentStatus::Unknown => Phase::Starting,
+            _ => Phase::Running,
+        };
         self.say(PROGRESSING, false, "BuildSucceeded", format!("Start build #{} succeeded.", build.build_number));
         match agent.status {
             AgentStatus::Connected => self.connected(agent, probe),

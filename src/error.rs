@@ -56,6 +56,12 @@ impl Error {
         }
     }
 
+    /// Errors only a spec change can fix: retrying them unchanged would
+    /// get the same answer from Coder.
+    pub fn waits_for_spec_change(&self) -> bool {
+        matches!(self, Error::InvalidSpec(_) | Error::PresetNotFound(_) | Error::Coder(CoderError::Validation { .. }))
+    }
+
     /// What a reading agent or person should do about it.
     pub fn advice(&self) -> &'static str {
         match self {
