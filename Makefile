@@ -37,7 +37,8 @@ fmt:
 
 ## demo: a local control plane, the simulator and the operator, showing a lifecycle and a recovery
 demo: tools
-	@bash hack/demo.sh
+	$(CARGO) build --quiet --bin chatworkspace-operator
+	$(CARGO) run --quiet --example demo
 
 clean-tools:
 	rm -rf .tools
