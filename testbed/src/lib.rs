@@ -207,6 +207,9 @@ impl ControlPlane {
             // No pods run that could use the `kubernetes` Service's
             // endpoints, so do not keep rewriting them.
             "--endpoint-reconciler-type=none".to_owned(),
+            // On TERM, end open watches instead of waiting for their
+            // clients to do it: a restart with a controller connected
+            // would otherwise take the watchdog's whole grace period.
             "--shutdown-watch-termination-grace-period=2s".to_owned(),
         ]);
         let mut apiserver =
@@ -214,7 +217,7 @@ impl ControlPlane {
         on_private_runtime(async {
             wait_for_apiserver(&mut apiserver, &kubeconfig).await?;
             let client = client_for(&kubeconfig).await?;
-            let crds_dir = std::env::var_os("TMP_CRDS").map(PathBuf::from).unwrap_or_else(|| repo_root().join("crds"));
+            let crds_dir = repo_root().join("crds");
             for crd in read_crds(&crds_dir)? {
                 apply_crd(&client, crd)
                     .await
@@ -335,7 +338,7 @@ impl ControlPlane {
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"));
-        // These would point helm at another cluster or identity.
+        // These would point helm at another cluster, identity or namespace.
         for var in [
             "HELM_KUBEAPISERVER",
             "HELM_KUBECAFILE",
@@ -345,6 +348,7 @@ impl ControlPlane {
             "HELM_KUBEASGROUPS",
             "HELM_KUBEINSECURE_SKIP_TLS_VERIFY",
             "HELM_KUBETLS_SERVER_NAME",
+            "HELM_NAMESPACE",
         ] {
             command.env_remove(var);
         }

@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread;
@@ -25,10 +25,15 @@ use anyhow::Context as _;
 /// The watcher's stdin must be duplicated from fd 3: a background list in a
 /// non-interactive shell gets /dev/null as stdin before its own redirections
 /// apply, so `<&0` would read /dev/null. `$$` is the shell's pid, which the
-/// server inherits through `exec`. TERM gives the server a graceful shutdown;
-/// KILL follows if it has not exited after 10 s. A dead server stays a zombie
-/// until its new parent reaps it, and `kill -0` succeeds on zombies, so
-/// `alive` also reads the process state where /proc exists.
+/// server inherits through `exec`.
+///
+/// A `stop` line before EOF is an orderly [`Server::stop`]: TERM, for a
+/// graceful shutdown (what an apiserver restart should look like), then KILL
+/// if the server is still there after 10 s. A bare EOF means the owner died:
+/// KILL at once, since nobody will use the data again and kube-apiserver
+/// shuts down slowly once etcd is gone. A dead server stays a zombie until
+/// its new parent reaps it, and `kill -0` succeeds on zombies, so `alive`
+/// also reads the process state where /proc exists.
 const WATCHDOG: &str = r#"
 cleanup=$1
 shift
@@ -40,9 +45,12 @@ alive() {
 	[ "${stat%% *}" != Z ]
 }
 exec 3<&0
-[ -n "$NOWATCH" ] || (
-	while read -r _; do :; done
-	if kill -TERM $$ 2>/dev/null; then
+(
+	signal=KILL
+	while read -r request; do
+		if [ "$request" = stop ]; then signal=TERM; fi
+	done
+	if kill -$signal $$ 2>/dev/null; then
 		i=0
 		while alive $$ && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 		if alive $$; then kill -KILL $$ 2>/dev/null; fi
@@ -111,7 +119,11 @@ impl Server {
     /// Stops the server and waits for it: gracefully through the watchdog,
     /// forcibly after [`STOP_TIMEOUT`].
     pub(crate) fn stop(&mut self) {
-        self.lifeline = None;
+        if let Some(mut lifeline) = self.lifeline.take() {
+            // Ask for the graceful path; if the watchdog is gone, the
+            // server is stopped below all the same.
+            let _ = lifeline.write_all(b"stop\n");
+        }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             match self.child.try_wait() {

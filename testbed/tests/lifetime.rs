@@ -5,7 +5,7 @@
 //! control plane (which is never dropped), prints its pids and directory,
 //! and then ends in its own way.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ fn child() {
     let control_plane = ControlPlane::shared();
     let pids: Vec<String> = control_plane.server_pids().iter().map(u32::to_string).collect();
     println!("control-plane {} {}", control_plane.dir().display(), pids.join(" "));
+    // The parent checks the servers first; then this process may end.
+    std::io::stdin().read_line(&mut String::new()).unwrap();
     match mode.as_str() {
         "return" => {}
         "panic" => panic!("the child panics on purpose"),
@@ -41,6 +43,7 @@ fn spawn_child(mode: &str) -> Child {
     Command::new(env::current_exe().unwrap())
         .args(["--exact", "child", "--ignored", "--nocapture"])
         .env(CHILD_MODE, mode)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -96,11 +99,17 @@ fn assert_cleaned_up(dir: &Path, pids: &[u32]) {
     }
 }
 
+/// Checks that the child's servers run, then lets the child end.
+fn release(child: &mut Child, pids: &[u32]) {
+    assert!(pids.iter().all(|&pid| alive(pid)), "servers are running");
+    child.stdin.take().unwrap().write_all(b"end\n").unwrap();
+}
+
 /// Runs a child that ends by itself and checks what it leaves behind.
 fn check_child_ending(mode: &str, expect_success: bool) {
     let mut child = spawn_child(mode);
     let (dir, pids) = read_control_plane(&mut child);
-    assert!(pids.iter().all(|&pid| alive(pid)), "servers are running");
+    release(&mut child, &pids);
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.success(), expect_success, "{}", describe(&output));
     assert_cleaned_up(&dir, &pids);
@@ -125,7 +134,7 @@ fn nothing_outlives_a_test_process_that_aborts() {
 fn nothing_outlives_a_test_process_that_is_killed() {
     let mut child = spawn_child("wait-for-kill");
     let (dir, pids) = read_control_plane(&mut child);
-    assert!(pids.iter().all(|&pid| alive(pid)), "servers are running");
+    release(&mut child, &pids);
     child.kill().unwrap(); // SIGKILL: no code of the child runs any more
     child.wait().unwrap();
     assert_cleaned_up(&dir, &pids);
