@@ -19,18 +19,32 @@ command -v go >/dev/null || { echo "make tools: Go is not installed; install Go 
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:--buildvcs=false} -mod=mod"
 
-# build NAME MODULE_DIR PACKAGE
+# Kubernetes stamps its version at link time (upstream's hack/lib/version.sh);
+# without it kubectl and kube-apiserver report v0.0.0-master, which breaks
+# `kubectl version` and charts with a kubeVersion constraint.
+k8s_version_ldflags() {
+	local minor=${KUBERNETES_VERSION#v1.}
+	minor=${minor%%.*}
+	local pkg flags=""
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		flags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+		flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+	done
+	echo "$flags"
+}
+
+# build NAME MODULE_DIR PACKAGE [LDFLAGS]
 build() {
-	local name=$1 dir=$2 pkg=$3
+	local name=$1 dir=$2 pkg=$3 ldflags="-s ${4:-}"
 	local stamp="$stamps/$name" want
-	want="$(go env GOVERSION) $pkg $(cat "$root/tools/$dir/go.mod" "$root/tools/$dir/go.sum" | sha256sum | cut -c1-16)"
+	want="$(go env GOVERSION) $pkg $(echo "$ldflags" | sha256sum | cut -c1-8) $(cat "$root/tools/$dir/go.mod" "$root/tools/$dir/go.sum" | sha256sum | cut -c1-16)"
 	if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 		echo "tools: $name is up to date"
 		return
 	fi
 	local start=$SECONDS
 	echo "tools: building $name from $pkg (a cold build takes minutes on 2 cores)..."
-	if ! (cd "$root/tools/$dir" && go build -trimpath -ldflags=-s -o "$bin/$name.tmp" "$pkg"); then
+	if ! (cd "$root/tools/$dir" && go build -trimpath -ldflags="$ldflags" -o "$bin/$name.tmp" "$pkg"); then
 		echo "tools: building $name failed; see the Go errors above" >&2
 		exit 1
 	fi
@@ -42,8 +56,8 @@ build() {
 only=${1:-all}
 case $only in
 all | etcd) build etcd etcd ./cmd/etcd ;;&
-all | kube-apiserver) build kube-apiserver k8s k8s.io/kubernetes/cmd/kube-apiserver ;;&
-all | kubectl) build kubectl k8s k8s.io/kubernetes/cmd/kubectl ;;&
+all | kube-apiserver) build kube-apiserver k8s k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_version_ldflags)" ;;&
+all | kubectl) build kubectl k8s k8s.io/kubernetes/cmd/kubectl "$(k8s_version_ldflags)" ;;&
 all | helm) build helm helm helm.sh/helm/v3/cmd/helm ;;&
 all | etcd | kube-apiserver | kubectl | helm) ;;
 *) echo "usage: tools/build.sh [all|etcd|kube-apiserver|kubectl|helm]" >&2; exit 2 ;;
