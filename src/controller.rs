@@ -25,12 +25,13 @@ use crate::coder::{
 };
 use crate::conditions::{self, DEGRADED, READY, Verdict};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER, Phase};
-use crate::credentials::{Credentials, Resolved};
+use crate::credentials::Credentials;
 use crate::decision::{
     self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Requeue,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::observer::{Observer, ObserverSettings};
 use crate::templates::Templates;
 
 /// Settings of the controller itself (flags of `chatworkspace-operator run`).
@@ -44,6 +45,8 @@ pub struct Settings {
     pub template_ttl: Duration,
     /// Name of this replica in Events.
     pub instance: String,
+    /// How Coder is observed: shared lists, probe caching.
+    pub observer: ObserverSettings,
 }
 
 impl Default for Settings {
@@ -54,6 +57,7 @@ impl Default for Settings {
             namespaces: Vec::new(),
             template_ttl: Duration::from_secs(300),
             instance: "chatworkspace-operator".into(),
+            observer: ObserverSettings::default(),
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct Context {
     pub kube: kube::Client,
     pub credentials: Credentials,
     pub templates: Templates,
+    pub observer: Observer,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     recorder: Recorder,
@@ -78,6 +83,7 @@ impl Context {
         Self {
             recorder: Recorder::new(kube.clone(), reporter),
             templates: Templates::new(settings.template_ttl),
+            observer: Observer::new(settings.observer),
             kube,
             credentials,
             metrics,
@@ -252,14 +258,22 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
     let name = resource.workspace_name();
     let generation = resource.metadata.generation.unwrap_or_default();
 
-    let mut workspace = coder.workspace_by_owner_and_name(&owner, &name).await?;
+    let observation = context.observer.workspace(&credentials, &owner, &name).await?;
+    let (mut workspace, mut fresh) = (observation.workspace, observation.fresh);
     let conflict = context.conflict(resource, workspace.as_ref().map(|w| w.id.as_str()));
-    let mut decision =
-        observe_and_decide(resource, previous, policy, generation, context, coder, &workspace, &conflict).await;
+    let inputs = Gathered { resource, previous, policy, generation, context, coder, conflict: &conflict };
+    let mut decision = inputs.decide(&workspace, fresh).await;
+    if !fresh && decision.action != CoreAction::None {
+        // Never act on a shared list's view: read this workspace (and probe
+        // its agent) again, and decide on that.
+        workspace = context.observer.fresh(&credentials, &owner, &name).await?;
+        fresh = true;
+        decision = inputs.decide(&workspace, fresh).await;
+    }
     if decision.action == CoreAction::Refresh {
-        workspace = coder.workspace_by_owner_and_name(&owner, &name).await?;
-        decision =
-            observe_and_decide(resource, previous, policy, generation, context, coder, &workspace, &conflict).await;
+        // The core asked for a fresh look although this one was fresh: a
+        // decision it will make on the next pass, not in a loop here.
+        decision.action = CoreAction::None;
     }
 
     let mut events = std::mem::take(&mut decision.events);
@@ -330,6 +344,9 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
 
     let mut status = decision.status.clone();
     let mut requeue = decision.requeue;
+    if let Some(workspace) = &acted {
+        context.observer.remember(&credentials, &owner, &name, Some(workspace.clone())).await;
+    }
     if let Some(workspace) = acted {
         // Describe the state the action produced (a build under way), keeping
         // what the first decision recorded (recovery stage, build request).
@@ -352,34 +369,41 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
     Ok(Applied { status, requeue, events })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn observe_and_decide(
-    resource: &ChatWorkspace,
-    previous: &ChatWorkspaceStatus,
+/// What one reconcile decides from, besides the workspace itself.
+struct Gathered<'a> {
+    resource: &'a ChatWorkspace,
+    previous: &'a ChatWorkspaceStatus,
     policy: crate::crd::RecoveryPolicy,
     generation: i64,
-    context: &Context,
-    coder: &CoderClient,
-    workspace: &Option<Workspace>,
-    conflict: &Option<String>,
-) -> Decision {
-    let probe = match workspace.as_ref().and_then(|w| decision::needs_probe(w, resource.spec.agent_name.as_deref())) {
-        Some(agent) if conflict.is_none() => Some(coder.probe_agent(&agent.id, policy.probe_timeout).await),
-        _ => None,
-    };
-    let observed = match conflict {
-        Some(other) => Observed::Conflict { other: other.clone() },
-        None => Observed::Workspace { workspace: workspace.as_ref(), fresh: true, probe: probe.as_ref() },
-    };
-    decision::decide(&Inputs {
-        spec: &resource.spec,
-        policy,
-        generation,
-        previous,
-        observed,
-        now: Timestamp::now(),
-        requeue: context.settings.requeue,
-    })
+    context: &'a Context,
+    coder: &'a CoderClient,
+    conflict: &'a Option<String>,
+}
+
+impl Gathered<'_> {
+    /// Probes the chat agent if the core will judge it, then decides.
+    async fn decide(&self, workspace: &Option<Workspace>, fresh: bool) -> Decision {
+        let agent = workspace.as_ref().and_then(|w| decision::needs_probe(w, self.resource.spec.agent_name.as_deref()));
+        let probe = match agent {
+            Some(agent) if self.conflict.is_none() => {
+                Some(self.context.observer.probe(self.coder, agent, self.policy.probe_timeout).await)
+            }
+            _ => None,
+        };
+        let observed = match self.conflict {
+            Some(other) => Observed::Conflict { other: other.clone() },
+            None => Observed::Workspace { workspace: workspace.as_ref(), fresh, probe: probe.as_ref() },
+        };
+        decision::decide(&Inputs {
+            spec: &self.resource.spec,
+            policy: self.policy,
+            generation: self.generation,
+            previous: self.previous,
+            observed,
+            now: Timestamp::now(),
+            requeue: self.context.settings.requeue,
+        })
+    }
 }
 
 /// Template errors are kept to report on the resource; creation needs the
@@ -571,9 +595,10 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
     }
-    let Resolved { client: coder, .. } = context.credentials.for_resource(&context.kube, resource).await?;
+    let credentials = context.credentials.for_resource(&context.kube, resource).await?;
+    let coder = &credentials.client;
     let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
-    let workspace = coder.workspace_by_owner_and_name(&owner, &resource.workspace_name()).await?;
+    let workspace = context.observer.fresh(&credentials, &owner, &resource.workspace_name()).await?;
     match decision::decide_cleanup(policy, workspace.as_ref()) {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");
@@ -584,7 +609,7 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
         Cleanup::Build(transition) => {
             let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
             let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
-            match issue_build(&workspace, &plan, &coder).await {
+            match issue_build(&workspace, &plan, coder).await {
                 Ok(build) => {
                     context.metrics.build(transition.as_str(), "Deletion");
                     let event = KubeEvent {

@@ -20,5 +20,6 @@ pub mod decision;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod observer;
 pub mod telemetry;
 pub mod templates;

@@ -19,6 +19,7 @@ use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
 use chatworkspace_operator::leader::{self, LeaseSettings, Role};
 use chatworkspace_operator::metrics::Metrics;
+use chatworkspace_operator::observer::ObserverSettings;
 use chatworkspace_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -68,6 +69,13 @@ struct RunArgs {
     /// How long template and preset reads are reused.
     #[arg(long, env = "TEMPLATE_CACHE_TTL", default_value = "5m", value_parser = duration)]
     template_cache_ttl: Duration,
+    /// How long one owner's workspace list (one request for all their
+    /// workspaces) serves reconciles before it is read again.
+    #[arg(long, env = "LIST_MAX_AGE", default_value = "5s", value_parser = duration)]
+    list_max_age: Duration,
+    /// How long a successful probe of a connected agent is trusted.
+    #[arg(long, env = "PROBE_INTERVAL", default_value = "60s", value_parser = duration)]
+    probe_interval: Duration,
     /// Name of this replica in Events and leases; default: the host name
     /// (with a random suffix in the lease, where it must be unique).
     #[arg(long, env = "POD_NAME")]
@@ -145,6 +153,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces: args.namespaces.clone(),
         template_ttl: args.template_cache_ttl,
         instance: identity,
+        observer: ObserverSettings {
+            max_age: args.list_max_age,
+            probe_interval: args.probe_interval,
+            ..ObserverSettings::default()
+        },
     };
     let context = Arc::new(Context::new(kube, credentials, metrics.clone(), settings));
 
@@ -227,37 +240,38 @@ where
         }
     };
 
-    let mut halt = None;
+    let mut halted_by = None;
     if leading {
         metrics.leader.set(1);
         // Ready again once the controller's caches have synced.
         readiness.set(false);
-        let (halt_tx, halted) = watch::channel(None);
+        // Why the controller stops, set by whichever comes first. `halt`
+        // lives until the end of this block: a dropped sender would end the
+        // waits on `halted` early.
+        let (halt, halted) = watch::channel(None);
         let watcher = tokio::spawn({
-            let stop = stopped();
+            let (stop, halt) = (stopped(), halt.clone());
             async move {
                 let reason = tokio::select! {
                     () = stop => Halt::Shutdown,
                     _ = role.wait_for(|role| *role != Role::Leader) => Halt::LostLease,
                 };
-                halt_tx.send_replace(Some(reason));
+                halt.send_replace(Some(reason));
             }
         });
-        let until = |wanted: fn(&Option<Halt>) -> bool| {
-            let mut halted = halted.clone();
-            async move {
-                let _ = halted.wait_for(wanted).await;
-            }
+        let reconciling = controller::run(context, readiness, halted_when(halted.clone(), Option::is_some));
+        let abandoned = async {
+            halted_when(halted, |halt| *halt == Some(Halt::LostLease)).await;
+            tokio::time::sleep(grace).await;
         };
-        let abandoned = until(|halt| *halt == Some(Halt::LostLease));
         tokio::select! {
-            () = controller::run(context, readiness, until(Option::is_some)) => {}
-            () = async { abandoned.await; tokio::time::sleep(grace).await } => {
+            () = reconciling => {}
+            () = abandoned => {
                 tracing::warn!("dropping the reconciles still in flight: another replica may be leading by now");
             }
         }
         watcher.abort();
-        halt = *halted.borrow();
+        halted_by = *halt.borrow();
         metrics.leader.set(0);
     }
 
@@ -267,10 +281,15 @@ where
         Ok(Err(error)) => tracing::warn!(%error, "cannot release the leader lease; it expires on its own"),
         Err(_) => tracing::warn!("releasing the leader lease timed out; it expires on its own"),
     }
-    if halt == Some(Halt::LostLease) {
+    if halted_by == Some(Halt::LostLease) {
         anyhow::bail!("lost the leader lease; exiting so that a restart joins the election as a standby");
     }
     Ok(())
+}
+
+/// Resolves once the halt reason satisfies `wanted`.
+async fn halted_when(mut halted: watch::Receiver<Option<Halt>>, wanted: fn(&Option<Halt>) -> bool) {
+    let _ = halted.wait_for(wanted).await;
 }
 
 /// How long shutdown waits for the Lease to be released.

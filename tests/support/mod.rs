@@ -15,6 +15,7 @@ use chatworkspace_operator::crd::ChatWorkspace;
 use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
 use chatworkspace_operator::metrics::Metrics;
+use chatworkspace_operator::observer::ObserverSettings;
 use coder_sim::{SimConfig, Simulator};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -73,6 +74,11 @@ impl Env {
             namespaces: vec![self.namespace.clone()],
             template_ttl: Duration::from_secs(300),
             instance: "test".into(),
+            observer: ObserverSettings {
+                max_age: Duration::from_millis(300),
+                page_size: 100,
+                probe_interval: Duration::from_millis(500),
+            },
         }
     }
 
