@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::coder::{CoderClient, RequestObserver, SessionToken};
+use crate::coder::{CoderClient, RateLimit, RequestObserver, SessionToken};
 use crate::crd::ChatWorkspace;
 use crate::error::{Error, Result};
 
@@ -27,36 +27,37 @@ pub struct Credentials {
     default: Option<Resolved>,
     request_timeout: Duration,
     observer: Option<Arc<dyn RequestObserver>>,
+    rate_limit: Option<Arc<RateLimit>>,
     /// (namespace, secret name) → (resourceVersion, client).
     secrets: Mutex<HashMap<(String, String), (String, Resolved)>>,
 }
 
 impl Credentials {
+    /// `rate_limit` is shared by every client made here: the operator's
+    /// whole Coder traffic stays under it, whatever the credentials.
     pub fn new(
         default: Option<(String, SessionToken)>,
         request_timeout: Duration,
         observer: Option<Arc<dyn RequestObserver>>,
+        rate_limit: Option<Arc<RateLimit>>,
     ) -> Result<Self> {
-        let default = default
-            .map(|(url, token)| {
-                let client = Self::client(&url, token, request_timeout, &observer)?;
-                Ok::<_, Error>(Resolved { key: format!("default@{url}"), client })
-            })
-            .transpose()?;
-        Ok(Self { default, request_timeout, observer, secrets: Mutex::default() })
+        let mut credentials = Self { default: None, request_timeout, observer, rate_limit, secrets: Mutex::default() };
+        if let Some((url, token)) = default {
+            let client = credentials.client(&url, token)?;
+            credentials.default = Some(Resolved { key: format!("default@{url}"), client });
+        }
+        Ok(credentials)
     }
 
-    fn client(
-        url: &str,
-        token: SessionToken,
-        timeout: Duration,
-        observer: &Option<Arc<dyn RequestObserver>>,
-    ) -> Result<CoderClient> {
-        let client = CoderClient::new(url, token, timeout)?;
-        Ok(match observer {
-            Some(observer) => client.with_observer(observer.clone()),
-            None => client,
-        })
+    fn client(&self, url: &str, token: SessionToken) -> Result<CoderClient> {
+        let mut client = CoderClient::new(url, token, self.request_timeout)?;
+        if let Some(observer) = &self.observer {
+            client = client.with_observer(observer.clone());
+        }
+        if let Some(limit) = &self.rate_limit {
+            client = client.with_rate_limit(limit.clone());
+        }
+        Ok(client)
     }
 
     /// The credentials `workspace` uses.
@@ -97,10 +98,8 @@ impl Credentials {
         let url = field("url")?;
         let token = SessionToken::new(field("token")?)
             .map_err(|_| Error::Credentials(format!("Secret {namespace}/{} has an empty token", reference.name)))?;
-        let resolved = Resolved {
-            client: Self::client(&url, token, self.request_timeout, &self.observer)?,
-            key: format!("secret:{namespace}/{}@{url}", reference.name),
-        };
+        let resolved =
+            Resolved { client: self.client(&url, token)?, key: format!("secret:{namespace}/{}@{url}", reference.name) };
         self.secrets.lock().expect("credentials cache").insert(cache_key, (version, resolved.clone()));
         Ok(resolved)
     }

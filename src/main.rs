@@ -12,7 +12,7 @@ use kube::CustomResourceExt;
 use tokio::sync::watch;
 
 use chatworkspace_operator::admin::{self, Readiness};
-use chatworkspace_operator::coder::SessionToken;
+use chatworkspace_operator::coder::{RateLimit, SessionToken};
 use chatworkspace_operator::controller::{self, Context, Settings};
 use chatworkspace_operator::crd::{ChatWorkspace, parse_duration};
 use chatworkspace_operator::credentials::Credentials;
@@ -76,6 +76,13 @@ struct RunArgs {
     /// How long a successful probe of a connected agent is trusted.
     #[arg(long, env = "PROBE_INTERVAL", default_value = "60s", value_parser = duration)]
     probe_interval: Duration,
+    /// Most Coder requests per second, across every workspace and credential
+    /// (0: unlimited).
+    #[arg(long, env = "CODER_MAX_RPS", default_value_t = 20.0)]
+    coder_max_rps: f64,
+    /// Requests allowed at once above that rate after a quiet spell.
+    #[arg(long, env = "CODER_BURST", default_value_t = 40)]
+    coder_burst: u32,
     /// Name of this replica in Events and leases; default: the host name
     /// (with a random suffix in the lease, where it must be unique).
     #[arg(long, env = "POD_NAME")]
@@ -138,7 +145,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
-    let credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()))?;
+    let rate_limit = (args.coder_max_rps > 0.0).then(|| Arc::new(RateLimit::new(args.coder_max_rps, args.coder_burst)));
+    let credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()), rate_limit)?;
     let kube = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let election = args.leader_election.then(|| lease_settings(&args, &kube)).transpose()?;
     let identity = args.identity.clone().unwrap_or_else(hostname);

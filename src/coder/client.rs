@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::{CoderError, ErrorBody, truncate};
+use super::rate::RateLimit;
 use super::token::SessionToken;
 use super::types::{
     CreateWorkspaceBuildRequest, CreateWorkspaceRequest, Organization, Preset, Template, TemplateVersion,
@@ -43,6 +44,7 @@ pub trait RequestObserver: Send + Sync {
 pub struct CoderClient {
     inner: Arc<Inner>,
     observer: Option<Arc<dyn RequestObserver>>,
+    rate_limit: Option<Arc<RateLimit>>,
 }
 
 struct Inner {
@@ -120,11 +122,17 @@ impl CoderClient {
             .connect_timeout(request_timeout)
             .build()
             .map_err(|error| CoderError::Transport { endpoint: "client setup", message: describe(&error) })?;
-        Ok(Self { inner: Arc::new(Inner { http, base_url, api_url, token, request_timeout }), observer: None })
+        Ok(Self { inner: Arc::new(Inner { http, base_url, api_url, token, request_timeout }), observer: None, rate_limit: None })
     }
 
     pub fn with_observer(self, observer: Arc<dyn RequestObserver>) -> Self {
         Self { observer: Some(observer), ..self }
+    }
+
+    /// Every request of this client (and its clones) waits for `limit`
+    /// first; the wait does not count against the request's timeout.
+    pub fn with_rate_limit(self, limit: Arc<RateLimit>) -> Self {
+        Self { rate_limit: Some(limit), ..self }
     }
 
     pub fn base_url(&self) -> &str {
@@ -277,6 +285,9 @@ impl CoderClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, CoderError> {
+        if let Some(limit) = &self.rate_limit {
+            limit.acquire().await;
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(timeout, self.send(route, url, body))
             .await

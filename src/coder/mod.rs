@@ -4,12 +4,14 @@
 mod chat_agent;
 mod client;
 mod error;
+mod rate;
 mod token;
 mod types;
 
 pub use chat_agent::{CHAT_AGENT_SUFFIX, chat_agent};
 pub use client::{CoderClient, ProbeOutcome, RequestObserver};
 pub use error::{CoderError, FieldError};
+pub use rate::RateLimit;
 pub use token::{SessionToken, TokenError};
 pub use types::{
     AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, CreateWorkspaceBuildRequest, CreateWorkspaceRequest,

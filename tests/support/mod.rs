@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatworkspace_operator::admin::Readiness;
-use chatworkspace_operator::coder::SessionToken;
+use chatworkspace_operator::coder::{RateLimit, SessionToken};
 use chatworkspace_operator::conditions;
 use chatworkspace_operator::controller::{self, Context, Settings};
 use chatworkspace_operator::crd::ChatWorkspace;
@@ -42,6 +42,8 @@ pub struct Env {
     pub api: Api<ChatWorkspace>,
     pub sim: Simulator,
     pub metrics: Arc<Metrics>,
+    /// Applied to the operator's Coder traffic when it (re)starts.
+    pub rate_limit: Option<Arc<RateLimit>>,
     operator: Option<Operator>,
 }
 
@@ -57,14 +59,19 @@ impl Env {
     }
 
     pub async fn start_with(prefix: &str, config: SimConfig) -> Env {
+        let mut env = Self::without_operator(prefix, config).await;
+        env.start_operator();
+        env
+    }
+
+    /// Everything but the operator, for tests that configure it first.
+    pub async fn without_operator(prefix: &str, config: SimConfig) -> Env {
         let plane = ControlPlane::shared();
         let namespace = plane.namespace(prefix).await;
         let client = plane.client().await;
         let sim = Simulator::start(config).await.expect("start the Coder simulator");
         let api = Api::namespaced(client.clone(), &namespace);
-        let mut env = Env { namespace, client, api, sim, metrics: Arc::new(Metrics::default()), operator: None };
-        env.start_operator();
-        env
+        Env { namespace, client, api, sim, metrics: Arc::new(Metrics::default()), rate_limit: None, operator: None }
     }
 
     pub fn settings(&self) -> Settings {
@@ -90,6 +97,7 @@ impl Env {
             Some((self.sim.url(), SessionToken::new(&self.sim.token()).unwrap())),
             Duration::from_secs(5),
             Some(self.metrics.clone()),
+            self.rate_limit.clone(),
         )
         .unwrap();
         let context = Arc::new(Context::new(self.client.clone(), credentials, self.metrics.clone(), self.settings()));
