@@ -66,6 +66,11 @@ impl Env {
 
     /// Everything but the operator, for tests that configure it first.
     pub async fn without_operator(prefix: &str, config: SimConfig) -> Env {
+        // The operator's logs, for a failing test: RUST_LOG=chatworkspace_operator=debug.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let plane = ControlPlane::shared();
         let namespace = plane.namespace(prefix).await;
         let client = plane.client().await;
