@@ -276,11 +276,22 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
         decision.action = CoreAction::None;
     }
 
+    // The template only blocks a create; for an existing workspace a
+    // template that cannot be read just leaves status.template as it was.
+    let template = match template {
+        Ok(info) => Some(info),
+        Err(error) if decision.action == CoreAction::CreateWorkspace => return Err(error),
+        Err(error) => {
+            warn!(name = %resource.name_any(), %error, "cannot read the template");
+            None
+        }
+    };
+
     let mut events = std::mem::take(&mut decision.events);
     let acted = match decision.action.clone() {
         CoreAction::None | CoreAction::Refresh => None,
         CoreAction::CreateWorkspace => {
-            let template = template.as_ref().map_err(clone_error)?;
+            let template = template.as_ref().expect("resolved above for a create");
             let created = create_workspace(resource, &owner, &name, template, coder).await;
             match created {
                 Ok(workspace) => {
@@ -362,9 +373,8 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
         status = after.status;
         requeue = requeue.min(after.requeue);
     }
-    match &template {
-        Ok(info) => status.template = Some(info.status()),
-        Err(error) => warn!(name = %resource.name_any(), %error, "cannot read the template"),
+    if let Some(info) = &template {
+        status.template = Some(info.status());
     }
     Ok(Applied { status, requeue, events })
 }
@@ -403,18 +413,6 @@ impl Gathered<'_> {
             now: Timestamp::now(),
             requeue: self.context.settings.requeue,
         })
-    }
-}
-
-/// Template errors are kept to report on the resource; creation needs the
-/// template, so it surfaces the same error again.
-fn clone_error(error: &Error) -> Error {
-    match error {
-        Error::TemplateNotFound(m) => Error::TemplateNotFound(m.clone()),
-        Error::PresetNotFound(m) => Error::PresetNotFound(m.clone()),
-        Error::InvalidSpec(m) => Error::InvalidSpec(m.clone()),
-        Error::Credentials(m) => Error::Credentials(m.clone()),
-        other => Error::Coder(CoderError::Unavailable { status: 0, message: other.to_string() }),
     }
 }
 

@@ -202,7 +202,7 @@ impl<'a> Outcome<'a> {
         self.action = Action::Build(BuildPlan { transition, template_version_id, reason });
         self.status.last_build_request = Some(BuildRequestStatus {
             build_id: None,
-            transition: transition_name(transition).to_string(),
+            transition: transition.as_str().to_string(),
             reason: reason.as_str().to_string(),
             generation: self.inputs.generation,
             time: Time(self.inputs.now),
@@ -276,7 +276,7 @@ impl<'a> Outcome<'a> {
         self.status.latest_build = Some(crd::BuildStatus {
             id: build.id.clone(),
             number: build.build_number,
-            transition: transition_name(build.transition).to_string(),
+            transition: build.transition.as_str().to_string(),
             status: build.status.as_str().to_string(),
             job_status: build.job.status.as_str().to_string(),
             error: build.job.error.clone().filter(|e| !e.is_empty()),
@@ -319,7 +319,7 @@ impl<'a> Outcome<'a> {
         let mut message = format!(
             "Build #{} ({}) is {}; waiting for it to finish before deciding anything else.",
             build.build_number,
-            transition_name(build.transition),
+            build.transition.as_str(),
             build.job.status.as_str()
         );
         if build.transition == WorkspaceTransition::Start && workspace.template_require_active_version {
@@ -815,10 +815,6 @@ impl<'a> Outcome<'a> {
 
 fn job_error(build: &WorkspaceBuild) -> String {
     build.job.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "no error message".into())
-}
-
-pub fn transition_name(transition: WorkspaceTransition) -> &'static str {
-    transition.as_str()
 }
 
 fn probe_reason(probe: &ProbeOutcome) -> &'static str {

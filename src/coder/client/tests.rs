@@ -342,7 +342,7 @@ async fn the_probe_tells_its_outcomes_apart() {
     assert!(message.contains("(500)"), "{message}");
     assert!(message.contains("Internal error dialing workspace agent."));
     let outcome = probe("gone").await;
-    assert!(matches!(&outcome, ProbeOutcome::Failed { message } if message.contains("(404)")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Failed { message } if message.contains("not found")), "{outcome:?}");
 }
 
 #[tokio::test]
