@@ -204,11 +204,16 @@ async fn deletion_policies() {
 #[tokio::test]
 async fn a_bad_token_is_reported_and_retried_slowly() {
     let env = Env::start("badtoken").await;
+    // The operator keeps sending the token it was given: the secret to protect.
+    let token = env.sim.token();
     env.sim.set_token("rotated-elsewhere");
     env.create("chat-1", docker_dev()).await;
     let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("Unauthorized"), LONG).await;
     let status = serde_json::to_string(&degraded.status).unwrap();
-    assert!(!status.contains(&env.sim.token()), "the token never appears in status");
+    assert!(!status.contains(&token), "the token never appears in status");
+    let events = env.events("chat-1").await;
+    assert!(events.iter().any(|(reason, _)| reason == "Unauthorized"), "{events:?}");
+    assert!(events.iter().all(|(_, note)| !note.contains(&token)), "the token never appears in events");
     env.sim.clear_requests();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let requests = env.sim.requests().len();
