@@ -209,7 +209,10 @@ async fn a_flapping_agent_exhausts_the_budget_and_is_left_for_a_person() {
     for attempt in 1..=2 {
         env.sim.kill_agent(id);
         env.wait_for("chat-1", &format!("recovery {attempt} done"), LONG, |c| {
-            c.status.as_ref().and_then(|s| s.recovery.as_ref()).is_some_and(|r| r.attempts == attempt && r.stage.is_none())
+            c.status
+                .as_ref()
+                .and_then(|s| s.recovery.as_ref())
+                .is_some_and(|r| r.attempts == attempt && r.stage.is_none())
                 && conditions::is_true(&c.status.as_ref().unwrap().conditions, READY)
         })
         .await;

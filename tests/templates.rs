@@ -43,10 +43,10 @@ async fn presets_of_the_version_a_create_builds_appear_in_status() {
     let standard = &template.presets[1];
     assert!(standard.default);
     assert_eq!(standard.icon.as_deref(), Some("/emojis/1f4bb.png"));
-    assert_eq!(standard.parameters.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect::<Vec<_>>(), [
-        ("cpu", "4"),
-        ("memory", "8")
-    ]);
+    assert_eq!(
+        standard.parameters.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect::<Vec<_>>(),
+        [("cpu", "4"), ("memory", "8")]
+    );
 
     // kubectl shows them to an agent choosing a preset.
     let out = testbed::ControlPlane::shared()
@@ -113,11 +113,8 @@ async fn a_start_on_a_template_that_requires_its_active_version_builds_it_and_sa
 #[tokio::test]
 async fn parameter_validation_errors_name_each_field_and_are_not_retried() {
     let env = Env::start("validation").await;
-    env.create(
-        "chat-1",
-        json!({"template": {"name": "docker-dev"}, "parameters": [{"name": "cpu", "value": "99"}]}),
-    )
-    .await;
+    env.create("chat-1", json!({"template": {"name": "docker-dev"}, "parameters": [{"name": "cpu", "value": "99"}]}))
+        .await;
     let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("ValidationFailed"), LONG).await;
     let message = conditions::find(&degraded.status.unwrap().conditions, DEGRADED).unwrap().message.clone();
     assert!(message.contains("cpu"), "names the field: {message}");
@@ -128,7 +125,11 @@ async fn parameter_validation_errors_name_each_field_and_are_not_retried() {
 }
 
 fn failed_creates(env: &Env) -> usize {
-    env.sim.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/workspaces") && r.status >= 400).count()
+    env.sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/workspaces") && r.status >= 400)
+        .count()
 }
 
 #[tokio::test]
@@ -151,18 +152,13 @@ async fn template_reads_are_cached() {
     env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
     env.wait_for_condition("chat-2", READY, "True", Some("Running"), LONG).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let template_reads = env
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.path.contains("/templates/") || r.path.ends_with("/presets"))
-        .count();
+    let template_reads =
+        env.sim.requests().iter().filter(|r| r.path.contains("/templates/") || r.path.ends_with("/presets")).count();
     // One template read and one presets read serve both resources and every
     // reconcile since (within the cache's lifetime); two resources resolving
     // at the very same moment may each read once.
     assert!(template_reads <= 4, "{template_reads} template/preset reads");
-    let observations =
-        env.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/workspace")).count();
+    let observations = env.sim.requests().iter().filter(|r| r.method == "GET" && r.path.contains("/workspace")).count();
     assert!(observations > template_reads, "more workspace reads ({observations}) than template reads");
 }
 
@@ -185,10 +181,15 @@ async fn the_crd_rejects_bad_input() {
         }
     };
     let rejected = |result: Result<(), kube::Error>, needle: &str| match result {
-        Err(kube::Error::Api(status)) => assert!(status.message.contains(needle), "{needle:?} not in {}", status.message),
+        Err(kube::Error::Api(status)) => {
+            assert!(status.message.contains(needle), "{needle:?} not in {}", status.message)
+        }
         other => panic!("expected a rejection mentioning {needle:?}, got {other:?}"),
     };
-    rejected(create(json!({"template": {"name": "a", "id": "b"}})).await, "exactly one of template.name and template.id");
+    rejected(
+        create(json!({"template": {"name": "a", "id": "b"}})).await,
+        "exactly one of template.name and template.id",
+    );
     rejected(create(json!({"template": {}})).await, "exactly one of template.name and template.id");
     rejected(
         create(json!({"template": {"name": "a"}, "preset": {"name": "x", "id": "y"}})).await,
@@ -206,8 +207,11 @@ async fn the_crd_rejects_bad_input() {
     );
 
     // Creation-time fields cannot change afterwards.
-    env.create("good", json!({"desiredState": "Stopped", "template": {"name": "docker-dev"}, "preset": {"name": "small"}}))
-        .await;
+    env.create(
+        "good",
+        json!({"desiredState": "Stopped", "template": {"name": "docker-dev"}, "preset": {"name": "small"}}),
+    )
+    .await;
     for (patch, needle) in [
         (json!({"spec": {"template": {"name": "chat-dev"}}}), "spec.template is a creation-time choice"),
         (json!({"spec": {"preset": {"name": "large"}}}), "spec.preset is a creation-time choice"),

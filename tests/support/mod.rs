@@ -99,7 +99,7 @@ impl Env {
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
         let credentials = Credentials::new(
-            Some((self.sim.url(), SessionToken::new(&self.sim.token()).unwrap())),
+            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
             Duration::from_secs(5),
             Some(self.metrics.clone()),
             self.rate_limit.clone(),
