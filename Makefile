@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all tools build test crds check-crds lint fmt demo clean-tools
+.PHONY: all tools build test crds check-crds lint fmt demo bench clean-tools
 
 all: build
 
@@ -15,14 +15,20 @@ tools:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## crds: regenerate crds/ from the Rust types
-crds:
-	$(CARGO) run --quiet --bin chatworkspace-operator -- crd > crds/chat.coder.com_chatworkspaces.yaml
+CRD_FILE := chat.coder.com_chatworkspaces.yaml
+CHART_CRDS := charts/chatworkspace-operator/crds
 
-## check-crds: fail when crds/ differs from what the code generates
+## crds: regenerate crds/ from the Rust types (and the chart's copy of it)
+crds:
+	$(CARGO) run --quiet --bin chatworkspace-operator -- crd > crds/$(CRD_FILE)
+	cp crds/$(CRD_FILE) $(CHART_CRDS)/$(CRD_FILE)
+
+## check-crds: fail when crds/ (or the chart's copy) differs from what the code generates
 check-crds:
-	@$(CARGO) run --quiet --bin chatworkspace-operator -- crd | diff -u crds/chat.coder.com_chatworkspaces.yaml - \
+	@$(CARGO) run --quiet --bin chatworkspace-operator -- crd | diff -u crds/$(CRD_FILE) - \
 		|| { echo "crds/ is out of date: run 'make crds' and commit the result" >&2; exit 1; }
+	@diff -u crds/$(CRD_FILE) $(CHART_CRDS)/$(CRD_FILE) \
+		|| { echo "the chart's CRD differs from crds/: run 'make crds' and commit the result" >&2; exit 1; }
 
 ## test: every test, against the real control plane and the Coder simulator
 test: tools
@@ -39,6 +45,12 @@ fmt:
 demo: tools
 	$(CARGO) build --quiet --bin chatworkspace-operator
 	$(CARGO) run --quiet --example demo
+
+## bench: the scale benchmark (docs/performance.md); e.g. make bench BENCH_ARGS="--resources 10000 --skip-latency"
+BENCH_ARGS ?=
+bench: tools
+	$(CARGO) build --release --bin chatworkspace-operator
+	$(CARGO) bench --bench scale -- $(BENCH_ARGS)
 
 clean-tools:
 	rm -rf .tools

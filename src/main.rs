@@ -188,7 +188,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(lease) => run_elected(context, readiness, metrics.clone(), lease, &stopped).await,
         None => {
             metrics.leader.set(1);
-            controller::run(context, readiness, stopped()).await;
+            reconcile_until(context, readiness, stopped).await;
             Ok(())
         }
     };
@@ -248,40 +248,42 @@ where
         }
     };
 
-    let mut halted_by = None;
-    if leading {
-        metrics.leader.set(1);
-        // Ready again once the controller's caches have synced.
-        readiness.set(false);
-        // Why the controller stops, set by whichever comes first. `halt`
-        // lives until the end of this block: a dropped sender would end the
-        // waits on `halted` early.
-        let (halt, halted) = watch::channel(None);
-        let watcher = tokio::spawn({
-            let (stop, halt) = (stopped(), halt.clone());
-            async move {
-                let reason = tokio::select! {
-                    () = stop => Halt::Shutdown,
-                    _ = role.wait_for(|role| *role != Role::Leader) => Halt::LostLease,
-                };
-                halt.send_replace(Some(reason));
-            }
-        });
-        let reconciling = controller::run(context, readiness, halted_when(halted.clone(), Option::is_some));
-        let abandoned = async {
-            halted_when(halted, |halt| *halt == Some(Halt::LostLease)).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            () = reconciling => {}
-            () = abandoned => {
-                tracing::warn!("dropping the reconciles still in flight: another replica may be leading by now");
-            }
-        }
-        watcher.abort();
-        halted_by = *halt.borrow();
-        metrics.leader.set(0);
+    if !leading {
+        // Stopped as a standby: nothing to release; dropping `leadership`
+        // ends the election.
+        return Ok(());
     }
+
+    metrics.leader.set(1);
+    // Ready again once the controller's caches have synced.
+    readiness.set(false);
+    // Why the controller stops, set by whichever comes first. `halt` lives
+    // to the end of this function: a dropped sender would end the waits on
+    // `halted` early.
+    let (halt, halted) = watch::channel(None);
+    let watcher = tokio::spawn({
+        let (stop, halt) = (stopped(), halt.clone());
+        async move {
+            let reason = tokio::select! {
+                () = stop => Halt::Shutdown,
+                _ = role.wait_for(|role| *role != Role::Leader) => Halt::LostLease,
+            };
+            halt.send_replace(Some(reason));
+        }
+    });
+    let reconciling = reconcile_until(context, readiness, || halted_when(halted.clone(), Option::is_some));
+    let abandoned = async {
+        halted_when(halted.clone(), |halt| *halt == Some(Halt::LostLease)).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        () = reconciling => {}
+        () = abandoned => {
+            tracing::warn!("dropping the reconciles still in flight: another replica may be leading by now");
+        }
+    }
+    watcher.abort();
+    metrics.leader.set(0);
 
     match tokio::time::timeout(RELEASE_TIMEOUT, leadership.release()).await {
         Ok(Ok(true)) => tracing::info!("released the leader lease"),
@@ -289,10 +291,31 @@ where
         Ok(Err(error)) => tracing::warn!(%error, "cannot release the leader lease; it expires on its own"),
         Err(_) => tracing::warn!("releasing the leader lease timed out; it expires on its own"),
     }
-    if halted_by == Some(Halt::LostLease) {
+    if *halt.borrow() == Some(Halt::LostLease) {
         anyhow::bail!("lost the leader lease; exiting so that a restart joins the election as a standby");
     }
     Ok(())
+}
+
+/// Runs the controller until `halt` resolves; the reconciles in flight
+/// finish first. kube-runtime's graceful shutdown also waits for caches that
+/// never synced (an apiserver out of reach) and would wait forever; before
+/// they sync no reconcile can be in flight, so then it stops at once.
+async fn reconcile_until<F>(context: Arc<Context>, readiness: Arc<Readiness>, halt: impl Fn() -> F)
+where
+    F: Future<Output = ()> + Send + Sync + 'static,
+{
+    let reconciling = controller::run(context, readiness.clone(), halt());
+    let halted_before_sync = async {
+        halt().await;
+        if readiness.get() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = reconciling => {}
+        () = halted_before_sync => tracing::info!("stopping before the caches synced: no reconcile in flight"),
+    }
 }
 
 /// Resolves once the halt reason satisfies `wanted`.
