@@ -14,10 +14,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use serde_json::{Value, json};
 use support::process::{
     CONVERGE, OperatorProcess, chart_dir, create_workspace, helm_install, lease_holder, run, unique, wait_for_condition,
 };
-use serde_json::{Value, json};
 use testbed::ControlPlane;
 
 /// `helm template` with these values, as parsed documents.

@@ -43,10 +43,7 @@ async fn create_stop_and_start_again() {
     assert_eq!(env.transitions(id), ["start", "stop", "start"]);
     assert_eq!(env.stacked_builds(), 0, "no build was ever requested while another was active");
 
-    let reasons: Vec<String> = env.events("chat-1").await.into_iter().map(|(reason, _)| reason).collect();
-    for expected in ["WorkspaceCreated", "BuildRequested", "Running", "Stopped"] {
-        assert!(reasons.iter().any(|r| r == expected), "no {expected} event in {reasons:?}");
-    }
+    env.wait_for_events("chat-1", &["WorkspaceCreated", "BuildRequested", "Running", "Stopped"]).await;
 }
 
 #[tokio::test]
@@ -109,8 +106,7 @@ async fn a_failed_stop_is_re_attempted_and_never_reported_as_stopped() {
     assert_eq!(env.transitions(id), ["start", "stop", "stop"], "the failed stop was issued again");
     let statuses: Vec<_> = env.sim.builds(id).into_iter().map(|b| b.transition).collect();
     assert_eq!(statuses.len(), 3);
-    let events = env.events("chat-1").await;
-    assert!(events.iter().any(|(reason, _)| reason == "StopFailed"), "{events:?}");
+    env.wait_for_events("chat-1", &["StopFailed"]).await;
 }
 
 #[tokio::test]
@@ -211,8 +207,7 @@ async fn a_bad_token_is_reported_and_retried_slowly() {
     let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("Unauthorized"), LONG).await;
     let status = serde_json::to_string(&degraded.status).unwrap();
     assert!(!status.contains(&token), "the token never appears in status");
-    let events = env.events("chat-1").await;
-    assert!(events.iter().any(|(reason, _)| reason == "Unauthorized"), "{events:?}");
+    let events = env.wait_for_events("chat-1", &["Unauthorized"]).await;
     assert!(events.iter().all(|(_, note)| !note.contains(&token)), "the token never appears in events");
     env.sim.clear_requests();
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -18,11 +18,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use serde_json::json;
 use support::process::{
     CONVERGE, LEASE_DURATION, LEASE_ENV, OperatorProcess, create_workspace, lease_holder, operator_env, unique,
     wait_for_condition, wait_for_holder,
 };
-use serde_json::json;
 use testbed::ControlPlane;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -75,10 +75,7 @@ async fn a_killed_agent_is_recovered_with_exactly_one_stop_and_one_start() {
         "recovery started late: {reaction:?}"
     );
 
-    let reasons: Vec<String> = env.events("chat-1").await.into_iter().map(|(r, _)| r).collect();
-    for expected in ["RecoveryStarted", "RecoveryStarting", "Recovered"] {
-        assert!(reasons.iter().any(|r| r == expected), "no {expected} event in {reasons:?}");
-    }
+    env.wait_for_events("chat-1", &["RecoveryStarted", "RecoveryStarting", "Recovered"]).await;
 }
 
 #[tokio::test]

@@ -106,7 +106,7 @@ async fn a_start_on_a_template_that_requires_its_active_version_builds_it_and_sa
     let builds = request_bodies(&env, "POST", "/builds");
     assert_eq!(builds.last().unwrap()["template_version_id"], DOCKER_DEV_V2, "{builds:?}");
     assert_eq!(builds[0].get("template_version_id"), None, "a stop is never gated on versions");
-    let events = env.events("chat-1").await;
+    let events = env.wait_for_events("chat-1", &["ActiveVersionRequired"]).await;
     assert!(events.iter().any(|(reason, note)| reason == "ActiveVersionRequired" && note.contains(DOCKER_DEV_V2)));
 }
 

@@ -232,6 +232,21 @@ impl Env {
             .count()
     }
 
+    /// Waits until Events with every one of `reasons` exist for `name`
+    /// (they are published right after the status write a test waits on),
+    /// and returns all of them as (reason, note).
+    pub async fn wait_for_events(&self, name: &str, reasons: &[&str]) -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(name).await;
+            if reasons.iter().all(|wanted| events.iter().any(|(reason, _)| reason == wanted)) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "events {reasons:?} not all published for {name}: {events:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn events(&self, name: &str) -> Vec<(String, String)> {
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.namespace);
         let list = events.list(&Default::default()).await.expect("list events");
