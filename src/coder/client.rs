@@ -122,7 +122,11 @@ impl CoderClient {
             .connect_timeout(request_timeout)
             .build()
             .map_err(|error| CoderError::Transport { endpoint: "client setup", message: describe(&error) })?;
-        Ok(Self { inner: Arc::new(Inner { http, base_url, api_url, token, request_timeout }), observer: None, rate_limit: None })
+        Ok(Self {
+            inner: Arc::new(Inner { http, base_url, api_url, token, request_timeout }),
+            observer: None,
+            rate_limit: None,
+        })
     }
 
     pub fn with_observer(self, observer: Arc<dyn RequestObserver>) -> Self {
