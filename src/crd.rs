@@ -359,6 +359,9 @@ pub struct AgentStatus {
     pub lifecycle_state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_connected_at: Option<Time>,
+    /// The agent's last heartbeat, while it is not connected (while it is,
+    /// this would change every few seconds; see the AgentConnected
+    /// condition instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_connected_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -288,7 +288,11 @@ impl<'a> Outcome<'a> {
             status: agent.status.as_str().to_string(),
             lifecycle_state: agent.lifecycle_state.as_str().to_string(),
             first_connected_at: agent.first_connected_at.map(Time),
-            last_connected_at: agent.last_connected_at.map(Time),
+            // While connected, the last heartbeat moves every 15 s: writing
+            // it would cost one status write per workspace per resync, for
+            // nothing a reader needs. It is kept for the other states, where
+            // it says when the agent was last seen.
+            last_connected_at: agent.last_connected_at.filter(|_| agent.status != AgentStatus::Connected).map(Time),
             disconnected_at: agent.disconnected_at.map(Time),
         });
     }
@@ -638,7 +642,13 @@ impl<'a> Outcome<'a> {
             AGENT_CONNECTED,
             false,
             "Disconnected",
-            format!("Agent {} has been disconnected for {}.", agent.name, human(for_how_long)),
+            // A time, not a duration: the message stays the same from one
+            // reconcile to the next, so it costs no status write.
+            format!(
+                "Agent {} has been disconnected since {}.",
+                agent.name,
+                since.round(jiff::Unit::Second).unwrap_or(since)
+            ),
         );
         match probe {
             Some(probe) if probe.is_reachable() => {
@@ -719,18 +729,19 @@ impl<'a> Outcome<'a> {
         if recovery.attempts < policy.max_attempts {
             return false;
         }
-        let reopens = recovery
-            .window_start
-            .as_ref()
-            .map_or(Duration::ZERO, |start| policy.window.saturating_sub(elapsed(start.0, now)));
+        let window_start = recovery.window_start.as_ref().map_or(now, |start| start.0);
+        let reopens = policy.window.saturating_sub(elapsed(window_start, now));
+        let reopens_at = SignedDuration::try_from(policy.window)
+            .ok()
+            .and_then(|window| window_start.checked_add(window).ok())
+            .map_or_else(|| "later".to_string(), |t| t.round(jiff::Unit::Second).unwrap_or(t).to_string());
         let attempts = recovery.attempts;
         self.phase = Phase::Failed;
         let message = format!(
             "The agent died again after {attempts} automatic recoveries within {}; the operator stops rebuilding \
-             this workspace. A person should look at why it keeps dying. Recovery resumes in {} or when the \
-             spec changes.",
+             this workspace. A person should look at why it keeps dying. Recovery resumes at {reopens_at} (when \
+             the window ends) or when the spec changes.",
             human(policy.window),
-            human(reopens)
         );
         self.say(DEGRADED, true, "RecoveryBudgetExhausted", message.clone());
         self.say(READY, false, "AgentDisconnected", message);

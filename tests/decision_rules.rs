@@ -383,7 +383,7 @@ fn the_budget_stops_a_flapping_workspace_until_the_window_passes() {
     assert_eq!(d.action, Action::None);
     assert_eq!(condition(&d, DEGRADED), ("True".into(), "RecoveryBudgetExhausted".into()));
     let message = &conditions::find(&d.status.conditions, DEGRADED).unwrap().message;
-    assert!(message.contains("resumes in 30m"), "says when the window reopens: {message}");
+    assert!(message.contains(&format!("resumes at {}", at(1800))), "says when the window reopens: {message}");
 
     let mut old_window = spent.clone();
     old_window.recovery.as_mut().unwrap().window_start = Some(Time(at(-3700)));
@@ -554,4 +554,24 @@ proptest! {
         prop_assert_eq!(d.status.observed_generation, Some(1));
         prop_assert!(d.requeue > Duration::ZERO);
     }
+}
+
+#[test]
+fn heartbeats_of_a_connected_agent_do_not_change_the_status() {
+    // Otherwise every resync of every running workspace would be a status write.
+    let s = spec(DesiredState::Running);
+    let earlier = workspace("start", "succeeded", Some(READY_AGENT));
+    let mut later = earlier.clone();
+    for agent in later.latest_build.resources.iter_mut().flat_map(|r| r.agents.iter_mut()) {
+        agent.last_connected_at = Some(at(10));
+    }
+    let first = decide_with(&s, &Default::default(), Some(&earlier), Some(&ProbeOutcome::Reachable));
+    let second = decide_with(&s, &first.status, Some(&later), Some(&ProbeOutcome::Reachable));
+    assert_eq!(first.status, second.status);
+    assert_eq!(first.status.agent.as_ref().unwrap().last_connected_at, None);
+
+    // A disconnected agent's last heartbeat is worth showing.
+    let dead = workspace("start", "succeeded", Some(dead_for(30)));
+    let d = decide_with(&s, &Default::default(), Some(&dead), Some(&refused()));
+    assert_eq!(d.status.agent.unwrap().last_connected_at, Some(Time(at(-30))));
 }
