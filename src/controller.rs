@@ -474,12 +474,8 @@ fn failed_status(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, error
     if !error.is_transient() {
         status.phase = Some(Phase::Failed);
     }
-    status.conditions = conditions::merge(
-        &previous.conditions,
-        &verdicts,
-        generation,
-        &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-    );
+    status.conditions =
+        conditions::merge(&previous.conditions, &verdicts, generation, &decision::whole_seconds(Timestamp::now()));
     status
 }
 

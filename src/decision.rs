@@ -205,7 +205,7 @@ impl<'a> Outcome<'a> {
             transition: transition.as_str().to_string(),
             reason: reason.as_str().to_string(),
             generation: self.inputs.generation,
-            time: Time(self.inputs.now),
+            time: whole_seconds(self.inputs.now),
         });
         self.requeue_within(self.inputs.requeue.active);
     }
@@ -280,20 +280,23 @@ impl<'a> Outcome<'a> {
             status: build.status.as_str().to_string(),
             job_status: build.job.status.as_str().to_string(),
             error: build.job.error.clone().filter(|e| !e.is_empty()),
-            created_at: Some(Time(build.created_at)),
+            created_at: Some(whole_seconds(build.created_at)),
         });
         self.status.agent = chat_agent(build, self.inputs.spec.agent_name.as_deref()).map(|agent| crd::AgentStatus {
             id: agent.id.clone(),
             name: agent.name.clone(),
             status: agent.status.as_str().to_string(),
             lifecycle_state: agent.lifecycle_state.as_str().to_string(),
-            first_connected_at: agent.first_connected_at.map(Time),
+            first_connected_at: agent.first_connected_at.map(whole_seconds),
             // While connected, the last heartbeat moves every 15 s: writing
             // it would cost one status write per workspace per resync, for
             // nothing a reader needs. It is kept for the other states, where
             // it says when the agent was last seen.
-            last_connected_at: agent.last_connected_at.filter(|_| agent.status != AgentStatus::Connected).map(Time),
-            disconnected_at: agent.disconnected_at.map(Time),
+            last_connected_at: agent
+                .last_connected_at
+                .filter(|_| agent.status != AgentStatus::Connected)
+                .map(whole_seconds),
+            disconnected_at: agent.disconnected_at.map(whole_seconds),
         });
     }
 
@@ -757,8 +760,8 @@ impl<'a> Outcome<'a> {
         let recovery = self.recovery();
         recovery.stage = Some(RecoveryStage::Stopping);
         recovery.attempts += 1;
-        recovery.window_start.get_or_insert(Time(now));
-        recovery.last_attempt_time = Some(Time(now));
+        recovery.window_start.get_or_insert(whole_seconds(now));
+        recovery.last_attempt_time = Some(whole_seconds(now));
         recovery.last_reason = Some(reason.clone());
         recovery.probe_failures = 0;
         let attempt = recovery.attempts;
@@ -818,7 +821,7 @@ impl<'a> Outcome<'a> {
             &self.inputs.previous.conditions,
             &self.verdicts,
             self.inputs.generation,
-            &Time(self.inputs.now),
+            &whole_seconds(self.inputs.now),
         );
         Decision { action: self.action, status: self.status, requeue: self.requeue, events: self.events }
     }
@@ -857,6 +860,13 @@ fn list_or_none(names: &[&str]) -> String {
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     let span: SignedDuration = now.duration_since(since);
     Duration::try_from(span).unwrap_or(Duration::ZERO)
+}
+
+/// A Kubernetes time as it will read back: `metav1.Time` keeps whole
+/// seconds, so a status holding finer times would never equal the one
+/// written before it, and every resync would write it again.
+pub fn whole_seconds(time: Timestamp) -> Time {
+    Time(Timestamp::from_second(time.as_second()).unwrap_or(time))
 }
 
 /// A short human duration for condition messages, e.g. `1m30s`.

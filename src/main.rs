@@ -74,7 +74,9 @@ struct RunArgs {
     #[arg(long, env = "LIST_MAX_AGE", default_value = "5s", value_parser = duration)]
     list_max_age: Duration,
     /// How long a successful probe of a connected agent is trusted.
-    #[arg(long, env = "PROBE_INTERVAL", default_value = "60s", value_parser = duration)]
+    /// Probes of healthy agents are most of the steady-state traffic, so
+    /// this sets the operator's Coder load at scale (docs/performance.md).
+    #[arg(long, env = "PROBE_INTERVAL", default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
     /// Most Coder requests per second, across every workspace and credential
     /// (0: unlimited).

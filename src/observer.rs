@@ -36,7 +36,7 @@ pub struct ObserverSettings {
 
 impl Default for ObserverSettings {
     fn default() -> Self {
-        Self { max_age: Duration::from_secs(5), page_size: 100, probe_interval: Duration::from_secs(120) }
+        Self { max_age: Duration::from_secs(5), page_size: 100, probe_interval: Duration::from_secs(300) }
     }
 }
 

@@ -76,11 +76,19 @@ fn preset_status(preset: &Preset) -> PresetStatus {
 pub struct Templates {
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Arc<TemplateInfo>)>>,
+    /// One read at a time per template: when an entry expires, the
+    /// reconciles in flight wait for one read instead of each sending theirs.
+    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Templates {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, cache: Mutex::default() }
+        Self { ttl, cache: Mutex::default(), reading: Mutex::default() }
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<TemplateInfo>> {
+        let cache = self.cache.lock().expect("template cache");
+        cache.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, info)| info.clone())
     }
 
     /// The template named by `reference` (in `organization`) and its presets,
@@ -99,10 +107,13 @@ impl Templates {
             reference.id.as_deref().unwrap_or_default(),
             reference.version_id.as_deref().unwrap_or_default()
         );
-        if let Some((at, info)) = self.cache.lock().expect("template cache").get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(info.clone());
+        if let Some(info) = self.cached(&key) {
+            return Ok(info);
+        }
+        let gate = self.reading.lock().expect("template reads").entry(key.clone()).or_default().clone();
+        let _reading = gate.lock().await;
+        if let Some(info) = self.cached(&key) {
+            return Ok(info);
         }
         let info = Arc::new(Self::read(credentials, organization, reference).await?);
         let mut cache = self.cache.lock().expect("template cache");

@@ -575,3 +575,17 @@ fn heartbeats_of_a_connected_agent_do_not_change_the_status() {
     let d = decide_with(&s, &Default::default(), Some(&dead), Some(&refused()));
     assert_eq!(d.status.agent.unwrap().last_connected_at, Some(Time(at(-30))));
 }
+
+#[test]
+fn status_times_survive_a_round_trip_through_the_apiserver() {
+    // metav1.Time keeps whole seconds: a status with finer times would never
+    // equal the one read back, and every resync would write it again.
+    let s = spec(DesiredState::Running);
+    let mut ws = workspace("start", "succeeded", Some(READY_AGENT));
+    ws.latest_build.created_at = Timestamp::from_second(NOW - 700).unwrap() + jiff::SignedDuration::from_millis(123);
+    let first = decide_with(&s, &Default::default(), Some(&ws), Some(&ProbeOutcome::Reachable));
+    let read_back: ChatWorkspaceStatus = serde_json::from_value(serde_json::to_value(&first.status).unwrap()).unwrap();
+    assert_eq!(read_back, first.status);
+    let second = decide_with(&s, &read_back, Some(&ws), Some(&ProbeOutcome::Reachable));
+    assert_eq!(second.status, read_back, "nothing to write on the next pass");
+}
