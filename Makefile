@@ -46,7 +46,7 @@ demo: tools
 	$(CARGO) build --quiet --bin chatworkspace-operator
 	$(CARGO) run --quiet --example demo
 
-## bench: the scale benchmark (docs/performance.md); e.g. make bench BENCH_ARGS="--resources 10000 --skip-latency"
+## bench: the scale benchmark (docs/performance.md); e.g. make bench BENCH_ARGS="--resources 300 --window 30s"
 BENCH_ARGS ?=
 bench: tools
 	$(CARGO) build --release --bin chatworkspace-operator

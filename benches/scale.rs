@@ -1,0 +1,1051 @@
+//! The scale benchmark: the quality bars of DESIGN.md (convergence, Coder
+//! load at steady state, reaction latency, memory) measured against a real
+//! etcd + kube-apiserver, the Coder simulator with coderd's own timings, and
+//! the release operator binary running as its own process.
+//!
+//! ```sh
+//! make bench                                   # N = 1000
+//! make bench BENCH_ARGS="--coder-max-rps 0"    # any flag of --help
+//! cargo bench --bench scale -- --help
+//! ```
+//!
+//! The report goes to stdout and, as JSON, to `target/bench/scale-<N>.json`;
+//! the operator's log to `target/bench/operator-<N>.log`. docs/performance.md
+//! says what each number means.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chatworkspace_operator::conditions::{self, READY};
+use chatworkspace_operator::crd::{ChatWorkspace, parse_duration};
+use clap::Parser;
+use coder_sim::{RequestRecord, SimConfig, Simulator};
+use futures::{StreamExt as _, TryStreamExt as _};
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, ResourceExt as _};
+use serde::Serialize;
+use serde_json::json;
+use testbed::ControlPlane;
+use tokio::task::JoinHandle;
+
+use support::operator::OperatorProcess;
+use support::procfs::{self, MachineCpu, Memory};
+use support::stats::Summary;
+
+/// The simulator's session token; its user (`admin` in the default seed)
+/// owns every workspace, so all of them share one owner's list.
+const TOKEN: &str = "bench-token";
+const OWNER: &str = "admin";
+const TEMPLATE: &str = "docker-dev";
+/// Creates in flight at once: enough to make "created at once" take seconds,
+/// not minutes, without queueing hundreds of requests in the apiserver.
+const CREATE_PARALLELISM: usize = 32;
+const OPERATOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stop build follows a patch within a second or two when all is well;
+/// this bound only matters when something is stuck.
+const REACTION_TIMEOUT: Duration = Duration::from_secs(120);
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "scale",
+    about = "Measures convergence, Coder load, reaction latency and memory of the operator at scale"
+)]
+struct Args {
+    /// ChatWorkspaces created at once, with desiredState Running.
+    #[arg(long, default_value_t = 1000)]
+    resources: usize,
+    /// Steady-state window in which Coder requests are counted (0 skips it).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    window: Duration,
+    /// Resources whose desiredState is patched to Stopped to measure reaction.
+    #[arg(long, default_value_t = 100)]
+    latency_resources: usize,
+    /// Pause between two of those patches.
+    #[arg(long, default_value = "50ms", value_parser = duration)]
+    latency_spacing: Duration,
+    /// Leave out the reaction latency phase (e.g. for a memory-only run).
+    #[arg(long)]
+    skip_latency: bool,
+    /// Longest wait for every resource to become Ready.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    timeout: Duration,
+    /// The operator's --concurrency.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u16,
+    /// The operator's --resync-interval; also the polling baseline's period.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    resync_interval: Duration,
+    /// The operator's --active-interval.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    active_interval: Duration,
+    /// The operator's --list-max-age.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    list_max_age: Duration,
+    /// The operator's --probe-interval.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    probe_interval: Duration,
+    /// The operator's --coder-max-rps (0: unlimited).
+    #[arg(long, default_value_t = 20.0)]
+    coder_max_rps: f64,
+    /// The operator's --coder-burst.
+    #[arg(long, default_value_t = 40)]
+    coder_burst: u32,
+    /// Set by `cargo bench`. Without it (`cargo test --all-targets` runs
+    /// benchmarks too) the benchmark does nothing, as libtest benches do.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The operator's duration syntax, or plain seconds.
+fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.bench {
+        eprintln!("scale: a benchmark; run it with `make bench` or `cargo bench --bench scale`");
+        return Ok(());
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("scale: warning: built without optimizations; the numbers will not mean much");
+    }
+    let binary = operator_binary()?;
+    let out_dir = bench_dir()?;
+    let load_before = procfs::load_average();
+
+    eprintln!("scale: starting etcd and kube-apiserver");
+    // Declared first so that it is dropped last, after the operator.
+    let plane = ControlPlane::start().context("starting the control plane (built by `make tools`)")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut report = runtime.block_on(async {
+        // Ctrl-C or a TERM (from `timeout`, say) ends the run through the
+        // normal return path, so the operator and the control plane are
+        // stopped by their destructors instead of being left behind.
+        tokio::select! {
+            report = run(&args, &plane, &binary, &out_dir) => report,
+            signal = interrupted() => Err(anyhow::anyhow!("interrupted by {}", signal?)),
+        }
+    })?;
+    report.machine.load_average_before = load_before;
+    report.machine.load_average_after = procfs::load_average();
+
+    let text = report.table();
+    println!("{text}");
+    let path = out_dir.join(format!("scale-{}.json", args.resources));
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("JSON report: {}", path.display());
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+/// `CWS_OPERATOR_BIN`, or the operator that Cargo built beside this
+/// benchmark (`target/release/chatworkspace-operator` under `cargo bench`).
+fn operator_binary() -> anyhow::Result<PathBuf> {
+    let binary = std::env::var_os("CWS_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_chatworkspace-operator")));
+    if !binary.is_file() {
+        bail!(
+            "the operator binary {} is missing: build it with `cargo build --release --bin chatworkspace-operator` \
+             (`make bench` does), or point CWS_OPERATOR_BIN at one",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// `target/bench`, found from this executable (`target/release/deps/scale-…`).
+fn bench_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe.ancestors().nth(3).context("the benchmark runs from <target>/<profile>/deps")?;
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// A duration in the operator's flag syntax.
+fn flag_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(1000) { format!("{}s", millis / 1000) } else { format!("{millis}ms") }
+}
+
+async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -> anyhow::Result<Report> {
+    // coderd's own timings (a build takes about six seconds, agents
+    // heartbeat every 15 s), so steady state looks like production.
+    let sim = Simulator::start(SimConfig::new(TOKEN)).await?;
+    let namespace = plane.namespace("scale").await;
+    let api: Api<ChatWorkspace> = Api::namespaced(plane.client().await, &namespace);
+    let tracker = Tracker::start(api.clone());
+
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let operator_flags = vec![
+        format!("--concurrency={}", args.concurrency),
+        format!("--resync-interval={}", flag_duration(args.resync_interval)),
+        format!("--active-interval={}", flag_duration(args.active_interval)),
+        format!("--list-max-age={}", flag_duration(args.list_max_age)),
+        format!("--probe-interval={}", flag_duration(args.probe_interval)),
+        format!("--coder-max-rps={}", args.coder_max_rps),
+        format!("--coder-burst={}", args.coder_burst),
+    ];
+    let mut command = vec!["run".to_owned(), format!("--namespace={namespace}"), format!("--admin-addr={admin}")];
+    command.extend(operator_flags.iter().cloned());
+    let env = [
+        ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
+        ("CODER_URL", sim.url()),
+        ("CODER_SESSION_TOKEN", sim.token()),
+        // Warnings and errors only: at thousands of resources the info
+        // lines (one per create and build) would make a large log and add
+        // their own cost to what is measured.
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let log = out_dir.join(format!("operator-{}.log", args.resources));
+    let mut operator = OperatorProcess::spawn(binary, &command, &env, &log)?;
+    operator.wait_ready(&admin, OPERATOR_READY_TIMEOUT).await?;
+    eprintln!("scale: operator {} ready (pid {}, log {})", binary.display(), operator.pid(), log.display());
+
+    let [etcd, apiserver] = plane.server_pids()[..] else { bail!("the control plane has two servers") };
+    let pids = Pids { operator: operator.pid(), apiserver, etcd, bench: std::process::id() };
+
+    let memory_idle = procfs::memory(pids.operator)?;
+    let before = CpuSample::take(&pids)?;
+    let convergence = converge(args, &api, &sim, &tracker, &mut operator).await?;
+    let after_convergence = CpuSample::take(&pids)?;
+    let memory_converged = procfs::memory(pids.operator)?;
+    let (object_json_kib, managed_fields_json_kib) = object_sizes(&api).await?;
+
+    let (coder_load, window_cpu) = if args.window.is_zero() {
+        (None, None)
+    } else {
+        eprintln!("scale: counting Coder requests for {:?}", args.window);
+        let start = CpuSample::take(&pids)?;
+        let load = steady_state(args, &api.clone().into_client(), &sim, &tracker).await?;
+        operator.ensure_running()?;
+        (Some(load), Some(CpuSample::take(&pids)?.since(&start)))
+    };
+
+    let (reaction, reaction_cpu) = if args.skip_latency {
+        (None, None)
+    } else {
+        let start = CpuSample::take(&pids)?;
+        let reaction = react(args, &api, &sim, &tracker).await?;
+        operator.ensure_running()?;
+        (Some(reaction), Some(CpuSample::take(&pids)?.since(&start)))
+    };
+    let memory_end = procfs::memory(pids.operator)?;
+
+    Ok(Report {
+        command: std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
+        revision: git_revision(),
+        resources: args.resources,
+        operator_flags,
+        simulator: "coderd timings: job pending 1 s + running 5 s, agent connects 2 s later, ready 2 s after that, \
+                    heartbeats every 15 s"
+            .to_owned(),
+        machine: MachineInfo {
+            cores: procfs::cores(),
+            load_average_before: String::new(),
+            load_average_after: String::new(),
+            convergence: after_convergence.since(&before),
+            window: window_cpu,
+            reaction: reaction_cpu,
+        },
+        convergence,
+        coder_load,
+        reaction,
+        memory: MemoryReport {
+            after_convergence: memory_converged,
+            end: memory_end,
+            per_resource_kib: (memory_converged.rss_mib - memory_idle.rss_mib) * 1024.0 / args.resources as f64,
+            object_json_kib,
+            managed_fields_json_kib,
+        },
+    })
+}
+
+fn git_revision() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(testbed::repo_root())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn resource_name(index: usize) -> String {
+    format!("scale-{index:05}")
+}
+
+// ---------------------------------------------------------------------------
+// What the benchmark's own watch sees
+
+/// The benchmark's own watch of the ChatWorkspaces: when it saw each
+/// generation and each Ready, on the same wall clock as the simulator's
+/// request log. It stands for any client of the apiserver (an AI agent
+/// running `kubectl wait`), which is why reaction is compared against it.
+struct Tracker {
+    seen: Arc<Mutex<Seen>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Seen {
+    objects: HashMap<String, Object>,
+    /// Object updates delivered. After convergence the benchmark writes
+    /// nothing but its patches, so the rest are the operator's status
+    /// writes (those that changed something: a no-op apply sends no event).
+    updates: u64,
+}
+
+struct Object {
+    generation: i64,
+    /// When the watch first delivered `generation`.
+    generation_seen: Timestamp,
+    /// When the watch first delivered Ready=True for `generation`.
+    ready_since: Option<Timestamp>,
+    /// The Ready reason last seen, for a report on what never converged.
+    reason: String,
+}
+
+impl Tracker {
+    fn start(api: Api<ChatWorkspace>) -> Tracker {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut changes = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+            while let Some(change) = changes.next().await {
+                let at = Timestamp::now();
+                match change {
+                    Ok(cws) => shared.lock().unwrap_or_else(PoisonError::into_inner).observe(&cws, at),
+                    Err(error) => eprintln!("scale: watch error (it restarts): {error}"),
+                }
+            }
+        });
+        Tracker { seen, task }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.seen.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Seen {
+    fn observe(&mut self, cws: &ChatWorkspace, at: Timestamp) {
+        self.updates += 1;
+        let generation = cws.metadata.generation.unwrap_or_default();
+        let ready = cws.status.as_ref().and_then(|status| conditions::find(&status.conditions, READY));
+        let is_ready = ready.is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation));
+        let reason = ready.map_or_else(|| "NoStatusYet".to_owned(), |c| format!("{}={}", c.status, c.reason));
+        let object = self.objects.entry(cws.name_any()).or_insert(Object {
+            generation,
+            generation_seen: at,
+            ready_since: None,
+            reason: String::new(),
+        });
+        if generation > object.generation {
+            object.generation = generation;
+            object.generation_seen = at;
+            object.ready_since = None;
+        }
+        object.ready_since = if is_ready { object.ready_since.or(Some(at)) } else { None };
+        object.reason = reason;
+    }
+
+    fn ready(&self) -> usize {
+        self.objects.values().filter(|o| o.ready_since.is_some()).count()
+    }
+
+    /// How many resources not Ready have each Ready reason.
+    fn not_ready_reasons(&self, expected: usize) -> BTreeMap<String, usize> {
+        let mut reasons = BTreeMap::new();
+        for object in self.objects.values().filter(|o| o.ready_since.is_none()) {
+            *reasons.entry(object.reason.clone()).or_default() += 1;
+        }
+        let unseen = expected.saturating_sub(self.objects.len());
+        if unseen > 0 {
+            reasons.insert("NotSeenByTheWatch".to_owned(), unseen);
+        }
+        reasons
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Phase 1: convergence
+
+#[derive(Debug, Serialize)]
+struct Convergence {
+    /// From the first create request to the last create answered.
+    created_s: f64,
+    /// From the first create request until the watch saw the last Ready=True.
+    all_ready_s: f64,
+    /// Per resource: first create request of the burst → its Ready=True.
+    time_to_ready_s: Summary,
+    /// Resources per second over `all_ready_s`.
+    throughput_per_s: f64,
+    /// Every Coder request from the first create to the last Ready.
+    requests: RequestCounts,
+    /// The most Coder requests that arrived within any one second: the
+    /// operator's rate limit (`--coder-max-rps`, `--coder-burst`) bounds it.
+    peak_requests_in_1s: usize,
+}
+
+async fn converge(
+    args: &Args,
+    api: &Api<ChatWorkspace>,
+    sim: &Simulator,
+    tracker: &Tracker,
+    operator: &mut OperatorProcess,
+) -> anyhow::Result<Convergence> {
+    let n = args.resources;
+    sim.clear_requests();
+    eprintln!("scale: creating {n} ChatWorkspaces (desiredState Running, template {TEMPLATE})");
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    let creates = futures::stream::iter((0..n).map(resource_name))
+        .map(|name| async move {
+            let object: ChatWorkspace = serde_json::from_value(json!({
+                "apiVersion": "chat.coder.com/v1alpha1",
+                "kind": "ChatWorkspace",
+                "metadata": {"name": name},
+                "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}},
+            }))?;
+            api.create(&PostParams::default(), &object).await.with_context(|| format!("creating {name}"))?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(CREATE_PARALLELISM)
+        .try_collect::<()>();
+    tokio::time::timeout(args.timeout, creates).await.context("creating the ChatWorkspaces timed out")??;
+    let created = clock.elapsed();
+    eprintln!("scale: created in {:.1}s; waiting for Ready", created.as_secs_f64());
+
+    let deadline = clock + args.timeout;
+    let mut progress = Instant::now();
+    loop {
+        operator.ensure_running()?;
+        let ready = tracker.with(Seen::ready);
+        if ready >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            let reasons = tracker.with(|seen| seen.not_ready_reasons(n));
+            let memory = procfs::memory(operator.pid())?;
+            bail!(
+                "only {ready} of {n} ChatWorkspaces were Ready after {:?}; the others' Ready conditions: {reasons:?}; \
+                 operator VmRSS {:.1} MiB, VmHWM {:.1} MiB; operator log: {}",
+                args.timeout,
+                memory.rss_mib,
+                memory.peak_rss_mib,
+                operator.log().display()
+            );
+        }
+        if progress.elapsed() >= PROGRESS_EVERY {
+            eprintln!("scale: {ready}/{n} Ready after {:.0}s", clock.elapsed().as_secs_f64());
+            progress = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    let ready_after: Vec<f64> = tracker.with(|seen| {
+        seen.objects.values().filter_map(|o| o.ready_since).map(|at| seconds_between(started, at)).collect()
+    });
+    let all_ready_s = ready_after.iter().copied().fold(0.0, f64::max);
+    eprintln!("scale: all {n} Ready after {all_ready_s:.1}s");
+    let log = sim.requests();
+    let mut requests = RequestCounts::default();
+    log.iter().for_each(|request| requests.count(request));
+    Ok(Convergence {
+        requests,
+        peak_requests_in_1s: peak_in_one_second(&log),
+        created_s: created.as_secs_f64(),
+        all_ready_s,
+        time_to_ready_s: Summary::of(ready_after),
+        throughput_per_s: n as f64 / all_ready_s,
+    })
+}
+
+/// The most requests whose arrival times fall within one second of each other.
+fn peak_in_one_second(requests: &[RequestRecord]) -> usize {
+    let mut arrivals: Vec<Timestamp> = requests.iter().map(|r| r.at).collect();
+    arrivals.sort();
+    let second = jiff::SignedDuration::from_secs(1);
+    let mut first = 0;
+    let mut peak = 0;
+    for (last, at) in arrivals.iter().enumerate() {
+        while at.duration_since(arrivals[first]) >= second {
+            first += 1;
+        }
+        peak = peak.max(last + 1 - first);
+    }
+    peak
+}
+
+fn seconds_between(earlier: Timestamp, later: Timestamp) -> f64 {
+    later.duration_since(earlier).as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// Phase 2: Coder load at steady state
+
+#[derive(Debug, Default, Serialize)]
+struct RequestCounts {
+    /// `GET /api/v2/workspaces` (one page of an owner's list each).
+    lists: u64,
+    /// `GET /api/v2/users/{owner}/workspace/{name}`: one workspace, fresh.
+    reads: u64,
+    /// `GET /api/v2/workspaceagents/{id}/listening-ports`.
+    probes: u64,
+    /// `POST /api/v2/workspaces/{id}/builds`.
+    builds: u64,
+    /// `POST …/workspaces`: a create, which also starts the first build.
+    creates: u64,
+    /// Everything else (templates, users, …), by method and path.
+    other: BTreeMap<String, u64>,
+    /// Answers with a status of 400 or more, included above.
+    errors: u64,
+}
+
+impl RequestCounts {
+    fn total(&self) -> u64 {
+        self.lists + self.reads + self.probes + self.builds + self.creates + self.other.values().sum::<u64>()
+    }
+
+    fn count(&mut self, request: &RequestRecord) {
+        let path = request.path.as_str();
+        match request.method.as_str() {
+            "GET" if path == "/api/v2/workspaces" => self.lists += 1,
+            "GET" if path.starts_with("/api/v2/users/") && path.contains("/workspace/") => self.reads += 1,
+            "GET" if path.ends_with("/listening-ports") => self.probes += 1,
+            "POST" if path.starts_with("/api/v2/workspaces/") && path.ends_with("/builds") => self.builds += 1,
+            "POST" if path.ends_with("/workspaces") => self.creates += 1,
+            method => *self.other.entry(format!("{method} {}", generic_path(path))).or_default() += 1,
+        }
+        if request.status >= 400 {
+            self.errors += 1;
+        }
+    }
+}
+
+/// A path with its ids and names replaced by `*`, so that "other" requests
+/// group by route.
+fn generic_path(path: &str) -> String {
+    let mut generic = String::new();
+    let mut previous = "";
+    for segment in path.split('/').skip(1) {
+        let variable = matches!(previous, "users" | "workspace" | "templates" | "organizations" | "members")
+            || uuid::Uuid::parse_str(segment).is_ok();
+        let _ = write!(generic, "/{}", if variable { "*" } else { segment });
+        previous = segment;
+    }
+    generic
+}
+
+#[derive(Debug, Serialize)]
+struct CoderLoad {
+    window_s: f64,
+    requests: RequestCounts,
+    total: u64,
+    per_workspace_per_minute: f64,
+    /// One read per workspace per resync interval.
+    baseline_per_workspace_per_minute: f64,
+    baseline_formula: String,
+    /// Measured / baseline.
+    ratio_to_baseline: f64,
+    /// ChatWorkspace updates the watch delivered in the window (status
+    /// writes that changed something), per workspace per minute.
+    status_changes_per_workspace_per_minute: f64,
+    /// Requests the apiserver served in the window, from its own
+    /// `apiserver_request_total`, by verb and resource: an apply that
+    /// changes nothing reaches no watch but still costs the apiserver.
+    apiserver_requests: BTreeMap<String, u64>,
+}
+
+/// The apiserver's `apiserver_request_total` counters, summed by verb and
+/// resource (with subresource), e.g. `APPLY chatworkspaces/status`.
+async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<String, u64>> {
+    let request = kube::core::Request::new("").get("metrics", &kube::api::GetParams::default())?;
+    let text = client.request_text(request).await.context("reading the apiserver's /metrics")?;
+    let mut totals = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\"")).map(|i| i + name.len() + 2)?;
+            labels[start..].split('"').next()
+        };
+        // Non-resource requests (like these /metrics reads) have no resource.
+        let (Some(verb), Some(resource)) = (label("verb"), label("resource").filter(|r| !r.is_empty())) else {
+            continue;
+        };
+        let key = match label("subresource").filter(|s| !s.is_empty()) {
+            Some(subresource) => format!("{verb} {resource}/{subresource}"),
+            None => format!("{verb} {resource}"),
+        };
+        *totals.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0) as u64;
+    }
+    Ok(totals)
+}
+
+async fn steady_state(
+    args: &Args,
+    client: &kube::Client,
+    sim: &Simulator,
+    tracker: &Tracker,
+) -> anyhow::Result<CoderLoad> {
+    let apiserver_before = apiserver_requests(client).await?;
+    let updates_before = tracker.with(|seen| seen.updates);
+    sim.clear_requests();
+    let begin = Timestamp::now();
+    tokio::time::sleep(args.window).await;
+    let end = Timestamp::now();
+    let updates = tracker.with(|seen| seen.updates) - updates_before;
+    let mut apiserver = apiserver_requests(client).await?;
+    for (key, count) in &mut apiserver {
+        *count -= apiserver_before.get(key).copied().unwrap_or(0).min(*count);
+    }
+    apiserver.retain(|_, count| *count > 0);
+
+    let mut requests = RequestCounts::default();
+    // A request in flight at the clear is logged when it ends; count only
+    // those that arrived inside the window.
+    for request in sim.requests().iter().filter(|r| r.at >= begin && r.at < end) {
+        requests.count(request);
+    }
+    let window_s = seconds_between(begin, end);
+    let per_minute = |count: u64| count as f64 / args.resources as f64 / (window_s / 60.0);
+    let resync_s = args.resync_interval.as_secs_f64();
+    let baseline = 60.0 / resync_s;
+    let total = requests.total();
+    Ok(CoderLoad {
+        window_s,
+        total,
+        per_workspace_per_minute: per_minute(total),
+        baseline_per_workspace_per_minute: baseline,
+        baseline_formula: format!(
+            "N x 60 / resync_seconds = {} x 60 / {resync_s} = {:.0} reads per minute, i.e. {baseline:.2} per workspace \
+             per minute (one GET of each workspace per resync interval, no lists, no probes)",
+            args.resources,
+            args.resources as f64 * baseline
+        ),
+        ratio_to_baseline: per_minute(total) / baseline,
+        status_changes_per_workspace_per_minute: per_minute(updates),
+        apiserver_requests: apiserver,
+        requests,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Phase 3: reaction latency
+
+#[derive(Debug, Serialize)]
+struct Reaction {
+    patches: usize,
+    spacing_ms: f64,
+    /// Patch sent → the simulator received the stop build request.
+    patch_to_build_ms: Summary,
+    /// Patch sent → the benchmark's own watch delivered the new generation.
+    patch_to_watch_ms: Summary,
+    /// Patch sent → the apiserver's answer received: the write itself.
+    patch_round_trip_ms: Summary,
+    /// Per resource: build request time − watch delivery time.
+    watch_to_build_ms: Summary,
+    /// `patch_to_build_ms.p99 / patch_to_watch_ms.p99`.
+    ratio_p99: f64,
+    /// Coder requests from the first patch until every stop build was
+    /// requested, and their rate: near `--coder-max-rps`, requests queue
+    /// in the operator's rate limiter.
+    coder_requests: usize,
+    coder_requests_per_s: f64,
+}
+
+struct Patched {
+    name: String,
+    workspace_id: String,
+    sent: Timestamp,
+    answered: Timestamp,
+    generation: i64,
+}
+
+async fn react(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator, tracker: &Tracker) -> anyhow::Result<Reaction> {
+    let k = args.latency_resources.min(args.resources);
+    eprintln!("scale: patching {k} ChatWorkspaces to Stopped, {:?} apart", args.latency_spacing);
+    let mut ids = Vec::with_capacity(k);
+    for name in (0..k).map(resource_name) {
+        let id = sim.workspace_id(OWNER, &name).with_context(|| format!("no workspace {OWNER}/{name} in Coder"))?;
+        ids.push((name, id.to_string()));
+    }
+    sim.clear_requests();
+
+    let mut pace = tokio::time::interval(args.latency_spacing);
+    // A slow patch delays the next one rather than bunching the rest up.
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut patched = Vec::with_capacity(k);
+    let patch = json!({"spec": {"desiredState": "Stopped"}});
+    for (name, workspace_id) in ids {
+        pace.tick().await;
+        let sent = Timestamp::now();
+        let object = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("patching {name}"))?;
+        let answered = Timestamp::now();
+        let generation = object.metadata.generation.context("the apiserver sets metadata.generation")?;
+        patched.push(Patched { name, workspace_id, sent, answered, generation });
+    }
+
+    let deadline = Instant::now() + REACTION_TIMEOUT;
+    let (builds, watched, log) = loop {
+        let log = sim.requests();
+        let builds = first_stop_builds(&log, &patched);
+        let watched: Vec<Option<Timestamp>> = tracker.with(|seen| {
+            patched
+                .iter()
+                .map(|p| seen.objects.get(&p.name).filter(|o| o.generation >= p.generation).map(|o| o.generation_seen))
+                .collect()
+        });
+        let (built, seen) = (builds.iter().flatten().count(), watched.iter().flatten().count());
+        if built == k && seen == k {
+            break (builds, watched, log);
+        }
+        if Instant::now() > deadline {
+            bail!("after {REACTION_TIMEOUT:?}, {built} of {k} stop builds were requested and {seen} patches watched");
+        }
+        tokio::time::sleep(POLL).await;
+    };
+
+    let millis = |from: Timestamp, to: Timestamp| seconds_between(from, to) * 1000.0;
+    let mut to_build = Vec::with_capacity(k);
+    let mut to_watch = Vec::with_capacity(k);
+    let mut watch_to_build = Vec::with_capacity(k);
+    for ((p, build), watch) in patched.iter().zip(builds.into_iter().flatten()).zip(watched.into_iter().flatten()) {
+        to_build.push(millis(p.sent, build));
+        to_watch.push(millis(p.sent, watch));
+        watch_to_build.push(millis(watch, build));
+    }
+    let (patch_to_build, patch_to_watch) = (Summary::of(to_build), Summary::of(to_watch));
+    let first_sent = patched.first().map(|p| p.sent).unwrap_or_else(Timestamp::now);
+    let last_build = builds_at_latest(&log, &patched).unwrap_or(first_sent);
+    let coder_requests = log.iter().filter(|r| r.at >= first_sent && r.at <= last_build).count();
+    Ok(Reaction {
+        coder_requests,
+        coder_requests_per_s: coder_requests as f64 / seconds_between(first_sent, last_build).max(1e-3),
+        patches: k,
+        spacing_ms: args.latency_spacing.as_secs_f64() * 1000.0,
+        ratio_p99: patch_to_build.p99 / patch_to_watch.p99,
+        patch_to_build_ms: patch_to_build,
+        patch_to_watch_ms: patch_to_watch,
+        patch_round_trip_ms: Summary::of(patched.iter().map(|p| millis(p.sent, p.answered)).collect()),
+        watch_to_build_ms: Summary::of(watch_to_build),
+    })
+}
+
+/// When the last of the patches' stop builds was requested.
+fn builds_at_latest(requests: &[RequestRecord], patched: &[Patched]) -> Option<Timestamp> {
+    first_stop_builds(requests, patched).into_iter().flatten().max()
+}
+
+/// For each patch, when the simulator received the first successful stop
+/// build request for its workspace after the patch was sent.
+fn first_stop_builds(requests: &[RequestRecord], patched: &[Patched]) -> Vec<Option<Timestamp>> {
+    let mut first: HashMap<&str, Timestamp> = HashMap::new();
+    for request in requests {
+        let is_stop = request.method == "POST"
+            && request.status < 300
+            && request.body.as_ref().and_then(|b| b.get("transition")).and_then(|t| t.as_str()) == Some("stop");
+        let workspace = request.path.strip_prefix("/api/v2/workspaces/").and_then(|rest| rest.strip_suffix("/builds"));
+        if let (true, Some(workspace)) = (is_stop, workspace) {
+            first.entry(workspace).and_modify(|at| *at = (*at).min(request.at)).or_insert(request.at);
+        }
+    }
+    patched.iter().map(|p| first.get(p.workspace_id.as_str()).copied().filter(|at| *at >= p.sent)).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Phase 4: memory and CPU, and the report
+
+struct Pids {
+    operator: u32,
+    apiserver: u32,
+    etcd: u32,
+    /// This process: the simulator and the watch.
+    bench: u32,
+}
+
+/// CPU counters at one moment.
+struct CpuSample {
+    at: Instant,
+    machine: MachineCpu,
+    operator: f64,
+    apiserver: f64,
+    etcd: f64,
+    bench: f64,
+}
+
+impl CpuSample {
+    fn take(pids: &Pids) -> anyhow::Result<CpuSample> {
+        Ok(CpuSample {
+            at: Instant::now(),
+            machine: MachineCpu::now()?,
+            operator: procfs::cpu_seconds(pids.operator)?,
+            apiserver: procfs::cpu_seconds(pids.apiserver)?,
+            etcd: procfs::cpu_seconds(pids.etcd)?,
+            bench: procfs::cpu_seconds(pids.bench)?,
+        })
+    }
+
+    fn since(&self, earlier: &CpuSample) -> CpuUse {
+        CpuUse {
+            seconds: self.at.duration_since(earlier.at).as_secs_f64(),
+            machine_busy: self.machine.busy_since(&earlier.machine),
+            operator_cpu_s: self.operator - earlier.operator,
+            apiserver_cpu_s: self.apiserver - earlier.apiserver,
+            etcd_cpu_s: self.etcd - earlier.etcd,
+            bench_cpu_s: self.bench - earlier.bench,
+        }
+    }
+}
+
+/// How busy the machine was during one phase, and who used the CPU.
+#[derive(Debug, Serialize)]
+struct CpuUse {
+    seconds: f64,
+    /// Fraction of all cores' time not idle.
+    machine_busy: f64,
+    operator_cpu_s: f64,
+    apiserver_cpu_s: f64,
+    etcd_cpu_s: f64,
+    /// The simulator and the benchmark's watch (one process).
+    bench_cpu_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct MachineInfo {
+    cores: usize,
+    load_average_before: String,
+    load_average_after: String,
+    convergence: CpuUse,
+    window: Option<CpuUse>,
+    reaction: Option<CpuUse>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemoryReport {
+    after_convergence: Memory,
+    end: Memory,
+    /// Operator RSS growth per resource, from its RSS just before the burst.
+    per_resource_kib: f64,
+    /// A ChatWorkspace as the apiserver serves it (and the operator's cache
+    /// holds it) after convergence, as compact JSON, averaged.
+    object_json_kib: f64,
+    /// The part of that which is `metadata.managedFields`.
+    managed_fields_json_kib: f64,
+}
+
+/// The average JSON size of the namespace's ChatWorkspaces, and of their
+/// managedFields, in KiB.
+async fn object_sizes(api: &Api<ChatWorkspace>) -> anyhow::Result<(f64, f64)> {
+    let list = api.list(&kube::api::ListParams::default()).await?;
+    let count = list.items.len().max(1) as f64;
+    let (mut total, mut managed) = (0usize, 0usize);
+    for object in &list.items {
+        total += serde_json::to_vec(object)?.len();
+        managed += serde_json::to_vec(&object.metadata.managed_fields)?.len();
+    }
+    Ok((total as f64 / count / 1024.0, managed as f64 / count / 1024.0))
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    /// The benchmark's arguments.
+    command: String,
+    /// `git describe --always --dirty` of the tree measured.
+    revision: Option<String>,
+    resources: usize,
+    operator_flags: Vec<String>,
+    simulator: String,
+    machine: MachineInfo,
+    convergence: Convergence,
+    coder_load: Option<CoderLoad>,
+    reaction: Option<Reaction>,
+    memory: MemoryReport,
+}
+
+impl Report {
+    fn table(&self) -> String {
+        let mut out = String::new();
+        let n = self.resources;
+        let _ = writeln!(
+            out,
+            "\nchatworkspace-operator scale benchmark: {n} ChatWorkspaces on {} cores",
+            self.machine.cores
+        );
+        let _ = writeln!(out, "  revision {}", self.revision.as_deref().unwrap_or("unknown"));
+        let _ = writeln!(out, "  arguments: {}", if self.command.is_empty() { "(defaults)" } else { &self.command });
+        let _ = writeln!(out, "  operator: {}", self.operator_flags.join(" "));
+        let _ = writeln!(out, "  simulator: {}", self.simulator);
+
+        let c = &self.convergence;
+        let t = &c.time_to_ready_s;
+        let _ = writeln!(out, "\nConvergence ({n} created at once, desiredState Running)");
+        let _ = writeln!(out, "  {:<44}{:>10.1} s", "all created", c.created_s);
+        let _ = writeln!(out, "  {:<44}{:>10.1} s", "all Ready", c.all_ready_s);
+        let _ =
+            writeln!(out, "  {:<44}{:>10.1} s  (p90 {:.1} s, p99 {:.1} s)", "time to Ready, p50", t.p50, t.p90, t.p99);
+        let _ = writeln!(out, "  {:<44}{:>10.1} /s", "throughput", c.throughput_per_s);
+        let r = &c.requests;
+        let _ = writeln!(
+            out,
+            "  {:<44}{:>10}  ({:.1} per workspace: {} lists, {} reads, {} probes, {} creates, {} builds, {} other)",
+            "Coder requests",
+            r.total(),
+            r.total() as f64 / n as f64,
+            r.lists,
+            r.reads,
+            r.probes,
+            r.creates,
+            r.builds,
+            r.other.values().sum::<u64>()
+        );
+        let _ = writeln!(out, "  {:<44}{:>10}", "peak Coder requests within 1 s", c.peak_requests_in_1s);
+
+        if let Some(load) = &self.coder_load {
+            let r = &load.requests;
+            let per = |count: u64| count as f64 / n as f64 / (load.window_s / 60.0);
+            let _ = writeln!(out, "\nCoder load at steady state ({:.0} s window after convergence)", load.window_s);
+            let _ = writeln!(out, "  {:<32}{:>10}{:>24}", "kind", "requests", "per workspace per min");
+            let other: u64 = r.other.values().sum();
+            for (kind, count) in [
+                ("lists GET /workspaces", r.lists),
+                ("single reads /users/*/workspace/*", r.reads),
+                ("probes /listening-ports", r.probes),
+                ("builds POST .../builds", r.builds),
+                ("creates POST .../workspaces", r.creates),
+                ("other", other),
+                ("total", load.total),
+            ] {
+                let _ = writeln!(out, "  {kind:<32}{count:>10}{:>24.3}", per(count));
+            }
+            for (route, count) in &r.other {
+                let _ = writeln!(out, "    {route:<30}{count:>10}");
+            }
+            if r.errors > 0 {
+                let _ = writeln!(out, "  answered with an error status: {}", r.errors);
+            }
+            let _ = writeln!(out, "  baseline: {}", load.baseline_formula);
+            let _ = write!(out, "  {:<42}{:>10.3}", "ratio to the polling baseline", load.ratio_to_baseline);
+            if load.ratio_to_baseline > 0.0 {
+                let _ = write!(out, "  ({:.1}x fewer requests)", 1.0 / load.ratio_to_baseline);
+            }
+            out.push('\n');
+            let _ = writeln!(
+                out,
+                "  {:<42}{:>10.3}",
+                "status changes per workspace per min", load.status_changes_per_workspace_per_minute
+            );
+            let _ = writeln!(out, "  apiserver requests in the window (all clients), per workspace per min:");
+            for (kind, count) in &load.apiserver_requests {
+                let _ = writeln!(out, "    {kind:<30}{count:>10}{:>24.3}", per(*count));
+            }
+        }
+
+        if let Some(r) = &self.reaction {
+            let _ = writeln!(
+                out,
+                "\nReaction ({} patches of desiredState to Stopped, {:.0} ms apart), in ms",
+                r.patches, r.spacing_ms
+            );
+            let _ = writeln!(out, "  {:<36}{:>9}{:>9}{:>9}{:>9}", "", "p50", "p90", "p99", "max");
+            for (label, s) in [
+                ("patch -> stop build request (Coder)", &r.patch_to_build_ms),
+                ("patch -> watch event (apiserver)", &r.patch_to_watch_ms),
+                ("watch event -> stop build request", &r.watch_to_build_ms),
+                ("patch round trip (apiserver write)", &r.patch_round_trip_ms),
+            ] {
+                let _ = writeln!(out, "  {label:<36}{:>9.1}{:>9.1}{:>9.1}{:>9.1}", s.p50, s.p90, s.p99, s.max);
+            }
+            let _ = writeln!(out, "  {:<36}{:>9.2}", "ratio build / watch at p99", r.ratio_p99);
+            let _ = writeln!(
+                out,
+                "  Coder requests meanwhile: {} ({:.1}/s; the operator's limit: --coder-max-rps)",
+                r.coder_requests, r.coder_requests_per_s
+            );
+        }
+
+        let m = &self.memory;
+        let _ = writeln!(out, "\nOperator memory (MiB)                       VmRSS    VmHWM (peak)");
+        for (label, memory) in [("after convergence", &m.after_convergence), ("at the end", &m.end)] {
+            let _ = writeln!(out, "  {label:<40}{:>9.1}{:>9.1}", memory.rss_mib, memory.peak_rss_mib);
+        }
+        let _ = writeln!(out, "  {:<40}{:>9.1} KiB", "RSS growth per resource", m.per_resource_kib);
+        let _ = writeln!(
+            out,
+            "  {:<40}{:>9.1} KiB  (managedFields {:.1} KiB)",
+            "one ChatWorkspace as JSON", m.object_json_kib, m.managed_fields_json_kib
+        );
+
+        let machine = &self.machine;
+        let _ = writeln!(
+            out,
+            "\nMachine: load average {} before, {} after",
+            machine.load_average_before, machine.load_average_after
+        );
+        let _ = writeln!(
+            out,
+            "  {:<14}{:>8}{:>7}{:>11}{:>11}{:>8}{:>14}",
+            "phase", "seconds", "busy", "operator", "apiserver", "etcd", "sim+watch"
+        );
+        for (phase, cpu) in [
+            ("convergence", Some(&machine.convergence)),
+            ("window", machine.window.as_ref()),
+            ("reaction", machine.reaction.as_ref()),
+        ] {
+            if let Some(cpu) = cpu {
+                let _ = writeln!(
+                    out,
+                    "  {phase:<14}{:>8.1}{:>6.0}%{:>10.1}s{:>10.1}s{:>7.1}s{:>13.1}s",
+                    cpu.seconds,
+                    cpu.machine_busy * 100.0,
+                    cpu.operator_cpu_s,
+                    cpu.apiserver_cpu_s,
+                    cpu.etcd_cpu_s,
+                    cpu.bench_cpu_s
+                );
+            }
+        }
+        out
+    }
+}
