@@ -93,7 +93,7 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = duration)]
     list_max_age: Duration,
     /// The operator's --probe-interval.
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
     /// The operator's --coder-max-rps (0: unlimited).
     #[arg(long, default_value_t = 20.0)]
