@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test bed's real components into .tools/bin from their Go modules:
-# kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd) and
-# helm (helm.sh/helm). Versions are pinned in tools/versions.env and in the
+# kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd), helm
+# (helm.sh/helm), and coderd's `coder` binary with the echo-template fixture
+# (github.com/coder/coder/v2, tools/coderd). Versions are pinned in tools/versions.env and in the
 # wrapper modules beside this script. A binary is rebuilt only when its
 # wrapper module changes, so a second run takes seconds; Go's own module and
 # build caches make a rebuild after a change cheap as well.
@@ -53,13 +54,32 @@ build() {
 	echo "tools: built $name in $((SECONDS - start))s"
 }
 
+# A dependency's replace directives do not apply to the module that requires
+# it, so tools/coderd/go.mod repeats coder's own; a version bump that forgets
+# them builds a different coder (or fails far from the cause).
+check_coder_replaces() {
+	local upstream
+	upstream=$(cd "$root/tools/coderd" && go mod download -json "github.com/coder/coder/v2@$CODER_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+	if ! diff <(grep -E '^replace ' "$upstream" | tr -s ' \t' ' ' | sort) \
+		<(grep -E '^replace ' "$root/tools/coderd/go.mod" | tr -s ' \t' ' ' | sort) >/dev/null; then
+		echo "tools: tools/coderd/go.mod's replace directives differ from coder $CODER_VERSION's go.mod ($upstream); copy them over" >&2
+		exit 1
+	fi
+}
+
+coder_ldflags() {
+	echo "-w -X github.com/coder/coder/v2/buildinfo.tag=${CODER_VERSION#v}"
+}
+
 only=${1:-all}
 case $only in
 all | etcd) build etcd etcd ./cmd/etcd ;;&
 all | kube-apiserver) build kube-apiserver k8s k8s.io/kubernetes/cmd/kube-apiserver "$(k8s_version_ldflags)" ;;&
 all | kubectl) build kubectl k8s k8s.io/kubernetes/cmd/kubectl "$(k8s_version_ldflags)" ;;&
 all | helm) build helm helm helm.sh/helm/v3/cmd/helm ;;&
-all | etcd | kube-apiserver | kubectl | helm) ;;
-*) echo "usage: tools/build.sh [all|etcd|kube-apiserver|kubectl|helm]" >&2; exit 2 ;;
+all | coder) check_coder_replaces; build coder coderd ./cmd/coder "$(coder_ldflags)" ;;&
+all | coder) build cws-echo-template coderd ./cmd/cws-echo-template ;;&
+all | etcd | kube-apiserver | kubectl | helm | coder) ;;
+*) echo "usage: tools/build.sh [all|etcd|kube-apiserver|kubectl|helm|coder]" >&2; exit 2 ;;
 esac
-echo "tools: Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION in .tools/bin"
+echo "tools: Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, coder $CODER_VERSION in .tools/bin"
