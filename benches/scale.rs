@@ -83,23 +83,33 @@ struct Args {
     /// The operator's --concurrency.
     #[arg(long, default_value_t = 32)]
     concurrency: u16,
-    /// The operator's --resync-interval; also the polling baseline's period.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    /// The operator's --resync-interval (a safety net since the index).
+    #[arg(long, default_value = "5m", value_parser = duration)]
     resync_interval: Duration,
+    /// The period of the one-read-per-object polling the report compares
+    /// Coder's load with (the operator's resync before the index).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    baseline_interval: Duration,
     /// The operator's --active-interval.
     #[arg(long, default_value = "2s", value_parser = duration)]
     active_interval: Duration,
-    /// The operator's --list-max-age.
-    #[arg(long, default_value = "5s", value_parser = duration)]
-    list_max_age: Duration,
+    /// The operator's --attention-interval.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    attention_interval: Duration,
+    /// The operator's --full-list-interval.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    full_list_interval: Duration,
+    /// The operator's --probe-budget-per-minute.
+    #[arg(long, default_value_t = 120)]
+    probe_budget_per_minute: u32,
     /// The operator's --probe-interval.
     #[arg(long, default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
     /// The operator's --coder-max-rps (0: unlimited).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 5.0)]
     coder_max_rps: f64,
     /// The operator's --coder-burst.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 10)]
     coder_burst: u32,
     /// Set by `cargo bench`. Without it (`cargo test --all-targets` runs
     /// benchmarks too) the benchmark does nothing, as libtest benches do.
@@ -212,7 +222,9 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         format!("--concurrency={}", args.concurrency),
         format!("--resync-interval={}", flag_duration(args.resync_interval)),
         format!("--active-interval={}", flag_duration(args.active_interval)),
-        format!("--list-max-age={}", flag_duration(args.list_max_age)),
+        format!("--attention-interval={}", flag_duration(args.attention_interval)),
+        format!("--full-list-interval={}", flag_duration(args.full_list_interval)),
+        format!("--probe-budget-per-minute={}", args.probe_budget_per_minute),
         format!("--probe-interval={}", flag_duration(args.probe_interval)),
         format!("--coder-max-rps={}", args.coder_max_rps),
         format!("--coder-burst={}", args.coder_burst),
@@ -647,7 +659,7 @@ async fn steady_state(
     }
     let window_s = seconds_between(begin, end);
     let per_minute = |count: u64| count as f64 / args.resources as f64 / (window_s / 60.0);
-    let resync_s = args.resync_interval.as_secs_f64();
+    let resync_s = args.baseline_interval.as_secs_f64();
     let baseline = 60.0 / resync_s;
     let total = requests.total();
     Ok(CoderLoad {

@@ -55,6 +55,25 @@ impl Default for Requeue {
     }
 }
 
+/// A reachability probe of the chat agent, as the Coder index holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub outcome: ProbeOutcome,
+    /// Failed probes of this agent in a row, this one included (0 when it
+    /// passed): chatd's "retry once" counts them.
+    pub failures: u32,
+    /// Recent enough for a destructive step to rely on.
+    pub fresh: bool,
+}
+
+impl Probe {
+    /// A probe that just completed, the first failure if it failed.
+    pub fn just_now(outcome: ProbeOutcome) -> Self {
+        let failures = u32::from(!outcome.is_reachable());
+        Self { outcome, failures, fresh: true }
+    }
+}
+
 /// What the reconciler saw in Coder for this resource.
 #[derive(Clone, Debug)]
 pub enum Observed<'a> {
@@ -66,7 +85,7 @@ pub enum Observed<'a> {
         workspace: Option<&'a Workspace>,
         /// Read just now, one workspace at a time (not from a shared list).
         fresh: bool,
-        probe: Option<&'a ProbeOutcome>,
+        probe: Option<&'a Probe>,
     },
 }
 
@@ -300,7 +319,7 @@ impl<'a> Outcome<'a> {
         });
     }
 
-    fn present(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn present(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
         let build = &workspace.latest_build;
         if build.job.status.is_active() {
             return self.wait_for_build(workspace);
@@ -395,7 +414,7 @@ impl<'a> Outcome<'a> {
         false
     }
 
-    fn keep_running(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn keep_running(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
         let build = &workspace.latest_build;
         let succeeded = build.job.status == ProvisionerJobStatus::Succeeded;
         match build.transition {
@@ -479,7 +498,7 @@ impl<'a> Outcome<'a> {
         self.no_agent_conditions("WorkspaceNotRunning", "The workspace's start failed.");
     }
 
-    fn judge_agent(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn judge_agent(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
         let build = &workspace.latest_build;
         let Some(agent) = chat_agent(build, self.inputs.spec.agent_name.as_deref()) else {
             return self.no_agent(build);
@@ -546,7 +565,7 @@ impl<'a> Outcome<'a> {
         self.say(READY, false, "AgentNeverConnected", message);
     }
 
-    fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&ProbeOutcome>) {
+    fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&Probe>) {
         self.say(AGENT_CONNECTED, true, "Connected", format!("Agent {} is connected.", agent.name));
         let Some(probe) = probe else {
             self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet.");
@@ -554,19 +573,25 @@ impl<'a> Outcome<'a> {
             self.requeue_within(self.inputs.requeue.probe_retry);
             return;
         };
-        if probe.is_reachable() {
-            self.recovery().probe_failures = 0;
+        if probe.outcome.is_reachable() {
+            if let Some(recovery) = self.status.recovery.as_mut() {
+                recovery.probe_failures = 0;
+            }
             self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent.");
             return self.agent_lifecycle(agent);
         }
         // chatd's dial timeout: retry once, then tell a person; never rebuild
-        // an agent that coderd still sees heartbeating.
-        let failures = {
-            let recovery = self.recovery();
-            recovery.probe_failures += 1;
-            recovery.probe_failures
-        };
-        self.say(AGENT_REACHABLE, false, probe_reason(probe), probe_message(probe, self.inputs.policy.probe_timeout));
+        // an agent that coderd still sees heartbeating. The index counts the
+        // probes, so a reconcile that sees the same probe twice counts it once.
+        let failures = probe.failures.max(1);
+        self.recovery().probe_failures = failures;
+        let outcome = &probe.outcome;
+        self.say(
+            AGENT_REACHABLE,
+            false,
+            probe_reason(outcome),
+            probe_message(outcome, self.inputs.policy.probe_timeout),
+        );
         if failures < 2 {
             self.say(READY, false, "ProbeRetry", "The agent did not answer a probe; retrying once. Wait for Ready.");
             self.requeue_within(self.inputs.requeue.probe_retry);
@@ -637,7 +662,7 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    fn disconnected(&mut self, agent: &WorkspaceAgent, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn disconnected(&mut self, agent: &WorkspaceAgent, fresh: bool, probe: Option<&Probe>) {
         let policy = self.inputs.policy;
         let since = agent.disconnected_at.or(agent.last_connected_at).unwrap_or(self.inputs.now);
         let for_how_long = elapsed(since, self.inputs.now);
@@ -654,10 +679,12 @@ impl<'a> Outcome<'a> {
             ),
         );
         match probe {
-            Some(probe) if probe.is_reachable() => {
+            Some(probe) if probe.outcome.is_reachable() => {
                 // The two-signal rule: a reachable agent is not dead, whatever
                 // the heartbeat says (e.g. it is respawning).
-                self.recovery().probe_failures = 0;
+                if let Some(recovery) = self.status.recovery.as_mut() {
+                    recovery.probe_failures = 0;
+                }
                 self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent despite the missed heartbeats.");
                 self.say(
                     READY,
@@ -669,8 +696,8 @@ impl<'a> Outcome<'a> {
                 return self.recovering_conditions();
             }
             Some(probe) => {
-                let message = probe_message(probe, policy.probe_timeout);
-                self.say(AGENT_REACHABLE, false, probe_reason(probe), message);
+                let message = probe_message(&probe.outcome, policy.probe_timeout);
+                self.say(AGENT_REACHABLE, false, probe_reason(&probe.outcome), message);
             }
             None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet."),
         }
@@ -709,7 +736,8 @@ impl<'a> Outcome<'a> {
         if self.budget_exhausted() {
             return;
         }
-        if !fresh || probe.is_none() {
+        if !fresh || !probe.is_some_and(|p| p.fresh) {
+            // Both signals again, fresh, right before the stop.
             self.action = Action::Refresh;
             self.requeue_within(self.inputs.requeue.probe_retry);
             return;

@@ -10,7 +10,8 @@ use chatworkspace_operator::crd::{
     RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
 };
 use chatworkspace_operator::decision::{
-    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Requeue, decide, decide_cleanup, needs_probe,
+    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Probe, Requeue, decide, decide_cleanup,
+    needs_probe,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -100,12 +101,19 @@ fn decide_with(
     workspace: Option<&Workspace>,
     probe: Option<&ProbeOutcome>,
 ) -> Decision {
+    // Each call stands for a new probe: the index counts failures in a row.
+    let failures_before = previous.recovery.as_ref().map_or(0, |r| r.probe_failures);
+    let probe = probe.map(|outcome| Probe {
+        outcome: outcome.clone(),
+        failures: if outcome.is_reachable() { 0 } else { failures_before + 1 },
+        fresh: true,
+    });
     decide(&Inputs {
         spec,
         policy: spec.recovery.policy().unwrap(),
         generation: 1,
         previous,
-        observed: Observed::Workspace { workspace, fresh: true, probe },
+        observed: Observed::Workspace { workspace, fresh: true, probe: probe.as_ref() },
         now: at(0),
         requeue: Requeue::default(),
     })
@@ -324,11 +332,66 @@ fn a_cached_observation_is_refreshed_before_a_recovery() {
         policy: policy(),
         generation: 1,
         previous: &Default::default(),
-        observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&timed_out()) },
+        observed: Observed::Workspace {
+            workspace: Some(&ws),
+            fresh: false,
+            probe: Some(&Probe::just_now(timed_out())),
+        },
         now: at(0),
         requeue: Requeue::default(),
     });
     assert_eq!(d.action, Action::Refresh);
+}
+
+#[test]
+fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
+    let s = spec(DesiredState::Running);
+    let ws = workspace("start", "succeeded", Some(dead_for(120)));
+    let stale = Probe { outcome: refused(), failures: 3, fresh: false };
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&stale) },
+        now: at(0),
+        requeue: Requeue::default(),
+    });
+    assert_eq!(d.action, Action::Refresh, "both signals are checked fresh right before the stop");
+    let fresh = Probe { fresh: true, ..stale };
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&fresh) },
+        now: at(0),
+        requeue: Requeue::default(),
+    });
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+}
+
+#[test]
+fn the_same_failed_probe_seen_twice_counts_once() {
+    // A reconcile woken for another reason sees the index's last probe again:
+    // that is still one failure, not chatd's second.
+    let ws = workspace("start", "succeeded", Some(READY_AGENT));
+    let once = Probe::just_now(timed_out());
+    let s = spec(DesiredState::Running);
+    let mut previous = ChatWorkspaceStatus::default();
+    for _ in 0..3 {
+        let d = decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &previous,
+            observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&once) },
+            now: at(0),
+            requeue: Requeue::default(),
+        });
+        assert_eq!(condition(&d, DEGRADED).0, "False");
+        previous = d.status;
+    }
 }
 
 #[test]
@@ -464,7 +527,11 @@ fn condition_times_move_only_on_flips_across_decisions() {
         policy: policy(),
         generation: 1,
         previous: &first.status,
-        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&ProbeOutcome::Reachable) },
+        observed: Observed::Workspace {
+            workspace: Some(&ws),
+            fresh: true,
+            probe: Some(&Probe::just_now(ProbeOutcome::Reachable)),
+        },
         now: at(100),
         requeue: Requeue::default(),
     });
@@ -517,6 +584,7 @@ proptest! {
             recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
             ..Default::default()
         };
+        let probe = probe.map(Probe::just_now);
         let d = decide(&Inputs {
             spec: &s,
             policy: policy(),
@@ -540,7 +608,7 @@ proptest! {
             }
             if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && stage.is_none() {
                 prop_assert!(fresh, "a recovery stop from a cached observation");
-                prop_assert!(matches!(probe, Some(ref p) if !p.is_reachable()), "a recovery stop without a failed probe");
+                prop_assert!(matches!(probe, Some(ref p) if !p.outcome.is_reachable()), "a recovery stop without a failed probe");
                 prop_assert!(attempts < 3 || d.status.recovery.as_ref().unwrap().attempts == 1, "over budget");
             }
         }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, RETRY_AFTER};
 use reqwest::{Method, Response, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,7 +55,14 @@ struct Inner {
     api_url: Url,
     token: SessionToken,
     request_timeout: Duration,
+    /// Set by a 429: no request of this token goes out before then.
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How long a 429 without a usable `Retry-After` pauses the token, and the
+/// longest pause honoured (a broken header must not stop the operator).
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// What the reachability probe (`GET /workspaceagents/{id}/listening-ports`)
 /// found. Only `Reachable` is a passed probe; the others are failed probes,
@@ -123,7 +130,14 @@ impl CoderClient {
             .build()
             .map_err(|error| CoderError::Transport { endpoint: "client setup", message: describe(&error) })?;
         Ok(Self {
-            inner: Arc::new(Inner { http, base_url, api_url, token, request_timeout }),
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                api_url,
+                token,
+                request_timeout,
+                paused_until: std::sync::Mutex::new(None),
+            }),
             observer: None,
             rate_limit: None,
         })
@@ -289,6 +303,7 @@ impl CoderClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, CoderError> {
+        self.wait_out_pause().await;
         if let Some(limit) = &self.rate_limit {
             limit.acquire().await;
         }
@@ -297,7 +312,33 @@ impl CoderClient {
             .await
             .unwrap_or(Err(CoderError::Timeout { endpoint: route.label }));
         self.record(route, &result, started.elapsed());
+        if let Ok(answer) = &result
+            && answer.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            self.pause(answer.retry_after.unwrap_or(DEFAULT_RETRY_AFTER).min(MAX_RETRY_AFTER));
+        }
         result
+    }
+
+    /// coderd's rate limit is per user: after a 429 every request of this
+    /// token waits, not only the one that was refused.
+    fn pause(&self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        let mut paused = self.inner.paused_until.lock().expect("pause");
+        if paused.is_none_or(|current| current < until) {
+            tracing::warn!(retry_after = ?delay, "Coder answered 429 (rate limited); pausing this token's requests");
+            *paused = Some(until);
+        }
+    }
+
+    async fn wait_out_pause(&self) {
+        loop {
+            let until = *self.inner.paused_until.lock().expect("pause");
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
     }
 
     async fn send(&self, route: Route, url: Url, body: Option<Vec<u8>>) -> Result<Answer, CoderError> {
@@ -312,10 +353,16 @@ impl CoderClient {
         }
         let mut response = request.send().await.map_err(|error| self.transport_error(route, &error))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let limit = if status.is_success() { MAX_RESPONSE_BYTES } else { MAX_ERROR_BODY_BYTES };
         let (body, complete) =
             read_body(&mut response, limit).await.map_err(|error| self.transport_error(route, &error))?;
-        Ok(Answer { status, body, complete })
+        Ok(Answer { status, body, complete, retry_after })
     }
 
     fn record(&self, route: Route, result: &Result<Answer, CoderError>, elapsed: Duration) {
@@ -387,6 +434,8 @@ struct Answer {
     body: Vec<u8>,
     /// False when the body was cut at the size limit.
     complete: bool,
+    /// A 429's `Retry-After`, in seconds as coderd sends it.
+    retry_after: Option<Duration>,
 }
 
 /// Reads at most `limit` bytes of the body, saying whether that was all of it.

@@ -141,6 +141,14 @@ wire_enum! {
     }
 }
 
+impl AgentLifecycle {
+    /// Whether the agent's startup is over, one way or the other: nothing
+    /// more is expected to change without a new event.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Self::Created | Self::Starting)
+    }
+}
+
 wire_enum! {
     /// Whether a workspace is moved to the template's active version on start.
     pub enum AutomaticUpdates {

@@ -16,8 +16,8 @@ use chatworkspace_operator::controller::{self, Context, Settings};
 use chatworkspace_operator::crd::ChatWorkspace;
 use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
+use chatworkspace_operator::index::IndexSettings;
 use chatworkspace_operator::metrics::Metrics;
-use chatworkspace_operator::observer::ObserverSettings;
 use coder_sim::{SimConfig, Simulator};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -38,6 +38,21 @@ pub fn fast_requeue() -> Requeue {
     }
 }
 
+/// Index intervals on the simulator's fast scale.
+pub fn fast_index() -> IndexSettings {
+    IndexSettings {
+        attention_interval: Duration::from_millis(300),
+        active_interval: Duration::from_millis(200),
+        full_interval: Duration::from_secs(3),
+        page_size: 100,
+        probe_interval: Duration::from_millis(500),
+        probe_budget_per_minute: 6000,
+        probe_concurrency: 8,
+        probe_retry: Duration::from_millis(200),
+        probe_fresh: Duration::from_millis(800),
+    }
+}
+
 pub struct Env {
     pub namespace: String,
     pub client: Client,
@@ -46,6 +61,8 @@ pub struct Env {
     pub metrics: Arc<Metrics>,
     /// Applied to the operator's Coder traffic when it (re)starts.
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// Changes to the operator's settings, applied when it (re)starts.
+    pub tweak: Option<fn(&mut Settings)>,
     operator: Option<Operator>,
 }
 
@@ -78,22 +95,31 @@ impl Env {
         let client = plane.client().await;
         let sim = Simulator::start(config).await.expect("start the Coder simulator");
         let api = Api::namespaced(client.clone(), &namespace);
-        Env { namespace, client, api, sim, metrics: Arc::new(Metrics::default()), rate_limit: None, operator: None }
+        Env {
+            namespace,
+            client,
+            api,
+            sim,
+            metrics: Arc::new(Metrics::default()),
+            rate_limit: None,
+            tweak: None,
+            operator: None,
+        }
     }
 
     pub fn settings(&self) -> Settings {
-        Settings {
+        let mut settings = Settings {
             requeue: fast_requeue(),
             concurrency: 8,
             namespaces: vec![self.namespace.clone()],
             template_ttl: Duration::from_secs(300),
             instance: "test".into(),
-            observer: ObserverSettings {
-                max_age: Duration::from_millis(300),
-                page_size: 100,
-                probe_interval: Duration::from_millis(500),
-            },
+            index: fast_index(),
+        };
+        if let Some(tweak) = self.tweak {
+            tweak(&mut settings);
         }
+        settings
     }
 
     /// Starts the operator (again), as a restarted process would: nothing

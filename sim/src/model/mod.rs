@@ -296,6 +296,14 @@ impl Deployment {
                 })
             })
             .filter(|ws| filter.outdated.is_none_or(|outdated| self.is_outdated(ws) == outdated))
+            .filter(|ws| filter.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| *id == ws.id.to_string())))
+            .filter(|ws| {
+                filter.agent_statuses.is_empty()
+                    || self.visible_agents(self.latest_build(ws), now).into_iter().any(|agent| {
+                        let status = self.agent_view(agent, now).status.as_str();
+                        filter.agent_statuses.iter().any(|wanted| wanted == status)
+                    })
+            })
             .collect();
         found.sort_by_cached_key(|ws| {
             let owner = self.user_by_id(ws.owner_id).map(|user| user.username.to_lowercase());
