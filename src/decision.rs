@@ -865,6 +865,7 @@ fn probe_reason(probe: &ProbeOutcome) -> &'static str {
         ProbeOutcome::Refused { .. } => "ProbeRefused",
         ProbeOutcome::TimedOut => "ProbeTimedOut",
         ProbeOutcome::Failed { .. } => "ProbeFailed",
+        ProbeOutcome::Inconclusive { .. } => "ProbeInconclusive",
     }
 }
 
@@ -876,6 +877,7 @@ fn probe_message(probe: &ProbeOutcome, timeout: Duration) -> String {
         }
         ProbeOutcome::TimedOut => format!("coderd did not reach the agent within {}.", human(timeout)),
         ProbeOutcome::Failed { message } => format!("The probe through coderd failed: {message}"),
+        ProbeOutcome::Inconclusive { message } => format!("The probe through coderd was inconclusive: {message}"),
     }
 }
 

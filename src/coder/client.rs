@@ -65,8 +65,9 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// What the reachability probe (`GET /workspaceagents/{id}/listening-ports`)
-/// found. Only `Reachable` is a passed probe; the others are failed probes,
-/// kept apart because they mean different things about the agent.
+/// found. Only `Reachable` is a passed probe; `Refused`, `TimedOut` and
+/// `Failed` are failed probes, kept apart because they mean different
+/// things about the agent. `Inconclusive` is no evidence either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
     /// coderd dialed the agent and it answered.
@@ -77,14 +78,23 @@ pub enum ProbeOutcome {
     /// No answer within the probe timeout: coderd is still dialing an agent
     /// it believes connected, typically a dead or cut-off one.
     TimedOut,
-    /// Anything else: coderd's dial failed (500), the agent does not exist
-    /// (404), coderd could not be reached, ...
+    /// coderd tried to dial the agent and failed (500).
     Failed { message: String },
+    /// The probe says nothing about the agent: coderd did not get to dial it
+    /// (429, 401, 403, an unknown agent id), a proxy in front of coderd
+    /// failed (502, 503, 504), or coderd itself could not be reached. It
+    /// neither counts toward a recovery nor toward a dial timeout.
+    Inconclusive { message: String },
 }
 
 impl ProbeOutcome {
     pub fn is_reachable(&self) -> bool {
         matches!(self, Self::Reachable)
+    }
+
+    /// Whether the outcome is evidence about the agent at all.
+    pub fn is_conclusive(&self) -> bool {
+        !matches!(self, Self::Inconclusive { .. })
     }
 
     /// A short CamelCase name for condition reasons and metric labels.
@@ -94,6 +104,7 @@ impl ProbeOutcome {
             Self::Refused { .. } => "Refused",
             Self::TimedOut => "TimedOut",
             Self::Failed { .. } => "Failed",
+            Self::Inconclusive { .. } => "Inconclusive",
         }
     }
 }
@@ -107,6 +118,7 @@ impl fmt::Display for ProbeOutcome {
             }
             Self::TimedOut => f.write_str("the agent did not answer through coderd in time"),
             Self::Failed { message } => write!(f, "the probe failed: {message}"),
+            Self::Inconclusive { message } => write!(f, "the probe was inconclusive: {message}"),
         }
     }
 }
@@ -265,9 +277,13 @@ impl CoderClient {
             Ok(answer) if is_refusal(answer.status) => {
                 ProbeOutcome::Refused { status: answer.status.as_u16(), message: self.error_body(&answer).summary() }
             }
-            Ok(answer) => ProbeOutcome::Failed { message: self.status_error(route, &answer).to_string() },
+            // coderd's own dial failed: evidence about the agent.
+            Ok(answer) if answer.status == StatusCode::INTERNAL_SERVER_ERROR => {
+                ProbeOutcome::Failed { message: self.status_error(route, &answer).to_string() }
+            }
+            Ok(answer) => ProbeOutcome::Inconclusive { message: self.status_error(route, &answer).to_string() },
             Err(CoderError::Timeout { .. }) => ProbeOutcome::TimedOut,
-            Err(error) => ProbeOutcome::Failed { message: error.to_string() },
+            Err(error) => ProbeOutcome::Inconclusive { message: error.to_string() },
         }
     }
 

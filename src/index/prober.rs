@@ -35,7 +35,12 @@ pub struct ProbeRecord {
 
 #[derive(Default)]
 pub(super) struct Probes {
+    /// The latest conclusive probe of each agent.
     records: Mutex<HashMap<String, ProbeRecord>>,
+    /// When a probe of the agent was last inconclusive (a 429, a proxy's
+    /// 502, coderd out of reach): tried again only after the attention
+    /// interval, and never counted.
+    inconclusive: Mutex<HashMap<String, Instant>>,
     urgent: Mutex<HashSet<String>>,
     in_flight: Mutex<HashSet<String>>,
     notify: Arc<Notify>,
@@ -90,8 +95,13 @@ fn schedule(index: &Arc<Shared>, permits: &Arc<Semaphore>, budget: &mut Budget) 
         // Agents of old builds, or no longer watched, are never asked about again.
         records.retain(|id, _| watched.contains(id.as_str()));
         let in_flight = index.probes.in_flight.lock().expect("probes in flight");
+        let mut inconclusive = index.probes.inconclusive.lock().expect("inconclusive probes");
+        inconclusive.retain(|id, at| watched.contains(id.as_str()) && at.elapsed() < settings.attention_interval);
         for target in targets {
             if in_flight.contains(&target.agent_id) {
+                continue;
+            }
+            if inconclusive.contains_key(&target.agent_id) && !asked.contains(&target.agent_id) {
                 continue;
             }
             let record = records.get(&target.agent_id);
@@ -139,6 +149,12 @@ fn schedule(index: &Arc<Shared>, permits: &Arc<Semaphore>, budget: &mut Budget) 
 }
 
 fn finish(index: &Shared, target: &ProbeTarget, outcome: ProbeOutcome, asked: bool) {
+    if !outcome.is_conclusive() {
+        tracing::debug!(agent = %target.agent_id, %outcome, "inconclusive probe; trying again later");
+        index.probes.inconclusive.lock().expect("inconclusive probes").insert(target.agent_id.clone(), Instant::now());
+        index.probes.in_flight.lock().expect("probes in flight").remove(&target.agent_id);
+        return;
+    }
     let news = {
         let mut records = index.probes.records.lock().expect("probe records");
         let previous = records.get(&target.agent_id);
