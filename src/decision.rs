@@ -701,6 +701,18 @@ impl<'a> Outcome<'a> {
             }
             None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet."),
         }
+        if self.recovery_stage() == Some(RecoveryStage::Stopping) && self.stop_intent_unconfirmed() {
+            // The recovery was decided and written down, but its stop build
+            // never confirmed (the operator stopped in between, or Coder
+            // failed the request): issue it again, as the same attempt.
+            if !fresh || !probe.is_some_and(|p| p.fresh) {
+                self.action = Action::Refresh;
+                self.requeue_within(self.inputs.requeue.probe_retry);
+                return self.recovering_conditions();
+            }
+            self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
+            return self.recovering_conditions();
+        }
         if self.recovery_stage().is_some() {
             // The recovery's own start made this agent; a fresh disconnect
             // after it is judged on its own merits from here.
@@ -743,6 +755,16 @@ impl<'a> Outcome<'a> {
             return;
         }
         self.start_recovery(agent, for_how_long);
+    }
+
+    /// Whether the last build request is a recovery stop that Coder never
+    /// confirmed (no build id was recorded for it).
+    fn stop_intent_unconfirmed(&self) -> bool {
+        self.inputs.previous.last_build_request.as_ref().is_some_and(|request| {
+            request.reason == BuildReason::Recovery.as_str()
+                && request.transition == WorkspaceTransition::Stop.as_str()
+                && request.build_id.is_none()
+        })
     }
 
     /// Applies the `maxAttempts` per `window` budget; true when it is spent.

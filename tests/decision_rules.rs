@@ -577,18 +577,32 @@ proptest! {
         attempts in 0u32..5,
         fresh in any::<bool>(),
         exists in any::<bool>(),
+        unconfirmed_stop in any::<bool>(),
+        generation in 1i64..3,
     ) {
         let ws = workspace(transition, job, agent);
         let s = spec(desired);
+        // Conditions written for generation 1 by an earlier pass: the ones
+        // this pass does not speak about must be restamped too.
+        let earlier = decide_with(&s, &Default::default(), Some(&workspace("start", "succeeded", Some(READY_AGENT))), Some(&ProbeOutcome::Reachable));
         let previous = ChatWorkspaceStatus {
             recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
+            conditions: earlier.status.conditions.clone(),
+            last_build_request: unconfirmed_stop.then(|| BuildRequestStatus {
+                build_id: None,
+                transition: "stop".into(),
+                reason: "Recovery".into(),
+                generation: 1,
+                time: Time(at(-30)),
+            }),
             ..Default::default()
         };
+        prop_assert!(!previous.conditions.is_empty());
         let probe = probe.map(Probe::just_now);
         let d = decide(&Inputs {
             spec: &s,
             policy: policy(),
-            generation: 1,
+            generation,
             previous: &previous,
             observed: Observed::Workspace { workspace: exists.then_some(&ws), fresh, probe: probe.as_ref() },
             now: at(0),
@@ -606,10 +620,15 @@ proptest! {
                 (_, WorkspaceTransition::Delete) => prop_assert!(false, "the lifecycle never deletes"),
                 _ => {}
             }
-            if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && stage.is_none() {
+            let starts_or_resumes = stage.is_none() || unconfirmed_stop;
+            if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && starts_or_resumes && transition == "start" {
                 prop_assert!(fresh, "a recovery stop from a cached observation");
                 prop_assert!(matches!(probe, Some(ref p) if !p.outcome.is_reachable()), "a recovery stop without a failed probe");
-                prop_assert!(attempts < 3 || d.status.recovery.as_ref().unwrap().attempts == 1, "over budget");
+                let now = d.status.recovery.as_ref().unwrap().attempts;
+                prop_assert!(attempts < 3 || generation != 1 || now == attempts, "over budget");
+                if stage.is_some() {
+                    prop_assert_eq!(now, attempts, "resuming an unconfirmed stop is the same attempt");
+                }
             }
         }
         if d.action == Action::CreateWorkspace {
@@ -617,9 +636,9 @@ proptest! {
         }
         // Every condition carries the generation it was computed for.
         for c in &d.status.conditions {
-            prop_assert_eq!(c.observed_generation, Some(1));
+            prop_assert_eq!(c.observed_generation, Some(generation), "condition {} kept an old generation", c.type_);
         }
-        prop_assert_eq!(d.status.observed_generation, Some(1));
+        prop_assert_eq!(d.status.observed_generation, Some(generation));
         prop_assert!(d.requeue > Duration::ZERO);
     }
 }
@@ -656,4 +675,38 @@ fn status_times_survive_a_round_trip_through_the_apiserver() {
     assert_eq!(read_back, first.status);
     let second = decide_with(&s, &read_back, Some(&ws), Some(&ProbeOutcome::Reachable));
     assert_eq!(second.status, read_back, "nothing to write on the next pass");
+}
+
+#[test]
+fn an_unconfirmed_recovery_stop_is_issued_again_as_the_same_attempt() {
+    // The recovery was written down (stage, attempt, request) but its stop
+    // build never confirmed: the operator stopped in between.
+    let ws = workspace("start", "succeeded", Some(dead_for(120)));
+    let previous = ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus {
+            stage: Some(RecoveryStage::Stopping),
+            attempts: 1,
+            window_start: Some(Time(at(-20))),
+            generation: Some(1),
+            ..Default::default()
+        }),
+        last_build_request: Some(BuildRequestStatus {
+            build_id: None,
+            transition: "stop".into(),
+            reason: "Recovery".into(),
+            generation: 1,
+            time: Time(at(-20)),
+        }),
+        ..Default::default()
+    };
+    let d = decide_with(&spec(DesiredState::Running), &previous, Some(&ws), Some(&refused()));
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 1, "the same attempt, not a new one");
+
+    // Once Coder confirmed the build (its id recorded), a disconnect of the
+    // agent of a later start is a new recovery.
+    let mut confirmed = previous.clone();
+    confirmed.last_build_request.as_mut().unwrap().build_id = Some("build-8".into());
+    let d = decide_with(&spec(DesiredState::Running), &confirmed, Some(&ws), Some(&refused()));
+    assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 2);
 }

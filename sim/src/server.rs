@@ -147,6 +147,11 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             tokio::time::sleep(delay).await;
             next.run(request).await
         }
+        Some(FaultKind::AnswerLate(delay)) => {
+            let response = next.run(request).await;
+            tokio::time::sleep(delay).await;
+            response
+        }
         Some(FaultKind::Hang) => match shared.hang().await {
             Wait::Released => next.run(request).await,
             Wait::TimedOut => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Injected hang timed out.").into_response(),

@@ -260,7 +260,7 @@ struct Applied {
 
 async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
     let previous = resource.status.clone().unwrap_or_default();
-    match converge(resource, &previous, context).await {
+    match converge(api, resource, &previous, context).await {
         Ok(None) => {
             // The index has not listed this owner's workspaces yet; it wakes
             // the resource when it has.
@@ -295,6 +295,7 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
 /// Gather, decide, act, and decide again on what the action produced.
 /// `None` while the index does not know the owner's workspaces yet.
 async fn converge(
+    api: &Api<ChatWorkspace>,
     resource: &ChatWorkspace,
     previous: &ChatWorkspaceStatus,
     context: &Context,
@@ -361,6 +362,9 @@ async fn converge(
         }
         CoreAction::Build(plan) => {
             let current = gathered.workspace.as_ref().expect("a build is only decided for an observed workspace");
+            if plan.reason == BuildReason::Recovery {
+                record::write_intent(api, resource, &decision.status).await?;
+            }
             match act::issue_build(current, &plan, coder).await {
                 Ok(build) => {
                     let transition = plan.transition.as_str();

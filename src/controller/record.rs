@@ -56,6 +56,27 @@ pub(super) async fn write_status(
     Ok(())
 }
 
+/// Persists what is about to be done (a recovery's stage and attempt, the
+/// build request) before it is done, so that an operator stopped between
+/// the build and its record resumes the recovery instead of losing its
+/// stage or counting a new attempt. The resourceVersion makes the write fail
+/// if the resource changed since it was read: a decision taken on a stale
+/// spec or status is not acted on.
+pub(super) async fn write_intent(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    status: &ChatWorkspaceStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": ChatWorkspace::api_version(&()),
+        "kind": ChatWorkspace::kind(&()),
+        "metadata": {"resourceVersion": resource.resource_version()},
+        "status": status,
+    });
+    api.patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
 /// Events for what the decision reported, and for every state reached.
 pub(super) async fn publish(
     context: &Context,
