@@ -196,6 +196,7 @@ mod tests {
                 agent_name: None,
                 recovery: Default::default(),
                 deletion_policy: Default::default(),
+                outside_stops: Default::default(),
                 credentials_ref: None,
             },
         );

@@ -98,6 +98,9 @@ pub struct Inputs<'a> {
     pub observed: Observed<'a>,
     pub now: Timestamp,
     pub requeue: Requeue,
+    /// The resource's `chat.coder.com/start-requested-at` annotation: a value
+    /// other than `previous.start_request` asks for one start.
+    pub start_request: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +179,13 @@ pub fn decide(inputs: &Inputs) -> Decision {
         }
     }
     out.finish()
+}
+
+/// What spent the `maxAttempts` per `window` budget.
+#[derive(Clone, Copy)]
+enum Spent {
+    OnRecoveries,
+    OnOutsideStops,
 }
 
 /// Builds one decision: the verdicts, action and status under construction.
@@ -298,6 +308,8 @@ impl<'a> Outcome<'a> {
             transition: build.transition.as_str().to_string(),
             status: build.status.as_str().to_string(),
             job_status: build.job.status.as_str().to_string(),
+            reason: Some(build.reason.clone()).filter(|r| !r.is_empty()),
+            initiator: Some(build.initiator_name.clone()).filter(|n| !n.is_empty()),
             error: build.job.error.clone().filter(|e| !e.is_empty()),
             created_at: Some(whole_seconds(build.created_at)),
         });
@@ -436,11 +448,125 @@ impl<'a> Outcome<'a> {
                 }
                 self.recovering_conditions();
             }
+            _ if workspace.dormant_at.is_some() => self.dormant(workspace),
+            WorkspaceTransition::Stop if succeeded && self.stopped_outside(build) => self.outside_stop(workspace),
             _ => {
                 self.end_recovery();
                 self.start(workspace, BuildReason::DesiredState);
             }
         }
+        if workspace.dormant_at.is_none() {
+            // A start asked for while dormant still counts once it is active.
+            self.note_start_request();
+        }
+    }
+
+    /// A new value of the start-request annotation, once acted on (or found
+    /// needless), is remembered so that it asks for one start only.
+    fn note_start_request(&mut self) {
+        if let Some(value) = self.inputs.start_request {
+            self.status.start_request = Some(value.to_string());
+        }
+    }
+
+    fn start_requested(&self) -> bool {
+        self.inputs.start_request.is_some_and(|v| self.inputs.previous.start_request.as_deref() != Some(v))
+    }
+
+    /// A succeeded stop that this operator did not ask for, of a workspace
+    /// this resource had already seen in an earlier build: Coder or a person
+    /// stopped it. (A workspace adopted while stopped is simply started.)
+    fn stopped_outside(&self, build: &WorkspaceBuild) -> bool {
+        let previous = self.inputs.previous;
+        let ours = previous.last_build_request.as_ref().is_some_and(|request| {
+            request.build_id.as_deref() == Some(build.id.as_str())
+                || (request.build_id.is_none()
+                    && request.transition == WorkspaceTransition::Stop.as_str()
+                    && request.time.0 <= build.created_at)
+        });
+        let seen_before = previous.latest_build.as_ref().is_some_and(|seen| seen.number <= build.build_number);
+        !ours && seen_before
+    }
+
+    fn outside_stop(&mut self, workspace: &Workspace) {
+        let build = &workspace.latest_build;
+        let by_policy = matches!(build.reason.as_str(), "autostop" | "dormancy" | "task_auto_pause");
+        let who = if build.initiator_name.is_empty() {
+            format!("reason {:?}", build.reason)
+        } else {
+            format!("reason {:?}, by {}", build.reason, build.initiator_name)
+        };
+        self.end_recovery();
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace was stopped in Coder.");
+        if self.start_requested() {
+            self.events.push(Event {
+                warning: false,
+                reason: "StartRequested",
+                note: format!(
+                    "Starting the workspace that Coder stopped (build #{}, {who}): the {} annotation has a new value.",
+                    build.build_number,
+                    crd::START_REQUESTED_AT
+                ),
+            });
+            return self.start(workspace, BuildReason::DesiredState);
+        }
+        if !by_policy && self.inputs.spec.outside_stops == crd::OutsideStops::Restart {
+            if self.budget_exhausted(Spent::OnOutsideStops) {
+                return;
+            }
+            let now = whole_seconds(self.inputs.now);
+            let recovery = self.recovery();
+            recovery.attempts += 1;
+            recovery.window_start.get_or_insert(now.clone());
+            recovery.last_attempt_time = Some(now);
+            recovery.last_reason = Some(format!("stopped in Coder ({who}); spec.outsideStops is Restart"));
+            self.events.push(Event {
+                warning: true,
+                reason: "RestartingOutsideStop",
+                note: format!(
+                    "Build #{} stopped the workspace in Coder ({who}); starting it again (spec.outsideStops: Restart).",
+                    build.build_number
+                ),
+            });
+            return self.start(workspace, BuildReason::DesiredState);
+        }
+        self.phase = Phase::Stopped;
+        let (reason, cause) = if by_policy {
+            ("StoppedByCoder", "Coder's own policy stopped it")
+        } else {
+            ("StoppedOutside", "it was stopped from Coder")
+        };
+        let message = format!(
+            "desiredState is Running, but {cause} (build #{}, {who}); the operator respects that. To start it \
+             again, set a new value of the {} annotation (kubectl annotate --overwrite cws NAME {}=$(date -u \
+             +%FT%TZ)){}.",
+            build.build_number,
+            crd::START_REQUESTED_AT,
+            crd::START_REQUESTED_AT,
+            if by_policy { "" } else { ", or set spec.outsideStops to Restart" }
+        );
+        self.say(READY, false, reason, message);
+        self.say(PROGRESSING, false, reason, "Nothing to do until a start is asked for.");
+    }
+
+    fn dormant(&mut self, workspace: &Workspace) {
+        self.end_recovery();
+        self.phase = Phase::Stopped;
+        let deletion = workspace
+            .deleting_at
+            .map(|at| format!(" Coder deletes it at {}.", at.round(jiff::Unit::Second).unwrap_or(at)))
+            .unwrap_or_default();
+        let message = format!(
+            "The workspace is dormant in Coder, which refuses to start it until it is made active again: a \
+             person must activate it in Coder's dashboard (or PUT /api/v2/workspaces/{}/dormant with \
+             {{\"dormant\": false}}), then ask for a start with a new value of the {} annotation.{deletion}",
+            workspace.id,
+            crd::START_REQUESTED_AT
+        );
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is dormant.");
+        self.say(DEGRADED, true, "Dormant", message.clone());
+        self.say(READY, false, "Dormant", message);
+        self.say(PROGRESSING, false, "Dormant", "No builds while the workspace is dormant.");
     }
 
     fn start(&mut self, workspace: &Workspace, reason: BuildReason) {
@@ -745,7 +871,7 @@ impl<'a> Outcome<'a> {
             self.requeue_within(remaining.max(Duration::from_millis(100)));
             return;
         }
-        if self.budget_exhausted() {
+        if self.budget_exhausted(Spent::OnRecoveries) {
             return;
         }
         if !fresh || !probe.is_some_and(|p| p.fresh) {
@@ -768,7 +894,7 @@ impl<'a> Outcome<'a> {
     }
 
     /// Applies the `maxAttempts` per `window` budget; true when it is spent.
-    fn budget_exhausted(&mut self) -> bool {
+    fn budget_exhausted(&mut self, spent: Spent) -> bool {
         let policy = self.inputs.policy;
         let now = self.inputs.now;
         let generation = self.inputs.generation;
@@ -790,12 +916,20 @@ impl<'a> Outcome<'a> {
             .map_or_else(|| "later".to_string(), |t| t.round(jiff::Unit::Second).unwrap_or(t).to_string());
         let attempts = recovery.attempts;
         self.phase = Phase::Failed;
-        let message = format!(
-            "The agent died again after {attempts} automatic recoveries within {}; the operator stops rebuilding \
-             this workspace. A person should look at why it keeps dying. Recovery resumes at {reopens_at} (when \
-             the window ends) or when the spec changes.",
-            human(policy.window),
-        );
+        let message = match spent {
+            Spent::OnRecoveries => format!(
+                "The agent died again after {attempts} automatic recoveries within {}; the operator stops \
+                 rebuilding this workspace. A person should look at why it keeps dying. Recovery resumes at \
+                 {reopens_at} (when the window ends) or when the spec changes.",
+                human(policy.window),
+            ),
+            Spent::OnOutsideStops => format!(
+                "The workspace was stopped in Coder again after {attempts} automatic starts within {}; the \
+                 person stopping it wins and the operator leaves it stopped. Restarts resume at {reopens_at} \
+                 (when the window ends) or when the spec changes.",
+                human(policy.window),
+            ),
+        };
         self.say(DEGRADED, true, "RecoveryBudgetExhausted", message.clone());
         self.say(READY, false, "AgentDisconnected", message);
         self.say(RECOVERING, false, "RecoveryBudgetExhausted", "No more automatic recoveries in this window.");

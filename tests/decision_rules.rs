@@ -36,6 +36,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         agent_name: None,
         recovery: RecoverySpec::default(),
         deletion_policy: DeletionPolicy::Stop,
+        outside_stops: Default::default(),
         credentials_ref: None,
     }
 }
@@ -116,6 +117,7 @@ fn decide_with(
         observed: Observed::Workspace { workspace, fresh: true, probe: probe.as_ref() },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     })
 }
 
@@ -285,6 +287,7 @@ fn a_conflict_builds_nothing() {
         observed: Observed::Conflict { other: "team-a/first".into() },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(d.action, Action::None);
     assert_eq!(condition(&d, DEGRADED), ("True".into(), "Conflict".into()));
@@ -339,6 +342,7 @@ fn a_cached_observation_is_refreshed_before_a_recovery() {
         },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(d.action, Action::Refresh);
 }
@@ -356,6 +360,7 @@ fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
         observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&stale) },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(d.action, Action::Refresh, "both signals are checked fresh right before the stop");
     let fresh = Probe { fresh: true, ..stale };
@@ -367,6 +372,7 @@ fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
         observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&fresh) },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
 }
@@ -388,6 +394,7 @@ fn the_same_failed_probe_seen_twice_counts_once() {
             observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&once) },
             now: at(0),
             requeue: Requeue::default(),
+            start_request: None,
         });
         assert_eq!(condition(&d, DEGRADED).0, "False");
         previous = d.status;
@@ -534,6 +541,7 @@ fn condition_times_move_only_on_flips_across_decisions() {
         },
         now: at(100),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(first.status, again.status, "nothing changed: the status is identical, so nothing is written");
 }
@@ -607,6 +615,7 @@ proptest! {
             observed: Observed::Workspace { workspace: exists.then_some(&ws), fresh, probe: probe.as_ref() },
             now: at(0),
             requeue: Requeue::default(),
+        start_request: None,
         });
         let active = matches!(job, "pending" | "running" | "canceling");
         if let Action::Build(plan) = &d.action {

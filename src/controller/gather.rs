@@ -91,6 +91,7 @@ impl Gathered<'_> {
             observed,
             now: Timestamp::now(),
             requeue: self.context.settings.requeue,
+            start_request: super::start_request(self.resource),
         })
     }
 

@@ -195,8 +195,13 @@ pub async fn run(
     futures::future::join_all(controllers).await;
 }
 
-/// Reconcile on changes of the spec, the finalizers or deletion, but not on
-/// the operator's own status writes: each of those would otherwise cost one
+/// The resource's start-request annotation, if set.
+fn start_request(resource: &ChatWorkspace) -> Option<&str> {
+    resource.annotations().get(crate::crd::START_REQUESTED_AT).map(String::as_str)
+}
+
+/// Reconcile on changes of the spec, the finalizers, deletion or the
+/// start-request annotation, but not on the operator's own status writes: each of those would otherwise cost one
 /// more reconcile, and one more Coder read, for nothing.
 fn spec_or_lifecycle_changed(resource: &ChatWorkspace) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -204,6 +209,7 @@ fn spec_or_lifecycle_changed(resource: &ChatWorkspace) -> Option<u64> {
     resource.metadata.generation.hash(&mut hasher);
     resource.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     resource.finalizers().hash(&mut hasher);
+    start_request(resource).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -415,6 +421,7 @@ async fn converge(
             observed: Observed::Workspace { workspace: Some(&workspace), fresh: true, probe: None },
             now: Timestamp::now(),
             requeue: context.settings.requeue,
+            start_request: start_request(resource),
         });
         status = after.status;
         requeue = requeue.min(after.requeue);

@@ -119,6 +119,8 @@ pub struct Workspace {
     pub builds: Vec<Uuid>,
     /// Probes of its agents hang although heartbeats arrive.
     pub probe_partitioned: bool,
+    /// Set while the workspace is dormant: coderd refuses to start it.
+    pub dormant_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,10 @@ pub struct Build {
     pub preset_id: Option<Uuid>,
     pub parameters: Values,
     pub initiator_id: Uuid,
+    /// coderd's `reason`: `initiator` for an API call without one, what the
+    /// request said (`dashboard`, `cli`, ...), or what Coder itself did
+    /// (`autostop`, `dormancy`, ...).
+    pub reason: String,
     pub created_at: Timestamp,
     pub job: Job,
     pub resource_id: Uuid,
