@@ -265,6 +265,17 @@ impl<'a> Outcome<'a> {
     }
 
     fn absent(&mut self) {
+        if let Some(gone) = &self.inputs.previous.workspace {
+            let what = match self.desired() {
+                DesiredState::Running => "creating it again, since desiredState is Running",
+                DesiredState::Stopped => "it is created again when desiredState becomes Running",
+            };
+            self.events.push(Event {
+                warning: true,
+                reason: "WorkspaceDeletedInCoder",
+                note: format!("Workspace {}/{} ({}) was deleted in Coder; {what}.", gone.owner, gone.name, gone.id),
+            });
+        }
         self.status.workspace = None;
         self.status.latest_build = None;
         self.status.agent = None;

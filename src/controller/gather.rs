@@ -45,12 +45,20 @@ pub(super) async fn gather<'a>(
     let credentials = context.credentials.for_resource(&context.kube, resource).await?;
     let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
     let name = resource.workspace_name();
-    let workspace = match context.index.observe(resource, &credentials, &owner, &name) {
+    let known_id = previous.workspace.as_ref().map(|w| w.id.clone());
+    let by_name = match context.index.observe(resource, &credentials, &owner, &name) {
         Lookup::Unknown => return Ok(None),
         Lookup::Failing(error) => return Err(error.into()),
         Lookup::Absent => None,
-        Lookup::Present(workspace) => Some(Arc::unwrap_or_clone(workspace)),
+        Lookup::Present(workspace) => Some(workspace),
     };
+    // Once its id is known, the workspace is followed by id: one renamed in
+    // Coder is still this resource's, and a new one of the old name is not.
+    let workspace = match known_id {
+        Some(id) if by_name.as_ref().is_none_or(|w| w.id != id) => context.index.by_id(&credentials, &owner, &id),
+        _ => by_name,
+    };
+    let workspace = workspace.map(Arc::unwrap_or_clone);
     let template =
         context.templates.resolve(&credentials, resource.spec.organization.as_deref(), &resource.spec.template).await;
     let conflict = context.claims.conflicting(resource, workspace.as_ref().map(|w| w.id.as_str()));
@@ -97,7 +105,8 @@ impl Gathered<'_> {
 
     /// Reads the workspace again, on its own, and takes the freshest probe.
     pub async fn refresh(&mut self, context: &Context) -> Result<()> {
-        self.workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name).await?;
+        let known_id = self.previous.workspace.as_ref().map(|w| w.id.as_str());
+        self.workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name, known_id).await?;
         self.fresh = true;
         self.conflict = context.claims.conflicting(self.resource, self.workspace.as_ref().map(|w| w.id.as_str()));
         self.probe = self.latest_probe();

@@ -467,7 +467,8 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
     let credentials = context.credentials.for_resource(&context.kube, resource).await?;
     let coder = &credentials.client;
     let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
-    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name()).await?;
+    let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
+    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name(), known_id).await?;
     match decision::decide_cleanup(policy, workspace.as_ref()) {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");
