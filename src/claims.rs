@@ -15,8 +15,13 @@ fn spec_key(resource: &ChatWorkspace) -> (Option<String>, String, String) {
         .credentials_ref
         .as_ref()
         .map(|secret| format!("{}/{}", resource.namespace().unwrap_or_default(), secret.name));
-    let owner = resource.spec.owner.clone().unwrap_or_default();
-    (credentials, owner, resource.workspace_name())
+    // Coder's usernames and workspace names are case-insensitive, and `me`
+    // is the token's user as much as no owner is.
+    let owner = match crate::tenancy::OwnerRef::from_spec(resource.spec.owner.as_deref()) {
+        crate::tenancy::OwnerRef::TokenUser => String::new(),
+        other => other.path_param().to_owned(),
+    };
+    (credentials, owner, resource.workspace_name().to_lowercase())
 }
 
 /// Creation time, then namespace and name: a total order, stable over
@@ -49,7 +54,15 @@ pub fn conflicting<'a>(
         })
         .filter(|other| age_key(other) < my_age)
         .min_by_key(|other| age_key(other))
-        .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
+        .map(|other| {
+            // Only a resource of the same namespace is named: the others'
+            // names are not this namespace's users' business.
+            if other.namespace() == me.namespace() {
+                format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any())
+            } else {
+                "in another namespace".to_owned()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -73,6 +86,7 @@ mod tests {
                 recovery: Default::default(),
                 deletion_policy: Default::default(),
                 credentials_ref: None,
+                adopt: false,
             },
         );
         cws.metadata.namespace = Some(namespace.into());
@@ -85,8 +99,10 @@ mod tests {
     fn the_older_resource_wins() {
         let old = resource("a", "one", 10, Some("ws"));
         let new = resource("b", "two", 20, Some("ws"));
-        assert_eq!(conflicting(&new, None, [&old, &new]), Some("a/one".into()));
+        assert_eq!(conflicting(&new, None, [&old, &new]), Some("in another namespace".into()));
         assert_eq!(conflicting(&old, None, [&old, &new]), None);
+        let same_namespace = resource("a", "three", 30, Some("ws"));
+        assert_eq!(conflicting(&same_namespace, None, [&old, &same_namespace]), Some("a/one".into()));
     }
 
     #[test]

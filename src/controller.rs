@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observer::{Observer, ObserverSettings};
 use crate::templates::Templates;
+use crate::tenancy::{self, Tenancy};
 
 /// Settings of the controller itself (flags of `chatworkspace-operator run`).
 #[derive(Clone, Debug)]
@@ -68,6 +69,8 @@ pub struct Context {
     pub credentials: Credentials,
     pub templates: Templates,
     pub observer: Observer,
+    /// Namespace grants and owners: who may drive which workspace.
+    pub tenancy: Tenancy,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     recorder: Recorder,
@@ -84,6 +87,7 @@ impl Context {
             recorder: Recorder::new(kube.clone(), reporter),
             templates: Templates::new(settings.template_ttl),
             observer: Observer::new(settings.observer),
+            tenancy: Tenancy::new(kube.clone()),
             kube,
             credentials,
             metrics,
@@ -122,7 +126,10 @@ pub async fn run(
             .reflect(writer)
             .applied_objects()
             .predicate_filter(spec_or_lifecycle_changed, PredicateConfig::default());
+        // A namespace granted (or revoked) an owner reconciles its resources now.
+        let granted = context.tenancy.namespaces.triggers(reader.clone());
         let controller = Controller::for_stream(changes, reader)
+            .reconcile_on(granted)
             .with_config(controller::Config::default().concurrency(context.settings.concurrency))
             .graceful_shutdown_on(shutdown.clone());
         context.stores.lock().expect("stores").push(controller.store());
@@ -138,6 +145,7 @@ pub async fn run(
                 .boxed(),
         );
     }
+    let namespace_watch = tokio::spawn(context.tenancy.namespaces.clone().watch(context.settings.namespaces.clone()));
     let stores = context.stores.lock().expect("stores").clone();
     tokio::spawn(async move {
         for store in stores {
@@ -156,6 +164,7 @@ pub async fn run(
         readiness.set(true);
     });
     futures::future::join_all(controllers).await;
+    namespace_watch.abort();
 }
 
 /// Reconcile on changes of the spec, the finalizers or deletion, but not on
@@ -251,16 +260,19 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
 async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, context: &Context) -> Result<Applied> {
     let policy = resource.spec.recovery.policy().map_err(Error::InvalidSpec)?;
     let credentials = context.credentials.for_resource(&context.kube, resource).await?;
+    // Before anything is sent to Coder for this resource.
+    let owner = context.tenancy.admit(resource, &credentials).await?.username;
     let coder = &credentials.client;
     let template =
         context.templates.resolve(&credentials, resource.spec.organization.as_deref(), &resource.spec.template).await;
-    let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
     let name = resource.workspace_name();
     let generation = resource.metadata.generation.unwrap_or_default();
 
     let observation = context.observer.workspace(&credentials, &owner, &name).await?;
     let (mut workspace, mut fresh) = (observation.workspace, observation.fresh);
     let conflict = context.conflict(resource, workspace.as_ref().map(|w| w.id.as_str()));
+    let mut ownership =
+        consent(resource, previous, &conflict, workspace.as_ref(), (context, &credentials), &owner).await?;
     let inputs = Gathered { resource, previous, policy, generation, context, coder, conflict: &conflict };
     let mut decision = inputs.decide(&workspace, fresh).await;
     if !fresh && decision.action != CoreAction::None {
@@ -268,6 +280,7 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
         // its agent) again, and decide on that.
         workspace = context.observer.fresh(&credentials, &owner, &name).await?;
         fresh = true;
+        ownership = consent(resource, previous, &conflict, workspace.as_ref(), (context, &credentials), &owner).await?;
         decision = inputs.decide(&workspace, fresh).await;
     }
     if decision.action == CoreAction::Refresh {
@@ -292,10 +305,16 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
         CoreAction::None | CoreAction::Refresh => None,
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
+            record_create_intent(context, resource).await?;
             let created = create_workspace(resource, &owner, &name, template, coder).await;
             match created {
                 Ok(workspace) => {
                     context.metrics.build("start", "Create");
+                    ownership = Some(crate::crd::OwnershipStatus {
+                        workspace_id: workspace.id.clone(),
+                        origin: crate::crd::WorkspaceOrigin::Created,
+                        time: Some(decision::whole_seconds(Timestamp::now())),
+                    });
                     events.push(decision::Event {
                         warning: false,
                         reason: "WorkspaceCreated",
@@ -376,7 +395,62 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
     if let Some(info) = &template {
         status.template = Some(info.status());
     }
+    if ownership.is_some() {
+        status.ownership = ownership;
+    }
     Ok(Applied { status, requeue, events })
+}
+
+/// Records, before a create, that this resource is creating its workspace
+/// (see `tenancy::adoption::made_by_us`). A merge patch of that one field:
+/// the status apply at the end of the reconcile writes the rest.
+async fn record_create_intent(context: &Context, resource: &ChatWorkspace) -> Result<()> {
+    let api: Api<ChatWorkspace> = Api::namespaced(context.kube.clone(), &resource.namespace().unwrap_or_default());
+    let intent = tenancy::adoption::create_intent(decision::whole_seconds(Timestamp::now()).0);
+    let patch = serde_json::json!({"status": {"ownership": intent}});
+    api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Whether this resource may drive the observed workspace: refused for one
+/// it did not create unless `spec.adopt`; what to record in
+/// `status.ownership` otherwise (`None`: nothing new).
+async fn consent(
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+    conflict: &Option<String>,
+    workspace: Option<&Workspace>,
+    (context, credentials): (&Context, &crate::credentials::Resolved),
+    owner: &str,
+) -> Result<Option<crate::crd::OwnershipStatus>> {
+    let Some(workspace) = workspace.filter(|_| conflict.is_none()) else { return Ok(None) };
+    let ownership = previous.ownership.as_ref();
+    let unrecorded = ownership.is_none_or(|o| o.workspace_id != workspace.id);
+    let pending = ownership.is_some_and(|o| o.workspace_id.is_empty());
+    let made_by_us = if unrecorded && pending {
+        let token_user = context.tenancy.owners.resolve(credentials, &tenancy::OwnerRef::TokenUser).await?;
+        tenancy::adoption::made_by_us(
+            ownership,
+            workspace.created_at,
+            workspace.latest_build.build_number,
+            &workspace.latest_build.initiator_id,
+            &token_user.id,
+        )
+    } else {
+        false
+    };
+    let previously_driven = previous.workspace.as_ref().map(|w| w.id.as_str());
+    match tenancy::adoption::consent(resource.spec.adopt, ownership, previously_driven, &workspace.id, made_by_us) {
+        tenancy::adoption::Consent::Keep => Ok(None),
+        tenancy::adoption::Consent::Record(origin) => Ok(Some(crate::crd::OwnershipStatus {
+            workspace_id: workspace.id.clone(),
+            origin,
+            time: Some(decision::whole_seconds(Timestamp::now())),
+        })),
+        tenancy::adoption::Consent::Refused => {
+            Err(Error::AdoptionNotConsented(tenancy::adoption::refusal(owner, &workspace.name)))
+        }
+    }
 }
 
 /// What one reconcile decides from, besides the workspace itself.
@@ -540,7 +614,9 @@ async fn publish(
         return;
     }
     let reference = resource.object_ref(&());
-    for event in all {
+    for mut event in all {
+        // A note the apiserver would refuse would lose the whole Event.
+        event.note = event.note.map(|note| tenancy::event_note(&note));
         if event.reason == "Recovered" {
             context.metrics.recovery("succeeded");
         }
@@ -579,6 +655,27 @@ async fn set_finalizers(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, fina
     Ok(())
 }
 
+/// Lets a resource go without touching its workspace in Coder, saying why.
+async fn leave_workspace(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    why: &str,
+) -> Result<Action> {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "WorkspaceLeftAsIs".into(),
+        note: Some(tenancy::event_note(&format!("deletionPolicy was not applied: {why}"))),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    if let Err(error) = context.recorder.publish(&event, &resource.object_ref(&())).await {
+        warn!(%error, "cannot publish event");
+    }
+    remove_finalizer(api, resource).await?;
+    Ok(Action::await_change())
+}
+
 /// Applies `deletionPolicy`, then lets the resource go.
 async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
     let policy = resource.spec.deletion_policy;
@@ -589,10 +686,38 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
     }
-    let credentials = context.credentials.for_resource(&context.kube, resource).await?;
+    // A resource that may not drive the workspace (any more) leaves it as it is.
+    let admitted = match context.credentials.for_resource(&context.kube, resource).await {
+        Ok(credentials) => context.tenancy.admit(resource, &credentials).await.map(|owner| (credentials, owner)),
+        Err(error) => Err(error),
+    };
+    let (credentials, owner) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
+            return leave_workspace(api, resource, context, &error.to_string()).await;
+        }
+        Err(error) => return Err(error),
+    };
     let coder = &credentials.client;
-    let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
+    let owner = owner.username;
     let workspace = context.observer.fresh(&credentials, &owner, &resource.workspace_name()).await?;
+    let status = resource.status.clone().unwrap_or_default();
+    let mut policy = policy;
+    if let Some(found) = &workspace {
+        let ownership = match consent(resource, &status, &None, Some(found), (context, &credentials), &owner).await {
+            Ok(recorded) => recorded.or(status.ownership.clone()),
+            Err(refused @ Error::AdoptionNotConsented(_)) => {
+                return leave_workspace(api, resource, context, &refused.to_string()).await;
+            }
+            Err(error) => return Err(error),
+        };
+        if policy == crate::crd::DeletionPolicy::Delete
+            && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
+        {
+            // Deleting needs explicit consent; stopping is what Stop would do.
+            policy = crate::crd::DeletionPolicy::Stop;
+        }
+    }
     match decision::decide_cleanup(policy, workspace.as_ref()) {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");

@@ -23,3 +23,4 @@ pub mod metrics;
 pub mod observer;
 pub mod telemetry;
 pub mod templates;
+pub mod tenancy;

@@ -21,6 +21,7 @@ use chatworkspace_operator::leader::{self, LeaseSettings, Role};
 use chatworkspace_operator::metrics::Metrics;
 use chatworkspace_operator::observer::ObserverSettings;
 use chatworkspace_operator::telemetry::{self, LogFormat};
+use chatworkspace_operator::tenancy::urls::AllowedUrls;
 
 #[derive(Parser)]
 #[command(version, about = "Keeps Coder workspaces used by AI chats in their desired state, and recovers dead agents")]
@@ -42,10 +43,17 @@ struct RunArgs {
     /// Default Coder deployment URL, used by resources without spec.credentialsRef.
     #[arg(long, env = "CODER_URL")]
     coder_url: Option<String>,
-    /// File holding the default Coder session token (e.g. a mounted Secret).
+    /// File holding the default Coder session token (e.g. a mounted Secret),
+    /// read again whenever it changes: a rotated Secret needs no restart.
     /// The token may also come from the CODER_SESSION_TOKEN environment variable.
     #[arg(long, env = "CODER_TOKEN_FILE")]
     coder_token_file: Option<PathBuf>,
+    /// Coder URLs (origins: scheme, host, port) a spec.credentialsRef Secret
+    /// may name (repeat or comma-separate; `*`: any). Default: only the
+    /// origin of --coder-url, so a namespace cannot make the operator call
+    /// arbitrary addresses.
+    #[arg(long = "allowed-coder-url", env = "ALLOWED_CODER_URLS", value_delimiter = ',')]
+    allowed_coder_urls: Vec<String>,
     /// Watch only these namespaces (repeat or comma-separate); default: all.
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
@@ -148,7 +156,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
     let rate_limit = (args.coder_max_rps > 0.0).then(|| Arc::new(RateLimit::new(args.coder_max_rps, args.coder_burst)));
-    let credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()), rate_limit)?;
+    let default_url = default.as_ref().map(|(url, _)| url.clone());
+    let allowed = AllowedUrls::new(&args.allowed_coder_urls, default_url.as_deref())
+        .map_err(|error| anyhow::anyhow!("--allowed-coder-url: {error}"))?;
+    tracing::info!(%allowed, "Coder URLs a spec.credentialsRef Secret may name");
+    let mut credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()), rate_limit)?
+        .with_allowed_urls(allowed);
+    if let (Some(path), Some(_)) = (&args.coder_token_file, &default_url) {
+        credentials = credentials.with_default_token_file(path)?;
+    }
     let kube = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let election = args.leader_election.then(|| lease_settings(&args, &kube)).transpose()?;
     let identity = args.identity.clone().unwrap_or_else(hostname);

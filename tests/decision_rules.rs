@@ -36,6 +36,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         recovery: RecoverySpec::default(),
         deletion_policy: DeletionPolicy::Stop,
         credentials_ref: None,
+        adopt: false,
     }
 }
 

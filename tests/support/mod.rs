@@ -18,6 +18,7 @@ use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
 use chatworkspace_operator::metrics::Metrics;
 use chatworkspace_operator::observer::ObserverSettings;
+use chatworkspace_operator::tenancy;
 use coder_sim::{SimConfig, Simulator};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -46,6 +47,9 @@ pub struct Env {
     pub metrics: Arc<Metrics>,
     /// Applied to the operator's Coder traffic when it (re)starts.
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// When set, the operator reads its default token from this file (and
+    /// again whenever it changes), as from a mounted Secret.
+    pub token_file: Option<std::path::PathBuf>,
     operator: Option<Operator>,
 }
 
@@ -76,9 +80,21 @@ impl Env {
         let plane = ControlPlane::shared();
         let namespace = plane.namespace(prefix).await;
         let client = plane.client().await;
+        // The cluster admin's grant: this namespace may drive any Coder
+        // user's workspaces with the operator's default credentials.
+        grant(&client, &namespace, Some("*")).await;
         let sim = Simulator::start(config).await.expect("start the Coder simulator");
         let api = Api::namespaced(client.clone(), &namespace);
-        Env { namespace, client, api, sim, metrics: Arc::new(Metrics::default()), rate_limit: None, operator: None }
+        Env {
+            namespace,
+            client,
+            api,
+            sim,
+            metrics: Arc::new(Metrics::default()),
+            rate_limit: None,
+            token_file: None,
+            operator: None,
+        }
     }
 
     pub fn settings(&self) -> Settings {
@@ -100,13 +116,20 @@ impl Env {
     /// carried over but what is in Kubernetes and Coder.
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
-        let credentials = Credentials::new(
-            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
+        let token = match &self.token_file {
+            Some(path) => SessionToken::from_file(path).unwrap(),
+            None => SessionToken::new(self.sim.token()).unwrap(),
+        };
+        let mut credentials = Credentials::new(
+            Some((self.sim.url(), token)),
             Duration::from_secs(5),
             Some(self.metrics.clone()),
             self.rate_limit.clone(),
         )
         .unwrap();
+        if let Some(path) = &self.token_file {
+            credentials = credentials.with_default_token_file(path).unwrap();
+        }
         let context = Arc::new(Context::new(self.client.clone(), credentials, self.metrics.clone(), self.settings()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(context, Arc::new(Readiness::default()), async move {
@@ -128,6 +151,21 @@ impl Env {
             let _ = operator.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(20), operator.task).await;
         }
+    }
+
+    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
+    pub async fn grant(&self, owners: Option<&str>) {
+        grant(&self.client, &self.namespace, owners).await;
+    }
+
+    /// Requests the simulator received whose path mentions `text`.
+    pub fn requests_mentioning(&self, text: &str) -> Vec<String> {
+        self.sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains(text))
+            .map(|r| format!("{} {} {}", r.method, r.path, r.status))
+            .collect()
     }
 
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
@@ -256,6 +294,22 @@ impl Env {
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
+}
+
+/// The cluster admin's act: annotates `namespace` with the Coder owners its
+/// ChatWorkspaces may drive with the operator's default credentials.
+pub async fn grant(client: &Client, namespace: &str, owners: Option<&str>) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let patch = json!({"metadata": {"annotations": {tenancy::OWNERS_ANNOTATION: owners}}});
+    namespaces.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("annotate the namespace");
+}
+
+/// A new namespace whose ChatWorkspaces may use the default credentials for
+/// any Coder owner.
+pub async fn granted_namespace(plane: &ControlPlane, prefix: &str) -> String {
+    let namespace = plane.namespace(prefix).await;
+    grant(&plane.client().await, &namespace, Some("*")).await;
+    namespace
 }
 
 impl Drop for Env {
