@@ -17,7 +17,7 @@ use chatworkspace_operator::tenancy::OWNERS_ANNOTATION;
 use coder_sim::{Fault, FaultKind, SimConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{Env, LONG};
 
@@ -80,6 +80,37 @@ async fn an_ungranted_owner_gets_nothing_from_coder_until_the_namespace_is_grant
     env.wait_gone("bobs", LONG).await;
     assert_eq!(env.transitions(id), ["start"]);
     env.wait_for_events("bobs", &["WorkspaceLeftAsIs"]).await;
+}
+
+#[tokio::test]
+async fn a_namespace_editor_cannot_drive_an_ungranted_owner_even_without_the_admission_policy() {
+    // This control plane has no admission policy: the operator alone decides.
+    let env = Env::start("editor").await;
+    env.grant(Some("alice")).await;
+    let editor = support::editor(testbed::ControlPlane::shared(), &env.namespace, "dev@example.com").await;
+
+    // The editor cannot grant the namespace anything itself.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(editor.clone());
+    let self_grant = json!({"metadata": {"annotations": {OWNERS_ANNOTATION: "*"}}});
+    let refused = namespaces.patch(&env.namespace, &PatchParams::default(), &Patch::Merge(&self_grant)).await;
+    assert!(matches!(refused, Err(kube::Error::Api(ref status)) if status.code == 403), "{refused:?}");
+
+    // Create, stop, delete: nothing reaches Coder.
+    let api: Api<ChatWorkspace> = Api::namespaced(editor.clone(), &env.namespace);
+    let object: ChatWorkspace = serde_json::from_value(json!({
+        "apiVersion": "chat.coder.com/v1alpha1", "kind": "ChatWorkspace",
+        "metadata": {"name": "bobs"},
+        "spec": {"owner": "bob", "template": {"name": "docker-dev"}, "deletionPolicy": "Delete"},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &object).await.expect("an editor creates ChatWorkspaces");
+    env.wait_for_condition("bobs", DEGRADED, "True", Some("OwnerNotGranted"), LONG).await;
+    let stop = json!({"spec": {"desiredState": "Stopped"}});
+    api.patch("bobs", &PatchParams::default(), &Patch::Merge(&stop)).await.expect("an editor patches");
+    env.wait_for_condition("bobs", DEGRADED, "True", Some("OwnerNotGranted"), LONG).await;
+    api.delete("bobs", &Default::default()).await.expect("an editor deletes");
+    env.wait_gone("bobs", LONG).await;
+    assert!(env.sim.requests().is_empty(), "nothing was sent to Coder: {:?}", env.sim.requests());
 }
 
 #[tokio::test]

@@ -312,6 +312,35 @@ pub async fn granted_namespace(plane: &ControlPlane, prefix: &str) -> String {
     namespace
 }
 
+/// A client acting as `user` (impersonated by the admin), bound in
+/// `namespace` to the chart's `chatworkspace-edit` ClusterRole, which is
+/// applied from the chart as `helm template` renders it: real RBAC, not the
+/// admin's rights.
+pub async fn editor(plane: &ControlPlane, namespace: &str, user: &str) -> Client {
+    let helm = testbed::tool("helm").unwrap_or_else(|err| panic!("{err:#}"));
+    let mut render = std::process::Command::new(helm);
+    render
+        .args(["template", "roles"])
+        .arg(process::chart_dir())
+        .args(["--show-only", "templates/rbac-aggregated.yaml"]);
+    let roles = process::run(render, "helm template the aggregated roles");
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), roles).unwrap();
+    let mut apply = plane.kubectl();
+    apply.args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(file.path());
+    process::run(apply, "kubectl apply the aggregated roles");
+    let mut bind = plane.kubectl();
+    bind.args(["create", "rolebinding", "editor", "--clusterrole", "chatworkspace-edit", "--user", user]);
+    bind.args(["--namespace", namespace]);
+    process::run(bind, "kubectl create rolebinding");
+
+    let mut config = kube::Config::from_custom_kubeconfig(plane.kubeconfig(), &Default::default())
+        .await
+        .expect("the control plane's kubeconfig");
+    config.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(config).expect("a client for the editor")
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         self.kill_operator();
