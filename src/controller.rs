@@ -48,6 +48,9 @@ pub struct Settings {
     pub instance: String,
     /// How Coder is observed: shared lists, probe caching.
     pub observer: ObserverSettings,
+    /// Name of this operator install, claimed on each resource it drives
+    /// (see `tenancy::installs`).
+    pub install: String,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             template_ttl: Duration::from_secs(300),
             instance: "chatworkspace-operator".into(),
             observer: ObserverSettings::default(),
+            install: "chatworkspace-operator".into(),
         }
     }
 }
@@ -198,15 +202,33 @@ async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Resul
     let _timer = context.metrics.reconcile_timer();
     let namespace = resource.namespace().unwrap_or_default();
     let api: Api<ChatWorkspace> = Api::namespaced(context.kube.clone(), &namespace);
-    let result = if resource.metadata.deletion_timestamp.is_some() {
+    let install = &context.settings.install;
+    let claim = tenancy::installs::claim(
+        resource.annotations().get(tenancy::installs::INSTALL_ANNOTATION).map(String::as_str),
+        install,
+    );
+    let result = if let tenancy::installs::Claim::Other(other) = &claim {
+        // Another install drives it: never a second actor.
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "ManagedByAnotherOperator".into(),
+            note: Some(tenancy::event_note(&tenancy::installs::elsewhere(other, install))),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &resource.object_ref(&())).await {
+            warn!(%error, "cannot publish event");
+        }
+        Ok(Action::requeue(Duration::from_secs(300)))
+    } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup(&api, &resource, &context).await
         } else {
             Ok(Action::await_change())
         }
     } else {
-        if !resource.finalizers().iter().any(|f| f == FINALIZER) {
-            add_finalizer(&api, &resource).await?;
+        if !resource.finalizers().iter().any(|f| f == FINALIZER) || claim == tenancy::installs::Claim::Unclaimed {
+            add_finalizer(&api, &resource, install).await?;
         }
         apply(&api, &resource, &context).await
     };
@@ -633,10 +655,23 @@ fn flipped_true<'a>(previous: &[Condition], current: &'a [Condition], type_: &st
     (!same).then_some(now)
 }
 
-async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
+/// Adds the finalizer and claims the resource for this install, in one
+/// merge patch that fails if the resource changed meanwhile (so of two
+/// installs, one claims it and the other sees the claim).
+async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, install: &str) -> Result<()> {
     let mut finalizers = resource.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    set_finalizers(api, resource, finalizers).await
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "annotations": {tenancy::installs::INSTALL_ANNOTATION: install},
+            "resourceVersion": resource.resource_version(),
+        },
+    });
+    api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 async fn remove_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {

@@ -101,6 +101,12 @@ struct RunArgs {
     /// several replicas exactly one acts; the others stand by, ready.
     #[arg(long, env = "LEADER_ELECTION")]
     leader_election: bool,
+    /// Name of this operator install, claimed on every ChatWorkspace it
+    /// drives (annotation chat.coder.com/operator): another install serving
+    /// the same namespace leaves those alone and warns. Default: the Lease's
+    /// namespace/name with leader election, else `chatworkspace-operator`.
+    #[arg(long, env = "INSTALL_NAME")]
+    install_name: Option<String>,
     /// Name of the leader election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "chatworkspace-operator")]
     lease_name: String,
@@ -184,7 +190,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             probe_interval: args.probe_interval,
             ..ObserverSettings::default()
         },
+        install: args.install_name.clone().unwrap_or_else(|| match &election {
+            Some(lease) => format!("{}/{}", lease.namespace, lease.name),
+            None => "chatworkspace-operator".into(),
+        }),
     };
+    tracing::info!(install = %settings.install, "claiming ChatWorkspaces for this install");
     let context = Arc::new(Context::new(kube, credentials, metrics.clone(), settings));
 
     let (stop_tx, stop_rx) = watch::channel(false);

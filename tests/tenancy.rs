@@ -14,6 +14,7 @@ use std::time::Duration;
 use chatworkspace_operator::conditions::{self, DEGRADED, READY};
 use chatworkspace_operator::crd::ChatWorkspace;
 use chatworkspace_operator::tenancy::OWNERS_ANNOTATION;
+use chatworkspace_operator::tenancy::installs::INSTALL_ANNOTATION;
 use coder_sim::{Fault, FaultKind, SimConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -300,4 +301,24 @@ async fn a_huge_job_error_is_cut_in_status_and_events() {
     for (_, note) in events {
         assert!(note.len() <= 1024, "an Event note of {} bytes", note.len());
     }
+}
+
+#[tokio::test]
+async fn a_second_install_on_the_same_namespace_leaves_claimed_resources_alone() {
+    let env = Env::start("installs").await;
+    env.create("chat-1", json!({"template": {"name": "docker-dev"}})).await;
+    let ready = env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    assert_eq!(ready.metadata.annotations.unwrap()[INSTALL_ANNOTATION], "test", "claimed by the first install");
+    let id = env.workspace_id("admin", "chat-1");
+
+    let _other = env.start_other_install("ops/second");
+    let events = env.wait_for_events("chat-1", &["ManagedByAnotherOperator"]).await;
+    let (_, note) = events.iter().find(|(reason, _)| reason == "ManagedByAnotherOperator").unwrap();
+    assert!(note.contains("\"test\"") && note.contains("ops/second"), "{note}");
+
+    // A stop is built once, by the first install only.
+    env.set_desired_state("chat-1", "Stopped").await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Stopped"), LONG).await;
+    assert_eq!(env.transitions(id), ["start", "stop"]);
+    assert_eq!(env.stacked_builds(), 0, "the second install never requested a build");
 }

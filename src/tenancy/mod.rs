@@ -16,6 +16,7 @@
 //! workspace the operator did not create.
 
 pub mod adoption;
+pub mod installs;
 pub mod namespaces;
 pub mod owners;
 pub mod urls;

@@ -13,7 +13,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::broadcast;
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use super::{Grant, OWNERS_ANNOTATION};
 use crate::crd::ChatWorkspace;
@@ -76,7 +76,7 @@ impl NamespaceGrants {
                 }
                 Ok(watcher::Event::Delete(namespace)) => self.gone(&namespace.name_any()),
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                Err(error) => debug!(%error, "namespace watch"),
+                Err(error) => warn!(%error, "watching namespaces for their grants (needs get, list and watch on them)"),
             }
         }
     }

@@ -109,6 +109,7 @@ impl Env {
                 page_size: 100,
                 probe_interval: Duration::from_millis(500),
             },
+            install: "test".into(),
         }
     }
 
@@ -136,6 +137,26 @@ impl Env {
             let _ = stopped.await;
         }));
         self.operator = Some(Operator { stop, task });
+    }
+
+    /// A second operator install (its own name, the same namespace,
+    /// simulator and token), as a second `helm install` watching the same
+    /// namespace would be. It stops when the returned value is dropped.
+    pub fn start_other_install(&self, install: &str) -> OtherInstall {
+        let credentials = Credentials::new(
+            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
+            Duration::from_secs(5),
+            None,
+            None,
+        )
+        .unwrap();
+        let settings = Settings { install: install.to_owned(), instance: install.to_owned(), ..self.settings() };
+        let context = Arc::new(Context::new(self.client.clone(), credentials, Arc::new(Metrics::default()), settings));
+        OtherInstall(tokio::spawn(controller::run(
+            context,
+            Arc::new(Readiness::default()),
+            std::future::pending::<()>(),
+        )))
     }
 
     /// Kills the operator at once, mid-reconcile if it is in one.
@@ -339,6 +360,15 @@ pub async fn editor(plane: &ControlPlane, namespace: &str, user: &str) -> Client
         .expect("the control plane's kubeconfig");
     config.auth_info.impersonate = Some(user.to_owned());
     Client::try_from(config).expect("a client for the editor")
+}
+
+/// A second operator install, stopped when dropped.
+pub struct OtherInstall(JoinHandle<()>);
+
+impl Drop for OtherInstall {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Drop for Env {
