@@ -393,6 +393,34 @@ mod tests {
         assert_eq!(event_note(&"x".repeat(1024)), "x".repeat(1024), "exactly the limit is kept whole");
     }
 
+    proptest::proptest! {
+        /// Whatever the spelling in the annotation or the spec, a granted
+        /// username is granted and no other is: the grant never depends on
+        /// case, whitespace, order or repeats.
+        #[test]
+        fn the_grant_depends_on_usernames_only(
+            users in proptest::collection::vec("[a-z0-9]{1,8}(-[a-z0-9]{1,4})?", 1..5),
+            other in "[a-z0-9]{1,8}",
+            upper in proptest::bool::ANY,
+        ) {
+            let spelled: Vec<String> =
+                users.iter().map(|u| if upper { format!(" {} ", u.to_uppercase()) } else { u.clone() }).collect();
+            let grant = Grant::parse(Some(&spelled.join(",")));
+            for user in &users {
+                proptest::prop_assert!(grant.allows(user));
+                proptest::prop_assert!(grant.allows(&user.to_uppercase()));
+                let owner = OwnerRef::from_spec(Some(&user.to_uppercase()));
+                proptest::prop_assert_eq!(admit("ns", &grant, &owner, None), Admission::Granted);
+            }
+            if !users.contains(&other) && other != "me" {
+                proptest::prop_assert!(!grant.allows(&other));
+                let owner = OwnerRef::from_spec(Some(&other));
+                let refused = matches!(admit("ns", &grant, &owner, None), Admission::Refused(_));
+                proptest::prop_assert!(refused);
+            }
+        }
+    }
+
     #[test]
     fn cuts_long_text_on_a_character_boundary() {
         assert_eq!(cut("short", 10), "short");

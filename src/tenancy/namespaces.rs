@@ -19,10 +19,35 @@ use super::{Grant, OWNERS_ANNOTATION};
 use crate::crd::ChatWorkspace;
 use crate::error::Result;
 
+/// The grants the watch has seen: plain data, so what counts as a change is
+/// a unit test.
+#[derive(Default)]
+struct GrantTable {
+    grants: HashMap<String, Grant>,
+}
+
+impl GrantTable {
+    fn get(&self, namespace: &str) -> Option<&Grant> {
+        self.grants.get(namespace)
+    }
+
+    /// Records a namespace's grant; whether a known namespace's grant changed.
+    /// A namespace seen for the first time is no change: its resources are
+    /// reconciled on the controller's first list anyway.
+    fn seen(&mut self, namespace: &str, grant: Grant) -> bool {
+        let previous = self.grants.insert(namespace.to_owned(), grant.clone());
+        previous.is_some_and(|previous| previous != grant)
+    }
+
+    fn gone(&mut self, namespace: &str) {
+        self.grants.remove(namespace);
+    }
+}
+
 pub struct NamespaceGrants {
     kube: kube::Client,
     /// Namespace → its grant, as last seen by the watch.
-    grants: RwLock<HashMap<String, Grant>>,
+    grants: RwLock<GrantTable>,
     /// Names of namespaces whose grant changed.
     changes: broadcast::Sender<String>,
 }
@@ -46,15 +71,15 @@ impl NamespaceGrants {
     /// Records what the watch saw; tells the controllers when a known
     /// namespace's grant changed.
     fn seen(&self, namespace: &str, grant: Grant) {
-        let previous = self.grants.write().expect("namespace grants").insert(namespace.to_owned(), grant.clone());
-        if previous.as_ref().is_some_and(|previous| *previous != grant) {
+        let changed = self.grants.write().expect("namespace grants").seen(namespace, grant.clone());
+        if changed {
             info!(namespace, %grant, "namespace grant changed; reconciling its resources");
             let _ = self.changes.send(namespace.to_owned());
         }
     }
 
     fn gone(&self, namespace: &str) {
-        self.grants.write().expect("namespace grants").remove(namespace);
+        self.grants.write().expect("namespace grants").gone(namespace);
     }
 
     /// Watches the Namespaces `names` (empty: all) until the stream ends or
@@ -107,5 +132,25 @@ impl NamespaceGrants {
                 .collect();
             futures::stream::iter(refs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_changed_grant_of_a_known_namespace_is_a_change() {
+        let mut table = GrantTable::default();
+        assert!(!table.seen("a", Grant::Nothing), "first sight");
+        assert!(!table.seen("a", Grant::Nothing), "unchanged (a resync, another annotation)");
+        assert!(table.seen("a", Grant::parse(Some("alice"))), "granted");
+        assert!(!table.seen("a", Grant::parse(Some(" Alice "))), "the same grant spelled otherwise");
+        assert!(table.seen("a", Grant::parse(Some("alice,bob"))), "widened");
+        assert!(table.seen("a", Grant::Nothing), "revoked");
+        assert_eq!(table.get("a"), Some(&Grant::Nothing));
+        table.gone("a");
+        assert_eq!(table.get("a"), None);
+        assert!(!table.seen("a", Grant::Anyone), "a new namespace of the same name");
     }
 }
