@@ -179,16 +179,6 @@ impl Env {
         grant(&self.client, &self.namespace, owners).await;
     }
 
-    /// Requests the simulator received whose path mentions `text`.
-    pub fn requests_mentioning(&self, text: &str) -> Vec<String> {
-        self.sim
-            .requests()
-            .into_iter()
-            .filter(|r| r.path.contains(text))
-            .map(|r| format!("{} {} {}", r.method, r.path, r.status))
-            .collect()
-    }
-
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
         let object: ChatWorkspace = serde_json::from_value(json!({
             "apiVersion": "chat.coder.com/v1alpha1",
