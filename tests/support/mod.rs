@@ -18,6 +18,7 @@ use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
 use chatworkspace_operator::index::IndexSettings;
 use chatworkspace_operator::metrics::Metrics;
+use chatworkspace_operator::tenancy;
 use coder_sim::{SimConfig, Simulator};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -63,6 +64,9 @@ pub struct Env {
     pub rate_limit: Option<Arc<RateLimit>>,
     /// Changes to the operator's settings, applied when it (re)starts.
     pub tweak: Option<fn(&mut Settings)>,
+    /// When set, the operator reads its default token from this file (and
+    /// again whenever it changes), as from a mounted Secret.
+    pub token_file: Option<std::path::PathBuf>,
     operator: Option<Operator>,
 }
 
@@ -93,6 +97,9 @@ impl Env {
         let plane = ControlPlane::shared();
         let namespace = plane.namespace(prefix).await;
         let client = plane.client().await;
+        // The cluster admin's grant: this namespace may drive any Coder
+        // user's workspaces with the operator's default credentials.
+        grant(&client, &namespace, Some("*")).await;
         let sim = Simulator::start(config).await.expect("start the Coder simulator");
         let api = Api::namespaced(client.clone(), &namespace);
         Env {
@@ -103,6 +110,7 @@ impl Env {
             metrics: Arc::new(Metrics::default()),
             rate_limit: None,
             tweak: None,
+            token_file: None,
             operator: None,
         }
     }
@@ -115,6 +123,7 @@ impl Env {
             template_ttl: Duration::from_secs(300),
             instance: "test".into(),
             index: fast_index(),
+            install: "test".into(),
         };
         if let Some(tweak) = self.tweak {
             tweak(&mut settings);
@@ -126,19 +135,46 @@ impl Env {
     /// carried over but what is in Kubernetes and Coder.
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
-        let credentials = Credentials::new(
-            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
+        let token = match &self.token_file {
+            Some(path) => SessionToken::from_file(path).unwrap(),
+            None => SessionToken::new(self.sim.token()).unwrap(),
+        };
+        let mut credentials = Credentials::new(
+            Some((self.sim.url(), token)),
             Duration::from_secs(5),
             Some(self.metrics.clone()),
             self.rate_limit.clone(),
         )
         .unwrap();
+        if let Some(path) = &self.token_file {
+            credentials = credentials.with_default_token_file(path).unwrap();
+        }
         let context = Arc::new(Context::new(self.client.clone(), credentials, self.metrics.clone(), self.settings()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(context, Arc::new(Readiness::default()), async move {
             let _ = stopped.await;
         }));
         self.operator = Some(Operator { stop, task });
+    }
+
+    /// A second operator install (its own name, the same namespace,
+    /// simulator and token), as a second `helm install` watching the same
+    /// namespace would be. It stops when the returned value is dropped.
+    pub fn start_other_install(&self, install: &str) -> OtherInstall {
+        let credentials = Credentials::new(
+            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
+            Duration::from_secs(5),
+            None,
+            None,
+        )
+        .unwrap();
+        let settings = Settings { install: install.to_owned(), instance: install.to_owned(), ..self.settings() };
+        let context = Arc::new(Context::new(self.client.clone(), credentials, Arc::new(Metrics::default()), settings));
+        OtherInstall(tokio::spawn(controller::run(
+            context,
+            Arc::new(Readiness::default()),
+            std::future::pending::<()>(),
+        )))
     }
 
     /// Kills the operator at once, mid-reconcile if it is in one.
@@ -154,6 +190,11 @@ impl Env {
             let _ = operator.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(20), operator.task).await;
         }
+    }
+
+    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
+    pub async fn grant(&self, owners: Option<&str>) {
+        grant(&self.client, &self.namespace, owners).await;
     }
 
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
@@ -281,6 +322,60 @@ impl Env {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
+    }
+}
+
+/// The cluster admin's act: annotates `namespace` with the Coder owners its
+/// ChatWorkspaces may drive with the operator's default credentials.
+pub async fn grant(client: &Client, namespace: &str, owners: Option<&str>) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let patch = json!({"metadata": {"annotations": {tenancy::OWNERS_ANNOTATION: owners}}});
+    namespaces.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("annotate the namespace");
+}
+
+/// A new namespace whose ChatWorkspaces may use the default credentials for
+/// any Coder owner.
+pub async fn granted_namespace(plane: &ControlPlane, prefix: &str) -> String {
+    let namespace = plane.namespace(prefix).await;
+    grant(&plane.client().await, &namespace, Some("*")).await;
+    namespace
+}
+
+/// A client acting as `user` (impersonated by the admin), bound in
+/// `namespace` to the chart's `chatworkspace-edit` ClusterRole, which is
+/// applied from the chart as `helm template` renders it: real RBAC, not the
+/// admin's rights.
+pub async fn editor(plane: &ControlPlane, namespace: &str, user: &str) -> Client {
+    let helm = testbed::tool("helm").unwrap_or_else(|err| panic!("{err:#}"));
+    let mut render = std::process::Command::new(helm);
+    render
+        .args(["template", "roles"])
+        .arg(process::chart_dir())
+        .args(["--show-only", "templates/rbac-aggregated.yaml"]);
+    let roles = process::run(render, "helm template the aggregated roles");
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), roles).unwrap();
+    let mut apply = plane.kubectl();
+    apply.args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(file.path());
+    process::run(apply, "kubectl apply the aggregated roles");
+    let mut bind = plane.kubectl();
+    bind.args(["create", "rolebinding", "editor", "--clusterrole", "chatworkspace-edit", "--user", user]);
+    bind.args(["--namespace", namespace]);
+    process::run(bind, "kubectl create rolebinding");
+
+    let mut config = kube::Config::from_custom_kubeconfig(plane.kubeconfig(), &Default::default())
+        .await
+        .expect("the control plane's kubeconfig");
+    config.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(config).expect("a client for the editor")
+}
+
+/// A second operator install, stopped when dropped.
+pub struct OtherInstall(JoinHandle<()>);
+
+impl Drop for OtherInstall {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
