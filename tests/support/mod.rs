@@ -1,11 +1,14 @@
 //! What the integration tests share: a real control plane (one per test
-//! binary), a Coder simulator per test, and the operator running in-process
-//! against both, restricted to the test's own namespace.
+//! binary), a Coder simulator per test (or a real coderd, see [`coderd`]),
+//! and the operator running in-process against both, restricted to the
+//! test's own namespace.
 
 #![allow(dead_code)]
 
+pub mod coderd;
 pub mod process;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,14 +41,42 @@ pub fn fast_requeue() -> Requeue {
     }
 }
 
+/// A test against the simulator: the operator's side ([`Operated`], which
+/// this derefs to) and the simulator it talks to.
 pub struct Env {
+    base: Operated,
+    pub sim: Simulator,
+}
+
+impl Deref for Env {
+    type Target = Operated;
+
+    fn deref(&self) -> &Operated {
+        &self.base
+    }
+}
+
+impl DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Operated {
+        &mut self.base
+    }
+}
+
+/// A test's namespace in the shared control plane and the operator serving
+/// it, in-process, against one Coder (the simulator or a real coderd).
+pub struct Operated {
     pub namespace: String,
     pub client: Client,
     pub api: Api<ChatWorkspace>,
-    pub sim: Simulator,
     pub metrics: Arc<Metrics>,
     /// Applied to the operator's Coder traffic when it (re)starts.
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// The operator's settings when it (re)starts.
+    pub settings: Settings,
+    /// Timeout of each of the operator's Coder requests.
+    pub request_timeout: Duration,
+    coder_url: String,
+    coder_token: String,
     operator: Option<Operator>,
 }
 
@@ -68,6 +99,31 @@ impl Env {
 
     /// Everything but the operator, for tests that configure it first.
     pub async fn without_operator(prefix: &str, config: SimConfig) -> Env {
+        let sim = Simulator::start(config).await.expect("start the Coder simulator");
+        let mut base = Operated::without_operator(prefix, &sim.url(), &sim.token()).await;
+        base.settings = Settings {
+            requeue: fast_requeue(),
+            concurrency: 8,
+            namespaces: vec![base.namespace.clone()],
+            template_ttl: Duration::from_secs(300),
+            instance: "test".into(),
+            observer: ObserverSettings {
+                max_age: Duration::from_millis(300),
+                page_size: 100,
+                probe_interval: Duration::from_millis(500),
+            },
+        };
+        base.request_timeout = Duration::from_secs(5);
+        Env { base, sim }
+    }
+}
+
+impl Operated {
+    /// A fresh namespace and an operator (not started yet) that will talk to
+    /// the Coder at `coder_url` with `coder_token`, with the production
+    /// defaults of `chatworkspace-operator run` (see `src/main.rs`) but for
+    /// the namespace it watches.
+    pub async fn without_operator(prefix: &str, coder_url: &str, coder_token: &str) -> Operated {
         // The operator's logs, for a failing test: RUST_LOG=chatworkspace_operator=debug.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -76,24 +132,24 @@ impl Env {
         let plane = ControlPlane::shared();
         let namespace = plane.namespace(prefix).await;
         let client = plane.client().await;
-        let sim = Simulator::start(config).await.expect("start the Coder simulator");
         let api = Api::namespaced(client.clone(), &namespace);
-        Env { namespace, client, api, sim, metrics: Arc::new(Metrics::default()), rate_limit: None, operator: None }
+        let settings = Settings { namespaces: vec![namespace.clone()], instance: "test".into(), ..Settings::default() };
+        Operated {
+            namespace,
+            client,
+            api,
+            metrics: Arc::new(Metrics::default()),
+            rate_limit: None,
+            settings,
+            request_timeout: Duration::from_secs(15),
+            coder_url: coder_url.to_owned(),
+            coder_token: coder_token.to_owned(),
+            operator: None,
+        }
     }
 
     pub fn settings(&self) -> Settings {
-        Settings {
-            requeue: fast_requeue(),
-            concurrency: 8,
-            namespaces: vec![self.namespace.clone()],
-            template_ttl: Duration::from_secs(300),
-            instance: "test".into(),
-            observer: ObserverSettings {
-                max_age: Duration::from_millis(300),
-                page_size: 100,
-                probe_interval: Duration::from_millis(500),
-            },
-        }
+        self.settings.clone()
     }
 
     /// Starts the operator (again), as a restarted process would: nothing
@@ -101,8 +157,8 @@ impl Env {
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
         let credentials = Credentials::new(
-            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
-            Duration::from_secs(5),
+            Some((self.coder_url.clone(), SessionToken::new(&self.coder_token).unwrap())),
+            self.request_timeout,
             Some(self.metrics.clone()),
             self.rate_limit.clone(),
         )
@@ -210,7 +266,9 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
 
+impl Env {
     /// The Coder workspace id the simulator holds for `name` (owned by the
     /// simulator's default user).
     pub fn workspace_id(&self, owner: &str, name: &str) -> uuid::Uuid {
@@ -231,7 +289,9 @@ impl Env {
             .filter(|r| r.method == "POST" && r.path.ends_with("/builds") && r.status == 409)
             .count()
     }
+}
 
+impl Operated {
     /// Waits until Events with every one of `reasons` exist for `name`
     /// (they are published right after the status write a test waits on),
     /// and returns all of them as (reason, note).
@@ -258,7 +318,7 @@ impl Env {
     }
 }
 
-impl Drop for Env {
+impl Drop for Operated {
     fn drop(&mut self) {
         self.kill_operator();
     }

@@ -1,0 +1,212 @@
+//! Issue 10: the operator against a real coderd (the pinned release, built
+//! by `make tools`) on PostgreSQL, with the echo provisioner and real
+//! `coder agent` processes that the tests kill and freeze, and the real
+//! kube-apiserver. The operator runs with the production defaults of
+//! `chatworkspace-operator run` (intervals, Coder request rate); only the
+//! recovery thresholds in the specs are short. Builds are counted in coderd
+//! (`GET /workspaces/{id}/builds`), never in the operator.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
+use chatworkspace_operator::crd::ChatWorkspace;
+use serde_json::{Value, json};
+use support::Operated;
+use support::coderd::{Build, Coderd, Provisioner, Template, TemplateSpec, transitions};
+
+/// Create-to-ready against coderd: builds take a second or two, agents
+/// connect in about as long, the operator looks every 2 s while things move.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// A namespace and an operator (running) that talks to the shared coderd
+/// with the admin's token.
+async fn operator(prefix: &str) -> (&'static Coderd, Operated) {
+    let coderd = Coderd::shared();
+    let mut env = Operated::without_operator(prefix, coderd.url(), &coderd.admin.token).await;
+    env.start_operator();
+    (coderd, env)
+}
+
+/// A unique Coder name (workspace, template): `prefix` and a short suffix,
+/// within coderd's 32 characters.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+/// A template with one agent of its own and the workspace name to use it
+/// for: every workspace with a live agent needs its own agent token.
+async fn agent_template(coderd: &Coderd, prefix: &str) -> (Template, TemplateSpec, String) {
+    let spec = TemplateSpec::one_agent();
+    let template = coderd.template(&unique(prefix), &spec).await;
+    (template, spec, unique(prefix))
+}
+
+fn running_spec(workspace: &str, template: &Template, recovery: Value) -> Value {
+    json!({
+        "desiredState": "Running",
+        "workspaceName": workspace,
+        "template": {"name": template.name},
+        "recovery": recovery,
+    })
+}
+
+/// Recovery that acts within seconds once coderd reports the agent
+/// disconnected.
+fn fast_recovery() -> Value {
+    json!({"mode": "Automatic", "disconnectedThreshold": "5s", "probeTimeout": "2s", "maxAttempts": 3, "window": "1h"})
+}
+
+async fn ready(env: &Operated, name: &str) -> ChatWorkspace {
+    env.wait_for_condition(name, READY, "True", Some("Running"), CONVERGE).await
+}
+
+fn workspace_id(cws: &ChatWorkspace) -> String {
+    cws.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone()).expect("status.workspace")
+}
+
+fn agent_id(cws: &ChatWorkspace) -> String {
+    cws.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()).expect("status.agent")
+}
+
+fn condition_message(cws: &ChatWorkspace, type_: &str) -> String {
+    cws.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// No two builds of a workspace were ever active at once: each build was
+/// created after the previous one's job had ended.
+fn assert_sequential(builds: &[Build]) {
+    for build in builds {
+        assert!(
+            !matches!(build.job.status.as_str(), "pending" | "running" | "canceling"),
+            "build #{} still {} when the test ended: {builds:?}",
+            build.build_number,
+            build.job.status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_start_with_a_live_agent_stop_and_start_again() {
+    let (coderd, env) = operator("real-lifecycle").await;
+    let (template, spec, workspace) = agent_template(coderd, "life").await;
+    let provisioner: Provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+
+    let first = ready(&env, "chat").await;
+    let status = first.status.as_ref().unwrap();
+    assert_eq!(status.agent.as_ref().unwrap().status, "connected");
+    assert!(conditions::is_true(&status.conditions, AGENT_CONNECTED));
+    let id = workspace_id(&first);
+    let workspace_read = coderd.workspace("admin", &workspace).await.expect("the operator created the workspace");
+    assert_eq!(workspace_read["id"], json!(id));
+    assert_eq!(transitions(&coderd.builds(&id).await), ["start"], "creating starts the workspace once");
+
+    env.set_desired_state("chat", "Stopped").await;
+    env.wait_for_condition("chat", READY, "True", Some("Stopped"), CONVERGE).await;
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop"], "exactly one stop build");
+    assert_eq!(builds[1].status, "stopped");
+
+    env.set_desired_state("chat", "Running").await;
+    let again = ready(&env, "chat").await;
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"]);
+    assert_sequential(&builds);
+    assert_ne!(agent_id(&again), agent_id(&first), "a new start build makes a new agent");
+    assert_eq!(provisioner.agents_started(), 2, "one agent process per start build");
+    env.wait_for_events("chat", &["WorkspaceCreated", "BuildRequested", "Running", "Stopped"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_recovered_with_exactly_one_stop_and_one_start() {
+    let (coderd, env) = operator("real-kill").await;
+    let (template, spec, workspace) = agent_template(coderd, "kill").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+
+    let killed_at = jiff::Timestamp::now();
+    let signalled = Instant::now();
+    provisioner.signal("KILL").expect("an agent runs");
+    let seen = watch_agent_status(coderd, &workspace, "disconnected");
+    env.wait_for_condition("chat", RECOVERING, "True", None, CONVERGE).await;
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), CONVERGE).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_sequential(&builds);
+    assert_ne!(agent_id(&after), agent_id(&before), "the rebuild made a new agent");
+
+    let reaction = builds[1].created_at.duration_since(killed_at);
+    let reaction_secs = reaction.as_secs_f64();
+    // Not before the threshold; and at the latest one resync after it (the
+    // operator looks at a settled workspace every 30 s by default).
+    assert!(reaction_secs >= 5.0, "the recovery stopped the workspace before the threshold: {reaction_secs:.2}s");
+    assert!(reaction_secs <= 5.0 + 2.0 + 30.0 + 5.0, "the recovery started late: {reaction_secs:.2}s");
+    println!(
+        "SIGKILL of the agent to the recovery's stop build: {:.2}s (disconnectedThreshold 5s, probeTimeout 2s); \
+         to Ready again: {:.2}s",
+        reaction.as_secs_f64(),
+        signalled.elapsed().as_secs_f64()
+    );
+    println!("coderd reported the agent disconnected {:.2}s after SIGKILL", seen.await.unwrap().as_secs_f64());
+    env.wait_for_events("chat", &["RecoveryStarted", "Recovered"]).await;
+}
+
+/// How long after now coderd first reports the latest build's first agent
+/// with `status`.
+fn watch_agent_status(
+    coderd: &'static Coderd,
+    workspace: &str,
+    status: &'static str,
+) -> tokio::task::JoinHandle<Duration> {
+    let workspace = workspace.to_owned();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        loop {
+            if let Some(read) = coderd.workspace("admin", &workspace).await {
+                let agent = &read["latest_build"]["resources"][0]["agents"][0];
+                if agent["status"] == status {
+                    return start.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
+    let (coderd, env) = operator("real-never").await;
+    let mut spec = TemplateSpec::one_agent();
+    spec.agents[0].connection_timeout_seconds = 3;
+    let template = coderd.template(&unique("never"), &spec).await;
+    let workspace = unique("never");
+    // No provisioner: no agent process ever runs.
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
+    assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("never connected"), "{message}");
+    let id = workspace_id(&degraded);
+    // Past the recovery threshold several times over: still the one start.
+    assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(15)).await;
+}
+
+/// Fails as soon as the workspace's builds differ from `expected` within
+/// `period`: for rules that say something must not happen.
+async fn assert_builds_stay(coderd: &Coderd, workspace_id: &str, expected: &[&str], period: Duration) {
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        let builds = coderd.builds(workspace_id).await;
+        assert_eq!(transitions(&builds), expected, "unexpected builds: {builds:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
