@@ -296,6 +296,9 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
             match created {
                 Ok(workspace) => {
                     context.metrics.build("start", "Create");
+                    if let Some(request) = decision.status.last_build_request.as_mut() {
+                        request.build_id = Some(workspace.latest_build.id.clone());
+                    }
                     events.push(decision::Event {
                         warning: false,
                         reason: "WorkspaceCreated",

@@ -53,9 +53,10 @@ fn running_spec(workspace: &str, template: &Template, recovery: Value) -> Value 
 }
 
 /// Recovery that acts within seconds once coderd reports the agent
-/// disconnected.
+/// disconnected. The probe timeout is not shorter: coderd's first dial of
+/// an agent that has just connected can take several seconds (5.3 s seen).
 fn fast_recovery() -> Value {
-    json!({"mode": "Automatic", "disconnectedThreshold": "5s", "probeTimeout": "2s", "maxAttempts": 3, "window": "1h"})
+    json!({"mode": "Automatic", "disconnectedThreshold": "5s", "probeTimeout": "10s", "maxAttempts": 3, "window": "1h"})
 }
 
 async fn ready(env: &Operated, name: &str) -> ChatWorkspace {
@@ -147,11 +148,12 @@ async fn a_killed_agent_is_recovered_with_exactly_one_stop_and_one_start() {
     let reaction = builds[1].created_at.duration_since(killed_at);
     let reaction_secs = reaction.as_secs_f64();
     // Not before the threshold; and at the latest one resync after it (the
-    // operator looks at a settled workspace every 30 s by default).
+    // operator looks at a settled workspace every 30 s by default). coderd
+    // refuses the probe at once (400), so the probe timeout plays no part.
     assert!(reaction_secs >= 5.0, "the recovery stopped the workspace before the threshold: {reaction_secs:.2}s");
-    assert!(reaction_secs <= 5.0 + 2.0 + 30.0 + 5.0, "the recovery started late: {reaction_secs:.2}s");
+    assert!(reaction_secs <= 5.0 + 30.0 + 5.0, "the recovery started late: {reaction_secs:.2}s");
     println!(
-        "SIGKILL of the agent to the recovery's stop build: {:.2}s (disconnectedThreshold 5s, probeTimeout 2s); \
+        "SIGKILL of the agent to the recovery's stop build: {:.2}s (disconnectedThreshold 5s); \
          to Ready again: {:.2}s",
         reaction.as_secs_f64(),
         signalled.elapsed().as_secs_f64()
@@ -209,4 +211,161 @@ async fn assert_builds_stay(coderd: &Coderd, workspace_id: &str, expected: &[&st
         assert_eq!(transitions(&builds), expected, "unexpected builds: {builds:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_hangs_the_probe_then_is_recovered_with_one_stop_and_one_start() {
+    let (coderd, env) = operator("real-freeze").await;
+    let (template, spec, workspace) = agent_template(coderd, "freeze").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+
+    let frozen_at = jiff::Timestamp::now();
+    provisioner.signal("STOP").expect("an agent runs");
+    let seen = watch_agent_status(coderd, &workspace, "disconnected");
+    // The connection stays open: coderd still sees the agent connected and
+    // dials it, and the dial hangs.
+    let probe = Instant::now();
+    let hung = tokio::time::timeout(
+        Duration::from_secs(5),
+        coderd.admin_api().get::<Value>(&format!("/workspaceagents/{}/listening-ports", agent_id(&before))),
+    )
+    .await;
+    assert!(hung.is_err(), "a probe of a frozen agent answered within 5 s: {hung:?}");
+    println!("a probe of the frozen agent was still hanging after {:.1}s", probe.elapsed().as_secs_f64());
+
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), Duration::from_secs(180)).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_sequential(&builds);
+    assert_ne!(agent_id(&after), agent_id(&before));
+    let disconnected = seen.await.unwrap();
+    println!(
+        "SIGSTOP of the agent: coderd reported it disconnected after {:.2}s; the recovery's stop build came {:.2}s \
+         after the signal (disconnectedThreshold 5s)",
+        disconnected.as_secs_f64(),
+        builds[1].created_at.duration_since(frozen_at).as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_frozen_for_less_than_the_threshold_builds_nothing() {
+    let (coderd, env) = operator("real-blip").await;
+    let (template, spec, workspace) = agent_template(coderd, "blip").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    // The default threshold: coderd takes about 30 s to see a frozen agent
+    // disconnected, and the operator up to one resync more to notice.
+    let recovery = json!({"mode": "Automatic", "disconnectedThreshold": "90s", "probeTimeout": "10s"});
+    env.create("chat", running_spec(&workspace, &template, recovery)).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+
+    let frozen = Instant::now();
+    provisioner.signal("STOP").expect("an agent runs");
+    // The operator sees the agent disconnected (and would rebuild now
+    // without the threshold)...
+    env.wait_for_condition("chat", AGENT_CONNECTED, "False", Some("Disconnected"), Duration::from_secs(120)).await;
+    let blip = frozen.elapsed();
+    // ...and it comes back before the threshold.
+    provisioner.signal("CONT").expect("the agent is still there");
+    ready(&env, "chat").await;
+    println!("the agent was frozen for {:.1}s and is back", blip.as_secs_f64());
+    assert!(blip < Duration::from_secs(90), "the freeze outlasted the threshold: {blip:?}");
+    assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(10)).await;
+    assert_eq!(provisioner.agents_started(), 1, "the same agent process came back");
+}
+
+/// A template (no agent) with two rich parameters and a preset, in coderd's
+/// default (dynamic) parameter flow.
+async fn parameter_template(coderd: &Coderd) -> Template {
+    let spec = TemplateSpec {
+        parameters: vec![
+            json!({"name": "size", "type": "string", "defaultValue": "small", "mutable": true,
+                   "options": [{"name": "Small", "value": "small"}, {"name": "Large", "value": "large"}]}),
+            json!({"name": "cpus", "type": "number", "defaultValue": "2", "mutable": true,
+                   "validationMin": 1, "validationMax": 8}),
+        ],
+        presets: vec![json!({"name": "large", "description": "Four CPUs",
+                             "parameters": [{"name": "size", "value": "large"}, {"name": "cpus", "value": "4"}]})],
+        ..TemplateSpec::default()
+    };
+    coderd.template(&unique("params"), &spec).await
+}
+
+/// The parameters of the first build of the workspace of `cws`, once the
+/// operator has created it.
+async fn first_build_parameters(
+    coderd: &Coderd,
+    env: &Operated,
+    name: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let created =
+        env.wait_for(name, "created", CONVERGE, |c| c.status.as_ref().is_some_and(|s| s.workspace.is_some())).await;
+    let builds = coderd.builds(&workspace_id(&created)).await;
+    coderd.build_parameters(&builds[0].id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_and_parameters_reach_the_first_build_and_bad_ones_are_reported() {
+    let (coderd, env) = operator("real-params").await;
+    let template = parameter_template(coderd).await;
+    let spec = |workspace: &str, extra: Value| {
+        let mut spec =
+            json!({"desiredState": "Running", "workspaceName": workspace, "template": {"name": template.name}});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        spec
+    };
+
+    // A preset: the build's parameters are the preset's.
+    env.create("preset", spec(&unique("preset"), json!({"preset": {"name": "large"}}))).await;
+    let parameters = first_build_parameters(coderd, &env, "preset").await;
+    assert_eq!(parameters.get("size").map(String::as_str), Some("large"), "{parameters:?}");
+    assert_eq!(parameters.get("cpus").map(String::as_str), Some("4"), "{parameters:?}");
+    let cws = env.get("preset").await;
+    let presets = &cws.status.as_ref().unwrap().template.as_ref().expect("status.template").presets;
+    assert_eq!(presets.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["large"]);
+    assert_eq!(presets[0].description.as_deref(), Some("Four CPUs"));
+
+    // Explicit parameters, the others at their defaults.
+    env.create("explicit", spec(&unique("explicit"), json!({"parameters": [{"name": "cpus", "value": "3"}]}))).await;
+    let parameters = first_build_parameters(coderd, &env, "explicit").await;
+    assert_eq!(parameters.get("cpus").map(String::as_str), Some("3"), "{parameters:?}");
+    assert_eq!(parameters.get("size").map(String::as_str), Some("small"), "{parameters:?}");
+
+    // A value coderd's validation refuses: reported field by field, no workspace.
+    let invalid = unique("invalid");
+    env.create("invalid", spec(&invalid, json!({"parameters": [{"name": "cpus", "value": "99"}]}))).await;
+    let degraded = env.wait_for_condition("invalid", DEGRADED, "True", Some("ValidationFailed"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("cpus") && message.contains("maximum 8"), "{message}");
+    assert!(coderd.workspace("admin", &invalid).await.is_none(), "no workspace was created");
+
+    // A preset the template does not have: reported with the ones it has.
+    let unknown = unique("unknown");
+    env.create("unknown", spec(&unknown, json!({"preset": {"name": "huge"}}))).await;
+    let degraded = env.wait_for_condition("unknown", DEGRADED, "True", Some("PresetNotFound"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("huge") && message.contains("large"), "{message}");
+    assert!(coderd.workspace("admin", &unknown).await.is_none(), "no workspace was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_is_reported_with_the_jobs_error_and_not_retried() {
+    let (coderd, env) = operator("real-failstart").await;
+    let spec = TemplateSpec {
+        fail_start: Some("quota exceeded: no room for another workspace".into()),
+        ..TemplateSpec::one_agent()
+    };
+    let template = coderd.template(&unique("fail"), &spec).await;
+    env.create("chat", running_spec(&unique("fail"), &template, fast_recovery())).await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("StartFailed"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("quota exceeded: no room for another workspace"), "{message}");
+    let build = degraded.status.as_ref().unwrap().latest_build.as_ref().unwrap();
+    assert_eq!((build.status.as_str(), build.job_status.as_str()), ("failed", "failed"));
+    assert!(build.error.as_deref().unwrap_or_default().contains("quota exceeded"), "{build:?}");
+    assert_builds_stay(coderd, &workspace_id(&degraded), &["start"], Duration::from_secs(10)).await;
 }

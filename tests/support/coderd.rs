@@ -186,6 +186,7 @@ impl Coderd {
             "name": name,
             "template_version_id": version,
             "require_active_version": spec.require_active_version,
+            "template_use_classic_parameter_flow": spec.classic_parameter_flow,
         });
         let created: Value = api
             .post(&format!("/organizations/{}/templates", self.organization_id), &body)
@@ -379,6 +380,9 @@ pub struct TemplateSpec {
     /// Every start build fails with this error.
     pub fail_start: Option<String>,
     pub require_active_version: bool,
+    /// The template uses coderd's classic parameter flow instead of the
+    /// dynamic one (the default of new templates).
+    pub classic_parameter_flow: bool,
 }
 
 /// One agent of a template's start build.
