@@ -8,13 +8,17 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
 use serde_json::{Value, json};
 use support::Operated;
-use support::coderd::{Build, Coderd, Provisioner, Template, TemplateSpec, transitions};
+use support::coderd::{Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions};
+use support::process::parse_exposition;
 
 /// Create-to-ready against coderd: builds take a second or two, agents
 /// connect in about as long, the operator looks every 2 s while things move.
@@ -368,4 +372,170 @@ async fn a_failed_start_is_reported_with_the_jobs_error_and_not_retried() {
     assert_eq!((build.status.as_str(), build.job_status.as_str()), ("failed", "failed"));
     assert!(build.error.as_deref().unwrap_or_default().contains("quota exceeded"), "{build:?}");
     assert_builds_stay(coderd, &workspace_id(&degraded), &["start"], Duration::from_secs(10)).await;
+}
+
+/// A Secret `name` with a Coder URL and token, for `spec.credentialsRef`.
+async fn credentials_secret(env: &Operated, name: &str, url: &str, token: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {"url": url, "token": token},
+    }))
+    .unwrap();
+    kube::Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the credentials Secret");
+}
+
+/// The operator's Coder requests so far that got `code`, from its metrics.
+fn requests_with_code(env: &Operated, code: &str) -> f64 {
+    let exposition = parse_exposition(&env.metrics.render()).expect("the operator's metrics parse");
+    exposition.value("chatworkspace_coder_requests_total", &[("code", code)])
+}
+
+/// The status and Events of `name` as one text, to look for secrets in.
+async fn everything_shown(env: &Operated, name: &str) -> String {
+    let cws = env.get(name).await;
+    format!("{}\n{:?}", serde_json::to_string(&cws.status).unwrap(), env.events(name).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_token_on_another_users_workspace_is_reported_not_retried_in_a_storm() {
+    let (coderd, env) = operator("real-forbidden").await;
+    let template = coderd.template(&unique("forbid"), &TemplateSpec::default()).await;
+    // The admin's workspace, which the member may neither see nor build.
+    let workspace = unique("forbid");
+    let _: Value = coderd
+        .admin_api()
+        .post("/users/admin/workspaces", &json!({"name": workspace, "template_id": template.id}))
+        .await
+        .expect("create the admin's workspace");
+    let member_token = coderd.new_token(&coderd.member, "forbidden").await;
+    // coderd hides what a user may not read: the member's read is a 404, and
+    // its list is empty, so the workspace looks absent and the operator's
+    // create is what coderd refuses.
+    let read = coderd.api_as(&member_token).get::<Value>(&format!("/users/admin/workspace/{workspace}")).await;
+    assert_eq!(read.err().map(|e| e.status), Some(404));
+    credentials_secret(&env, "member", coderd.url(), &member_token).await;
+    env.create(
+        "chat",
+        json!({"desiredState": "Running", "owner": "admin", "workspaceName": workspace,
+               "template": {"name": template.name}, "credentialsRef": {"name": "member"}}),
+    )
+    .await;
+
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", None, CONVERGE).await;
+    let condition = conditions::find(&degraded.status.as_ref().unwrap().conditions, DEGRADED).unwrap().clone();
+    println!("a member's token on the admin's workspace: {} — {}", condition.reason, condition.message);
+    assert_eq!(condition.reason, "Forbidden", "{condition:?}");
+    let refused = requests_with_code(&env, "403");
+    assert!(refused >= 1.0);
+    // The operator waits for a change instead of asking again and again.
+    let calm = Instant::now();
+    while calm.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(requests_with_code(&env, "403") <= refused + 1.0, "refused requests repeated in a storm");
+    }
+    assert_eq!(
+        transitions(&coderd.builds(&str_field(&coderd.workspace("admin", &workspace).await.unwrap(), "id")).await),
+        ["start"]
+    );
+    assert!(!everything_shown(&env, "chat").await.contains(&member_token), "the token appears in status or Events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_reported_without_showing_it() {
+    let (coderd, env) = operator("real-revoked").await;
+    let template = coderd.template(&unique("revoked"), &TemplateSpec::default()).await;
+    let token = coderd.new_token(&coderd.member, "revoked").await;
+    coderd.revoke_token(&coderd.member, &token).await;
+    credentials_secret(&env, "revoked", coderd.url(), &token).await;
+    let workspace = unique("revoked");
+    env.create(
+        "chat",
+        json!({"desiredState": "Running", "workspaceName": workspace, "template": {"name": template.name},
+               "credentialsRef": {"name": "revoked"}}),
+    )
+    .await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("Unauthorized"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("401"), "{message}");
+    let shown = everything_shown(&env, "chat").await;
+    let secret_part = token.split_once('-').unwrap().1;
+    assert!(!shown.contains(secret_part), "the token appears in status or Events: {shown}");
+    assert!(coderd.workspace("member", &workspace).await.is_none());
+    let refused = requests_with_code(&env, "401");
+    let calm = Instant::now();
+    while calm.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(requests_with_code(&env, "401") <= refused + 1.0, "refused requests repeated in a storm");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_resources_at_once_never_make_coderd_answer_429() {
+    const RESOURCES: usize = 20;
+    let (coderd, mut env) = operator("real-twenty").await;
+    // The production default: 20 requests per second, bursts of 40.
+    env.stop_operator().await;
+    env.rate_limit = Some(std::sync::Arc::new(chatworkspace_operator::coder::RateLimit::new(20.0, 40)));
+    env.start_operator();
+    let template = coderd.template(&unique("twenty"), &TemplateSpec::default()).await;
+    let started = Instant::now();
+    let names: Vec<String> = (0..RESOURCES).map(|i| format!("chat-{i}")).collect();
+    for name in &names {
+        env.create(name, running_spec(&unique("twenty"), &template, fast_recovery())).await;
+    }
+    for name in &names {
+        env.wait_for(name, "running", Duration::from_secs(180), |c| {
+            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+        })
+        .await;
+    }
+    let running = started.elapsed();
+    // Rapid flips of every resource: the last one wins, builds never overlap.
+    for state in ["Stopped", "Running", "Stopped"] {
+        for name in &names {
+            env.set_desired_state(name, state).await;
+        }
+    }
+    let mut ids = Vec::new();
+    for name in &names {
+        let stopped = env.wait_for_condition(name, READY, "True", Some("Stopped"), Duration::from_secs(180)).await;
+        ids.push(workspace_id(&stopped));
+    }
+    let elapsed = started.elapsed();
+    for id in &ids {
+        let builds = coderd.builds(id).await;
+        assert_sequential(&builds);
+        assert_eq!(builds.last().map(|b| b.status.as_str()), Some("stopped"), "{builds:?}");
+    }
+
+    let exposition = parse_exposition(&env.metrics.render()).unwrap();
+    let total = exposition.value("chatworkspace_coder_requests_total", &[]);
+    let busiest = exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == "chatworkspace_coder_requests_total")
+        .fold(BTreeMap::<String, f64>::new(), |mut routes, s| {
+            *routes.entry(s.labels["endpoint"].clone()).or_default() += s.value;
+            routes
+        })
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    println!(
+        "{RESOURCES} resources: all running after {:.1}s, all stopped after three flips at {:.1}s; \
+         {total} Coder requests, the most on one route {} ({})",
+        running.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        busiest.1,
+        busiest.0
+    );
+    assert_eq!(requests_with_code(&env, "429"), 0.0, "coderd rate-limited the operator");
+    assert_eq!(requests_with_code(&env, "409"), 0.0, "a build was requested while another was active");
+    // coderd allows 512 requests per minute per user and path; a route's
+    // requests (over all its paths) stay under 60 % of that.
+    let per_minute = busiest.1 / elapsed.as_secs_f64().max(60.0) * 60.0;
+    assert!(per_minute <= 0.6 * 512.0, "{per_minute:.0} requests per minute to {}", busiest.0);
 }
