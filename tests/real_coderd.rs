@@ -539,3 +539,110 @@ async fn twenty_resources_at_once_never_make_coderd_answer_429() {
     let per_minute = busiest.1 / elapsed.as_secs_f64().max(60.0) * 60.0;
     assert!(per_minute <= 0.6 * 512.0, "{per_minute:.0} requests per minute to {}", busiest.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agpl_coderd_never_requires_the_active_version_so_a_start_keeps_the_workspaces_version() {
+    let (coderd, env) = operator("real-active").await;
+    // Asked for, but the AGPL build's access-control store ignores it (a
+    // premium feature): the template reports false.
+    let spec = TemplateSpec { require_active_version: true, ..TemplateSpec::default() };
+    let template = coderd.template(&unique("active"), &spec).await;
+    assert!(!template.require_active_version, "AGPL coderd kept require_active_version: {template:?}");
+    let first_version = template.active_version_id.clone();
+
+    env.create("chat", running_spec(&unique("active"), &template, fast_recovery())).await;
+    let created = env
+        .wait_for("chat", "running", CONVERGE, |c| {
+            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+        })
+        .await;
+    let id = workspace_id(&created);
+    assert_eq!(created.status.as_ref().unwrap().template.as_ref().map(|t| t.require_active_version), Some(false));
+
+    // A newer version, with a parameter the old one lacks, becomes active.
+    let newer = TemplateSpec {
+        parameters: vec![json!({"name": "region", "type": "string", "defaultValue": "eu", "mutable": true})],
+        ..TemplateSpec::default()
+    };
+    let second_version = coderd.add_version(&template, &newer, true).await;
+    env.set_desired_state("chat", "Stopped").await;
+    env.wait_for_condition("chat", READY, "True", Some("Stopped"), CONVERGE).await;
+    env.set_desired_state("chat", "Running").await;
+    env.wait_for("chat", "running again", CONVERGE, |c| {
+        c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running" && b.number == 3)
+    })
+    .await;
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"]);
+    let versions: Vec<&str> = builds.iter().map(|b| b.template_version_id.as_str()).collect();
+    assert_eq!(
+        versions,
+        [first_version.as_str(); 3],
+        "the start stayed on the workspace's version, not {second_version}"
+    );
+    let workspace = coderd.workspace("admin", &str_field(&created_workspace(&created), "name")).await.unwrap();
+    assert_eq!(workspace["outdated"], json!(true), "coderd reports the workspace outdated");
+}
+
+fn created_workspace(cws: &ChatWorkspace) -> Value {
+    serde_json::to_value(cws.status.as_ref().and_then(|s| s.workspace.as_ref()).expect("status.workspace")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_made_outside_is_adopted_and_each_deletion_policy_is_applied() {
+    let (coderd, env) = operator("real-adopt").await;
+    let template = coderd.template(&unique("adopt"), &TemplateSpec::default()).await;
+    let api = coderd.admin_api();
+    let outside = |name: String| {
+        let api = api.clone();
+        let template_id = template.id.clone();
+        async move {
+            let created: Value = api
+                .post("/users/admin/workspaces", &json!({"name": name, "template_id": template_id}))
+                .await
+                .expect("create a workspace outside the operator");
+            str_field(&created, "id")
+        }
+    };
+
+    // Adoption: the existing (running) workspace is driven, not duplicated.
+    let mut workspaces = BTreeMap::new();
+    for policy in ["Stop", "Delete", "Orphan"] {
+        let name = unique(&policy.to_lowercase());
+        let id = outside(name.clone()).await;
+        let resource = format!("chat-{}", policy.to_lowercase());
+        env.create(
+            &resource,
+            json!({"desiredState": "Running", "workspaceName": name, "template": {"name": template.name},
+                   "deletionPolicy": policy}),
+        )
+        .await;
+        // The template has no agent: running is as far as it gets.
+        let adopted = env
+            .wait_for(&resource, "running", CONVERGE, |c| {
+                c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+            })
+            .await;
+        assert_eq!(workspace_id(&adopted), id, "the workspace made outside was adopted");
+        assert_eq!(transitions(&coderd.builds(&id).await), ["start"], "and needed no build");
+        workspaces.insert(policy, (resource, name, id));
+    }
+
+    for (resource, _, _) in workspaces.values() {
+        env.delete(resource).await;
+    }
+    for (policy, (resource, name, id)) in &workspaces {
+        env.wait_gone(resource, CONVERGE).await;
+        let builds = coderd.builds(id).await;
+        assert_sequential(&builds);
+        let expected: &[&str] = match *policy {
+            "Stop" => &["start", "stop"],
+            "Delete" => &["start", "delete"],
+            _ => &["start"],
+        };
+        assert_eq!(transitions(&builds), expected, "deletionPolicy {policy}");
+        let last = builds.last().unwrap();
+        assert_eq!(last.job.status, "succeeded", "deletionPolicy {policy}: {last:?}");
+        assert_eq!(coderd.workspace("admin", name).await.is_none(), *policy == "Delete", "deletionPolicy {policy}");
+    }
+}
