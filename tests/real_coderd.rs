@@ -84,8 +84,17 @@ fn condition_message(cws: &ChatWorkspace, type_: &str) -> String {
 }
 
 /// No two builds of a workspace were ever active at once: each build was
-/// created after the previous one's job had ended.
+/// created after the previous one's job had ended, and none is still active.
 fn assert_sequential(builds: &[Build]) {
+    for pair in builds.windows(2) {
+        let ended = pair[0].job.completed_at.unwrap_or_else(|| panic!("build #{} never ended", pair[0].build_number));
+        assert!(
+            pair[1].created_at >= ended,
+            "build #{} was created while build #{} was active: {builds:?}",
+            pair[1].build_number,
+            pair[0].build_number
+        );
+    }
     for build in builds {
         assert!(
             !matches!(build.job.status.as_str(), "pending" | "running" | "canceling"),

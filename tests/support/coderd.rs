@@ -463,6 +463,8 @@ pub struct Job {
     pub status: String,
     #[serde(default)]
     pub error: Option<String>,
+    #[serde(default)]
+    pub completed_at: Option<jiff::Timestamp>,
 }
 
 /// The transitions of `builds`, in order.
