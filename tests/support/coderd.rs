@@ -808,7 +808,12 @@ struct Postgres {
 
 impl Postgres {
     fn find() -> anyhow::Result<Postgres> {
-        let bin = postgres_bin().context(
+        Self::find_with(env::var_os("CWS_POSTGRES_BIN").map(PathBuf::from))
+    }
+
+    /// `dir`: where the binaries must be, instead of the usual places.
+    fn find_with(dir: Option<PathBuf>) -> anyhow::Result<Postgres> {
+        let bin = postgres_bin(dir).context(
             "PostgreSQL's server binaries (initdb, postgres) were not found: install them \
              (`apt-get install postgresql` on Debian and Ubuntu) or set CWS_POSTGRES_BIN to their directory",
         )?;
@@ -906,10 +911,10 @@ impl Postgres {
 
 /// `$CWS_POSTGRES_BIN`, the newest `/usr/lib/postgresql/*/bin`, or the
 /// directory `initdb` on `PATH` really lives in (Debian links it).
-fn postgres_bin() -> Option<PathBuf> {
+fn postgres_bin(wanted: Option<PathBuf>) -> Option<PathBuf> {
     let complete = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(dir) = env::var_os("CWS_POSTGRES_BIN") {
-        return Some(PathBuf::from(dir)).filter(|dir| complete(dir));
+    if let Some(dir) = wanted {
+        return Some(dir).filter(|dir| complete(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -990,4 +995,17 @@ fn on_private_runtime<T: Send>(future: impl Future<Output = anyhow::Result<T>> +
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_postgres_says_how_to_install_it() {
+        let err = Postgres::find_with(Some(PathBuf::from("/nonexistent"))).err().expect("no PostgreSQL there");
+        let message = format!("{err:#}");
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("CWS_POSTGRES_BIN"), "{message}");
+    }
 }
