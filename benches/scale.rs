@@ -74,6 +74,11 @@ struct Args {
     /// Pause between two of those patches.
     #[arg(long, default_value = "50ms", value_parser = duration)]
     latency_spacing: Duration,
+    /// The workspaces already exist in Coder, and the ChatWorkspaces in
+    /// Kubernetes, when the operator starts: measures how soon a restarted
+    /// operator has observed them all (status written with the Coder state).
+    #[arg(long)]
+    existing: bool,
     /// Leave out the reaction latency phase (e.g. for a memory-only run).
     #[arg(long)]
     skip_latency: bool,
@@ -83,23 +88,33 @@ struct Args {
     /// The operator's --concurrency.
     #[arg(long, default_value_t = 32)]
     concurrency: u16,
-    /// The operator's --resync-interval; also the polling baseline's period.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    /// The operator's --resync-interval (a safety net since the index).
+    #[arg(long, default_value = "5m", value_parser = duration)]
     resync_interval: Duration,
+    /// The period of the one-read-per-object polling the report compares
+    /// Coder's load with (the operator's resync before the index).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    baseline_interval: Duration,
     /// The operator's --active-interval.
     #[arg(long, default_value = "2s", value_parser = duration)]
     active_interval: Duration,
-    /// The operator's --list-max-age.
-    #[arg(long, default_value = "5s", value_parser = duration)]
-    list_max_age: Duration,
+    /// The operator's --attention-interval.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    attention_interval: Duration,
+    /// The operator's --full-list-interval.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    full_list_interval: Duration,
+    /// The operator's --probe-budget-per-minute.
+    #[arg(long, default_value_t = 120)]
+    probe_budget_per_minute: u32,
     /// The operator's --probe-interval.
     #[arg(long, default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
     /// The operator's --coder-max-rps (0: unlimited).
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 5.0)]
     coder_max_rps: f64,
     /// The operator's --coder-burst.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 10)]
     coder_burst: u32,
     /// Set by `cargo bench`. Without it (`cargo test --all-targets` runs
     /// benchmarks too) the benchmark does nothing, as libtest benches do.
@@ -212,7 +227,9 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         format!("--concurrency={}", args.concurrency),
         format!("--resync-interval={}", flag_duration(args.resync_interval)),
         format!("--active-interval={}", flag_duration(args.active_interval)),
-        format!("--list-max-age={}", flag_duration(args.list_max_age)),
+        format!("--attention-interval={}", flag_duration(args.attention_interval)),
+        format!("--full-list-interval={}", flag_duration(args.full_list_interval)),
+        format!("--probe-budget-per-minute={}", args.probe_budget_per_minute),
         format!("--probe-interval={}", flag_duration(args.probe_interval)),
         format!("--coder-max-rps={}", args.coder_max_rps),
         format!("--coder-burst={}", args.coder_burst),
@@ -228,6 +245,15 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         // their own cost to what is measured.
         ("RUST_LOG", "warn".to_owned()),
     ];
+    if args.existing {
+        eprintln!("scale: {} workspaces and ChatWorkspaces exist before the operator starts", args.resources);
+        for index in 0..args.resources {
+            sim.create_workspace(OWNER, &resource_name(index), TEMPLATE);
+        }
+        create_resources(args, &api).await?;
+        sim.clear_requests();
+    }
+    let operator_started = (Timestamp::now(), Instant::now());
     let log = out_dir.join(format!("operator-{}.log", args.resources));
     let mut operator = OperatorProcess::spawn(binary, &command, &env, &log)?;
     operator.wait_ready(&admin, OPERATOR_READY_TIMEOUT).await?;
@@ -238,7 +264,8 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
 
     let memory_idle = procfs::memory(pids.operator)?;
     let before = CpuSample::take(&pids)?;
-    let convergence = converge(args, &api, &sim, &tracker, &mut operator).await?;
+    let convergence =
+        converge(args, &api, &sim, &tracker, &mut operator, args.existing.then_some(operator_started)).await?;
     let after_convergence = CpuSample::take(&pids)?;
     let memory_converged = procfs::memory(pids.operator)?;
     let (object_json_kib, managed_fields_json_kib) = object_sizes(&api).await?;
@@ -333,6 +360,9 @@ struct Object {
     generation_seen: Timestamp,
     /// When the watch first delivered Ready=True for `generation`.
     ready_since: Option<Timestamp>,
+    /// When the watch first delivered a status holding the Coder state
+    /// (the latest build).
+    observed_since: Option<Timestamp>,
     /// The Ready reason last seen, for a report on what never converged.
     reason: String,
 }
@@ -376,8 +406,12 @@ impl Seen {
             generation,
             generation_seen: at,
             ready_since: None,
+            observed_since: None,
             reason: String::new(),
         });
+        if object.observed_since.is_none() && cws.status.as_ref().is_some_and(|s| s.latest_build.is_some()) {
+            object.observed_since = Some(at);
+        }
         if generation > object.generation {
             object.generation = generation;
             object.generation_seen = at;
@@ -410,6 +444,9 @@ impl Seen {
 
 #[derive(Debug, Serialize)]
 struct Convergence {
+    /// With `--existing`: from the operator's start until the watch saw the
+    /// last resource's first status with the Coder state.
+    observed_s: Option<f64>,
     /// From the first create request to the last create answered.
     created_s: f64,
     /// From the first create request until the watch saw the last Ready=True.
@@ -431,28 +468,20 @@ async fn converge(
     sim: &Simulator,
     tracker: &Tracker,
     operator: &mut OperatorProcess,
+    existing: Option<(Timestamp, Instant)>,
 ) -> anyhow::Result<Convergence> {
     let n = args.resources;
-    sim.clear_requests();
-    eprintln!("scale: creating {n} ChatWorkspaces (desiredState Running, template {TEMPLATE})");
-    let started = Timestamp::now();
-    let clock = Instant::now();
-    let creates = futures::stream::iter((0..n).map(resource_name))
-        .map(|name| async move {
-            let object: ChatWorkspace = serde_json::from_value(json!({
-                "apiVersion": "chat.coder.com/v1alpha1",
-                "kind": "ChatWorkspace",
-                "metadata": {"name": name},
-                "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}},
-            }))?;
-            api.create(&PostParams::default(), &object).await.with_context(|| format!("creating {name}"))?;
-            anyhow::Ok(())
-        })
-        .buffer_unordered(CREATE_PARALLELISM)
-        .try_collect::<()>();
-    tokio::time::timeout(args.timeout, creates).await.context("creating the ChatWorkspaces timed out")??;
-    let created = clock.elapsed();
-    eprintln!("scale: created in {:.1}s; waiting for Ready", created.as_secs_f64());
+    let (started, clock, created) = match existing {
+        Some(operator_started) => (operator_started.0, operator_started.1, Duration::ZERO),
+        None => {
+            sim.clear_requests();
+            let started = Timestamp::now();
+            let clock = Instant::now();
+            let created = create_resources(args, api).await?;
+            eprintln!("scale: created in {:.1}s; waiting for Ready", created.as_secs_f64());
+            (started, clock, created)
+        }
+    };
 
     let deadline = clock + args.timeout;
     let mut progress = Instant::now();
@@ -486,10 +515,20 @@ async fn converge(
     });
     let all_ready_s = ready_after.iter().copied().fold(0.0, f64::max);
     eprintln!("scale: all {n} Ready after {all_ready_s:.1}s");
+    let observed_s = existing.map(|_| {
+        tracker.with(|seen| {
+            seen.objects
+                .values()
+                .filter_map(|o| o.observed_since)
+                .map(|at| seconds_between(started, at))
+                .fold(0.0, f64::max)
+        })
+    });
     let log = sim.requests();
     let mut requests = RequestCounts::default();
     log.iter().for_each(|request| requests.count(request));
     Ok(Convergence {
+        observed_s,
         requests,
         peak_requests_in_1s: peak_in_one_second(&log),
         created_s: created.as_secs_f64(),
@@ -497,6 +536,28 @@ async fn converge(
         time_to_ready_s: Summary::of(ready_after),
         throughput_per_s: n as f64 / all_ready_s,
     })
+}
+
+/// Creates every ChatWorkspace, `CREATE_PARALLELISM` at a time.
+async fn create_resources(args: &Args, api: &Api<ChatWorkspace>) -> anyhow::Result<Duration> {
+    let n = args.resources;
+    eprintln!("scale: creating {n} ChatWorkspaces (desiredState Running, template {TEMPLATE})");
+    let clock = Instant::now();
+    let creates = futures::stream::iter((0..n).map(resource_name))
+        .map(|name| async move {
+            let object: ChatWorkspace = serde_json::from_value(json!({
+                "apiVersion": "chat.coder.com/v1alpha1",
+                "kind": "ChatWorkspace",
+                "metadata": {"name": name},
+                "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}},
+            }))?;
+            api.create(&PostParams::default(), &object).await.with_context(|| format!("creating {name}"))?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(CREATE_PARALLELISM)
+        .try_collect::<()>();
+    tokio::time::timeout(args.timeout, creates).await.context("creating the ChatWorkspaces timed out")??;
+    Ok(clock.elapsed())
 }
 
 /// The most requests whose arrival times fall within one second of each other.
@@ -647,7 +708,7 @@ async fn steady_state(
     }
     let window_s = seconds_between(begin, end);
     let per_minute = |count: u64| count as f64 / args.resources as f64 / (window_s / 60.0);
-    let resync_s = args.resync_interval.as_secs_f64();
+    let resync_s = args.baseline_interval.as_secs_f64();
     let baseline = 60.0 / resync_s;
     let total = requests.total();
     Ok(CoderLoad {
@@ -921,6 +982,9 @@ impl Report {
         let c = &self.convergence;
         let t = &c.time_to_ready_s;
         let _ = writeln!(out, "\nConvergence ({n} created at once, desiredState Running)");
+        if let Some(observed) = c.observed_s {
+            let _ = writeln!(out, "  {:<44}{:>10.1} s", "all observed (status with the Coder state)", observed);
+        }
         let _ = writeln!(out, "  {:<44}{:>10.1} s", "all created", c.created_s);
         let _ = writeln!(out, "  {:<44}{:>10.1} s", "all Ready", c.all_ready_s);
         let _ =

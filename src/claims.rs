@@ -1,6 +1,10 @@
 //! One actor per workspace: when two `ChatWorkspace`s point at the same
 //! Coder workspace, the older one drives it and the other reports a
-//! conflict. Decided from the controller's cache, with no extra requests.
+//! conflict. Decided from an index kept up to date from the watch, with no
+//! extra requests and without scanning every resource.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 
 use kube::ResourceExt;
 
@@ -9,7 +13,9 @@ use crate::crd::ChatWorkspace;
 /// What identifies a workspace before it is observed: the credentials (the
 /// default, or a Secret of the resource's namespace), the owner as written
 /// and the workspace name.
-fn spec_key(resource: &ChatWorkspace) -> (Option<String>, String, String) {
+type SpecKey = (Option<String>, String, String);
+
+fn spec_key(resource: &ChatWorkspace) -> SpecKey {
     let credentials = resource
         .spec
         .credentials_ref
@@ -21,7 +27,9 @@ fn spec_key(resource: &ChatWorkspace) -> (Option<String>, String, String) {
 
 /// Creation time, then namespace and name: a total order, stable over
 /// restarts, so every replica and every reconcile agrees on who is older.
-fn age_key(resource: &ChatWorkspace) -> (Option<jiff::Timestamp>, String, String) {
+type AgeKey = (Option<jiff::Timestamp>, String, String);
+
+fn age_key(resource: &ChatWorkspace) -> AgeKey {
     (
         resource.metadata.creation_timestamp.as_ref().map(|t| t.0),
         resource.namespace().unwrap_or_default(),
@@ -52,6 +60,122 @@ pub fn conflicting<'a>(
         .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
 }
 
+fn observed_id(resource: &ChatWorkspace) -> Option<String> {
+    resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone())
+}
+
+/// One resource's claim, ordered by age.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    age: AgeKey,
+    uid: String,
+}
+
+struct Held {
+    key: SpecKey,
+    id: Option<String>,
+    claim: Claim,
+}
+
+/// Every resource's claim, by what identifies its workspace: the spec's
+/// (credentials, owner, name) and the workspace id it observed.
+#[derive(Default)]
+pub struct ClaimsIndex {
+    inner: Mutex<Claims>,
+}
+
+#[derive(Default)]
+struct Claims {
+    by_key: HashMap<SpecKey, BTreeSet<Claim>>,
+    by_id: HashMap<String, BTreeSet<Claim>>,
+    /// uid → what it holds.
+    held: HashMap<String, Held>,
+    /// A relist under way, per watched namespace (`None`: all): the uids
+    /// it has seen so far.
+    relists: HashMap<Option<String>, HashSet<String>>,
+}
+
+impl Claims {
+    fn remove(&mut self, uid: &str) {
+        let Some(held) = self.held.remove(uid) else { return };
+        if let Some(set) = self.by_key.get_mut(&held.key) {
+            set.remove(&held.claim);
+            if set.is_empty() {
+                self.by_key.remove(&held.key);
+            }
+        }
+        if let Some(id) = held.id
+            && let Some(set) = self.by_id.get_mut(&id)
+        {
+            set.remove(&held.claim);
+            if set.is_empty() {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}
+
+impl ClaimsIndex {
+    /// A resource was added or changed.
+    pub fn apply(&self, resource: &ChatWorkspace) {
+        let uid = resource.uid().unwrap_or_default();
+        let mut claims = self.inner.lock().expect("claims");
+        for seen in claims.relists.values_mut() {
+            seen.insert(uid.clone());
+        }
+        claims.remove(&uid);
+        let claim = Claim { age: age_key(resource), uid: uid.clone() };
+        let key = spec_key(resource);
+        let id = observed_id(resource);
+        claims.by_key.entry(key.clone()).or_default().insert(claim.clone());
+        if let Some(id) = &id {
+            claims.by_id.entry(id.clone()).or_default().insert(claim.clone());
+        }
+        claims.held.insert(uid, Held { key, id, claim });
+    }
+
+    /// A resource is gone.
+    pub fn delete(&self, resource: &ChatWorkspace) {
+        self.inner.lock().expect("claims").remove(&resource.uid().unwrap_or_default());
+    }
+
+    /// A watch of `namespace` (`None`: all) starts listing everything again.
+    pub fn relist_started(&self, namespace: Option<&str>) {
+        self.inner.lock().expect("claims").relists.insert(namespace.map(str::to_string), HashSet::new());
+    }
+
+    /// The relist is complete: resources of that scope it did not list are gone.
+    pub fn relist_done(&self, namespace: Option<&str>) {
+        let mut claims = self.inner.lock().expect("claims");
+        let Some(seen) = claims.relists.remove(&namespace.map(str::to_string)) else { return };
+        let gone: Vec<String> = claims
+            .held
+            .iter()
+            .filter(|(uid, held)| !seen.contains(*uid) && namespace.is_none_or(|ns| held.claim.age.1 == ns))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            claims.remove(&uid);
+        }
+    }
+
+    /// Like [`conflicting`], from the index: the older resource that drives
+    /// the same workspace as `me`, if any, as `namespace/name`.
+    pub fn conflicting(&self, me: &ChatWorkspace, workspace_id: Option<&str>) -> Option<String> {
+        let claims = self.inner.lock().expect("claims");
+        let mine = Claim { age: age_key(me), uid: me.uid().unwrap_or_default() };
+        let by_key = claims.by_key.get(&spec_key(me)).and_then(|set| set.iter().next());
+        let by_id = workspace_id.and_then(|id| claims.by_id.get(id)).and_then(|set| set.iter().next());
+        // The oldest claim of each set; the older of the two wins.
+        [by_key, by_id]
+            .into_iter()
+            .flatten()
+            .filter(|claim| claim.uid != mine.uid && claim.age < mine.age)
+            .min()
+            .map(|claim| format!("{}/{}", claim.age.1, claim.age.2))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +196,7 @@ mod tests {
                 agent_name: None,
                 recovery: Default::default(),
                 deletion_policy: Default::default(),
+                outside_stops: Default::default(),
                 credentials_ref: None,
             },
         );
@@ -115,5 +240,48 @@ mod tests {
         old.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(30).unwrap()));
         let new = resource("a", "two", 20, Some("ws"));
         assert_eq!(conflicting(&new, None, [&old]), Some("a/one".into()));
+    }
+
+    #[test]
+    fn the_index_agrees_with_the_scan() {
+        let index = ClaimsIndex::default();
+        let mut old = resource("a", "one", 10, Some("ws"));
+        let new = resource("b", "two", 20, Some("ws"));
+        let other = resource("a", "three", 5, Some("elsewhere"));
+        for r in [&old, &new, &other] {
+            index.apply(r);
+        }
+        assert_eq!(index.conflicting(&new, None), Some("a/one".into()));
+        assert_eq!(index.conflicting(&old, None), None);
+        assert_eq!(index.conflicting(&other, None), None);
+
+        // Two spellings of one workspace meet through its observed id.
+        old.status = Some(ChatWorkspaceStatus {
+            workspace: Some(WorkspaceStatus { id: "w-1".into(), ..Default::default() }),
+            ..Default::default()
+        });
+        old.spec.workspace_name = Some("WS-spelled-otherwise".into());
+        index.apply(&old);
+        assert_eq!(index.conflicting(&new, None), None, "the spec keys differ now");
+        assert_eq!(index.conflicting(&new, Some("w-1")), Some("a/one".into()));
+
+        index.delete(&old);
+        assert_eq!(index.conflicting(&new, Some("w-1")), None);
+    }
+
+    #[test]
+    fn a_relist_forgets_what_it_did_not_list_in_its_own_namespace_only() {
+        let index = ClaimsIndex::default();
+        let gone = resource("a", "one", 10, Some("ws"));
+        let kept = resource("b", "two", 12, Some("ws"));
+        let new = resource("a", "three", 20, Some("ws"));
+        for r in [&gone, &kept, &new] {
+            index.apply(r);
+        }
+        index.relist_started(Some("a"));
+        index.apply(&new);
+        index.relist_done(Some("a"));
+        // a/one was not listed again; b/two belongs to another watch.
+        assert_eq!(index.conflicting(&new, None), Some("b/two".into()));
     }
 }

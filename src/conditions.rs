@@ -32,8 +32,18 @@ impl Verdict {
 /// `lastTransitionTime` unless its status flips, and every written condition
 /// carries `generation`. Conditions of other types are kept as they were.
 pub fn merge(previous: &[Condition], verdicts: &[Verdict], generation: i64, now: &Time) -> Vec<Condition> {
-    let mut merged: Vec<Condition> =
-        previous.iter().filter(|c| !verdicts.iter().any(|v| v.type_ == c.type_)).cloned().collect();
+    // A condition this pass did not speak about still stands, as of this
+    // generation: `kubectl wait --for=condition=…` after a patch must not
+    // wait on a type that only the previous generation's pass set.
+    let mut merged: Vec<Condition> = previous
+        .iter()
+        .filter(|c| !verdicts.iter().any(|v| v.type_ == c.type_))
+        .cloned()
+        .map(|mut c| {
+            c.observed_generation = Some(generation);
+            c
+        })
+        .collect();
     for verdict in verdicts {
         let status = if verdict.status { "True" } else { "False" };
         let last_transition_time = previous

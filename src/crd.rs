@@ -15,6 +15,11 @@ pub const FINALIZER: &str = "chat.coder.com/workspace";
 /// Field manager for everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "chatworkspace-operator";
 
+/// A new value of this annotation (any value; a time, as `kubectl rollout
+/// restart` stamps one) asks for one start of a workspace that Coder or a
+/// person stopped.
+pub const START_REQUESTED_AT: &str = "chat.coder.com/start-requested-at";
+
 /// A Coder workspace used by an AI chat, kept in the state its users ask for.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -87,6 +92,10 @@ pub struct ChatWorkspaceSpec {
     /// What deleting this resource does to the workspace.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// What a person's stop in Coder does while desiredState is Running
+    /// (Respect: it stays stopped; Restart: started again, budgeted).
+    #[serde(default)]
+    pub outside_stops: OutsideStops,
 
     /// A Secret in this namespace with keys `url` and `token`; default: the
     /// operator's own Coder credentials.
@@ -99,6 +108,20 @@ pub enum DesiredState {
     #[default]
     Running,
     Stopped,
+}
+
+/// What a stop made by a person in Coder (the dashboard, the CLI, the API)
+/// does while `desiredState` is `Running`. A stop by Coder's own policies
+/// (autostop, dormancy, task pause) is always respected.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum OutsideStops {
+    /// Leave it stopped until `desiredState` changes or the
+    /// `chat.coder.com/start-requested-at` annotation gets a new value.
+    #[default]
+    Respect,
+    /// Start it again, within the recovery budget (`recovery.maxAttempts`
+    /// per `recovery.window`), so a person who keeps stopping it wins.
+    Restart,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -289,6 +312,10 @@ pub struct ChatWorkspaceStatus {
     /// retried once per spec change rather than in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build_request: Option<BuildRequestStatus>,
+    /// The value of the `chat.coder.com/start-requested-at` annotation the
+    /// operator last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_request: Option<String>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -344,6 +371,13 @@ pub struct BuildStatus {
     pub transition: String,
     pub status: String,
     pub job_status: String,
+    /// Who or what made the build, as Coder records it (`initiator`,
+    /// `autostop`, `dormancy`, `dashboard`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The user who made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -55,6 +55,25 @@ impl Default for Requeue {
     }
 }
 
+/// A reachability probe of the chat agent, as the Coder index holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub outcome: ProbeOutcome,
+    /// Failed probes of this agent in a row, this one included (0 when it
+    /// passed): chatd's "retry once" counts them.
+    pub failures: u32,
+    /// Recent enough for a destructive step to rely on.
+    pub fresh: bool,
+}
+
+impl Probe {
+    /// A probe that just completed, the first failure if it failed.
+    pub fn just_now(outcome: ProbeOutcome) -> Self {
+        let failures = u32::from(!outcome.is_reachable());
+        Self { outcome, failures, fresh: true }
+    }
+}
+
 /// What the reconciler saw in Coder for this resource.
 #[derive(Clone, Debug)]
 pub enum Observed<'a> {
@@ -66,7 +85,7 @@ pub enum Observed<'a> {
         workspace: Option<&'a Workspace>,
         /// Read just now, one workspace at a time (not from a shared list).
         fresh: bool,
-        probe: Option<&'a ProbeOutcome>,
+        probe: Option<&'a Probe>,
     },
 }
 
@@ -79,6 +98,9 @@ pub struct Inputs<'a> {
     pub observed: Observed<'a>,
     pub now: Timestamp,
     pub requeue: Requeue,
+    /// The resource's `chat.coder.com/start-requested-at` annotation: a value
+    /// other than `previous.start_request` asks for one start.
+    pub start_request: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +179,13 @@ pub fn decide(inputs: &Inputs) -> Decision {
         }
     }
     out.finish()
+}
+
+/// What spent the `maxAttempts` per `window` budget.
+#[derive(Clone, Copy)]
+enum Spent {
+    OnRecoveries,
+    OnOutsideStops,
 }
 
 /// Builds one decision: the verdicts, action and status under construction.
@@ -287,6 +316,8 @@ impl<'a> Outcome<'a> {
             transition: build.transition.as_str().to_string(),
             status: build.status.as_str().to_string(),
             job_status: build.job.status.as_str().to_string(),
+            reason: Some(build.reason.clone()).filter(|r| !r.is_empty()),
+            initiator: Some(build.initiator_name.clone()).filter(|n| !n.is_empty()),
             error: build.job.error.clone().filter(|e| !e.is_empty()),
             created_at: Some(whole_seconds(build.created_at)),
         });
@@ -308,7 +339,7 @@ impl<'a> Outcome<'a> {
         });
     }
 
-    fn present(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn present(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
         let build = &workspace.latest_build;
         if build.job.status.is_active() {
             return self.wait_for_build(workspace);
@@ -403,7 +434,7 @@ impl<'a> Outcome<'a> {
         false
     }
 
-    fn keep_running(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn keep_running(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
         let build = &workspace.latest_build;
         let succeeded = build.job.status == ProvisionerJobStatus::Succeeded;
         match build.transition {
@@ -425,11 +456,125 @@ impl<'a> Outcome<'a> {
                 }
                 self.recovering_conditions();
             }
+            _ if workspace.dormant_at.is_some() => self.dormant(workspace),
+            WorkspaceTransition::Stop if succeeded && self.stopped_outside(build) => self.outside_stop(workspace),
             _ => {
                 self.end_recovery();
                 self.start(workspace, BuildReason::DesiredState);
             }
         }
+        if workspace.dormant_at.is_none() {
+            // A start asked for while dormant still counts once it is active.
+            self.note_start_request();
+        }
+    }
+
+    /// A new value of the start-request annotation, once acted on (or found
+    /// needless), is remembered so that it asks for one start only.
+    fn note_start_request(&mut self) {
+        if let Some(value) = self.inputs.start_request {
+            self.status.start_request = Some(value.to_string());
+        }
+    }
+
+    fn start_requested(&self) -> bool {
+        self.inputs.start_request.is_some_and(|v| self.inputs.previous.start_request.as_deref() != Some(v))
+    }
+
+    /// A succeeded stop that this operator did not ask for, of a workspace
+    /// this resource had already seen in an earlier build: Coder or a person
+    /// stopped it. (A workspace adopted while stopped is simply started.)
+    fn stopped_outside(&self, build: &WorkspaceBuild) -> bool {
+        let previous = self.inputs.previous;
+        let ours = previous.last_build_request.as_ref().is_some_and(|request| {
+            request.build_id.as_deref() == Some(build.id.as_str())
+                || (request.build_id.is_none()
+                    && request.transition == WorkspaceTransition::Stop.as_str()
+                    && request.time.0 <= build.created_at)
+        });
+        let seen_before = previous.latest_build.as_ref().is_some_and(|seen| seen.number <= build.build_number);
+        !ours && seen_before
+    }
+
+    fn outside_stop(&mut self, workspace: &Workspace) {
+        let build = &workspace.latest_build;
+        let by_policy = matches!(build.reason.as_str(), "autostop" | "dormancy" | "task_auto_pause");
+        let who = if build.initiator_name.is_empty() {
+            format!("reason {:?}", build.reason)
+        } else {
+            format!("reason {:?}, by {}", build.reason, build.initiator_name)
+        };
+        self.end_recovery();
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace was stopped in Coder.");
+        if self.start_requested() {
+            self.events.push(Event {
+                warning: false,
+                reason: "StartRequested",
+                note: format!(
+                    "Starting the workspace that Coder stopped (build #{}, {who}): the {} annotation has a new value.",
+                    build.build_number,
+                    crd::START_REQUESTED_AT
+                ),
+            });
+            return self.start(workspace, BuildReason::DesiredState);
+        }
+        if !by_policy && self.inputs.spec.outside_stops == crd::OutsideStops::Restart {
+            if self.budget_exhausted(Spent::OnOutsideStops) {
+                return;
+            }
+            let now = whole_seconds(self.inputs.now);
+            let recovery = self.recovery();
+            recovery.attempts += 1;
+            recovery.window_start.get_or_insert(now.clone());
+            recovery.last_attempt_time = Some(now);
+            recovery.last_reason = Some(format!("stopped in Coder ({who}); spec.outsideStops is Restart"));
+            self.events.push(Event {
+                warning: true,
+                reason: "RestartingOutsideStop",
+                note: format!(
+                    "Build #{} stopped the workspace in Coder ({who}); starting it again (spec.outsideStops: Restart).",
+                    build.build_number
+                ),
+            });
+            return self.start(workspace, BuildReason::DesiredState);
+        }
+        self.phase = Phase::Stopped;
+        let (reason, cause) = if by_policy {
+            ("StoppedByCoder", "Coder's own policy stopped it")
+        } else {
+            ("StoppedOutside", "it was stopped from Coder")
+        };
+        let message = format!(
+            "desiredState is Running, but {cause} (build #{}, {who}); the operator respects that. To start it \
+             again, set a new value of the {} annotation (kubectl annotate --overwrite cws NAME {}=$(date -u \
+             +%FT%TZ)){}.",
+            build.build_number,
+            crd::START_REQUESTED_AT,
+            crd::START_REQUESTED_AT,
+            if by_policy { "" } else { ", or set spec.outsideStops to Restart" }
+        );
+        self.say(READY, false, reason, message);
+        self.say(PROGRESSING, false, reason, "Nothing to do until a start is asked for.");
+    }
+
+    fn dormant(&mut self, workspace: &Workspace) {
+        self.end_recovery();
+        self.phase = Phase::Stopped;
+        let deletion = workspace
+            .deleting_at
+            .map(|at| format!(" Coder deletes it at {}.", at.round(jiff::Unit::Second).unwrap_or(at)))
+            .unwrap_or_default();
+        let message = format!(
+            "The workspace is dormant in Coder, which refuses to start it until it is made active again: a \
+             person must activate it in Coder's dashboard (or PUT /api/v2/workspaces/{}/dormant with \
+             {{\"dormant\": false}}), then ask for a start with a new value of the {} annotation.{deletion}",
+            workspace.id,
+            crd::START_REQUESTED_AT
+        );
+        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is dormant.");
+        self.say(DEGRADED, true, "Dormant", message.clone());
+        self.say(READY, false, "Dormant", message);
+        self.say(PROGRESSING, false, "Dormant", "No builds while the workspace is dormant.");
     }
 
     fn start(&mut self, workspace: &Workspace, reason: BuildReason) {
@@ -487,7 +632,7 @@ impl<'a> Outcome<'a> {
         self.no_agent_conditions("WorkspaceNotRunning", "The workspace's start failed.");
     }
 
-    fn judge_agent(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn judge_agent(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
         let build = &workspace.latest_build;
         let Some(agent) = chat_agent(build, self.inputs.spec.agent_name.as_deref()) else {
             return self.no_agent(build);
@@ -554,7 +699,7 @@ impl<'a> Outcome<'a> {
         self.say(READY, false, "AgentNeverConnected", message);
     }
 
-    fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&ProbeOutcome>) {
+    fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&Probe>) {
         self.say(AGENT_CONNECTED, true, "Connected", format!("Agent {} is connected.", agent.name));
         let Some(probe) = probe else {
             self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet.");
@@ -562,19 +707,25 @@ impl<'a> Outcome<'a> {
             self.requeue_within(self.inputs.requeue.probe_retry);
             return;
         };
-        if probe.is_reachable() {
-            self.recovery().probe_failures = 0;
+        if probe.outcome.is_reachable() {
+            if let Some(recovery) = self.status.recovery.as_mut() {
+                recovery.probe_failures = 0;
+            }
             self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent.");
             return self.agent_lifecycle(agent);
         }
         // chatd's dial timeout: retry once, then tell a person; never rebuild
-        // an agent that coderd still sees heartbeating.
-        let failures = {
-            let recovery = self.recovery();
-            recovery.probe_failures += 1;
-            recovery.probe_failures
-        };
-        self.say(AGENT_REACHABLE, false, probe_reason(probe), probe_message(probe, self.inputs.policy.probe_timeout));
+        // an agent that coderd still sees heartbeating. The index counts the
+        // probes, so a reconcile that sees the same probe twice counts it once.
+        let failures = probe.failures.max(1);
+        self.recovery().probe_failures = failures;
+        let outcome = &probe.outcome;
+        self.say(
+            AGENT_REACHABLE,
+            false,
+            probe_reason(outcome),
+            probe_message(outcome, self.inputs.policy.probe_timeout),
+        );
         if failures < 2 {
             self.say(READY, false, "ProbeRetry", "The agent did not answer a probe; retrying once. Wait for Ready.");
             self.requeue_within(self.inputs.requeue.probe_retry);
@@ -645,7 +796,7 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    fn disconnected(&mut self, agent: &WorkspaceAgent, fresh: bool, probe: Option<&ProbeOutcome>) {
+    fn disconnected(&mut self, agent: &WorkspaceAgent, fresh: bool, probe: Option<&Probe>) {
         let policy = self.inputs.policy;
         let since = agent.disconnected_at.or(agent.last_connected_at).unwrap_or(self.inputs.now);
         let for_how_long = elapsed(since, self.inputs.now);
@@ -662,10 +813,12 @@ impl<'a> Outcome<'a> {
             ),
         );
         match probe {
-            Some(probe) if probe.is_reachable() => {
+            Some(probe) if probe.outcome.is_reachable() => {
                 // The two-signal rule: a reachable agent is not dead, whatever
                 // the heartbeat says (e.g. it is respawning).
-                self.recovery().probe_failures = 0;
+                if let Some(recovery) = self.status.recovery.as_mut() {
+                    recovery.probe_failures = 0;
+                }
                 self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent despite the missed heartbeats.");
                 self.say(
                     READY,
@@ -677,10 +830,22 @@ impl<'a> Outcome<'a> {
                 return self.recovering_conditions();
             }
             Some(probe) => {
-                let message = probe_message(probe, policy.probe_timeout);
-                self.say(AGENT_REACHABLE, false, probe_reason(probe), message);
+                let message = probe_message(&probe.outcome, policy.probe_timeout);
+                self.say(AGENT_REACHABLE, false, probe_reason(&probe.outcome), message);
             }
             None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet."),
+        }
+        if self.recovery_stage() == Some(RecoveryStage::Stopping) && self.stop_intent_unconfirmed() {
+            // The recovery was decided and written down, but its stop build
+            // never confirmed (the operator stopped in between, or Coder
+            // failed the request): issue it again, as the same attempt.
+            if !fresh || !probe.is_some_and(|p| p.fresh) {
+                self.action = Action::Refresh;
+                self.requeue_within(self.inputs.requeue.probe_retry);
+                return self.recovering_conditions();
+            }
+            self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
+            return self.recovering_conditions();
         }
         if self.recovery_stage().is_some() {
             // The recovery's own start made this agent; a fresh disconnect
@@ -714,10 +879,11 @@ impl<'a> Outcome<'a> {
             self.requeue_within(remaining.max(Duration::from_millis(100)));
             return;
         }
-        if self.budget_exhausted() {
+        if self.budget_exhausted(Spent::OnRecoveries) {
             return;
         }
-        if !fresh || probe.is_none() {
+        if !fresh || !probe.is_some_and(|p| p.fresh) {
+            // Both signals again, fresh, right before the stop.
             self.action = Action::Refresh;
             self.requeue_within(self.inputs.requeue.probe_retry);
             return;
@@ -725,8 +891,18 @@ impl<'a> Outcome<'a> {
         self.start_recovery(agent, for_how_long);
     }
 
+    /// Whether the last build request is a recovery stop that Coder never
+    /// confirmed (no build id was recorded for it).
+    fn stop_intent_unconfirmed(&self) -> bool {
+        self.inputs.previous.last_build_request.as_ref().is_some_and(|request| {
+            request.reason == BuildReason::Recovery.as_str()
+                && request.transition == WorkspaceTransition::Stop.as_str()
+                && request.build_id.is_none()
+        })
+    }
+
     /// Applies the `maxAttempts` per `window` budget; true when it is spent.
-    fn budget_exhausted(&mut self) -> bool {
+    fn budget_exhausted(&mut self, spent: Spent) -> bool {
         let policy = self.inputs.policy;
         let now = self.inputs.now;
         let generation = self.inputs.generation;
@@ -748,12 +924,20 @@ impl<'a> Outcome<'a> {
             .map_or_else(|| "later".to_string(), |t| t.round(jiff::Unit::Second).unwrap_or(t).to_string());
         let attempts = recovery.attempts;
         self.phase = Phase::Failed;
-        let message = format!(
-            "The agent died again after {attempts} automatic recoveries within {}; the operator stops rebuilding \
-             this workspace. A person should look at why it keeps dying. Recovery resumes at {reopens_at} (when \
-             the window ends) or when the spec changes.",
-            human(policy.window),
-        );
+        let message = match spent {
+            Spent::OnRecoveries => format!(
+                "The agent died again after {attempts} automatic recoveries within {}; the operator stops \
+                 rebuilding this workspace. A person should look at why it keeps dying. Recovery resumes at \
+                 {reopens_at} (when the window ends) or when the spec changes.",
+                human(policy.window),
+            ),
+            Spent::OnOutsideStops => format!(
+                "The workspace was stopped in Coder again after {attempts} automatic starts within {}; the \
+                 person stopping it wins and the operator leaves it stopped. Restarts resume at {reopens_at} \
+                 (when the window ends) or when the spec changes.",
+                human(policy.window),
+            ),
+        };
         self.say(DEGRADED, true, "RecoveryBudgetExhausted", message.clone());
         self.say(READY, false, "AgentDisconnected", message);
         self.say(RECOVERING, false, "RecoveryBudgetExhausted", "No more automatic recoveries in this window.");
@@ -845,6 +1029,7 @@ fn probe_reason(probe: &ProbeOutcome) -> &'static str {
         ProbeOutcome::Refused { .. } => "ProbeRefused",
         ProbeOutcome::TimedOut => "ProbeTimedOut",
         ProbeOutcome::Failed { .. } => "ProbeFailed",
+        ProbeOutcome::Inconclusive { .. } => "ProbeInconclusive",
     }
 }
 
@@ -856,6 +1041,7 @@ fn probe_message(probe: &ProbeOutcome, timeout: Duration) -> String {
         }
         ProbeOutcome::TimedOut => format!("coderd did not reach the agent within {}.", human(timeout)),
         ProbeOutcome::Failed { message } => format!("The probe through coderd failed: {message}"),
+        ProbeOutcome::Inconclusive { message } => format!("The probe through coderd was inconclusive: {message}"),
     }
 }
 

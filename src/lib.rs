@@ -6,6 +6,8 @@
 //!   → one action + new status), with [`conditions`] and [`claims`].
 //! - [`coder`]: the Coder REST client; [`credentials`] and [`templates`]
 //!   resolve what a resource talks to and creates from.
+//! - [`index`]: the Coder index, observing Coder in the background and
+//!   waking the resources whose workspace changed.
 //! - [`controller`]: the kube-runtime reconciler, a thin shell of I/O.
 //! - [`admin`], [`metrics`], [`telemetry`]: health, metrics and logs.
 
@@ -18,8 +20,8 @@ pub mod crd;
 pub mod credentials;
 pub mod decision;
 pub mod error;
+pub mod index;
 pub mod leader;
 pub mod metrics;
-pub mod observer;
 pub mod telemetry;
 pub mod templates;

@@ -17,9 +17,9 @@ use chatworkspace_operator::controller::{self, Context, Settings};
 use chatworkspace_operator::crd::{ChatWorkspace, parse_duration};
 use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
+use chatworkspace_operator::index::IndexSettings;
 use chatworkspace_operator::leader::{self, LeaseSettings, Role};
 use chatworkspace_operator::metrics::Metrics;
-use chatworkspace_operator::observer::ObserverSettings;
 use chatworkspace_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -60,30 +60,44 @@ struct RunArgs {
     /// Timeout of one Coder API request.
     #[arg(long, env = "CODER_REQUEST_TIMEOUT", default_value = "15s", value_parser = duration)]
     coder_request_timeout: Duration,
-    /// How often a settled resource is looked at again.
-    #[arg(long, env = "RESYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    /// How often a settled resource is reconciled anyway: a safety net only,
+    /// since the Coder index wakes a resource when its workspace changes.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
     resync_interval: Duration,
-    /// How often a resource with a build or agent start under way is looked at.
+    /// How often a resource with a build or agent start under way is looked
+    /// at, and how often the index reads such workspaces again.
     #[arg(long, env = "ACTIVE_INTERVAL", default_value = "2s", value_parser = duration)]
     active_interval: Duration,
     /// How long template and preset reads are reused.
     #[arg(long, env = "TEMPLATE_CACHE_TTL", default_value = "5m", value_parser = duration)]
     template_cache_ttl: Duration,
-    /// How long one owner's workspace list (one request for all their
-    /// workspaces) serves reconciles before it is read again.
-    #[arg(long, env = "LIST_MAX_AGE", default_value = "5s", value_parser = duration)]
-    list_max_age: Duration,
-    /// How long a successful probe of a connected agent is trusted.
-    /// Probes of healthy agents are most of the steady-state traffic, so
-    /// this sets the operator's Coder load at scale (docs/performance.md).
+    /// How often each owner's workspaces that need attention (unhealthy
+    /// agents, how many run) are looked at: the delay to notice an agent's
+    /// death or a stop made in Coder. Two small requests per owner.
+    #[arg(long, env = "ATTENTION_INTERVAL", default_value = "10s", value_parser = duration)]
+    attention_interval: Duration,
+    /// How often every workspace of each owner is listed, as a backstop.
+    #[arg(long, env = "FULL_LIST_INTERVAL", default_value = "5m", value_parser = duration)]
+    full_list_interval: Duration,
+    /// How often a healthy agent is probed, at most.
     #[arg(long, env = "PROBE_INTERVAL", default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
+    /// Probes of healthy agents per minute, across all of them (they share
+    /// Coder's budget; docs/performance.md). Probes that decide something
+    /// (a disconnected agent, a new one, a retry) are not counted here.
+    #[arg(long, env = "PROBE_BUDGET_PER_MINUTE", default_value_t = 120)]
+    probe_budget_per_minute: u32,
+    /// Probes in flight at once.
+    #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 8)]
+    probe_concurrency: usize,
     /// Most Coder requests per second, across every workspace and credential
-    /// (0: unlimited).
-    #[arg(long, env = "CODER_MAX_RPS", default_value_t = 20.0)]
+    /// (0: unlimited). The default stays under 60 % of coderd's default
+    /// per-user limit (512 per minute); raise it with coderd's
+    /// --api-rate-limit, or for an Owner token that bypasses the limit.
+    #[arg(long, env = "CODER_MAX_RPS", default_value_t = 5.0)]
     coder_max_rps: f64,
     /// Requests allowed at once above that rate after a quiet spell.
-    #[arg(long, env = "CODER_BURST", default_value_t = 40)]
+    #[arg(long, env = "CODER_BURST", default_value_t = 10)]
     coder_burst: u32,
     /// Name of this replica in Events and leases; default: the host name
     /// (with a random suffix in the lease, where it must be unique).
@@ -163,10 +177,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces: args.namespaces.clone(),
         template_ttl: args.template_cache_ttl,
         instance: identity,
-        observer: ObserverSettings {
-            max_age: args.list_max_age,
+        index: IndexSettings {
+            attention_interval: args.attention_interval,
+            active_interval: args.active_interval,
+            full_interval: args.full_list_interval,
             probe_interval: args.probe_interval,
-            ..ObserverSettings::default()
+            probe_budget_per_minute: args.probe_budget_per_minute,
+            probe_concurrency: args.probe_concurrency,
+            ..IndexSettings::default()
         },
     };
     let context = Arc::new(Context::new(kube, credentials, metrics.clone(), settings));

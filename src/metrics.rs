@@ -57,6 +57,13 @@ pub struct Metrics {
     /// 1 while this replica reconciles (it holds the leader lease, or leader
     /// election is off); 0 on a standby.
     pub leader: Gauge,
+    /// Reconciles the Coder index asked for because what it holds changed.
+    pub index_wakes: Counter,
+    /// Reachability probes the index's prober completed.
+    pub index_probes: Counter,
+    /// From the moment a resource is woken or becomes due to the start of
+    /// its reconcile: how long the queue makes it wait.
+    pub queue_wait: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -86,6 +93,16 @@ impl Default for Metrics {
         registry.register("recoveries", "Automatic recoveries by outcome", recoveries.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the one that reconciles", leader.clone());
+        let index_wakes = Counter::default();
+        registry.register("index_wakes", "Reconciles asked for by the Coder index", index_wakes.clone());
+        let index_probes = Counter::default();
+        registry.register("index_probes", "Agent probes completed by the Coder index", index_probes.clone());
+        let queue_wait = latency_histogram();
+        registry.register(
+            "queue_wait_seconds",
+            "Time from a resource being woken by the Coder index to the start of its reconcile",
+            queue_wait.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -96,6 +113,9 @@ impl Default for Metrics {
             builds,
             recoveries,
             leader,
+            index_wakes,
+            index_probes,
+            queue_wait,
         }
     }
 }

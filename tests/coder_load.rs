@@ -1,5 +1,6 @@
-//! What the operator costs Coder: shared list observation instead of one
-//! read per workspace, and a hard cap on the request rate.
+//! What the operator costs Coder: the index observes each owner with a few
+//! list requests per attention interval, however many workspaces that owner
+//! has, and a hard cap bounds the request rate.
 
 mod support;
 
@@ -24,7 +25,7 @@ async fn create_ready(env: &Env) {
 }
 
 #[tokio::test]
-async fn settled_workspaces_are_observed_through_shared_lists() {
+async fn settled_workspaces_are_observed_per_owner_not_per_workspace() {
     let env = Env::start("lists").await;
     create_ready(&env).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -36,14 +37,21 @@ async fn settled_workspaces_are_observed_through_shared_lists() {
     let single_reads = requests.iter().filter(|r| r.path.contains("/workspace/")).count();
     let lists = requests.iter().filter(|r| r.method == "GET" && r.path == "/api/v2/workspaces").count();
     let builds = requests.iter().filter(|r| r.method == "POST").count();
-    // Each resource is resynced every 2 s in tests: 18 reconciles in the
-    // window, which one-read-per-object polling would pay with 18 reads.
-    let reconciles = RESOURCES as f64 * window.as_secs_f64() / support::fast_requeue().stable.as_secs_f64();
-    println!("{RESOURCES} settled workspaces, {window:?}: {lists} list requests, {single_reads} single reads");
+    // One owner: per attention interval, the unhealthy list and the count
+    // of running workspaces; per full interval, the whole list (one page).
+    let index = support::fast_index();
+    let polls = window.as_secs_f64() / index.attention_interval.as_secs_f64();
+    let full = window.as_secs_f64() / index.full_interval.as_secs_f64();
+    let bound = (2.0 * polls + full).ceil() as usize + 2;
+    println!(
+        "{RESOURCES} settled workspaces of one owner, {window:?}: {lists} list requests (bound {bound}), {single_reads} single reads"
+    );
     assert_eq!(builds, 0, "nothing to build at steady state");
     assert_eq!(single_reads, 0, "settled workspaces need no read of their own");
     assert!(lists >= 1, "the workspaces are still observed");
-    assert!((lists as f64) < reconciles / 2.0, "{lists} lists for ~{reconciles} reconciles");
+    assert!(lists <= bound, "{lists} list requests in {window:?}; the owner's polls allow {bound}");
+    let unhealthy = requests.iter().filter(|r| r.query.contains("healthy")).count();
+    assert!(unhealthy >= 1, "the index asks coderd for unhealthy agents, with its own search filter");
 }
 
 #[tokio::test]

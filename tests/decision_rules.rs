@@ -10,7 +10,8 @@ use chatworkspace_operator::crd::{
     RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
 };
 use chatworkspace_operator::decision::{
-    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Requeue, decide, decide_cleanup, needs_probe,
+    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Probe, Requeue, decide, decide_cleanup,
+    needs_probe,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,6 +36,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         agent_name: None,
         recovery: RecoverySpec::default(),
         deletion_policy: DeletionPolicy::Stop,
+        outside_stops: Default::default(),
         credentials_ref: None,
     }
 }
@@ -100,14 +102,22 @@ fn decide_with(
     workspace: Option<&Workspace>,
     probe: Option<&ProbeOutcome>,
 ) -> Decision {
+    // Each call stands for a new probe: the index counts failures in a row.
+    let failures_before = previous.recovery.as_ref().map_or(0, |r| r.probe_failures);
+    let probe = probe.map(|outcome| Probe {
+        outcome: outcome.clone(),
+        failures: if outcome.is_reachable() { 0 } else { failures_before + 1 },
+        fresh: true,
+    });
     decide(&Inputs {
         spec,
         policy: spec.recovery.policy().unwrap(),
         generation: 1,
         previous,
-        observed: Observed::Workspace { workspace, fresh: true, probe },
+        observed: Observed::Workspace { workspace, fresh: true, probe: probe.as_ref() },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     })
 }
 
@@ -293,6 +303,7 @@ fn a_conflict_builds_nothing() {
         observed: Observed::Conflict { other: "team-a/first".into() },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(d.action, Action::None);
     assert_eq!(condition(&d, DEGRADED), ("True".into(), "Conflict".into()));
@@ -340,11 +351,70 @@ fn a_cached_observation_is_refreshed_before_a_recovery() {
         policy: policy(),
         generation: 1,
         previous: &Default::default(),
-        observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&timed_out()) },
+        observed: Observed::Workspace {
+            workspace: Some(&ws),
+            fresh: false,
+            probe: Some(&Probe::just_now(timed_out())),
+        },
         now: at(0),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(d.action, Action::Refresh);
+}
+
+#[test]
+fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
+    let s = spec(DesiredState::Running);
+    let ws = workspace("start", "succeeded", Some(dead_for(120)));
+    let stale = Probe { outcome: refused(), failures: 3, fresh: false };
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&stale) },
+        now: at(0),
+        requeue: Requeue::default(),
+        start_request: None,
+    });
+    assert_eq!(d.action, Action::Refresh, "both signals are checked fresh right before the stop");
+    let fresh = Probe { fresh: true, ..stale };
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&fresh) },
+        now: at(0),
+        requeue: Requeue::default(),
+        start_request: None,
+    });
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+}
+
+#[test]
+fn the_same_failed_probe_seen_twice_counts_once() {
+    // A reconcile woken for another reason sees the index's last probe again:
+    // that is still one failure, not chatd's second.
+    let ws = workspace("start", "succeeded", Some(READY_AGENT));
+    let once = Probe::just_now(timed_out());
+    let s = spec(DesiredState::Running);
+    let mut previous = ChatWorkspaceStatus::default();
+    for _ in 0..3 {
+        let d = decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &previous,
+            observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&once) },
+            now: at(0),
+            requeue: Requeue::default(),
+            start_request: None,
+        });
+        assert_eq!(condition(&d, DEGRADED).0, "False");
+        previous = d.status;
+    }
 }
 
 #[test]
@@ -480,9 +550,14 @@ fn condition_times_move_only_on_flips_across_decisions() {
         policy: policy(),
         generation: 1,
         previous: &first.status,
-        observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&ProbeOutcome::Reachable) },
+        observed: Observed::Workspace {
+            workspace: Some(&ws),
+            fresh: true,
+            probe: Some(&Probe::just_now(ProbeOutcome::Reachable)),
+        },
         now: at(100),
         requeue: Requeue::default(),
+        start_request: None,
     });
     assert_eq!(first.status, again.status, "nothing changed: the status is identical, so nothing is written");
 }
@@ -526,21 +601,37 @@ proptest! {
         attempts in 0u32..5,
         fresh in any::<bool>(),
         exists in any::<bool>(),
+        unconfirmed_stop in any::<bool>(),
+        generation in 1i64..3,
     ) {
         let ws = workspace(transition, job, agent);
         let s = spec(desired);
+        // Conditions written for generation 1 by an earlier pass: the ones
+        // this pass does not speak about must be restamped too.
+        let earlier = decide_with(&s, &Default::default(), Some(&workspace("start", "succeeded", Some(READY_AGENT))), Some(&ProbeOutcome::Reachable));
         let previous = ChatWorkspaceStatus {
             recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
+            conditions: earlier.status.conditions.clone(),
+            last_build_request: unconfirmed_stop.then(|| BuildRequestStatus {
+                build_id: None,
+                transition: "stop".into(),
+                reason: "Recovery".into(),
+                generation: 1,
+                time: Time(at(-30)),
+            }),
             ..Default::default()
         };
+        prop_assert!(!previous.conditions.is_empty());
+        let probe = probe.map(Probe::just_now);
         let d = decide(&Inputs {
             spec: &s,
             policy: policy(),
-            generation: 1,
+            generation,
             previous: &previous,
             observed: Observed::Workspace { workspace: exists.then_some(&ws), fresh, probe: probe.as_ref() },
             now: at(0),
             requeue: Requeue::default(),
+        start_request: None,
         });
         let active = matches!(job, "pending" | "running" | "canceling");
         if let Action::Build(plan) = &d.action {
@@ -554,10 +645,15 @@ proptest! {
                 (_, WorkspaceTransition::Delete) => prop_assert!(false, "the lifecycle never deletes"),
                 _ => {}
             }
-            if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && stage.is_none() {
+            let starts_or_resumes = stage.is_none() || unconfirmed_stop;
+            if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && starts_or_resumes && transition == "start" {
                 prop_assert!(fresh, "a recovery stop from a cached observation");
-                prop_assert!(matches!(probe, Some(ref p) if !p.is_reachable()), "a recovery stop without a failed probe");
-                prop_assert!(attempts < 3 || d.status.recovery.as_ref().unwrap().attempts == 1, "over budget");
+                prop_assert!(matches!(probe, Some(ref p) if !p.outcome.is_reachable()), "a recovery stop without a failed probe");
+                let now = d.status.recovery.as_ref().unwrap().attempts;
+                prop_assert!(attempts < 3 || generation != 1 || now == attempts, "over budget");
+                if stage.is_some() {
+                    prop_assert_eq!(now, attempts, "resuming an unconfirmed stop is the same attempt");
+                }
             }
         }
         if d.action == Action::CreateWorkspace {
@@ -565,9 +661,9 @@ proptest! {
         }
         // Every condition carries the generation it was computed for.
         for c in &d.status.conditions {
-            prop_assert_eq!(c.observed_generation, Some(1));
+            prop_assert_eq!(c.observed_generation, Some(generation), "condition {} kept an old generation", c.type_);
         }
-        prop_assert_eq!(d.status.observed_generation, Some(1));
+        prop_assert_eq!(d.status.observed_generation, Some(generation));
         prop_assert!(d.requeue > Duration::ZERO);
     }
 }
@@ -604,4 +700,38 @@ fn status_times_survive_a_round_trip_through_the_apiserver() {
     assert_eq!(read_back, first.status);
     let second = decide_with(&s, &read_back, Some(&ws), Some(&ProbeOutcome::Reachable));
     assert_eq!(second.status, read_back, "nothing to write on the next pass");
+}
+
+#[test]
+fn an_unconfirmed_recovery_stop_is_issued_again_as_the_same_attempt() {
+    // The recovery was written down (stage, attempt, request) but its stop
+    // build never confirmed: the operator stopped in between.
+    let ws = workspace("start", "succeeded", Some(dead_for(120)));
+    let previous = ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus {
+            stage: Some(RecoveryStage::Stopping),
+            attempts: 1,
+            window_start: Some(Time(at(-20))),
+            generation: Some(1),
+            ..Default::default()
+        }),
+        last_build_request: Some(BuildRequestStatus {
+            build_id: None,
+            transition: "stop".into(),
+            reason: "Recovery".into(),
+            generation: 1,
+            time: Time(at(-20)),
+        }),
+        ..Default::default()
+    };
+    let d = decide_with(&spec(DesiredState::Running), &previous, Some(&ws), Some(&refused()));
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 1, "the same attempt, not a new one");
+
+    // Once Coder confirmed the build (its id recorded), a disconnect of the
+    // agent of a later start is a new recovery.
+    let mut confirmed = previous.clone();
+    confirmed.last_build_request.as_mut().unwrap().build_id = Some("build-8".into());
+    let d = decide_with(&spec(DesiredState::Running), &confirmed, Some(&ws), Some(&refused()));
+    assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 2);
 }

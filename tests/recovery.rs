@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
+use coder_sim::{Fault, FaultKind};
 use serde_json::json;
 use support::{Env, LONG};
 
@@ -99,19 +100,34 @@ async fn a_heartbeat_gap_shorter_than_the_threshold_builds_nothing() {
 
 #[tokio::test]
 async fn a_disconnected_agent_that_is_back_on_the_fresh_read_builds_nothing() {
-    // The observation says disconnected past the threshold, but the fresh
-    // read and probe right before acting find the agent back.
+    // The index says disconnected past the threshold and the probes fail,
+    // but the fresh read right before acting finds the agent back.
     let env = Env::start("fresh").await;
-    let mut spec = fast_recovery(3);
-    spec["recovery"]["disconnectedThreshold"] = json!("3s");
-    env.create("chat-1", spec).await;
+    env.create("chat-1", fast_recovery(3)).await;
     ready(&env, "chat-1").await;
     let id = env.workspace_id("admin", "chat-1");
 
+    // Probes hang (they time out: a failed probe) and the agent dies.
+    env.sim.partition_probe(id, true);
     env.sim.kill_agent(id);
+    env.wait_for_condition("chat-1", AGENT_CONNECTED, "False", Some("Disconnected"), LONG).await;
     env.wait_for_condition("chat-1", AGENT_REACHABLE, "False", None, LONG).await;
+    // Freeze the index on that view: its lists hang from now on.
+    env.sim.inject_fault(Fault::new("/api/v2/workspaces", FaultKind::Hang).method("GET"));
+    env.sim.clear_requests();
     env.sim.revive_agent(id);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Past the threshold: the reconcile reads the workspace fresh, and finds
+    // the agent connected again.
+    let deadline = std::time::Instant::now() + LONG;
+    while !env.sim.requests().iter().any(|r| r.path.ends_with("/workspace/chat-1")) {
+        assert!(std::time::Instant::now() < deadline, "the reconcile never read the workspace fresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(THRESHOLD).await;
+    assert_eq!(env.transitions(id), ["start"], "no recovery for an agent back on the fresh read");
+
+    env.sim.clear_faults();
+    env.sim.partition_probe(id, false);
     ready(&env, "chat-1").await;
     assert_eq!(env.transitions(id), ["start"]);
 }
@@ -190,10 +206,48 @@ async fn an_operator_killed_after_the_recovery_stop_resumes_without_a_second_sto
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     env.start_operator();
-    ready(&env, "chat-1").await;
+    let after = ready(&env, "chat-1").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(env.transitions(id), ["start", "stop", "start"], "the recovery finished with no second stop");
     assert_eq!(env.stacked_builds(), 0);
+    assert_eq!(attempts(&env).await, 1, "the attempt was written down before the stop: {:?}", after.status);
+}
+
+async fn attempts(env: &Env) -> u32 {
+    let cws = env.get("chat-1").await;
+    cws.status.and_then(|s| s.recovery).map_or(0, |r| r.attempts)
+}
+
+#[tokio::test]
+async fn an_operator_stopped_before_it_learned_of_its_recovery_stop_resumes_the_same_attempt() {
+    let mut env = Env::start("intent").await;
+    env.create("chat-1", fast_recovery(3)).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    // The stop build takes effect in Coder, but its answer comes late: the
+    // operator is killed before it hears of the build.
+    env.sim.inject_fault(
+        Fault::new(format!("/api/v2/workspaces/{id}/builds"), FaultKind::AnswerLate(Duration::from_secs(5)))
+            .method("POST")
+            .times(1),
+    );
+    env.sim.kill_agent(id);
+    let deadline = std::time::Instant::now() + LONG;
+    while env.transitions(id).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no recovery stop build");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    env.kill_operator();
+    let written = env.get("chat-1").await.status.and_then(|s| s.recovery).expect("status.recovery before the stop");
+    assert_eq!(written.attempts, 1, "the attempt is written down before the build is requested");
+    assert!(written.stage.is_some(), "and so is the stage");
+
+    env.start_operator();
+    ready(&env, "chat-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.transitions(id), ["start", "stop", "start"], "resumed, with no second stop");
+    assert_eq!(attempts(&env).await, 1, "one recovery counts once against the budget");
 }
 
 #[tokio::test]

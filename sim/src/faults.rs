@@ -19,7 +19,8 @@ pub struct Fault {
     pub times: Option<u32>,
 }
 
-/// In JSON: `{"status": 503}`, `{"latency_ms": 2000}` or `"hang"`.
+/// In JSON: `{"status": 503}`, `{"latency_ms": 2000}`,
+/// `{"answer_late_ms": 3000}`, `{"rate_limited_s": 3}` or `"hang"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -31,6 +32,14 @@ pub enum FaultKind {
     /// Never answer, until the faults are cleared (then serve normally) or
     /// two minutes pass (then 504).
     Hang,
+    /// Serve normally, then hold the answer this long: the request has taken
+    /// effect (a build exists) but the client does not know yet.
+    #[serde(rename = "answer_late_ms", with = "millis")]
+    AnswerLate(Duration),
+    /// coderd's per-user rate limit: 429 with `Retry-After` in seconds, as
+    /// its rate limiter answers.
+    #[serde(rename = "rate_limited_s")]
+    RateLimited(u64),
 }
 
 impl Fault {

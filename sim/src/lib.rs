@@ -205,6 +205,27 @@ impl Simulator {
         self.handle.shared.partition_probe(workspace, partitioned);
     }
 
+    /// Coder stops the workspace on its own, as its autostop (`autostop`),
+    /// dormancy (`dormancy`, which also makes it dormant) or task pause
+    /// (`task_auto_pause`) do.
+    ///
+    /// # Panics
+    /// If the workspace does not exist or a build is under way.
+    pub fn stop_by_coder(&self, workspace: Uuid, reason: &str) -> Uuid {
+        self.handle
+            .shared
+            .lock()
+            .stop_by_coder(workspace, reason, Timestamp::now())
+            .unwrap_or_else(|err| panic!("stopping {workspace}: {}", err.message))
+    }
+
+    /// Makes a dormant workspace active again, as Coder's dashboard does.
+    pub fn activate(&self, workspace: Uuid) {
+        if let Some(ws) = self.handle.shared.lock().workspaces.get_mut(&workspace) {
+            ws.dormant_at = None;
+        }
+    }
+
     /// The agents of the next start build (of this workspace, or of any when
     /// `None`) never connect: `connecting`, then `timeout`.
     pub fn never_connect_next_start(&self, workspace: Option<Uuid>) {

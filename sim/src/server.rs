@@ -136,9 +136,21 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     let response = match fault {
         None => next.run(request).await,
         Some(FaultKind::Status(code)) => injected_status(code),
+        Some(FaultKind::RateLimited(retry_after)) => {
+            let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "You've been rate limited.")
+                .detail("The simulator answers matching requests as coderd's rate limiter does.")
+                .into_response();
+            response.headers_mut().insert("retry-after", retry_after.into());
+            response
+        }
         Some(FaultKind::Latency(delay)) => {
             tokio::time::sleep(delay).await;
             next.run(request).await
+        }
+        Some(FaultKind::AnswerLate(delay)) => {
+            let response = next.run(request).await;
+            tokio::time::sleep(delay).await;
+            response
         }
         Some(FaultKind::Hang) => match shared.hang().await {
             Wait::Released => next.run(request).await,

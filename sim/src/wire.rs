@@ -61,6 +61,8 @@ pub struct CreateWorkspaceBuildRequest {
     pub rich_parameter_values: Option<Vec<ParameterValue>>,
     #[serde(default)]
     pub log_level: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 pub fn set(id: Option<Uuid>) -> Option<Uuid> {
@@ -158,7 +160,7 @@ impl Workspace {
             ttl_ms: ws.ttl_ms,
             last_used_at: latest.created_at,
             deleting_at: None,
-            dormant_at: None,
+            dormant_at: ws.dormant_at,
             health: WorkspaceHealth { healthy: failing_agents.is_empty(), failing_agents },
             automatic_updates: ws.automatic_updates.clone(),
             allow_renames: false,
@@ -185,7 +187,7 @@ pub struct WorkspaceBuild {
     pub initiator_id: Uuid,
     pub initiator_name: String,
     pub job: ProvisionerJob,
-    pub reason: &'static str,
+    pub reason: String,
     pub resources: Vec<WorkspaceResource>,
     pub deadline: Option<Timestamp>,
     pub max_deadline: Option<Timestamp>,
@@ -246,7 +248,7 @@ impl WorkspaceBuild {
                 JobInput::Build(build.id),
                 now,
             ),
-            reason: "initiator",
+            reason: build.reason.clone(),
             resources,
             deadline,
             max_deadline: None,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, RETRY_AFTER};
 use reqwest::{Method, Response, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,11 +55,19 @@ struct Inner {
     api_url: Url,
     token: SessionToken,
     request_timeout: Duration,
+    /// Set by a 429: no request of this token goes out before then.
+    paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
+/// How long a 429 without a usable `Retry-After` pauses the token, and the
+/// longest pause honoured (a broken header must not stop the operator).
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
 /// What the reachability probe (`GET /workspaceagents/{id}/listening-ports`)
-/// found. Only `Reachable` is a passed probe; the others are failed probes,
-/// kept apart because they mean different things about the agent.
+/// found. Only `Reachable` is a passed probe; `Refused`, `TimedOut` and
+/// `Failed` are failed probes, kept apart because they mean different
+/// things about the agent. `Inconclusive` is no evidence either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
     /// coderd dialed the agent and it answered.
@@ -70,14 +78,23 @@ pub enum ProbeOutcome {
     /// No answer within the probe timeout: coderd is still dialing an agent
     /// it believes connected, typically a dead or cut-off one.
     TimedOut,
-    /// Anything else: coderd's dial failed (500), the agent does not exist
-    /// (404), coderd could not be reached, ...
+    /// coderd tried to dial the agent and failed (500).
     Failed { message: String },
+    /// The probe says nothing about the agent: coderd did not get to dial it
+    /// (429, 401, 403, an unknown agent id), a proxy in front of coderd
+    /// failed (502, 503, 504), or coderd itself could not be reached. It
+    /// neither counts toward a recovery nor toward a dial timeout.
+    Inconclusive { message: String },
 }
 
 impl ProbeOutcome {
     pub fn is_reachable(&self) -> bool {
         matches!(self, Self::Reachable)
+    }
+
+    /// Whether the outcome is evidence about the agent at all.
+    pub fn is_conclusive(&self) -> bool {
+        !matches!(self, Self::Inconclusive { .. })
     }
 
     /// A short CamelCase name for condition reasons and metric labels.
@@ -87,6 +104,7 @@ impl ProbeOutcome {
             Self::Refused { .. } => "Refused",
             Self::TimedOut => "TimedOut",
             Self::Failed { .. } => "Failed",
+            Self::Inconclusive { .. } => "Inconclusive",
         }
     }
 }
@@ -100,6 +118,7 @@ impl fmt::Display for ProbeOutcome {
             }
             Self::TimedOut => f.write_str("the agent did not answer through coderd in time"),
             Self::Failed { message } => write!(f, "the probe failed: {message}"),
+            Self::Inconclusive { message } => write!(f, "the probe was inconclusive: {message}"),
         }
     }
 }
@@ -123,7 +142,14 @@ impl CoderClient {
             .build()
             .map_err(|error| CoderError::Transport { endpoint: "client setup", message: describe(&error) })?;
         Ok(Self {
-            inner: Arc::new(Inner { http, base_url, api_url, token, request_timeout }),
+            inner: Arc::new(Inner {
+                http,
+                base_url,
+                api_url,
+                token,
+                request_timeout,
+                paused_until: std::sync::Mutex::new(None),
+            }),
             observer: None,
             rate_limit: None,
         })
@@ -251,9 +277,13 @@ impl CoderClient {
             Ok(answer) if is_refusal(answer.status) => {
                 ProbeOutcome::Refused { status: answer.status.as_u16(), message: self.error_body(&answer).summary() }
             }
-            Ok(answer) => ProbeOutcome::Failed { message: self.status_error(route, &answer).to_string() },
+            // coderd's own dial failed: evidence about the agent.
+            Ok(answer) if answer.status == StatusCode::INTERNAL_SERVER_ERROR => {
+                ProbeOutcome::Failed { message: self.status_error(route, &answer).to_string() }
+            }
+            Ok(answer) => ProbeOutcome::Inconclusive { message: self.status_error(route, &answer).to_string() },
             Err(CoderError::Timeout { .. }) => ProbeOutcome::TimedOut,
-            Err(error) => ProbeOutcome::Failed { message: error.to_string() },
+            Err(error) => ProbeOutcome::Inconclusive { message: error.to_string() },
         }
     }
 
@@ -289,6 +319,7 @@ impl CoderClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, CoderError> {
+        self.wait_out_pause().await;
         if let Some(limit) = &self.rate_limit {
             limit.acquire().await;
         }
@@ -297,7 +328,33 @@ impl CoderClient {
             .await
             .unwrap_or(Err(CoderError::Timeout { endpoint: route.label }));
         self.record(route, &result, started.elapsed());
+        if let Ok(answer) = &result
+            && answer.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            self.pause(answer.retry_after.unwrap_or(DEFAULT_RETRY_AFTER).min(MAX_RETRY_AFTER));
+        }
         result
+    }
+
+    /// coderd's rate limit is per user: after a 429 every request of this
+    /// token waits, not only the one that was refused.
+    fn pause(&self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        let mut paused = self.inner.paused_until.lock().expect("pause");
+        if paused.is_none_or(|current| current < until) {
+            tracing::warn!(retry_after = ?delay, "Coder answered 429 (rate limited); pausing this token's requests");
+            *paused = Some(until);
+        }
+    }
+
+    async fn wait_out_pause(&self) {
+        loop {
+            let until = *self.inner.paused_until.lock().expect("pause");
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
     }
 
     async fn send(&self, route: Route, url: Url, body: Option<Vec<u8>>) -> Result<Answer, CoderError> {
@@ -312,10 +369,16 @@ impl CoderClient {
         }
         let mut response = request.send().await.map_err(|error| self.transport_error(route, &error))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let limit = if status.is_success() { MAX_RESPONSE_BYTES } else { MAX_ERROR_BODY_BYTES };
         let (body, complete) =
             read_body(&mut response, limit).await.map_err(|error| self.transport_error(route, &error))?;
-        Ok(Answer { status, body, complete })
+        Ok(Answer { status, body, complete, retry_after })
     }
 
     fn record(&self, route: Route, result: &Result<Answer, CoderError>, elapsed: Duration) {
@@ -387,6 +450,8 @@ struct Answer {
     body: Vec<u8>,
     /// False when the body was cut at the size limit.
     complete: bool,
+    /// A 429's `Retry-After`, in seconds as coderd sends it.
+    retry_after: Option<Duration>,
 }
 
 /// Reads at most `limit` bytes of the body, saying whether that was all of it.

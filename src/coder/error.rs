@@ -22,7 +22,7 @@ pub struct FieldError {
     pub detail: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CoderError {
     #[error("Coder rejected the session token (401): {message}")]
     Unauthorized { message: String },

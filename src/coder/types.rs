@@ -141,6 +141,14 @@ wire_enum! {
     }
 }
 
+impl AgentLifecycle {
+    /// Whether the agent's startup is over, one way or the other: nothing
+    /// more is expected to change without a new event.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, Self::Created | Self::Starting)
+    }
+}
+
 wire_enum! {
     /// Whether a workspace is moved to the template's active version on start.
     pub enum AutomaticUpdates {
@@ -367,6 +375,10 @@ pub struct WorkspaceBuild {
     /// Who or what asked for the build (`initiator`, `autostart`, ...).
     #[serde(default)]
     pub reason: String,
+    #[serde(default)]
+    pub initiator_id: String,
+    #[serde(default)]
+    pub initiator_name: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub job: ProvisionerJob,
@@ -529,6 +541,10 @@ pub struct CreateWorkspaceBuildRequest {
     /// Delete only: forget the workspace without destroying its resources.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub orphan: Option<bool>,
+    /// Why the build is made, as a client may say (`dashboard`, `cli`, ...);
+    /// unset: coderd records `initiator`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl CreateWorkspaceBuildRequest {
@@ -540,6 +556,7 @@ impl CreateWorkspaceBuildRequest {
             rich_parameter_values: Vec::new(),
             template_version_preset_id: None,
             orphan: None,
+            reason: None,
         }
     }
 }

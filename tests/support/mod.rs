@@ -19,8 +19,8 @@ use chatworkspace_operator::controller::{self, Context, Settings};
 use chatworkspace_operator::crd::ChatWorkspace;
 use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
+use chatworkspace_operator::index::IndexSettings;
 use chatworkspace_operator::metrics::Metrics;
-use chatworkspace_operator::observer::ObserverSettings;
 use coder_sim::{SimConfig, Simulator};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -38,6 +38,21 @@ pub fn fast_requeue() -> Requeue {
         probe_retry: Duration::from_millis(200),
         retry: Duration::from_secs(1),
         stable: Duration::from_secs(2),
+    }
+}
+
+/// Index intervals on the simulator's fast scale.
+pub fn fast_index() -> IndexSettings {
+    IndexSettings {
+        attention_interval: Duration::from_millis(300),
+        active_interval: Duration::from_millis(200),
+        full_interval: Duration::from_secs(3),
+        page_size: 100,
+        probe_interval: Duration::from_millis(500),
+        probe_budget_per_minute: 6000,
+        probe_concurrency: 8,
+        probe_retry: Duration::from_millis(200),
+        probe_fresh: Duration::from_millis(800),
     }
 }
 
@@ -73,6 +88,8 @@ pub struct Operated {
     pub rate_limit: Option<Arc<RateLimit>>,
     /// The operator's settings when it (re)starts.
     pub settings: Settings,
+    /// Changes to the operator's settings, applied when it (re)starts.
+    pub tweak: Option<fn(&mut Settings)>,
     /// Timeout of each of the operator's Coder requests.
     pub request_timeout: Duration,
     coder_url: String,
@@ -107,11 +124,7 @@ impl Env {
             namespaces: vec![base.namespace.clone()],
             template_ttl: Duration::from_secs(300),
             instance: "test".into(),
-            observer: ObserverSettings {
-                max_age: Duration::from_millis(300),
-                page_size: 100,
-                probe_interval: Duration::from_millis(500),
-            },
+            index: fast_index(),
         };
         base.request_timeout = Duration::from_secs(5);
         Env { base, sim }
@@ -141,6 +154,7 @@ impl Operated {
             metrics: Arc::new(Metrics::default()),
             rate_limit: None,
             settings,
+            tweak: None,
             request_timeout: Duration::from_secs(15),
             coder_url: coder_url.to_owned(),
             coder_token: coder_token.to_owned(),
@@ -149,7 +163,11 @@ impl Operated {
     }
 
     pub fn settings(&self) -> Settings {
-        self.settings.clone()
+        let mut settings = self.settings.clone();
+        if let Some(tweak) = self.tweak {
+            tweak(&mut settings);
+        }
+        settings
     }
 
     /// Starts the operator (again), as a restarted process would: nothing

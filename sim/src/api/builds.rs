@@ -42,11 +42,19 @@ pub async fn create(
     if let Some(level) = request.log_level.as_deref().filter(|level| !level.is_empty() && *level != "debug") {
         return Err(ApiError::invalid_field("log_level", "oneof", level));
     }
+    // The reasons a client may give (codersdk's CreateWorkspaceBuildReason).
+    const REASONS: &[&str] =
+        &["dashboard", "cli", "ssh_connection", "vscode_connection", "jetbrains_connection", "task_manual_pause"];
+    let reason = request.reason.filter(|reason| !reason.is_empty());
+    if let Some(reason) = reason.as_deref().filter(|reason| !REASONS.contains(reason)) {
+        return Err(ApiError::invalid_field("reason", "oneof", reason));
+    }
     let new = NewBuild {
         transition,
         template_version_id: wire::set(request.template_version_id),
         preset_id: wire::set(request.template_version_preset_id),
         parameters: wire::values(request.rich_parameter_values),
+        reason,
     };
     let now = Timestamp::now();
     let mut deployment = shared.lock();

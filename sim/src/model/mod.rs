@@ -119,6 +119,8 @@ pub struct Workspace {
     pub builds: Vec<Uuid>,
     /// Probes of its agents hang although heartbeats arrive.
     pub probe_partitioned: bool,
+    /// Set while the workspace is dormant: coderd refuses to start it.
+    pub dormant_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,10 @@ pub struct Build {
     pub preset_id: Option<Uuid>,
     pub parameters: Values,
     pub initiator_id: Uuid,
+    /// coderd's `reason`: `initiator` for an API call without one, what the
+    /// request said (`dashboard`, `cli`, ...), or what Coder itself did
+    /// (`autostop`, `dormancy`, ...).
+    pub reason: String,
     pub created_at: Timestamp,
     pub job: Job,
     pub resource_id: Uuid,
@@ -296,6 +302,14 @@ impl Deployment {
                 })
             })
             .filter(|ws| filter.outdated.is_none_or(|outdated| self.is_outdated(ws) == outdated))
+            .filter(|ws| filter.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| *id == ws.id.to_string())))
+            .filter(|ws| {
+                filter.agent_statuses.is_empty()
+                    || self.visible_agents(self.latest_build(ws), now).into_iter().any(|agent| {
+                        let status = self.agent_view(agent, now).status.as_str();
+                        filter.agent_statuses.iter().any(|wanted| wanted == status)
+                    })
+            })
             .collect();
         found.sort_by_cached_key(|ws| {
             let owner = self.user_by_id(ws.owner_id).map(|user| user.username.to_lowercase());

@@ -13,6 +13,12 @@ pub struct WorkspaceFilter {
     /// Latest build status.
     pub status: Option<String>,
     pub outdated: Option<bool>,
+    /// `has-agent:` (comma-separated) and `healthy:`: some agent of the
+    /// latest build has one of these statuses. coderd turns `healthy:true`
+    /// into `connected` and `healthy:false` into `disconnected,timeout`.
+    pub agent_statuses: Vec<String>,
+    /// `id:` (comma-separated workspace ids).
+    pub ids: Option<Vec<String>>,
 }
 
 /// A query term coderd would reject: `(field, detail)`.
@@ -20,19 +26,8 @@ pub type QueryError = (String, String);
 
 /// coderd understands these too; the simulator says so instead of silently
 /// ignoring them.
-const UNSUPPORTED: &[&str] = &[
-    "organization",
-    "deleted",
-    "dormant",
-    "has_agent",
-    "has-ai-task",
-    "last_used_before",
-    "last_used_after",
-    "param",
-    "id",
-    "shared",
-    "healthy",
-];
+const UNSUPPORTED: &[&str] =
+    &["organization", "deleted", "dormant", "has-ai-task", "last_used_before", "last_used_after", "param", "shared"];
 
 pub fn parse(query: &str) -> Result<WorkspaceFilter, Vec<QueryError>> {
     let mut filter = WorkspaceFilter::default();
@@ -56,6 +51,13 @@ pub fn parse(query: &str) -> Result<WorkspaceFilter, Vec<QueryError>> {
                 Ok(outdated) => filter.outdated = Some(outdated),
                 Err(_) => errors.push((key, format!("Query param \"outdated\" must be a valid boolean: {value:?}"))),
             },
+            "has-agent" => filter.agent_statuses.extend(value.split(',').map(|s| s.trim().to_lowercase())),
+            "healthy" => match value.parse::<bool>() {
+                Ok(true) => filter.agent_statuses.push("connected".into()),
+                Ok(false) => filter.agent_statuses.extend(["disconnected".into(), "timeout".into()]),
+                Err(_) => errors.push((key, format!("Query param \"healthy\" must be a valid boolean: {value:?}"))),
+            },
+            "id" => filter.ids.get_or_insert_with(Vec::new).extend(value.split(',').map(|s| s.trim().to_lowercase())),
             known if UNSUPPORTED.contains(&known) => errors.push((
                 key.clone(),
                 format!("Query param {key:?} is valid in coderd but not supported by the simulator"),
@@ -116,6 +118,17 @@ mod tests {
     fn unknown_keys_are_errors() {
         let errors = parse("colour:blue").unwrap_err();
         assert_eq!(errors[0].0, "colour");
+    }
+
+    #[test]
+    fn agent_health_and_ids() {
+        let filter = parse("owner:alice healthy:false").unwrap();
+        assert_eq!(filter.agent_statuses, ["disconnected", "timeout"]);
+        let filter = parse("has-agent:connecting,connected").unwrap();
+        assert_eq!(filter.agent_statuses, ["connecting", "connected"]);
+        let filter = parse("id:A,b").unwrap();
+        assert_eq!(filter.ids, Some(vec!["a".to_string(), "b".to_string()]));
+        assert!(parse("healthy:maybe").is_err());
     }
 
     #[test]

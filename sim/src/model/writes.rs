@@ -33,6 +33,18 @@ pub struct NewBuild {
     pub template_version_id: Option<Uuid>,
     pub preset_id: Option<Uuid>,
     pub parameters: Values,
+    /// The request's `reason` (`dashboard`, `cli`, ...); `None`: coderd
+    /// records `initiator`.
+    pub reason: Option<String>,
+}
+
+/// A build as it is queued: what was asked for, resolved and validated.
+struct QueuedBuild {
+    transition: Transition,
+    template_version_id: Uuid,
+    preset_id: Option<Uuid>,
+    parameters: Values,
+    reason: String,
 }
 
 impl Deployment {
@@ -134,9 +146,17 @@ impl Deployment {
                 automatic_updates,
                 builds: Vec::new(),
                 probe_partitioned: false,
+                dormant_at: None,
             },
         );
-        self.push_build(id, Transition::Start, version_id, request.preset_id, parameters, now);
+        let first = QueuedBuild {
+            transition: Transition::Start,
+            template_version_id: version_id,
+            preset_id: request.preset_id,
+            parameters,
+            reason: "initiator".to_owned(),
+        };
+        self.push_build(id, first, now);
         Ok(id)
     }
 
@@ -161,13 +181,49 @@ impl Deployment {
         }
         // A stop or delete is never gated on versions.
         if request.transition == Transition::Start {
+            if workspace.dormant_at.is_some() {
+                // coderd's answer to a start of a dormant workspace.
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "Workspace is dormant.")
+                    .detail("The workspace must be made active before it can be started."));
+            }
             check_active_version(template, version_id)?;
         }
         // A version change starts from the new version's parameters; values
         // of parameters the new version also has carry over.
         let previous = latest.parameters.clone();
         let parameters = self.resolve_parameters(version_id, request.preset_id, &request.parameters, &previous)?;
-        Ok(self.push_build(workspace_id, request.transition, version_id, request.preset_id, parameters, now))
+        let build = QueuedBuild {
+            transition: request.transition,
+            template_version_id: version_id,
+            preset_id: request.preset_id,
+            parameters,
+            reason: request.reason.clone().unwrap_or_else(|| "initiator".to_owned()),
+        };
+        Ok(self.push_build(workspace_id, build, now))
+    }
+
+    /// A stop Coder makes on its own (`autostop`, `dormancy`,
+    /// `task_auto_pause`): no user request, no version checks.
+    pub fn stop_by_coder(&mut self, workspace_id: Uuid, reason: &str, now: Timestamp) -> Result<Uuid, ApiError> {
+        let workspace = self.workspaces.get(&workspace_id).ok_or_else(ApiError::not_found)?;
+        let latest = self.latest_build(workspace);
+        if latest.job.status(now).is_active() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "A workspace build is already active."));
+        }
+        let (version, parameters) = (latest.template_version_id, latest.parameters.clone());
+        if reason == "dormancy"
+            && let Some(workspace) = self.workspaces.get_mut(&workspace_id)
+        {
+            workspace.dormant_at = Some(now);
+        }
+        let build = QueuedBuild {
+            transition: Transition::Stop,
+            template_version_id: version,
+            preset_id: None,
+            parameters,
+            reason: reason.to_owned(),
+        };
+        Ok(self.push_build(workspace_id, build, now))
     }
 
     /// `PATCH /workspacebuilds/{id}/cancel`.
@@ -211,15 +267,8 @@ impl Deployment {
         })
     }
 
-    fn push_build(
-        &mut self,
-        workspace_id: Uuid,
-        transition: Transition,
-        template_version_id: Uuid,
-        preset_id: Option<Uuid>,
-        parameters: Values,
-        now: Timestamp,
-    ) -> Uuid {
+    fn push_build(&mut self, workspace_id: Uuid, build: QueuedBuild, now: Timestamp) -> Uuid {
+        let QueuedBuild { transition, template_version_id, preset_id, parameters, reason } = build;
         let failure = self.take_failure(workspace_id, transition);
         let never_connects = transition == Transition::Start && self.take_never_connect(workspace_id);
         let timings = self.timings;
@@ -266,6 +315,7 @@ impl Deployment {
                 preset_id,
                 parameters,
                 initiator_id: self.me,
+                reason,
                 created_at: now,
                 job,
                 resource_id,
@@ -365,6 +415,7 @@ mod tests {
             template_version_id: None,
             preset_id: None,
             parameters: Vec::new(),
+            reason: None,
         };
         let err = deployment.create_build(id, &stop, now).unwrap_err();
         assert_eq!(err.status, StatusCode::CONFLICT);

@@ -130,6 +130,11 @@ async fn serve(
             message(500, "Internal error dialing workspace agent.")
         }
         ("GET", "/api/v2/workspaceagents/hang/listening-ports") => hang().await,
+        ("GET", "/api/v2/workspaceagents/limited/listening-ports") => message(429, "You've been rate limited."),
+        ("GET", "/api/v2/workspaceagents/no-token/listening-ports") => message(401, "Unauthorized."),
+        ("GET", "/api/v2/workspaceagents/forbidden/listening-ports") => message(403, "Forbidden."),
+        ("GET", "/api/v2/workspaceagents/proxy/listening-ports") => message(502, "Bad Gateway"),
+        ("GET", "/api/v2/workspaceagents/lb/listening-ports") => message(503, "Service Unavailable"),
         _ => message(404, "Resource not found or you do not have access to this resource"),
     }
 }
@@ -341,8 +346,16 @@ async fn the_probe_tells_its_outcomes_apart() {
     };
     assert!(message.contains("(500)"), "{message}");
     assert!(message.contains("Internal error dialing workspace agent."));
+    // No evidence about the agent: coderd never got to dial it.
     let outcome = probe("gone").await;
-    assert!(matches!(&outcome, ProbeOutcome::Failed { message } if message.contains("not found")), "{outcome:?}");
+    assert!(matches!(&outcome, ProbeOutcome::Inconclusive { message } if message.contains("not found")), "{outcome:?}");
+    for (agent, code) in [("limited", 429), ("no-token", 401), ("forbidden", 403), ("proxy", 502), ("lb", 503)] {
+        let outcome = probe(agent).await;
+        assert!(!outcome.is_conclusive(), "a {code} is no evidence about the agent: {outcome:?}");
+    }
+    let unreachable = client_for("http://127.0.0.1:9", PATIENT);
+    let outcome = unreachable.probe_agent("up", IMPATIENT).await;
+    assert!(!outcome.is_conclusive(), "coderd out of reach is no evidence about the agent: {outcome:?}");
 }
 
 #[tokio::test]

@@ -1,7 +1,18 @@
-//! The reconciler: gathers what the decision core needs (the resource, a
-//! fresh Coder read, a probe), calls `decision::decide`, performs the one
-//! action it chose, and writes status and Events. Everything it decides is
-//! in `decision`; this module only does I/O.
+//! The reconciler, in four steps that each live in their own place and run
+//! in one direction:
+//! - gather (`gather`): the resource, its credentials and template, what the
+//!   Coder index holds for its workspace, the claims: no Coder I/O;
+//! - decide: `decision::decide`, the pure core;
+//! - act (`act`): the one action, after a fresh read of the one workspace;
+//! - record (`record`): status, Events, metrics.
+//!
+//! Coder is observed in the background by the index (`crate::index`), which
+//! wakes a resource when what it holds for its workspace changes; the
+//! periodic resync is only a safety net.
+
+mod act;
+mod gather;
+mod record;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,29 +20,23 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::coder::{
-    CoderClient, CoderError, CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ParameterValue, Workspace,
-    WorkspaceTransition,
-};
-use crate::conditions::{self, DEGRADED, READY, Verdict};
-use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER, Phase};
+use crate::claims::ClaimsIndex;
+use crate::coder::{CoderError, WorkspaceTransition};
+use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
 use crate::credentials::Credentials;
-use crate::decision::{
-    self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Requeue,
-};
+use crate::decision::{self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Inputs, Observed, Requeue};
 use crate::error::{Error, Result};
+use crate::index::{CoderIndex, IndexSettings};
 use crate::metrics::Metrics;
-use crate::observer::{Observer, ObserverSettings};
 use crate::templates::Templates;
 
 /// Settings of the controller itself (flags of `chatworkspace-operator run`).
@@ -45,8 +50,8 @@ pub struct Settings {
     pub template_ttl: Duration,
     /// Name of this replica in Events.
     pub instance: String,
-    /// How Coder is observed: shared lists, probe caching.
-    pub observer: ObserverSettings,
+    /// How the Coder index polls and probes.
+    pub index: IndexSettings,
 }
 
 impl Default for Settings {
@@ -57,7 +62,7 @@ impl Default for Settings {
             namespaces: Vec::new(),
             template_ttl: Duration::from_secs(300),
             instance: "chatworkspace-operator".into(),
-            observer: ObserverSettings::default(),
+            index: IndexSettings::default(),
         }
     }
 }
@@ -67,12 +72,11 @@ pub struct Context {
     pub kube: kube::Client,
     pub credentials: Credentials,
     pub templates: Templates,
-    pub observer: Observer,
+    pub index: CoderIndex,
+    pub claims: ClaimsIndex,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     recorder: Recorder,
-    /// The controllers' caches, for the one-actor-per-workspace check.
-    stores: Mutex<Vec<Store<ChatWorkspace>>>,
     /// Consecutive transient failures per object, for backoff.
     failures: Mutex<HashMap<ObjectRef<ChatWorkspace>, u32>>,
 }
@@ -83,20 +87,37 @@ impl Context {
         Self {
             recorder: Recorder::new(kube.clone(), reporter),
             templates: Templates::new(settings.template_ttl),
-            observer: Observer::new(settings.observer),
+            index: CoderIndex::new(settings.index, Some(metrics.clone())),
+            claims: ClaimsIndex::default(),
             kube,
             credentials,
             metrics,
             settings,
-            stores: Mutex::default(),
             failures: Mutex::default(),
         }
     }
 
-    fn conflict(&self, resource: &ChatWorkspace, workspace_id: Option<&str>) -> Option<String> {
-        let stores = self.stores.lock().expect("stores");
-        let others: Vec<Arc<ChatWorkspace>> = stores.iter().flat_map(|s| s.state()).collect();
-        crate::claims::conflicting(resource, workspace_id, others.iter().map(|o| o.as_ref()))
+    /// Keeps the claims and the index in step with the watch.
+    fn track(&self, scope: Option<&str>, event: &watcher::Event<ChatWorkspace>) {
+        match event {
+            watcher::Event::Init => self.claims.relist_started(scope),
+            watcher::Event::InitApply(resource) | watcher::Event::Apply(resource) => self.claims.apply(resource),
+            watcher::Event::InitDone => self.claims.relist_done(scope),
+            watcher::Event::Delete(resource) => {
+                self.claims.delete(resource);
+                self.index.forget(&ObjectRef::from_obj(resource));
+            }
+        }
+    }
+}
+
+/// What the cache keeps of a resource: everything but `managedFields` and
+/// kubectl's last-applied copy, which the operator never reads and which
+/// are most of a stored object's size.
+fn slim(resource: &mut ChatWorkspace) {
+    resource.metadata.managed_fields = None;
+    if let Some(annotations) = resource.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
@@ -109,23 +130,40 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = Box::pin(shutdown).shared();
-    let apis: Vec<Api<ChatWorkspace>> = if context.settings.namespaces.is_empty() {
-        vec![Api::all(context.kube.clone())]
+    let scopes: Vec<Option<String>> = if context.settings.namespaces.is_empty() {
+        vec![None]
     } else {
-        context.settings.namespaces.iter().map(|ns| Api::namespaced(context.kube.clone(), ns)).collect()
+        context.settings.namespaces.iter().cloned().map(Some).collect()
     };
     let mut controllers = Vec::new();
-    for api in apis {
+    let mut stores = Vec::new();
+    for scope in scopes {
+        let api: Api<ChatWorkspace> = match &scope {
+            Some(namespace) => Api::namespaced(context.kube.clone(), namespace),
+            None => Api::all(context.kube.clone()),
+        };
         let (reader, writer) = reflector::store();
+        let tracker = context.clone();
+        let tracked = scope.clone();
         let changes = watcher(api, watcher::Config::default().any_semantic())
+            .modify(slim)
             .default_backoff()
             .reflect(writer)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    tracker.track(tracked.as_deref(), event);
+                }
+            })
             .applied_objects()
             .predicate_filter(spec_or_lifecycle_changed, PredicateConfig::default());
+        let wakes = futures::stream::unfold(context.index.wakes(scope.clone()), |mut wakes| async move {
+            wakes.recv().await.map(|resource| (resource, wakes))
+        });
         let controller = Controller::for_stream(changes, reader)
+            .reconcile_on(wakes)
             .with_config(controller::Config::default().concurrency(context.settings.concurrency))
             .graceful_shutdown_on(shutdown.clone());
-        context.stores.lock().expect("stores").push(controller.store());
+        stores.push(controller.store());
         let context = context.clone();
         controllers.push(
             controller
@@ -138,7 +176,6 @@ pub async fn run(
                 .boxed(),
         );
     }
-    let stores = context.stores.lock().expect("stores").clone();
     tokio::spawn(async move {
         for store in stores {
             // kube-runtime wakes only the latest of several waiters on a
@@ -158,8 +195,13 @@ pub async fn run(
     futures::future::join_all(controllers).await;
 }
 
-/// Reconcile on changes of the spec, the finalizers or deletion, but not on
-/// the operator's own status writes: each of those would otherwise cost one
+/// The resource's start-request annotation, if set.
+fn start_request(resource: &ChatWorkspace) -> Option<&str> {
+    resource.annotations().get(crate::crd::START_REQUESTED_AT).map(String::as_str)
+}
+
+/// Reconcile on changes of the spec, the finalizers, deletion or the
+/// start-request annotation, but not on the operator's own status writes: each of those would otherwise cost one
 /// more reconcile, and one more Coder read, for nothing.
 fn spec_or_lifecycle_changed(resource: &ChatWorkspace) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -167,6 +209,7 @@ fn spec_or_lifecycle_changed(resource: &ChatWorkspace) -> Option<u64> {
     resource.metadata.generation.hash(&mut hasher);
     resource.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     resource.finalizers().hash(&mut hasher);
+    start_request(resource).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -187,6 +230,9 @@ fn error_policy(resource: Arc<ChatWorkspace>, error: &Error, context: Arc<Contex
 
 async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Result<Action> {
     let _timer = context.metrics.reconcile_timer();
+    if let Some(waited) = context.index.reconcile_started(&ObjectRef::from_obj(resource.as_ref())) {
+        context.metrics.queue_wait.observe(waited.as_secs_f64());
+    }
     let namespace = resource.namespace().unwrap_or_default();
     let api: Api<ChatWorkspace> = Api::namespaced(context.kube.clone(), &namespace);
     let result = if resource.metadata.deletion_timestamp.is_some() {
@@ -220,16 +266,21 @@ struct Applied {
 
 async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
     let previous = resource.status.clone().unwrap_or_default();
-    match converge(resource, &previous, context).await {
-        Ok(applied) => {
-            write_status(api, resource, &previous, &applied.status).await?;
-            publish(context, resource, &previous, &applied.status, &applied.events).await;
+    match converge(api, resource, &previous, context).await {
+        Ok(None) => {
+            // The index has not listed this owner's workspaces yet; it wakes
+            // the resource when it has.
+            Ok(Action::requeue(context.settings.requeue.stable))
+        }
+        Ok(Some(applied)) => {
+            record::write_status(api, resource, &previous, &applied.status).await?;
+            record::publish(context, resource, &previous, &applied.status, &applied.events).await;
             Ok(Action::requeue(applied.requeue))
         }
         Err(error) => {
-            let status = failed_status(resource, &previous, &error);
-            write_status(api, resource, &previous, &status).await?;
-            publish(context, resource, &previous, &status, &[]).await;
+            let status = record::failed_status(resource, &previous, &error);
+            record::write_status(api, resource, &previous, &status).await?;
+            record::publish(context, resource, &previous, &status, &[]).await;
             if error.is_transient() {
                 return Err(error);
             }
@@ -247,53 +298,53 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
     }
 }
 
-/// Observe, decide, act, and decide again on what the action produced.
-async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, context: &Context) -> Result<Applied> {
-    let policy = resource.spec.recovery.policy().map_err(Error::InvalidSpec)?;
-    let credentials = context.credentials.for_resource(&context.kube, resource).await?;
-    let coder = &credentials.client;
-    let template =
-        context.templates.resolve(&credentials, resource.spec.organization.as_deref(), &resource.spec.template).await;
-    let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
-    let name = resource.workspace_name();
-    let generation = resource.metadata.generation.unwrap_or_default();
-
-    let observation = context.observer.workspace(&credentials, &owner, &name).await?;
-    let (mut workspace, mut fresh) = (observation.workspace, observation.fresh);
-    let conflict = context.conflict(resource, workspace.as_ref().map(|w| w.id.as_str()));
-    let inputs = Gathered { resource, previous, policy, generation, context, coder, conflict: &conflict };
-    let mut decision = inputs.decide(&workspace, fresh).await;
-    if !fresh && decision.action != CoreAction::None {
-        // Never act on a shared list's view: read this workspace (and probe
-        // its agent) again, and decide on that.
-        workspace = context.observer.fresh(&credentials, &owner, &name).await?;
-        fresh = true;
-        decision = inputs.decide(&workspace, fresh).await;
+/// Gather, decide, act, and decide again on what the action produced.
+/// `None` while the index does not know the owner's workspaces yet.
+async fn converge(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+    context: &Context,
+) -> Result<Option<Applied>> {
+    let Some(gathered) = gather::gather(resource, previous, context).await? else { return Ok(None) };
+    let mut decision = gathered.decide();
+    let mut gathered = gathered;
+    if decision.action != CoreAction::None && !gathered.fresh {
+        // Never act on the index's view: read this workspace again, and
+        // decide on that with the freshest probe.
+        gathered.refresh(context).await?;
+        decision = gathered.decide();
     }
     if decision.action == CoreAction::Refresh {
-        // The core asked for a fresh look although this one was fresh: a
-        // decision it will make on the next pass, not in a loop here.
+        // The core wants a fresher probe than the index has: ask for one;
+        // the index wakes this resource when it completes.
+        if let Some(agent) = gathered.chat_agent_id() {
+            context.index.request_probe(&agent);
+        }
         decision.action = CoreAction::None;
+        decision.requeue = decision.requeue.min(context.settings.requeue.probe_retry.max(Duration::from_secs(1)));
     }
 
     // The template only blocks a create; for an existing workspace a
     // template that cannot be read just leaves status.template as it was.
-    let template = match template {
-        Ok(info) => Some(info),
-        Err(error) if decision.action == CoreAction::CreateWorkspace => return Err(error),
-        Err(error) => {
+    let template = match gathered.template.take() {
+        Some(Ok(info)) => Some(info),
+        Some(Err(error)) if decision.action == CoreAction::CreateWorkspace => return Err(error),
+        Some(Err(error)) => {
             warn!(name = %resource.name_any(), %error, "cannot read the template");
             None
         }
+        None => None,
     };
 
+    let coder = &gathered.credentials.client;
+    let (owner, name) = (&gathered.owner, &gathered.name);
     let mut events = std::mem::take(&mut decision.events);
     let acted = match decision.action.clone() {
         CoreAction::None | CoreAction::Refresh => None,
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
-            let created = create_workspace(resource, &owner, &name, template, coder).await;
-            match created {
+            match act::create_workspace(resource, owner, name, template, coder).await {
                 Ok(workspace) => {
                     context.metrics.build("start", "Create");
                     if let Some(request) = decision.status.last_build_request.as_mut() {
@@ -319,8 +370,11 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
             }
         }
         CoreAction::Build(plan) => {
-            let current = workspace.as_ref().expect("a build is only decided for an observed workspace");
-            match issue_build(current, &plan, coder).await {
+            let current = gathered.workspace.as_ref().expect("a build is only decided for an observed workspace");
+            if plan.reason == BuildReason::Recovery {
+                record::write_intent(api, resource, &decision.status).await?;
+            }
+            match act::issue_build(current, &plan, coder).await {
                 Ok(build) => {
                     let transition = plan.transition.as_str();
                     context.metrics.build(transition, plan.reason.as_str());
@@ -358,20 +412,19 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
 
     let mut status = decision.status.clone();
     let mut requeue = decision.requeue;
-    if let Some(workspace) = &acted {
-        context.observer.remember(&credentials, &owner, &name, Some(workspace.clone())).await;
-    }
     if let Some(workspace) = acted {
+        context.index.record(&gathered.credentials, owner, name, Some(workspace.clone()));
         // Describe the state the action produced (a build under way), keeping
         // what the first decision recorded (recovery stage, build request).
         let after = decision::decide(&Inputs {
             spec: &resource.spec,
-            policy,
-            generation,
+            policy: gathered.policy,
+            generation: gathered.generation,
             previous: &status,
             observed: Observed::Workspace { workspace: Some(&workspace), fresh: true, probe: None },
             now: Timestamp::now(),
             requeue: context.settings.requeue,
+            start_request: start_request(resource),
         });
         status = after.status;
         requeue = requeue.min(after.requeue);
@@ -379,185 +432,7 @@ async fn converge(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, cont
     if let Some(info) = &template {
         status.template = Some(info.status());
     }
-    Ok(Applied { status, requeue, events })
-}
-
-/// What one reconcile decides from, besides the workspace itself.
-struct Gathered<'a> {
-    resource: &'a ChatWorkspace,
-    previous: &'a ChatWorkspaceStatus,
-    policy: crate::crd::RecoveryPolicy,
-    generation: i64,
-    context: &'a Context,
-    coder: &'a CoderClient,
-    conflict: &'a Option<String>,
-}
-
-impl Gathered<'_> {
-    /// Probes the chat agent if the core will judge it, then decides.
-    async fn decide(&self, workspace: &Option<Workspace>, fresh: bool) -> Decision {
-        let agent = workspace.as_ref().and_then(|w| decision::needs_probe(w, self.resource.spec.agent_name.as_deref()));
-        let probe = match agent {
-            Some(agent) if self.conflict.is_none() => {
-                Some(self.context.observer.probe(self.coder, agent, self.policy.probe_timeout).await)
-            }
-            _ => None,
-        };
-        let observed = match self.conflict {
-            Some(other) => Observed::Conflict { other: other.clone() },
-            None => Observed::Workspace { workspace: workspace.as_ref(), fresh, probe: probe.as_ref() },
-        };
-        decision::decide(&Inputs {
-            spec: &self.resource.spec,
-            policy: self.policy,
-            generation: self.generation,
-            previous: self.previous,
-            observed,
-            now: Timestamp::now(),
-            requeue: self.context.settings.requeue,
-        })
-    }
-}
-
-async fn create_workspace(
-    resource: &ChatWorkspace,
-    owner: &str,
-    name: &str,
-    template: &crate::templates::TemplateInfo,
-    coder: &CoderClient,
-) -> Result<Workspace> {
-    let preset = resource.spec.preset.as_ref().map(|wanted| template.preset(wanted)).transpose()?;
-    let request = CreateWorkspaceRequest {
-        name: name.to_string(),
-        template_id: resource.spec.template.version_id.is_none().then(|| template.template.id.clone()),
-        template_version_id: resource.spec.template.version_id.clone(),
-        template_version_preset_id: preset.map(|p| p.id.clone()),
-        rich_parameter_values: resource
-            .spec
-            .parameters
-            .iter()
-            .map(|p| ParameterValue { name: p.name.clone(), value: p.value.clone() })
-            .collect(),
-        claim_prebuild_if_available: preset.and_then(|p| p.desired_prebuild_instances).filter(|n| *n > 0).map(|_| true),
-        ..CreateWorkspaceRequest::default()
-    };
-    info!(workspace = name, owner, template = %template.template.name, "creating workspace");
-    Ok(coder.create_workspace(owner, &request).await?)
-}
-
-async fn issue_build(
-    workspace: &Workspace,
-    plan: &BuildPlan,
-    coder: &CoderClient,
-) -> Result<crate::coder::WorkspaceBuild> {
-    // Never a preset or parameters: a build of an existing workspace uses
-    // its current values (chatd's start_workspace).
-    let request = CreateWorkspaceBuildRequest {
-        template_version_id: plan.template_version_id.clone(),
-        ..CreateWorkspaceBuildRequest::new(plan.transition)
-    };
-    info!(
-        workspace = %workspace.name, owner = %workspace.owner_name, transition = plan.transition.as_str(),
-        reason = plan.reason.as_str(), "requesting build"
-    );
-    Ok(coder.create_build(&workspace.id, &request).await?)
-}
-
-/// The status to write when a reconcile could not complete.
-fn failed_status(resource: &ChatWorkspace, previous: &ChatWorkspaceStatus, error: &Error) -> ChatWorkspaceStatus {
-    let generation = resource.metadata.generation.unwrap_or_default();
-    let message = format!("{error}. {}", error.advice());
-    let mut verdicts = vec![Verdict::new(DEGRADED, true, error.reason(), message.clone())];
-    if !error.is_transient() {
-        // The operator cannot keep the desired state until something changes.
-        verdicts.push(Verdict::new(READY, false, error.reason(), message));
-    }
-    let mut status = previous.clone();
-    status.observed_generation = Some(generation);
-    if !error.is_transient() {
-        status.phase = Some(Phase::Failed);
-    }
-    status.conditions =
-        conditions::merge(&previous.conditions, &verdicts, generation, &decision::whole_seconds(Timestamp::now()));
-    status
-}
-
-async fn write_status(
-    api: &Api<ChatWorkspace>,
-    resource: &ChatWorkspace,
-    previous: &ChatWorkspaceStatus,
-    status: &ChatWorkspaceStatus,
-) -> Result<()> {
-    if status == previous {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": ChatWorkspace::api_version(&()),
-        "kind": ChatWorkspace::kind(&()),
-        "status": status,
-    });
-    api.patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
-}
-
-/// Events for what the decision reported, and for every state reached.
-async fn publish(
-    context: &Context,
-    resource: &ChatWorkspace,
-    previous: &ChatWorkspaceStatus,
-    status: &ChatWorkspaceStatus,
-    events: &[decision::Event],
-) {
-    let mut all: Vec<KubeEvent> = events
-        .iter()
-        .map(|e| KubeEvent {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
-            reason: e.reason.into(),
-            note: Some(e.note.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        })
-        .collect();
-    if status.phase != previous.phase
-        && let Some(phase) = status.phase
-    {
-        let ready = conditions::find(&status.conditions, READY).map(|c| c.message.clone());
-        all.push(KubeEvent {
-            type_: if phase == Phase::Failed { EventType::Warning } else { EventType::Normal },
-            reason: format!("{phase:?}"),
-            note: ready,
-            action: "Reconcile".into(),
-            secondary: None,
-        });
-    }
-    if let Some(degraded) = flipped_true(&previous.conditions, &status.conditions, DEGRADED) {
-        all.push(KubeEvent {
-            type_: EventType::Warning,
-            reason: degraded.reason.clone(),
-            note: Some(degraded.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        });
-    }
-    if all.is_empty() {
-        return;
-    }
-    let reference = resource.object_ref(&());
-    for event in all {
-        if event.reason == "Recovered" {
-            context.metrics.recovery("succeeded");
-        }
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            warn!(%error, reason = %event.reason, "cannot publish event");
-        }
-    }
-}
-
-fn flipped_true<'a>(previous: &[Condition], current: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    let now = conditions::find(current, type_).filter(|c| c.status == "True")?;
-    let before = conditions::find(previous, type_);
-    let same = before.is_some_and(|b| b.status == "True" && b.reason == now.reason);
-    (!same).then_some(now)
+    Ok(Some(Applied { status, requeue, events }))
 }
 
 async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
@@ -588,14 +463,14 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
     let workspace_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
     // A resource that lost a conflict never drove the workspace, and an
     // orphaned workspace needs no Coder at all.
-    if policy == crate::crd::DeletionPolicy::Orphan || context.conflict(resource, workspace_id).is_some() {
+    if policy == crate::crd::DeletionPolicy::Orphan || context.claims.conflicting(resource, workspace_id).is_some() {
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
     }
     let credentials = context.credentials.for_resource(&context.kube, resource).await?;
     let coder = &credentials.client;
     let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
-    let workspace = context.observer.fresh(&credentials, &owner, &resource.workspace_name()).await?;
+    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name()).await?;
     match decision::decide_cleanup(policy, workspace.as_ref()) {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");
@@ -606,7 +481,7 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
         Cleanup::Build(transition) => {
             let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
             let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
-            match issue_build(&workspace, &plan, coder).await {
+            match act::issue_build(&workspace, &plan, coder).await {
                 Ok(build) => {
                     context.metrics.build(transition.as_str(), "Deletion");
                     let event = KubeEvent {
@@ -620,9 +495,7 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
                         action: "Delete".into(),
                         secondary: None,
                     };
-                    if let Err(error) = context.recorder.publish(&event, &resource.object_ref(&())).await {
-                        warn!(%error, "cannot publish event");
-                    }
+                    record::publish_one(context, resource, event).await;
                 }
                 Err(Error::Coder(CoderError::Conflict { .. })) => {}
                 Err(error) => return Err(error),

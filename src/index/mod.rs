@@ -1,0 +1,595 @@
+//! The Coder index: what the operator knows about the Coder workspaces that
+//! `ChatWorkspace`s name, kept up to date in the background, so a reconcile
+//! reads it synchronously instead of asking Coder.
+//!
+//! One poller per (credentials, owner) looks at Coder with coderd's own
+//! search filters (`poller`): often at what needs attention (agents that are
+//! not healthy, builds under way, a change in how many workspaces run), and
+//! rarely at everything (the full paged list, as a backstop). A prober
+//! (`prober`) probes chat agents off the reconcile path, in a bounded pool.
+//! When what the decision core would see of a workspace changes, only the
+//! resources that name it are woken.
+//!
+//! The index never decides anything, and what it holds is never acted on as
+//! it is: before a build or a create the reconcile reads the one workspace
+//! again (the decision core insists on it).
+
+mod poller;
+mod prober;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Notify, mpsc};
+
+use crate::coder::{
+    AgentStatus, CoderClient, CoderError, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceTransition,
+};
+use crate::crd::ChatWorkspace;
+use crate::credentials::Resolved;
+use crate::metrics::Metrics;
+
+pub use prober::ProbeRecord;
+
+#[derive(Clone, Copy, Debug)]
+pub struct IndexSettings {
+    /// How often each owner's workspaces that need attention are looked at
+    /// (unhealthy agents, builds under way, the count of running ones).
+    pub attention_interval: Duration,
+    /// How often a workspace with a build or an agent start under way is
+    /// read again, by id.
+    pub active_interval: Duration,
+    /// How often every workspace of an owner is listed, as a backstop.
+    pub full_interval: Duration,
+    /// Workspaces per list page.
+    pub page_size: u32,
+    /// How often a healthy chat agent is probed, at most.
+    pub probe_interval: Duration,
+    /// Probes of healthy agents per minute, across all of them: they share
+    /// Coder's budget with everything else.
+    pub probe_budget_per_minute: u32,
+    /// Probes in flight at once.
+    pub probe_concurrency: usize,
+    /// How soon a failed probe of a connected agent is tried again (chatd's
+    /// "retry once").
+    pub probe_retry: Duration,
+    /// How recent a probe must be for a destructive step to rely on it.
+    pub probe_fresh: Duration,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self {
+            attention_interval: Duration::from_secs(10),
+            active_interval: Duration::from_secs(2),
+            full_interval: Duration::from_secs(300),
+            page_size: 100,
+            probe_interval: Duration::from_secs(300),
+            probe_budget_per_minute: 120,
+            probe_concurrency: 8,
+            probe_retry: Duration::from_secs(1),
+            probe_fresh: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which poller serves a workspace: the credentials (never the token) and
+/// the owner, lowercased as Coder compares usernames.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OwnerKey {
+    pub credentials: String,
+    pub owner: String,
+}
+
+impl OwnerKey {
+    pub fn new(credentials: &Resolved, owner: &str) -> Self {
+        Self { credentials: credentials.key.clone(), owner: owner.to_lowercase() }
+    }
+}
+
+/// What a resource asks the index to watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interest {
+    pub owner: OwnerKey,
+    /// The workspace name, lowercased (Coder's names are case-insensitive).
+    pub name: String,
+    pub agent_name: Option<String>,
+    pub probe_timeout: Duration,
+}
+
+/// What the index knows of one workspace, for a reconcile.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// The owner's workspaces have not been listed yet; the resource is
+    /// woken when they are.
+    Unknown,
+    /// The last list did not have it.
+    Absent,
+    Present(Arc<Workspace>),
+    /// The owner's poller cannot read Coder: before its first list, or with
+    /// an error that waiting does not fix (a rejected token).
+    Failing(CoderError),
+}
+
+#[derive(Default)]
+struct OwnerState {
+    /// The client the poller uses: the latest one a resource brought (a
+    /// rotated token replaces it).
+    client: Option<CoderClient>,
+    /// The owner as resources spell it, for queries.
+    query_owner: String,
+    /// Name (lowercase) → workspace, for every workspace of the owner seen.
+    workspaces: HashMap<String, Entry>,
+    /// Name (lowercase) → the resources that name it.
+    interested: HashMap<String, HashSet<ObjectRef<ChatWorkspace>>>,
+    listed_at: Option<Instant>,
+    /// Set when the next poll must list everything.
+    full_list_due: bool,
+    /// Workspace ids the next poll reads on their own (the operator just
+    /// built them, or they just left the unhealthy list).
+    read_soon: HashSet<String>,
+    /// Workspaces the last attention poll found unhealthy.
+    unhealthy: HashSet<String>,
+    poller_running: bool,
+    wake_poller: Arc<Notify>,
+    /// Why the latest poll failed, until one succeeds.
+    last_error: Option<CoderError>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    workspace: Arc<Workspace>,
+    /// When what it holds was read from Coder.
+    read_at: Instant,
+}
+
+/// The shared index. Cheap to clone.
+#[derive(Clone)]
+pub struct CoderIndex {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: IndexSettings,
+    owners: Mutex<HashMap<OwnerKey, OwnerState>>,
+    /// Resource → what it watches.
+    interests: Mutex<HashMap<ObjectRef<ChatWorkspace>, Interest>>,
+    probes: prober::Probes,
+    wakers: Mutex<Vec<Waker>>,
+    /// Resource → when it was first woken since its last reconcile began.
+    woken: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Where wakes for resources of one namespace (or all) go.
+struct Waker {
+    namespace: Option<String>,
+    sender: mpsc::UnboundedSender<ObjectRef<ChatWorkspace>>,
+}
+
+impl CoderIndex {
+    pub fn new(settings: IndexSettings, metrics: Option<Arc<Metrics>>) -> Self {
+        let shared = Arc::new(Shared {
+            settings,
+            owners: Mutex::default(),
+            interests: Mutex::default(),
+            probes: prober::Probes::default(),
+            wakers: Mutex::default(),
+            woken: Mutex::default(),
+            metrics,
+        });
+        prober::spawn(Arc::downgrade(&shared));
+        Self { shared }
+    }
+
+    pub fn settings(&self) -> &IndexSettings {
+        &self.shared.settings
+    }
+
+    /// A stream of the resources to reconcile because what the index holds
+    /// for them changed; for the controller of `namespace` (`None`: all).
+    pub fn wakes(&self, namespace: Option<String>) -> mpsc::UnboundedReceiver<ObjectRef<ChatWorkspace>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.shared.wakers.lock().expect("index wakers").push(Waker { namespace, sender });
+        receiver
+    }
+
+    /// Registers what `resource` watches (moving it if its spec changed) and
+    /// says what the index knows of its workspace.
+    pub fn observe(&self, resource: &ChatWorkspace, credentials: &Resolved, owner: &str, name: &str) -> Lookup {
+        let reference = ObjectRef::from_obj(resource);
+        let policy = resource.spec.recovery.policy().ok();
+        let interest = Interest {
+            owner: OwnerKey::new(credentials, owner),
+            name: name.to_lowercase(),
+            agent_name: resource.spec.agent_name.clone(),
+            probe_timeout: policy.map_or(Duration::from_secs(30), |p| p.probe_timeout),
+        };
+        let previous =
+            self.shared.interests.lock().expect("index interests").insert(reference.clone(), interest.clone());
+        let mut owners = self.shared.owners.lock().expect("index owners");
+        if let Some(previous) = previous.filter(|p| p.owner != interest.owner || p.name != interest.name)
+            && let Some(state) = owners.get_mut(&previous.owner)
+        {
+            unregister(state, &previous.name, &reference);
+        }
+        let state = owners.entry(interest.owner.clone()).or_default();
+        state.client = Some(credentials.client.clone());
+        if state.query_owner.is_empty() {
+            state.query_owner = owner.to_string();
+        }
+        state.interested.entry(interest.name.clone()).or_default().insert(reference);
+        if !state.poller_running {
+            state.poller_running = true;
+            poller::spawn(Arc::downgrade(&self.shared), interest.owner.clone(), state.wake_poller.clone());
+        }
+        if let Some(error) = &state.last_error
+            && (state.listed_at.is_none() || !error.is_retryable())
+        {
+            // A resource brings the credentials it resolved now (a rotated
+            // token, say): let the poller try them at once.
+            state.wake_poller.notify_one();
+            return Lookup::Failing(error.clone());
+        }
+        if state.listed_at.is_none() {
+            return Lookup::Unknown;
+        }
+        match state.workspaces.get(&interest.name) {
+            Some(entry) => Lookup::Present(entry.workspace.clone()),
+            None => Lookup::Absent,
+        }
+    }
+
+    /// The resource is gone: stop watching for it.
+    pub fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
+        let Some(interest) = self.shared.interests.lock().expect("index interests").remove(resource) else { return };
+        if let Some(state) = self.shared.owners.lock().expect("index owners").get_mut(&interest.owner) {
+            unregister(state, &interest.name, resource);
+        }
+    }
+
+    /// Records what the operator knows to be newer than the index: a fresh
+    /// read of `name` (`None`: it does not exist), or the workspace as its
+    /// own build or create left it. A workspace with a build under way is
+    /// read again soon, so its end is seen without waiting for a list.
+    pub fn record(&self, credentials: &Resolved, owner: &str, name: &str, workspace: Option<Workspace>) {
+        let key = OwnerKey::new(credentials, owner);
+        let mut owners = self.shared.owners.lock().expect("index owners");
+        let state = owners.entry(key).or_default();
+        let name = name.to_lowercase();
+        match workspace {
+            Some(workspace) => {
+                if in_transition(&workspace) {
+                    state.read_soon.insert(workspace.id.clone());
+                    state.wake_poller.notify_one();
+                }
+                state.workspaces.insert(name, Entry { workspace: Arc::new(slim(workspace)), read_at: Instant::now() });
+            }
+            None => {
+                state.workspaces.remove(&name);
+            }
+        }
+    }
+
+    /// The latest probe of `agent_id`, if any.
+    pub fn probe(&self, agent_id: &str) -> Option<ProbeRecord> {
+        self.shared.probes.get(agent_id)
+    }
+
+    /// Asks for a probe of `agent_id` now; the resources that watch it are
+    /// woken when it completes.
+    pub fn request_probe(&self, agent_id: &str) {
+        self.shared.probes.request(agent_id);
+    }
+
+    /// A reconcile of `resource` begins: how long ago the index woke it, if
+    /// it did (the queue's wait, for the metric).
+    pub fn reconcile_started(&self, resource: &ObjectRef<ChatWorkspace>) -> Option<Duration> {
+        self.shared.woken.lock().expect("index woken").remove(resource).map(|at| at.elapsed())
+    }
+
+    /// Every interest, for tests and the benchmark's report.
+    pub fn watched(&self) -> usize {
+        self.shared.interests.lock().expect("index interests").len()
+    }
+}
+
+fn unregister(state: &mut OwnerState, name: &str, resource: &ObjectRef<ChatWorkspace>) {
+    if let Some(set) = state.interested.get_mut(name) {
+        set.remove(resource);
+        if set.is_empty() {
+            state.interested.remove(name);
+        }
+    }
+}
+
+impl Shared {
+    /// Wakes every resource in `resources`.
+    fn wake(&self, resources: impl IntoIterator<Item = ObjectRef<ChatWorkspace>>) {
+        let mut wakers = self.wakers.lock().expect("index wakers");
+        wakers.retain(|waker| !waker.sender.is_closed());
+        let mut woken = 0u64;
+        let mut since = self.woken.lock().expect("index woken");
+        let now = Instant::now();
+        for resource in resources {
+            since.entry(resource.clone()).or_insert(now);
+            for waker in wakers.iter() {
+                if waker.namespace.is_none() || waker.namespace == resource.namespace {
+                    let _ = waker.sender.send(resource.clone());
+                    woken += 1;
+                }
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.index_wakes.inc_by(woken);
+        }
+    }
+
+    /// Merges workspaces read from Coder into an owner's state, waking the
+    /// resources whose workspace changed in a way the decision core sees.
+    /// Entries recorded after `read_started` are newer than this read and
+    /// are kept.
+    fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant, complete: bool) {
+        let mut to_wake = Vec::new();
+        {
+            let mut owners = self.owners.lock().expect("index owners");
+            let Some(state) = owners.get_mut(key) else { return };
+            let mut seen = HashSet::new();
+            for workspace in read {
+                let name = workspace.name.to_lowercase();
+                seen.insert(name.clone());
+                if let Some(existing) = state.workspaces.get(&name)
+                    && existing.read_at > read_started
+                {
+                    continue;
+                }
+                let workspace = slim(workspace);
+                let changed =
+                    state.workspaces.get(&name).is_none_or(|old| digest(&old.workspace) != digest(&workspace));
+                if in_transition(&workspace) {
+                    state.read_soon.insert(workspace.id.clone());
+                }
+                state
+                    .workspaces
+                    .insert(name.clone(), Entry { workspace: Arc::new(workspace), read_at: Instant::now() });
+                if changed && let Some(resources) = state.interested.get(&name) {
+                    to_wake.extend(resources.iter().cloned());
+                }
+            }
+            if complete {
+                // Gone from a complete list: deleted (or renamed).
+                let gone: Vec<String> = state
+                    .workspaces
+                    .iter()
+                    .filter(|(name, entry)| !seen.contains(*name) && entry.read_at <= read_started)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in gone {
+                    state.workspaces.remove(&name);
+                    if let Some(resources) = state.interested.get(&name) {
+                        to_wake.extend(resources.iter().cloned());
+                    }
+                }
+                let first = state.listed_at.is_none();
+                state.listed_at = Some(Instant::now());
+                state.full_list_due = false;
+                if first {
+                    // Everything that registered before the first list waits
+                    // for it.
+                    to_wake.extend(state.interested.values().flatten().cloned());
+                }
+            }
+        }
+        self.wake(to_wake);
+    }
+
+    /// Drops what the index knows of workspace `id` (read by id and not
+    /// found: deleted), waking its resources.
+    fn remove_id(&self, key: &OwnerKey, id: &str) {
+        let mut to_wake = Vec::new();
+        {
+            let mut owners = self.owners.lock().expect("index owners");
+            let Some(state) = owners.get_mut(key) else { return };
+            let names: Vec<String> =
+                state.workspaces.iter().filter(|(_, e)| e.workspace.id == id).map(|(n, _)| n.clone()).collect();
+            for name in names {
+                state.workspaces.remove(&name);
+                if let Some(resources) = state.interested.get(&name) {
+                    to_wake.extend(resources.iter().cloned());
+                }
+            }
+        }
+        self.wake(to_wake);
+    }
+}
+
+/// A build under way, or an agent still coming up: the workspace is read
+/// again at the active interval until it settles.
+fn in_transition(workspace: &Workspace) -> bool {
+    let build = &workspace.latest_build;
+    if build.job.status.is_active() {
+        return true;
+    }
+    build.transition == WorkspaceTransition::Start
+        && build.job.status == ProvisionerJobStatus::Succeeded
+        && build.agents().any(|agent| {
+            agent.status == AgentStatus::Connecting
+                || (agent.status == AgentStatus::Connected && !agent.lifecycle_state.is_settled())
+        })
+}
+
+/// What the decision core reads of a workspace, hashed: a change of any of
+/// it wakes the workspace's resources; a heartbeat (`last_connected_at` of
+/// a connected agent) does not.
+fn digest(workspace: &Workspace) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    workspace.id.hash(&mut hasher);
+    workspace.name.hash(&mut hasher);
+    workspace.template_active_version_id.hash(&mut hasher);
+    workspace.template_require_active_version.hash(&mut hasher);
+    workspace.dormant_at.map(|t| t.as_second()).hash(&mut hasher);
+    workspace.deleting_at.map(|t| t.as_second()).hash(&mut hasher);
+    let build = &workspace.latest_build;
+    build.id.hash(&mut hasher);
+    build.transition.as_str().hash(&mut hasher);
+    build.job.status.as_str().hash(&mut hasher);
+    build.template_version_id.hash(&mut hasher);
+    for agent in build.agents() {
+        agent.id.hash(&mut hasher);
+        agent.status.as_str().hash(&mut hasher);
+        agent.lifecycle_state.as_str().hash(&mut hasher);
+        agent.disconnected_at.map(|t| t.as_second()).hash(&mut hasher);
+        if agent.status != AgentStatus::Connected {
+            agent.last_connected_at.map(|t| t.as_second()).hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// The workspace without what the operator never reads, so that an entry
+/// stays small at 10,000 workspaces.
+fn slim(mut workspace: Workspace) -> Workspace {
+    workspace.health.failing_agents = Vec::new();
+    workspace.organization_id = String::new();
+    let build = &mut workspace.latest_build;
+    build.workspace_name = String::new();
+    build.workspace_owner_name = String::new();
+    for resource in &mut build.resources {
+        resource.id = String::new();
+        resource.name = String::new();
+        resource.resource_type = String::new();
+        for agent in &mut resource.agents {
+            agent.health.reason = String::new();
+        }
+    }
+    build.resources.retain(|resource| !resource.agents.is_empty());
+    build.resources.shrink_to_fit();
+    workspace
+}
+
+impl Shared {
+    /// Records how the owner's latest poll ended; a change of that wakes the
+    /// owner's resources, so that they report it (or stop reporting it).
+    fn poll_ended(&self, key: &OwnerKey, error: Option<&CoderError>) {
+        let to_wake = {
+            let mut owners = self.owners.lock().expect("index owners");
+            let Some(state) = owners.get_mut(key) else { return };
+            let changed = state.last_error.as_ref().map(CoderError::reason) != error.map(CoderError::reason);
+            state.last_error = error.cloned();
+            if !changed {
+                return;
+            }
+            state.interested.values().flatten().cloned().collect::<Vec<_>>()
+        };
+        self.wake(to_wake);
+    }
+}
+
+/// The owner state's poll inputs, taken under the lock.
+struct PollPlan {
+    client: CoderClient,
+    query_owner: String,
+    full: bool,
+    read_ids: Vec<String>,
+    expected_running: usize,
+    wake_poller: Arc<Notify>,
+}
+
+impl Shared {
+    /// What the owner's next poll must do; `None` when no resource watches
+    /// the owner any more (the poller ends).
+    fn plan(&self, key: &OwnerKey, full_due: bool) -> Option<PollPlan> {
+        let mut owners = self.owners.lock().expect("index owners");
+        let state = owners.get_mut(key)?;
+        if state.interested.is_empty() {
+            state.poller_running = false;
+            // Keep nothing of an owner no resource names.
+            owners.remove(key);
+            return None;
+        }
+        let client = state.client.clone()?;
+        let full = full_due || state.full_list_due || state.listed_at.is_none();
+        let read_ids: Vec<String> = state.read_soon.drain().collect();
+        let expected_running = state
+            .workspaces
+            .values()
+            .filter(|e| {
+                let build = &e.workspace.latest_build;
+                build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded
+            })
+            .count();
+        Some(PollPlan {
+            client,
+            query_owner: state.query_owner.clone(),
+            full,
+            read_ids,
+            expected_running,
+            wake_poller: state.wake_poller.clone(),
+        })
+    }
+}
+
+/// `Weak` upgrade for background tasks: they end with the index.
+fn upgrade(shared: &Weak<Shared>) -> Option<Arc<Shared>> {
+    shared.upgrade()
+}
+
+/// The resources that watch workspace `name` of `key`.
+impl Shared {
+    fn interested_in(&self, key: &OwnerKey, name: &str) -> Vec<ObjectRef<ChatWorkspace>> {
+        let owners = self.owners.lock().expect("index owners");
+        owners
+            .get(key)
+            .and_then(|state| state.interested.get(&name.to_lowercase()))
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// For the prober: the chat agents to keep probed, with the client, the
+/// probe timeout and the resources to wake.
+pub(crate) struct ProbeTarget {
+    pub agent_id: String,
+    pub status: AgentStatus,
+    pub client: CoderClient,
+    pub timeout: Duration,
+    pub owner: OwnerKey,
+    pub name: String,
+}
+
+impl Shared {
+    fn probe_targets(&self) -> Vec<ProbeTarget> {
+        let interests: Vec<Interest> =
+            self.interests.lock().expect("index interests").values().cloned().collect::<Vec<_>>();
+        let owners = self.owners.lock().expect("index owners");
+        let mut targets: HashMap<String, ProbeTarget> = HashMap::new();
+        for interest in interests {
+            let Some(state) = owners.get(&interest.owner) else { continue };
+            let (Some(entry), Some(client)) = (state.workspaces.get(&interest.name), state.client.as_ref()) else {
+                continue;
+            };
+            let Some(agent) = crate::decision::needs_probe(&entry.workspace, interest.agent_name.as_deref()) else {
+                continue;
+            };
+            targets.entry(agent.id.clone()).or_insert_with(|| ProbeTarget {
+                agent_id: agent.id.clone(),
+                status: agent.status,
+                client: client.clone(),
+                timeout: interest.probe_timeout,
+                owner: interest.owner.clone(),
+                name: interest.name.clone(),
+            });
+        }
+        targets.into_values().collect()
+    }
+}
+
+impl ProbeOutcome {
+    /// Whether two outcomes mean the same to the decision core.
+    fn same_kind(&self, other: &ProbeOutcome) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}

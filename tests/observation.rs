@@ -1,0 +1,147 @@
+//! Issue: the Coder index observes Coder in the background and wakes only
+//! the resources whose workspace changed; the resync is a safety net. Each
+//! test here runs the operator with a resync far longer than the test, so
+//! whatever it sees, it saw through the index.
+
+mod support;
+
+use std::time::Duration;
+
+use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+use chatworkspace_operator::conditions::{READY, RECOVERING};
+use chatworkspace_operator::controller::Settings;
+use coder_sim::{Fault, FaultKind, SimConfig};
+use serde_json::json;
+use support::{Env, LONG};
+
+/// Far longer than any test: a resource is reconciled only when the index
+/// (or its own requeue) asks.
+const NO_RESYNC: Duration = Duration::from_secs(3600);
+
+fn without_resync(settings: &mut Settings) {
+    settings.requeue.stable = NO_RESYNC;
+}
+
+async fn env(prefix: &str) -> Env {
+    let mut env = Env::without_operator(prefix, SimConfig::fast()).await;
+    env.tweak = Some(without_resync);
+    env.start_operator();
+    env
+}
+
+fn spec() -> serde_json::Value {
+    json!({
+        "desiredState": "Running",
+        "template": {"name": "docker-dev"},
+        "recovery": {"mode": "Automatic", "disconnectedThreshold": "2s", "probeTimeout": "1s", "maxAttempts": 3, "window": "1h"},
+    })
+}
+
+fn coder(env: &Env) -> CoderClient {
+    CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap()
+}
+
+#[tokio::test]
+async fn an_agent_death_wakes_the_recovery_without_a_resync() {
+    let env = env("wake-death").await;
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    let killed_at = jiff::Timestamp::now();
+    env.sim.kill_agent(id);
+    env.wait_for_condition("chat-1", RECOVERING, "True", None, LONG).await;
+    let stop = env.sim.builds(id).into_iter().find(|b| b.transition == "stop").expect("the recovery's stop build");
+    let reaction = stop.created_at.duration_since(killed_at);
+    // The simulator's fast timings: an agent is disconnected 1 s after its
+    // last heartbeat (every 0.5 s); then the 2 s threshold, a probe, and at
+    // most one attention interval (0.3 s) to notice.
+    let bound = jiff::SignedDuration::from_millis(1_000 + 500 + 2_000 + 1_000 + 300 + 2_000);
+    println!("agent death to the recovery's stop build: {reaction:?} (bound {bound:?})");
+    assert!(reaction < bound, "the stop build came {reaction:?} after the kill; the bound is {bound:?}");
+    env.wait_for_condition("chat-1", RECOVERING, "False", Some("Recovered"), LONG).await;
+    assert_eq!(env.transitions(id), ["start", "stop", "start"]);
+}
+
+#[tokio::test]
+async fn a_stop_made_in_coder_is_seen_without_a_resync() {
+    let env = env("wake-stop").await;
+    env.create("chat-1", spec()).await;
+    let ready = env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let seen = ready.status.as_ref().and_then(|s| s.latest_build.as_ref()).map(|b| b.number).unwrap();
+    let id = env.workspace_id("admin", "chat-1");
+
+    // What a person's Stop button in Coder's dashboard sends.
+    let stop = coder(&env)
+        .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop))
+        .await
+        .expect("a stop build from outside");
+    assert!(stop.build_number > seen);
+    let noticed = env
+        .wait_for("chat-1", "updated with the outside stop", Duration::from_secs(10), |cws| {
+            cws.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.number >= stop.build_number)
+        })
+        .await;
+    assert!(noticed.status.is_some());
+}
+
+#[tokio::test]
+async fn a_workspace_deleted_in_coder_is_seen_without_a_resync() {
+    let env = env("wake-delete").await;
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    coder(&env)
+        .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete))
+        .await
+        .expect("a delete build from outside");
+    // Desired Running: the operator creates it again, which it can only do
+    // once it has seen the deletion.
+    env.wait_for("chat-1", "on a new workspace", LONG, |cws| {
+        cws.status.as_ref().and_then(|s| s.workspace.as_ref()).is_some_and(|w| w.id != id.to_string())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_429_pauses_every_request_of_the_token_for_its_retry_after() {
+    let env = env("ratelimited").await;
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    // The index polls every few hundred milliseconds: without the pause,
+    // a dozen requests would arrive in the next two seconds.
+    env.sim.clear_requests();
+    env.sim.inject_fault(Fault::new("/api/v2/workspaces", FaultKind::RateLimited(2)).method("GET").times(1));
+    let deadline = std::time::Instant::now() + LONG;
+    let limited = loop {
+        if let Some(at) = env.sim.requests().iter().find(|r| r.status == 429).map(|r| r.at) {
+            break at;
+        }
+        assert!(std::time::Instant::now() < deadline, "the operator never hit the injected 429");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests = env.sim.requests();
+    let after: Vec<_> = requests.iter().filter(|r| r.at > limited).collect();
+    let too_soon: Vec<_> = after.iter().filter(|r| r.at.duration_since(limited).as_millis() < 1_900).collect();
+    assert!(too_soon.is_empty(), "requests within Retry-After of the 429: {too_soon:?}");
+    assert!(!after.is_empty(), "requests resume after Retry-After");
+}
+
+#[tokio::test]
+async fn with_one_worker_no_resource_starves() {
+    let mut env = Env::without_operator("fair", SimConfig::fast()).await;
+    env.tweak = Some(|settings: &mut Settings| {
+        settings.requeue.stable = NO_RESYNC;
+        settings.concurrency = 1;
+    });
+    env.start_operator();
+    let names: Vec<String> = (0..24).map(|i| format!("chat-{i}")).collect();
+    for name in &names {
+        env.create(name, spec()).await;
+    }
+    for name in &names {
+        env.wait_for_condition(name, READY, "True", Some("Running"), Duration::from_secs(90)).await;
+    }
+}
