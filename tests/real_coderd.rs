@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 use support::Operated;
-use support::coderd::{Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions};
+use support::coderd::{AgentSpec, Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions};
 use support::process::parse_exposition;
 
 /// Create-to-ready against coderd: builds take a second or two, agents
@@ -665,4 +665,27 @@ async fn a_workspace_made_outside_is_adopted_and_each_deletion_policy_is_applied
         assert_eq!(last.job.status, "succeeded", "deletionPolicy {policy}: {last:?}");
         assert_eq!(coderd.workspace("admin", name).await.is_none(), *policy == "Delete", "deletionPolicy {policy}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_root_agents_the_coderd_chat_one_counts() {
+    let (coderd, env) = operator("real-chatagent").await;
+    let spec = TemplateSpec {
+        agents: vec![AgentSpec::new("dev"), AgentSpec::new("main-coderd-chat")],
+        ..TemplateSpec::default()
+    };
+    let template = coderd.template(&unique("chatagent"), &spec).await;
+    let workspace = unique("chatagent");
+    // Only the chat agent runs; `dev` never connects.
+    let provisioner = coderd.provisioner("admin", &workspace, &spec.agents[1].token);
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let ready = ready(&env, "chat").await;
+    let agent = ready.status.as_ref().unwrap().agent.clone().expect("status.agent");
+    assert_eq!((agent.name.as_str(), agent.status.as_str()), ("main-coderd-chat", "connected"));
+
+    // Its death is what the recovery acts on.
+    provisioner.signal("KILL").expect("the chat agent runs");
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), CONVERGE).await;
+    assert_eq!(after.status.as_ref().unwrap().agent.as_ref().unwrap().name, "main-coderd-chat");
+    assert_eq!(transitions(&coderd.builds(&workspace_id(&after)).await), ["start", "stop", "start"]);
 }
