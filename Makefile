@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all tools build test crds check-crds lint fmt demo bench clean-tools
+.PHONY: all tools build test test-coder crds check-crds lint fmt demo bench clean-tools
 
 all: build
 
@@ -30,9 +30,13 @@ check-crds:
 	@diff -u crds/$(CRD_FILE) $(CHART_CRDS)/$(CRD_FILE) \
 		|| { echo "the chart's CRD differs from crds/: run 'make crds' and commit the result" >&2; exit 1; }
 
-## test: every test, against the real control plane and the Coder simulator
+## test: every test, against the real control plane, the Coder simulator and a real coderd
 test: tools
 	$(CARGO) test --workspace --no-fail-fast
+
+## test-coder: only the end-to-end tests against a real coderd (docs/testing.md)
+test-coder: tools
+	$(CARGO) test --test real_coderd -- --nocapture
 
 lint:
 	$(CARGO) fmt --all --check

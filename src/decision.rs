@@ -229,6 +229,12 @@ impl<'a> Outcome<'a> {
 
     fn build(&mut self, transition: WorkspaceTransition, template_version_id: Option<String>, reason: BuildReason) {
         self.action = Action::Build(BuildPlan { transition, template_version_id, reason });
+        self.record_build_request(transition, reason);
+    }
+
+    /// Remembers the build about to be requested (its id is filled in once
+    /// Coder answers), so that its failure is known as this generation's own.
+    fn record_build_request(&mut self, transition: WorkspaceTransition, reason: BuildReason) {
         self.status.last_build_request = Some(BuildRequestStatus {
             build_id: None,
             transition: transition.as_str().to_string(),
@@ -285,6 +291,8 @@ impl<'a> Outcome<'a> {
             DesiredState::Running => {
                 self.phase = Phase::Creating;
                 self.action = Action::CreateWorkspace;
+                // A create is the workspace's first start build.
+                self.record_build_request(WorkspaceTransition::Start, BuildReason::DesiredState);
                 self.requeue_within(self.inputs.requeue.active);
                 self.say(PROGRESSING, true, "Creating", "Creating the Coder workspace.");
                 self.say(READY, false, "Creating", "The workspace is being created; wait for Ready.");

@@ -152,6 +152,22 @@ fn running_without_a_workspace_creates_one() {
 }
 
 #[test]
+fn the_first_start_of_a_created_workspace_is_this_generations_own() {
+    // A create is the workspace's first start build: when it fails, that is
+    // a failed start of this spec, not one inherited to be tried again.
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), None, None);
+    assert_eq!(d.action, Action::CreateWorkspace);
+    let mut after_create = d.status.clone();
+    let request = after_create.last_build_request.as_mut().expect("the create is recorded as a start request");
+    assert_eq!((request.transition.as_str(), request.generation), ("start", 1));
+    // The reconciler fills in the build id of the created workspace.
+    request.build_id = Some("build-7".into());
+    let d = decide_with(&spec(DesiredState::Running), &after_create, Some(&workspace("start", "failed", None)), None);
+    assert_eq!(d.action, Action::None, "the failed first start is not retried");
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "StartFailed".into()));
+}
+
+#[test]
 fn an_active_job_is_waited_for_never_stacked() {
     for job in ["pending", "running", "canceling"] {
         for transition in ["start", "stop", "delete"] {

@@ -36,7 +36,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-use crate::process::Server;
+pub use crate::process::Server;
 
 /// How long etcd and kube-apiserver get to become ready. A cold start on a
 /// busy 2-core machine takes a few seconds; this bound only matters when

@@ -63,9 +63,11 @@ exec "$@" </dev/null 3<&-
 /// How long `stop` waits for a graceful exit before it kills the server.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A running server (etcd or kube-apiserver) guarded by the watchdog.
+/// A running server (etcd, kube-apiserver, or any other process a test must
+/// not leak, such as PostgreSQL, coderd and Coder agents) guarded by the
+/// watchdog.
 #[derive(Debug)]
-pub(crate) struct Server {
+pub struct Server {
     name: &'static str,
     child: Child,
     /// Our end of the watchdog's pipe: closing it stops the server.
@@ -77,10 +79,22 @@ impl Server {
     /// Starts `program args…` with its output appended to `log`. `cleanup`
     /// names a directory the watchdog deletes once the server has stopped
     /// because this process went away or called [`Server::stop`].
-    pub(crate) fn spawn(
+    pub fn spawn(
         name: &'static str,
         program: &Path,
         args: &[OsString],
+        log: &Path,
+        cleanup: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log, cleanup)
+    }
+
+    /// [`Server::spawn`], with `env` added to the inherited environment.
+    pub fn spawn_with_env(
+        name: &'static str,
+        program: &Path,
+        args: &[OsString],
+        env: &[(OsString, OsString)],
         log: &Path,
         cleanup: Option<&Path>,
     ) -> anyhow::Result<Self> {
@@ -97,6 +111,7 @@ impl Server {
             .arg(cleanup.map(Path::as_os_str).unwrap_or_default())
             .arg(program)
             .args(args)
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
@@ -107,18 +122,18 @@ impl Server {
         Ok(server)
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The exit status if the server has exited.
-    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// Stops the server and waits for it: gracefully through the watchdog,
     /// forcibly after [`STOP_TIMEOUT`].
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut lifeline) = self.lifeline.take() {
             // Ask for the graceful path; if the watchdog is gone, the
             // server is stopped below all the same.
@@ -136,7 +151,7 @@ impl Server {
     }
 
     /// An error describing why the server is not usable, with its log's tail.
-    pub(crate) fn failure(&self, what: impl std::fmt::Display) -> anyhow::Error {
+    pub fn failure(&self, what: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!(
             "{what}\n--- last lines of {} ({}) ---\n{}",
             self.name,

@@ -1,11 +1,14 @@
 //! What the integration tests share: a real control plane (one per test
-//! binary), a Coder simulator per test, and the operator running in-process
-//! against both, restricted to the test's own namespace.
+//! binary), a Coder simulator per test (or a real coderd, see [`coderd`]),
+//! and the operator running in-process against both, restricted to the
+//! test's own namespace.
 
 #![allow(dead_code)]
 
+pub mod coderd;
 pub mod process;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,19 +57,47 @@ pub fn fast_index() -> IndexSettings {
     }
 }
 
+/// A test against the simulator: the operator's side ([`Operated`], which
+/// this derefs to) and the simulator it talks to.
 pub struct Env {
+    base: Operated,
+    pub sim: Simulator,
+}
+
+impl Deref for Env {
+    type Target = Operated;
+
+    fn deref(&self) -> &Operated {
+        &self.base
+    }
+}
+
+impl DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Operated {
+        &mut self.base
+    }
+}
+
+/// A test's namespace in the shared control plane and the operator serving
+/// it, in-process, against one Coder (the simulator or a real coderd).
+pub struct Operated {
     pub namespace: String,
     pub client: Client,
     pub api: Api<ChatWorkspace>,
-    pub sim: Simulator,
     pub metrics: Arc<Metrics>,
     /// Applied to the operator's Coder traffic when it (re)starts.
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// The operator's settings when it (re)starts.
+    pub settings: Settings,
     /// Changes to the operator's settings, applied when it (re)starts.
     pub tweak: Option<fn(&mut Settings)>,
+    /// Timeout of each of the operator's Coder requests.
+    pub request_timeout: Duration,
     /// When set, the operator reads its default token from this file (and
     /// again whenever it changes), as from a mounted Secret.
     pub token_file: Option<std::path::PathBuf>,
+    coder_url: String,
+    coder_token: String,
     operator: Option<Operator>,
 }
 
@@ -89,6 +120,28 @@ impl Env {
 
     /// Everything but the operator, for tests that configure it first.
     pub async fn without_operator(prefix: &str, config: SimConfig) -> Env {
+        let sim = Simulator::start(config).await.expect("start the Coder simulator");
+        let mut base = Operated::without_operator(prefix, &sim.url(), &sim.token()).await;
+        base.settings = Settings {
+            requeue: fast_requeue(),
+            concurrency: 8,
+            namespaces: vec![base.namespace.clone()],
+            template_ttl: Duration::from_secs(300),
+            instance: "test".into(),
+            index: fast_index(),
+            install: "test".into(),
+        };
+        base.request_timeout = Duration::from_secs(5);
+        Env { base, sim }
+    }
+}
+
+impl Operated {
+    /// A fresh namespace and an operator (not started yet) that will talk to
+    /// the Coder at `coder_url` with `coder_token`, with the production
+    /// defaults of `chatworkspace-operator run` (see `src/main.rs`) but for
+    /// the namespace it watches.
+    pub async fn without_operator(prefix: &str, coder_url: &str, coder_token: &str) -> Operated {
         // The operator's logs, for a failing test: RUST_LOG=chatworkspace_operator=debug.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -100,31 +153,31 @@ impl Env {
         // The cluster admin's grant: this namespace may drive any Coder
         // user's workspaces with the operator's default credentials.
         grant(&client, &namespace, Some("*")).await;
-        let sim = Simulator::start(config).await.expect("start the Coder simulator");
         let api = Api::namespaced(client.clone(), &namespace);
-        Env {
+        let settings = Settings {
+            namespaces: vec![namespace.clone()],
+            instance: "test".into(),
+            install: "test".into(),
+            ..Settings::default()
+        };
+        Operated {
             namespace,
             client,
             api,
-            sim,
             metrics: Arc::new(Metrics::default()),
             rate_limit: None,
+            settings,
             tweak: None,
+            request_timeout: Duration::from_secs(15),
             token_file: None,
+            coder_url: coder_url.to_owned(),
+            coder_token: coder_token.to_owned(),
             operator: None,
         }
     }
 
     pub fn settings(&self) -> Settings {
-        let mut settings = Settings {
-            requeue: fast_requeue(),
-            concurrency: 8,
-            namespaces: vec![self.namespace.clone()],
-            template_ttl: Duration::from_secs(300),
-            instance: "test".into(),
-            index: fast_index(),
-            install: "test".into(),
-        };
+        let mut settings = self.settings.clone();
         if let Some(tweak) = self.tweak {
             tweak(&mut settings);
         }
@@ -137,11 +190,11 @@ impl Env {
         assert!(self.operator.is_none(), "the operator is already running");
         let token = match &self.token_file {
             Some(path) => SessionToken::from_file(path).unwrap(),
-            None => SessionToken::new(self.sim.token()).unwrap(),
+            None => SessionToken::new(&self.coder_token).unwrap(),
         };
         let mut credentials = Credentials::new(
-            Some((self.sim.url(), token)),
-            Duration::from_secs(5),
+            Some((self.coder_url.clone(), token)),
+            self.request_timeout,
             Some(self.metrics.clone()),
             self.rate_limit.clone(),
         )
@@ -157,13 +210,13 @@ impl Env {
         self.operator = Some(Operator { stop, task });
     }
 
-    /// A second operator install (its own name, the same namespace,
-    /// simulator and token), as a second `helm install` watching the same
-    /// namespace would be. It stops when the returned value is dropped.
+    /// A second operator install (its own name, the same namespace, Coder
+    /// and token), as a second `helm install` watching the same namespace
+    /// would be. It stops when the returned value is dropped.
     pub fn start_other_install(&self, install: &str) -> OtherInstall {
         let credentials = Credentials::new(
-            Some((self.sim.url(), SessionToken::new(self.sim.token()).unwrap())),
-            Duration::from_secs(5),
+            Some((self.coder_url.clone(), SessionToken::new(&self.coder_token).unwrap())),
+            self.request_timeout,
             None,
             None,
         )
@@ -175,6 +228,11 @@ impl Env {
             Arc::new(Readiness::default()),
             std::future::pending::<()>(),
         )))
+    }
+
+    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
+    pub async fn grant(&self, owners: Option<&str>) {
+        grant(&self.client, &self.namespace, owners).await;
     }
 
     /// Kills the operator at once, mid-reconcile if it is in one.
@@ -190,11 +248,6 @@ impl Env {
             let _ = operator.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(20), operator.task).await;
         }
-    }
-
-    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
-    pub async fn grant(&self, owners: Option<&str>) {
-        grant(&self.client, &self.namespace, owners).await;
     }
 
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
@@ -277,7 +330,9 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
 
+impl Env {
     /// The Coder workspace id the simulator holds for `name` (owned by the
     /// simulator's default user).
     pub fn workspace_id(&self, owner: &str, name: &str) -> uuid::Uuid {
@@ -298,7 +353,9 @@ impl Env {
             .filter(|r| r.method == "POST" && r.path.ends_with("/builds") && r.status == 409)
             .count()
     }
+}
 
+impl Operated {
     /// Waits until Events with every one of `reasons` exist for `name`
     /// (they are published right after the status write a test waits on),
     /// and returns all of them as (reason, note).
@@ -379,7 +436,7 @@ impl Drop for OtherInstall {
     }
 }
 
-impl Drop for Env {
+impl Drop for Operated {
     fn drop(&mut self) {
         self.kill_operator();
     }

@@ -1,7 +1,9 @@
 //! Rich parameter resolution and validation, with coderd's rules and
 //! messages: a value comes from the request, else the previous build (unless
 //! the parameter is ephemeral), else the default; then it must satisfy the
-//! parameter's options, type, range, regex and monotonicity.
+//! parameter's options, type, range, regex and monotonicity. Messages are
+//! those of coderd v2.36.1's dynamic parameter flow, the default of new
+//! templates: `<summary>; <detail>` per parameter.
 
 use crate::seed::Parameter;
 
@@ -34,12 +36,13 @@ pub fn resolve(
             && new != old
         {
             errors.push(fail(format!(
-                "Parameter {name:?} is not mutable, so it can't be updated after creating a workspace."
+                "Immutable parameter changed; Parameter {name:?} is not mutable, so it can't be updated after \
+                 creating a workspace."
             )));
             continue;
         }
         if parameter.required && new_value.is_none() && old_value.is_none() {
-            errors.push(fail(format!("Parameter {name:?} is required but not provided")));
+            errors.push(fail("Required parameter not provided; parameter value is null".to_owned()));
             continue;
         }
         let value = new_value
@@ -47,27 +50,30 @@ pub fn resolve(
             .unwrap_or_else(|| parameter.default_value.clone());
         match validate(parameter, &value, old_value.as_deref()) {
             Ok(value) => resolved.push((name.clone(), value)),
-            Err(reason) => {
-                let shown = if parameter.display_name.is_empty() { name } else { &parameter.display_name };
-                errors.push(fail(format!("can't validate build parameter {shown:?}: {reason}")));
-            }
+            Err(detail) => errors.push(fail(detail)),
         }
     }
     if errors.is_empty() { Ok(resolved) } else { Err(errors) }
 }
 
+/// The value to use, or the detail of a validation error.
 fn validate(parameter: &Parameter, value: &str, previous: Option<&str>) -> Result<String, String> {
     if parameter.required && value.is_empty() {
-        return Err("parameter value is required".to_owned());
+        return Err("Required parameter not provided; parameter value is null".to_owned());
     }
     let value = if value.is_empty() { parameter.default_value.as_str() } else { value };
     if !parameter.options.is_empty() {
         if parameter.options.iter().any(|option| option.value == value) {
             return Ok(value.to_owned());
         }
-        let values: Vec<&str> = parameter.options.iter().map(|option| option.value.as_str()).collect();
-        return Err(format!("parameter value must match one of options: [{}]", values.join(" ")));
+        return Err(format!("Value must be a valid option; the value {value:?} must be defined as one of options"));
     }
+    check(parameter, value, previous)
+        .map_err(|reason| format!("Invalid parameter value according to 'validation' block; {reason}"))
+}
+
+/// Type, range, regex and monotonicity: the reason a value fails them.
+fn check(parameter: &Parameter, value: &str, previous: Option<&str>) -> Result<String, String> {
     let custom = |default: String| {
         if parameter.validation_error.is_empty() { default } else { parameter.validation_error.clone() }
     };
@@ -112,7 +118,12 @@ fn validate(parameter: &Parameter, value: &str, previous: Option<&str>) -> Resul
         let regex =
             regex::Regex::new(&parameter.validation_regex).map_err(|err| format!("invalid validation regex: {err}"))?;
         if !regex.is_match(value) {
-            return Err(custom(format!("value {value:?} does not match {:?}", parameter.validation_regex)));
+            let mismatch = format!("value {value:?} does not match {:?}", parameter.validation_regex);
+            return Err(if parameter.validation_error.is_empty() {
+                mismatch
+            } else {
+                format!("{} ({mismatch})", parameter.validation_error)
+            });
         }
     }
     Ok(value.to_owned())
@@ -152,7 +163,10 @@ mod tests {
         let params = [number("cpu", "2", 1, 8)];
         let errors = resolve(&params, &pairs(&[("cpu", "9")]), &[]).unwrap_err();
         assert_eq!(errors[0].field, "cpu");
-        assert!(errors[0].detail.contains("value 9 is more than the maximum 8"), "{errors:?}");
+        assert_eq!(
+            errors[0].detail,
+            "Invalid parameter value according to 'validation' block; value 9 is more than the maximum 8"
+        );
     }
 
     #[test]
@@ -160,7 +174,7 @@ mod tests {
         let mut param = number("gpus", "", 1, 8);
         param.required = true;
         let errors = resolve(&[param], &[], &[]).unwrap_err();
-        assert_eq!(errors[0].detail, r#"Parameter "gpus" is required but not provided"#);
+        assert_eq!(errors[0].detail, "Required parameter not provided; parameter value is null");
     }
 
     #[test]
@@ -177,7 +191,10 @@ mod tests {
             })
             .collect();
         let errors = resolve(&[param], &pairs(&[("size", "xl")]), &[]).unwrap_err();
-        assert!(errors[0].detail.ends_with("parameter value must match one of options: [s m]"));
+        assert_eq!(
+            errors[0].detail,
+            r#"Value must be a valid option; the value "xl" must be defined as one of options"#
+        );
     }
 
     #[test]
@@ -185,6 +202,6 @@ mod tests {
         let mut param = number("disk", "10", 1, 100);
         param.mutable = false;
         let errors = resolve(&[param], &pairs(&[("disk", "20")]), &pairs(&[("disk", "10")])).unwrap_err();
-        assert!(errors[0].detail.contains("is not mutable"));
+        assert!(errors[0].detail.starts_with("Immutable parameter changed; Parameter \"disk\" is not mutable"));
     }
 }

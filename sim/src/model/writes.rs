@@ -257,13 +257,11 @@ impl Deployment {
                 values.push((name.clone(), value.clone()));
             }
         }
-        params::resolve(&version.parameters, &values, previous).map_err(|errors| {
-            let message = match errors.as_slice() {
-                [only] => format!("Unable to validate parameter {:?}", only.field),
-                _ => "Unable to validate parameters".to_owned(),
-            };
-            let detail = errors.iter().map(|e| e.detail.as_str()).collect::<Vec<_>>().join("; ");
-            errors.iter().fold(ApiError::bad_request(message).detail(detail), |err, e| {
+        // coderd's dynamic parameter flow: one message, no detail, one
+        // validation per parameter, sorted by name.
+        params::resolve(&version.parameters, &values, previous).map_err(|mut errors| {
+            errors.sort_by(|a, b| a.field.cmp(&b.field));
+            errors.iter().fold(ApiError::bad_request("Unable to validate parameters"), |err, e| {
                 err.validation(e.field.clone(), e.detail.clone())
             })
         })

@@ -1,0 +1,694 @@
+//! Issue 10: the operator against a real coderd (the pinned release, built
+//! by `make tools`) on PostgreSQL, with the echo provisioner and real
+//! `coder agent` processes that the tests kill and freeze, and the real
+//! kube-apiserver. The operator runs with the production defaults of
+//! `chatworkspace-operator run` (intervals, Coder request rate); only the
+//! recovery thresholds in the specs are short. Builds are counted in coderd
+//! (`GET /workspaces/{id}/builds`), never in the operator.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
+use chatworkspace_operator::crd::ChatWorkspace;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+use support::Operated;
+use support::coderd::{AgentSpec, Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions};
+use support::process::parse_exposition;
+
+/// Create-to-ready against coderd: builds take a second or two, agents
+/// connect in about as long, the operator looks every 2 s while things move.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// A namespace and an operator (running) that talks to the shared coderd
+/// with the admin's token.
+async fn operator(prefix: &str) -> (&'static Coderd, Operated) {
+    let coderd = Coderd::shared();
+    let mut env = Operated::without_operator(prefix, coderd.url(), &coderd.admin.token).await;
+    env.start_operator();
+    (coderd, env)
+}
+
+/// A unique Coder name (workspace, template): `prefix` and a short suffix,
+/// within coderd's 32 characters.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+/// A template with one agent of its own and the workspace name to use it
+/// for: every workspace with a live agent needs its own agent token.
+async fn agent_template(coderd: &Coderd, prefix: &str) -> (Template, TemplateSpec, String) {
+    let spec = TemplateSpec::one_agent();
+    let template = coderd.template(&unique(prefix), &spec).await;
+    (template, spec, unique(prefix))
+}
+
+fn running_spec(workspace: &str, template: &Template, recovery: Value) -> Value {
+    json!({
+        "desiredState": "Running",
+        "workspaceName": workspace,
+        "template": {"name": template.name},
+        "recovery": recovery,
+    })
+}
+
+/// Recovery that acts within seconds once coderd reports the agent
+/// disconnected. The probe timeout is not shorter: coderd's first dial of
+/// an agent that has just connected can take several seconds (5.3 s seen).
+fn fast_recovery() -> Value {
+    json!({"mode": "Automatic", "disconnectedThreshold": "5s", "probeTimeout": "10s", "maxAttempts": 3, "window": "1h"})
+}
+
+async fn ready(env: &Operated, name: &str) -> ChatWorkspace {
+    env.wait_for_condition(name, READY, "True", Some("Running"), CONVERGE).await
+}
+
+fn workspace_id(cws: &ChatWorkspace) -> String {
+    cws.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone()).expect("status.workspace")
+}
+
+fn agent_id(cws: &ChatWorkspace) -> String {
+    cws.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()).expect("status.agent")
+}
+
+fn condition_message(cws: &ChatWorkspace, type_: &str) -> String {
+    cws.status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// No two builds of a workspace were ever active at once: each build was
+/// created after the previous one's job had ended, and none is still active.
+fn assert_sequential(builds: &[Build]) {
+    for pair in builds.windows(2) {
+        let ended = pair[0].job.completed_at.unwrap_or_else(|| panic!("build #{} never ended", pair[0].build_number));
+        assert!(
+            pair[1].created_at >= ended,
+            "build #{} was created while build #{} was active: {builds:?}",
+            pair[1].build_number,
+            pair[0].build_number
+        );
+    }
+    for build in builds {
+        assert!(
+            !matches!(build.job.status.as_str(), "pending" | "running" | "canceling"),
+            "build #{} still {} when the test ended: {builds:?}",
+            build.build_number,
+            build.job.status
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_start_with_a_live_agent_stop_and_start_again() {
+    let (coderd, env) = operator("real-lifecycle").await;
+    let (template, spec, workspace) = agent_template(coderd, "life").await;
+    let provisioner: Provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+
+    let first = ready(&env, "chat").await;
+    let status = first.status.as_ref().unwrap();
+    assert_eq!(status.agent.as_ref().unwrap().status, "connected");
+    assert!(conditions::is_true(&status.conditions, AGENT_CONNECTED));
+    let id = workspace_id(&first);
+    let workspace_read = coderd.workspace("admin", &workspace).await.expect("the operator created the workspace");
+    assert_eq!(workspace_read["id"], json!(id));
+    assert_eq!(transitions(&coderd.builds(&id).await), ["start"], "creating starts the workspace once");
+
+    env.set_desired_state("chat", "Stopped").await;
+    env.wait_for_condition("chat", READY, "True", Some("Stopped"), CONVERGE).await;
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop"], "exactly one stop build");
+    assert_eq!(builds[1].status, "stopped");
+
+    env.set_desired_state("chat", "Running").await;
+    let again = ready(&env, "chat").await;
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"]);
+    assert_sequential(&builds);
+    assert_ne!(agent_id(&again), agent_id(&first), "a new start build makes a new agent");
+    assert_eq!(provisioner.agents_started(), 2, "one agent process per start build");
+    env.wait_for_events("chat", &["WorkspaceCreated", "BuildRequested", "Running", "Stopped"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_recovered_with_exactly_one_stop_and_one_start() {
+    let (coderd, env) = operator("real-kill").await;
+    let (template, spec, workspace) = agent_template(coderd, "kill").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+
+    let killed_at = jiff::Timestamp::now();
+    let signalled = Instant::now();
+    provisioner.signal("KILL").expect("an agent runs");
+    let seen = watch_agent_status(coderd, &workspace, "disconnected");
+    env.wait_for_condition("chat", RECOVERING, "True", None, CONVERGE).await;
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), CONVERGE).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_sequential(&builds);
+    assert_ne!(agent_id(&after), agent_id(&before), "the rebuild made a new agent");
+
+    let reaction = builds[1].created_at.duration_since(killed_at);
+    let reaction_secs = reaction.as_secs_f64();
+    // Not before the threshold, and within the design's bar.
+    assert!(reaction_secs >= 5.0, "the recovery stopped the workspace before the threshold: {reaction_secs:.2}s");
+    assert!(reaction_secs <= recovery_bar(), "the recovery started late: {reaction_secs:.2}s > {}s", recovery_bar());
+    println!(
+        "SIGKILL of the agent to the recovery's stop build: {:.2}s (disconnectedThreshold 5s); \
+         to Ready again: {:.2}s",
+        reaction.as_secs_f64(),
+        signalled.elapsed().as_secs_f64()
+    );
+    println!("coderd reported the agent disconnected {:.2}s after SIGKILL", seen.await.unwrap().0.as_secs_f64());
+    env.wait_for_events("chat", &["RecoveryStarted", "Recovered"]).await;
+}
+
+/// The design's bar from an agent's death (as coderd reports it) to the
+/// recovery's stop build: disconnectedThreshold + probeTimeout + the index's
+/// attention interval (its default) + 2 s.
+fn recovery_bar() -> f64 {
+    let attention = chatworkspace_operator::index::IndexSettings::default().attention_interval;
+    5.0 + 10.0 + attention.as_secs_f64() + 2.0
+}
+
+/// How long after now coderd first reports the latest build's first agent
+/// with `status`, and the agent as it was read then.
+fn watch_agent_status(
+    coderd: &'static Coderd,
+    workspace: &str,
+    status: &'static str,
+) -> tokio::task::JoinHandle<(Duration, Value)> {
+    let workspace = workspace.to_owned();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        loop {
+            if let Some(read) = coderd.workspace("admin", &workspace).await {
+                let agent = &read["latest_build"]["resources"][0]["agents"][0];
+                if agent["status"] == status {
+                    return (start.elapsed(), agent.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
+    let (coderd, env) = operator("real-never").await;
+    let mut spec = TemplateSpec::one_agent();
+    spec.agents[0].connection_timeout_seconds = 3;
+    let template = coderd.template(&unique("never"), &spec).await;
+    let workspace = unique("never");
+    // No provisioner: no agent process ever runs.
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
+    assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("never connected"), "{message}");
+    let id = workspace_id(&degraded);
+    // Past the recovery threshold several times over: still the one start.
+    assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(15)).await;
+}
+
+/// Fails as soon as the workspace's builds differ from `expected` within
+/// `period`: for rules that say something must not happen.
+async fn assert_builds_stay(coderd: &Coderd, workspace_id: &str, expected: &[&str], period: Duration) {
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        let builds = coderd.builds(workspace_id).await;
+        assert_eq!(transitions(&builds), expected, "unexpected builds: {builds:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_hangs_the_probe_then_is_recovered_with_one_stop_and_one_start() {
+    let (coderd, env) = operator("real-freeze").await;
+    let (template, spec, workspace) = agent_template(coderd, "freeze").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+
+    let frozen_at = jiff::Timestamp::now();
+    provisioner.signal("STOP").expect("an agent runs");
+    let seen = watch_agent_status(coderd, &workspace, "disconnected");
+    // The connection stays open: coderd still sees the agent connected and
+    // dials it, and the dial hangs.
+    let probe = Instant::now();
+    let hung = tokio::time::timeout(
+        Duration::from_secs(5),
+        coderd.admin_api().get::<Value>(&format!("/workspaceagents/{}/listening-ports", agent_id(&before))),
+    )
+    .await;
+    assert!(hung.is_err(), "a probe of a frozen agent answered within 5 s: {hung:?}");
+    println!("a probe of the frozen agent was still hanging after {:.1}s", probe.elapsed().as_secs_f64());
+
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), Duration::from_secs(180)).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_sequential(&builds);
+    assert_ne!(agent_id(&after), agent_id(&before));
+    let (disconnected, agent) = seen.await.unwrap();
+    let disconnected = disconnected.as_secs_f64();
+    let stop = builds[1].created_at.duration_since(frozen_at).as_secs_f64();
+    // Counted from the disconnect as coderd dates it.
+    let disconnected_at: jiff::Timestamp = str_field(&agent, "disconnected_at").parse().expect("an RFC 3339 time");
+    let since = builds[1].created_at.duration_since(disconnected_at).as_secs_f64();
+    assert!(since >= 4.5, "the recovery stopped {since:.2}s after the disconnect, before the 5 s threshold");
+    assert!(since <= recovery_bar(), "the recovery started {since:.2}s after the disconnect, late");
+    println!(
+        "SIGSTOP of the agent: coderd reported it disconnected after {disconnected:.2}s; the recovery's stop build \
+         came {stop:.2}s after the signal, {since:.2}s after the disconnect (disconnectedThreshold 5s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_frozen_for_less_than_the_threshold_builds_nothing() {
+    let (coderd, env) = operator("real-blip").await;
+    let (template, spec, workspace) = agent_template(coderd, "blip").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    // The default threshold: coderd takes 22-25 s to see a frozen agent
+    // disconnected, and the operator up to one attention interval more.
+    let recovery = json!({"mode": "Automatic", "disconnectedThreshold": "90s", "probeTimeout": "10s"});
+    env.create("chat", running_spec(&workspace, &template, recovery)).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+
+    let frozen = Instant::now();
+    provisioner.signal("STOP").expect("an agent runs");
+    // The operator sees the agent disconnected (and would rebuild now
+    // without the threshold)...
+    env.wait_for_condition("chat", AGENT_CONNECTED, "False", Some("Disconnected"), Duration::from_secs(120)).await;
+    let blip = frozen.elapsed();
+    // ...and it comes back before the threshold.
+    provisioner.signal("CONT").expect("the agent is still there");
+    ready(&env, "chat").await;
+    println!("the agent was frozen for {:.1}s and is back", blip.as_secs_f64());
+    assert!(blip < Duration::from_secs(90), "the freeze outlasted the threshold: {blip:?}");
+    assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(10)).await;
+    assert_eq!(provisioner.agents_started(), 1, "the same agent process came back");
+}
+
+/// A template (no agent) with two rich parameters and a preset, in coderd's
+/// default (dynamic) parameter flow.
+async fn parameter_template(coderd: &Coderd) -> Template {
+    let spec = TemplateSpec {
+        parameters: vec![
+            json!({"name": "size", "type": "string", "defaultValue": "small", "mutable": true,
+                   "options": [{"name": "Small", "value": "small"}, {"name": "Large", "value": "large"}]}),
+            json!({"name": "cpus", "type": "number", "defaultValue": "2", "mutable": true,
+                   "validationMin": 1, "validationMax": 8}),
+        ],
+        presets: vec![json!({"name": "large", "description": "Four CPUs",
+                             "parameters": [{"name": "size", "value": "large"}, {"name": "cpus", "value": "4"}]})],
+        ..TemplateSpec::default()
+    };
+    coderd.template(&unique("params"), &spec).await
+}
+
+/// The parameters of the first build of the workspace of `cws`, once the
+/// operator has created it.
+async fn first_build_parameters(
+    coderd: &Coderd,
+    env: &Operated,
+    name: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let created =
+        env.wait_for(name, "created", CONVERGE, |c| c.status.as_ref().is_some_and(|s| s.workspace.is_some())).await;
+    let builds = coderd.builds(&workspace_id(&created)).await;
+    coderd.build_parameters(&builds[0].id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presets_and_parameters_reach_the_first_build_and_bad_ones_are_reported() {
+    let (coderd, env) = operator("real-params").await;
+    let template = parameter_template(coderd).await;
+    let spec = |workspace: &str, extra: Value| {
+        let mut spec =
+            json!({"desiredState": "Running", "workspaceName": workspace, "template": {"name": template.name}});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        spec
+    };
+
+    // A preset: the build's parameters are the preset's.
+    env.create("preset", spec(&unique("preset"), json!({"preset": {"name": "large"}}))).await;
+    let parameters = first_build_parameters(coderd, &env, "preset").await;
+    assert_eq!(parameters.get("size").map(String::as_str), Some("large"), "{parameters:?}");
+    assert_eq!(parameters.get("cpus").map(String::as_str), Some("4"), "{parameters:?}");
+    let cws = env.get("preset").await;
+    let presets = &cws.status.as_ref().unwrap().template.as_ref().expect("status.template").presets;
+    assert_eq!(presets.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["large"]);
+    assert_eq!(presets[0].description.as_deref(), Some("Four CPUs"));
+
+    // Explicit parameters, the others at their defaults.
+    env.create("explicit", spec(&unique("explicit"), json!({"parameters": [{"name": "cpus", "value": "3"}]}))).await;
+    let parameters = first_build_parameters(coderd, &env, "explicit").await;
+    assert_eq!(parameters.get("cpus").map(String::as_str), Some("3"), "{parameters:?}");
+    assert_eq!(parameters.get("size").map(String::as_str), Some("small"), "{parameters:?}");
+
+    // A value coderd's validation refuses: reported field by field, no workspace.
+    let invalid = unique("invalid");
+    env.create("invalid", spec(&invalid, json!({"parameters": [{"name": "cpus", "value": "99"}]}))).await;
+    let degraded = env.wait_for_condition("invalid", DEGRADED, "True", Some("ValidationFailed"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("cpus") && message.contains("maximum 8"), "{message}");
+    assert!(coderd.workspace("admin", &invalid).await.is_none(), "no workspace was created");
+
+    // A preset the template does not have: reported with the ones it has.
+    let unknown = unique("unknown");
+    env.create("unknown", spec(&unknown, json!({"preset": {"name": "huge"}}))).await;
+    let degraded = env.wait_for_condition("unknown", DEGRADED, "True", Some("PresetNotFound"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("huge") && message.contains("large"), "{message}");
+    assert!(coderd.workspace("admin", &unknown).await.is_none(), "no workspace was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_is_reported_with_the_jobs_error_and_not_retried() {
+    let (coderd, env) = operator("real-failstart").await;
+    let spec = TemplateSpec {
+        fail_start: Some("quota exceeded: no room for another workspace".into()),
+        ..TemplateSpec::one_agent()
+    };
+    let template = coderd.template(&unique("fail"), &spec).await;
+    env.create("chat", running_spec(&unique("fail"), &template, fast_recovery())).await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("StartFailed"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("quota exceeded: no room for another workspace"), "{message}");
+    let build = degraded.status.as_ref().unwrap().latest_build.as_ref().unwrap();
+    assert_eq!((build.status.as_str(), build.job_status.as_str()), ("failed", "failed"));
+    assert!(build.error.as_deref().unwrap_or_default().contains("quota exceeded"), "{build:?}");
+    assert_builds_stay(coderd, &workspace_id(&degraded), &["start"], Duration::from_secs(10)).await;
+}
+
+/// A Secret `name` with a Coder URL and token, for `spec.credentialsRef`.
+async fn credentials_secret(env: &Operated, name: &str, url: &str, token: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {"url": url, "token": token},
+    }))
+    .unwrap();
+    kube::Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the credentials Secret");
+}
+
+/// The operator's Coder requests so far that got `code`, from its metrics.
+fn requests_with_code(env: &Operated, code: &str) -> f64 {
+    let exposition = parse_exposition(&env.metrics.render()).expect("the operator's metrics parse");
+    exposition.value("chatworkspace_coder_requests_total", &[("code", code)])
+}
+
+/// The status and Events of `name` as one text, to look for secrets in.
+async fn everything_shown(env: &Operated, name: &str) -> String {
+    let cws = env.get(name).await;
+    format!("{}\n{:?}", serde_json::to_string(&cws.status).unwrap(), env.events(name).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_token_on_another_users_workspace_is_reported_not_retried_in_a_storm() {
+    let (coderd, env) = operator("real-forbidden").await;
+    let template = coderd.template(&unique("forbid"), &TemplateSpec::default()).await;
+    // The admin's workspace, which the member may neither see nor build.
+    let workspace = unique("forbid");
+    let _: Value = coderd
+        .admin_api()
+        .post("/users/admin/workspaces", &json!({"name": workspace, "template_id": template.id}))
+        .await
+        .expect("create the admin's workspace");
+    let member_token = coderd.new_token(&coderd.member, "forbidden").await;
+    // coderd hides what a user may not read: the member's read of the admin
+    // (the owner the operator resolves first) and of the workspace are 404s.
+    let read = coderd.api_as(&member_token).get::<Value>(&format!("/users/admin/workspace/{workspace}")).await;
+    assert_eq!(read.err().map(|e| e.status), Some(404));
+    credentials_secret(&env, "member", coderd.url(), &member_token).await;
+    env.create(
+        "chat",
+        json!({"desiredState": "Running", "owner": "admin", "workspaceName": workspace,
+               "template": {"name": template.name}, "credentialsRef": {"name": "member"}}),
+    )
+    .await;
+
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", None, CONVERGE).await;
+    let condition = conditions::find(&degraded.status.as_ref().unwrap().conditions, DEGRADED).unwrap().clone();
+    println!("a member's token on the admin's workspace: {} — {}", condition.reason, condition.message);
+    // Coder hides the owner from the member's token (404) or refuses the
+    // request (403): either way reported, with the access named.
+    assert!(["Forbidden", "NotFound"].contains(&condition.reason.as_str()), "{condition:?}");
+    assert!(condition.message.contains("access") || condition.reason == "Forbidden", "{condition:?}");
+    let refused_now = || requests_with_code(&env, "403") + requests_with_code(&env, "404");
+    let refused = refused_now();
+    assert!(refused >= 1.0);
+    // The operator waits for a change instead of asking again and again.
+    let calm = Instant::now();
+    while calm.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(refused_now() <= refused + 1.0, "refused requests repeated in a storm");
+    }
+    assert_eq!(
+        transitions(&coderd.builds(&str_field(&coderd.workspace("admin", &workspace).await.unwrap(), "id")).await),
+        ["start"]
+    );
+    assert!(!everything_shown(&env, "chat").await.contains(&member_token), "the token appears in status or Events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_reported_without_showing_it() {
+    let (coderd, env) = operator("real-revoked").await;
+    let template = coderd.template(&unique("revoked"), &TemplateSpec::default()).await;
+    let token = coderd.new_token(&coderd.member, "revoked").await;
+    coderd.revoke_token(&coderd.member, &token).await;
+    credentials_secret(&env, "revoked", coderd.url(), &token).await;
+    let workspace = unique("revoked");
+    env.create(
+        "chat",
+        json!({"desiredState": "Running", "workspaceName": workspace, "template": {"name": template.name},
+               "credentialsRef": {"name": "revoked"}}),
+    )
+    .await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("Unauthorized"), CONVERGE).await;
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("401"), "{message}");
+    let shown = everything_shown(&env, "chat").await;
+    let secret_part = token.split_once('-').unwrap().1;
+    assert!(!shown.contains(secret_part), "the token appears in status or Events: {shown}");
+    assert!(coderd.workspace("member", &workspace).await.is_none());
+    let refused = requests_with_code(&env, "401");
+    let calm = Instant::now();
+    while calm.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(requests_with_code(&env, "401") <= refused + 1.0, "refused requests repeated in a storm");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_resources_at_once_never_make_coderd_answer_429() {
+    const RESOURCES: usize = 20;
+    let (coderd, mut env) = operator("real-twenty").await;
+    // The production default: 20 requests per second, bursts of 40.
+    env.stop_operator().await;
+    env.rate_limit = Some(std::sync::Arc::new(chatworkspace_operator::coder::RateLimit::new(20.0, 40)));
+    env.start_operator();
+    let template = coderd.template(&unique("twenty"), &TemplateSpec::default()).await;
+    let started = Instant::now();
+    let names: Vec<String> = (0..RESOURCES).map(|i| format!("chat-{i}")).collect();
+    for name in &names {
+        env.create(name, running_spec(&unique("twenty"), &template, fast_recovery())).await;
+    }
+    for name in &names {
+        env.wait_for(name, "running", Duration::from_secs(180), |c| {
+            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+        })
+        .await;
+    }
+    let running = started.elapsed();
+    // Rapid flips of every resource: the last one wins, builds never overlap.
+    for state in ["Stopped", "Running", "Stopped"] {
+        for name in &names {
+            env.set_desired_state(name, state).await;
+        }
+    }
+    let mut ids = Vec::new();
+    for name in &names {
+        let stopped = env.wait_for_condition(name, READY, "True", Some("Stopped"), Duration::from_secs(180)).await;
+        ids.push(workspace_id(&stopped));
+    }
+    let elapsed = started.elapsed();
+    for id in &ids {
+        let builds = coderd.builds(id).await;
+        assert_sequential(&builds);
+        assert_eq!(builds.last().map(|b| b.status.as_str()), Some("stopped"), "{builds:?}");
+    }
+
+    let exposition = parse_exposition(&env.metrics.render()).unwrap();
+    let total = exposition.value("chatworkspace_coder_requests_total", &[]);
+    let busiest = exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == "chatworkspace_coder_requests_total")
+        .fold(BTreeMap::<String, f64>::new(), |mut routes, s| {
+            *routes.entry(s.labels["endpoint"].clone()).or_default() += s.value;
+            routes
+        })
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    println!(
+        "{RESOURCES} resources: all running after {:.1}s, all stopped after three flips at {:.1}s; \
+         {total} Coder requests, the most on one route {} ({})",
+        running.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        busiest.1,
+        busiest.0
+    );
+    assert_eq!(requests_with_code(&env, "429"), 0.0, "coderd rate-limited the operator");
+    assert_eq!(requests_with_code(&env, "409"), 0.0, "a build was requested while another was active");
+    // coderd allows 512 requests per minute per user and path; a route's
+    // requests (over all its paths) stay under 60 % of that.
+    let per_minute = busiest.1 / elapsed.as_secs_f64().max(60.0) * 60.0;
+    assert!(per_minute <= 0.6 * 512.0, "{per_minute:.0} requests per minute to {}", busiest.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agpl_coderd_never_requires_the_active_version_so_a_start_keeps_the_workspaces_version() {
+    let (coderd, env) = operator("real-active").await;
+    // Asked for, but the AGPL build's access-control store ignores it (a
+    // premium feature): the template reports false.
+    let spec = TemplateSpec { require_active_version: true, ..TemplateSpec::default() };
+    let template = coderd.template(&unique("active"), &spec).await;
+    assert!(!template.require_active_version, "AGPL coderd kept require_active_version: {template:?}");
+    let first_version = template.active_version_id.clone();
+
+    env.create("chat", running_spec(&unique("active"), &template, fast_recovery())).await;
+    let created = env
+        .wait_for("chat", "running", CONVERGE, |c| {
+            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+        })
+        .await;
+    let id = workspace_id(&created);
+    assert_eq!(created.status.as_ref().unwrap().template.as_ref().map(|t| t.require_active_version), Some(false));
+
+    // A newer version, with a parameter the old one lacks, becomes active.
+    let newer = TemplateSpec {
+        parameters: vec![json!({"name": "region", "type": "string", "defaultValue": "eu", "mutable": true})],
+        ..TemplateSpec::default()
+    };
+    let second_version = coderd.add_version(&template, &newer, true).await;
+    env.set_desired_state("chat", "Stopped").await;
+    env.wait_for_condition("chat", READY, "True", Some("Stopped"), CONVERGE).await;
+    env.set_desired_state("chat", "Running").await;
+    env.wait_for("chat", "running again", CONVERGE, |c| {
+        c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running" && b.number == 3)
+    })
+    .await;
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"]);
+    let versions: Vec<&str> = builds.iter().map(|b| b.template_version_id.as_str()).collect();
+    assert_eq!(
+        versions,
+        [first_version.as_str(); 3],
+        "the start stayed on the workspace's version, not {second_version}"
+    );
+    let workspace = coderd.workspace("admin", &str_field(&created_workspace(&created), "name")).await.unwrap();
+    assert_eq!(workspace["outdated"], json!(true), "coderd reports the workspace outdated");
+}
+
+fn created_workspace(cws: &ChatWorkspace) -> Value {
+    serde_json::to_value(cws.status.as_ref().and_then(|s| s.workspace.as_ref()).expect("status.workspace")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_made_outside_is_adopted_and_each_deletion_policy_is_applied() {
+    let (coderd, env) = operator("real-adopt").await;
+    let template = coderd.template(&unique("adopt"), &TemplateSpec::default()).await;
+    let api = coderd.admin_api();
+    let outside = |name: String| {
+        let api = api.clone();
+        let template_id = template.id.clone();
+        async move {
+            let created: Value = api
+                .post("/users/admin/workspaces", &json!({"name": name, "template_id": template_id}))
+                .await
+                .expect("create a workspace outside the operator");
+            str_field(&created, "id")
+        }
+    };
+
+    // Adoption: the existing (running) workspace is driven, not duplicated.
+    let mut workspaces = BTreeMap::new();
+    for policy in ["Stop", "Delete", "Orphan"] {
+        let name = unique(&policy.to_lowercase());
+        let id = outside(name.clone()).await;
+        let resource = format!("chat-{}", policy.to_lowercase());
+        env.create(
+            &resource,
+            json!({"desiredState": "Running", "workspaceName": name, "template": {"name": template.name},
+                   "deletionPolicy": policy, "adopt": true}),
+        )
+        .await;
+        // The template has no agent: running is as far as it gets.
+        let adopted = env
+            .wait_for(&resource, "running", CONVERGE, |c| {
+                c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+            })
+            .await;
+        assert_eq!(workspace_id(&adopted), id, "the workspace made outside was adopted");
+        assert_eq!(transitions(&coderd.builds(&id).await), ["start"], "and needed no build");
+        workspaces.insert(policy, (resource, name, id));
+    }
+
+    for (resource, _, _) in workspaces.values() {
+        env.delete(resource).await;
+    }
+    for (policy, (resource, name, id)) in &workspaces {
+        env.wait_gone(resource, CONVERGE).await;
+        let builds = coderd.builds(id).await;
+        assert_sequential(&builds);
+        let expected: &[&str] = match *policy {
+            "Stop" => &["start", "stop"],
+            "Delete" => &["start", "delete"],
+            _ => &["start"],
+        };
+        assert_eq!(transitions(&builds), expected, "deletionPolicy {policy}");
+        let last = builds.last().unwrap();
+        assert_eq!(last.job.status, "succeeded", "deletionPolicy {policy}: {last:?}");
+        assert_eq!(coderd.workspace("admin", name).await.is_none(), *policy == "Delete", "deletionPolicy {policy}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_root_agents_the_coderd_chat_one_counts() {
+    let (coderd, env) = operator("real-chatagent").await;
+    let spec = TemplateSpec {
+        agents: vec![AgentSpec::new("dev"), AgentSpec::new("main-coderd-chat")],
+        ..TemplateSpec::default()
+    };
+    let template = coderd.template(&unique("chatagent"), &spec).await;
+    let workspace = unique("chatagent");
+    // Only the chat agent runs; `dev` never connects.
+    let provisioner = coderd.provisioner("admin", &workspace, &spec.agents[1].token);
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let ready = ready(&env, "chat").await;
+    let agent = ready.status.as_ref().unwrap().agent.clone().expect("status.agent");
+    assert_eq!((agent.name.as_str(), agent.status.as_str()), ("main-coderd-chat", "connected"));
+
+    // Its death is what the recovery acts on.
+    provisioner.signal("KILL").expect("the chat agent runs");
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), CONVERGE).await;
+    assert_eq!(after.status.as_ref().unwrap().agent.as_ref().unwrap().name, "main-coderd-chat");
+    assert_eq!(transitions(&coderd.builds(&workspace_id(&after)).await), ["start", "stop", "start"]);
+}
