@@ -9,7 +9,7 @@
 //!   stopped outside the operator's view, and everything is listed;
 //! - `id:…` for the workspaces with a build or an agent start under way, and
 //!   for those that just left the unhealthy list (only when there are any,
-//!   at the faster active interval).
+//!   at the faster active interval; a page of ids per request).
 //!
 //! Every `full_interval`, and whenever the counts disagree, the whole list
 //! (paged) is read as the backstop. Requests go through the token's rate
@@ -25,8 +25,6 @@ use tracing::{debug, warn};
 use super::{OwnerKey, PollPlan, Shared, upgrade};
 use crate::coder::{CoderError, Workspace};
 
-/// At most this many ids in one `id:` query, to keep URLs short.
-const IDS_PER_QUERY: usize = 50;
 
 pub(super) fn spawn(shared: Weak<Shared>, key: OwnerKey, wake: Arc<Notify>) {
     tokio::spawn(async move { run(shared, key, wake).await });
@@ -139,7 +137,10 @@ async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bo
 /// Reads the workspaces in `plan.read_ids`, a few dozen per request. An id
 /// that no longer answers was deleted.
 async fn read_ids(index: &Shared, key: &OwnerKey, plan: &PollPlan) -> Result<(), CoderError> {
-    for chunk in plan.read_ids.chunks(IDS_PER_QUERY) {
+    // One page of ids per query: as many as a page holds, so each query is
+    // one request (100 ids make a URL of under 4 KB).
+    let per_query = usize::try_from(index.settings.page_size).unwrap_or(100).max(1);
+    for chunk in plan.read_ids.chunks(per_query) {
         let started = Instant::now();
         let query = format!("id:{}", chunk.join(","));
         let found = list_all(plan, &query, index.settings.page_size).await?;
