@@ -34,14 +34,16 @@ pub const START_REQUESTED_AT: &str = "chat.coder.com/start-requested-at";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agent.status"}"#,
     printcolumn = r#"{"name":"Workspace","type":"string","priority":1,"jsonPath":".status.workspace.name"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("has(self.spec.workspaceName) || (size(self.metadata.name) <= 32 && self.metadata.name.matches('^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$') && !(self.metadata.name in ['new', 'create']))").message("metadata.name cannot be a Coder workspace name (1 to 32 letters, digits and single hyphens, not new or create): set spec.workspaceName"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || self.spec.template == oldSelf.spec.template").message("spec.template is a creation-time choice and cannot change once the workspace exists; create a new ChatWorkspace instead"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || (has(self.spec.preset) == has(oldSelf.spec.preset) && (!has(self.spec.preset) || self.spec.preset == oldSelf.spec.preset))").message("spec.preset is a creation-time choice and cannot change once the workspace exists; create a new ChatWorkspace instead"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || self.spec.parameters == oldSelf.spec.parameters").message("spec.parameters are creation-time values and cannot change once the workspace exists; create a new ChatWorkspace instead"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || (has(self.spec.workspaceName) == has(oldSelf.spec.workspaceName) && (!has(self.spec.workspaceName) || self.spec.workspaceName == oldSelf.spec.workspaceName))").message("spec.workspaceName is immutable once the workspace exists")
 )]
 #[x_kube(
-    validation = Rule::new("has(self.preset) == has(oldSelf.preset)").message("spec.preset is a creation-time choice and cannot be added or removed; create a new ChatWorkspace instead"),
     validation = Rule::new("has(self.owner) == has(oldSelf.owner) && (!has(self.owner) || self.owner == oldSelf.owner)").message("spec.owner is immutable"),
-    validation = Rule::new("has(self.workspaceName) == has(oldSelf.workspaceName) && (!has(self.workspaceName) || self.workspaceName == oldSelf.workspaceName)").message("spec.workspaceName is immutable"),
-    validation = Rule::new("has(self.organization) == has(oldSelf.organization) && (!has(self.organization) || self.organization == oldSelf.organization)").message("spec.organization is immutable"),
-    validation = Rule::new("self.parameters == oldSelf.parameters").message("spec.parameters are creation-time values and cannot change; create a new ChatWorkspace instead")
+    validation = Rule::new("has(self.organization) == has(oldSelf.organization) && (!has(self.organization) || self.organization == oldSelf.organization)").message("spec.organization is immutable")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatWorkspaceSpec {
@@ -64,14 +66,13 @@ pub struct ChatWorkspaceSpec {
     #[schemars(regex(pattern = r"^[a-zA-Z0-9](-?[a-zA-Z0-9])*$"), length(max = 32))]
     pub workspace_name: Option<String>,
 
-    /// The template to create the workspace from (creation time only).
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.template is a creation-time choice and cannot change; create a new ChatWorkspace instead"))]
+    /// The template to create the workspace from (creation time only: it may
+    /// change until the workspace exists).
     pub template: TemplateRef,
 
     /// A preset of the template version, applied when the workspace is
     /// created (never on start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.preset is a creation-time choice and cannot change; create a new ChatWorkspace instead"))]
     pub preset: Option<PresetRef>,
 
     /// Rich parameter values used when the workspace is created; each name

@@ -206,16 +206,51 @@ async fn the_crd_rejects_bad_input() {
         "disconnectedThreshold",
     );
 
-    // Creation-time fields cannot change afterwards.
+    // metadata.name must be a Coder workspace name unless workspaceName is set.
+    let named = |name: &str, spec: serde_json::Value| {
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "chat.coder.com/v1alpha1", "kind": "ChatWorkspace",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        let raw = raw.clone();
+        async move { raw.create(&PostParams::default(), &object).await.map(|_| ()) }
+    };
+    let not_a_workspace_name = "metadata.name cannot be a Coder workspace name";
+    rejected(named("new", json!({"template": {"name": "a"}})).await, not_a_workspace_name);
+    rejected(named("a.dotted.name", json!({"template": {"name": "a"}})).await, not_a_workspace_name);
+    rejected(
+        named("x23456789-123456789-123456789-123", json!({"template": {"name": "a"}})).await,
+        not_a_workspace_name,
+    );
+    named("a.dotted.name", json!({"template": {"name": "a"}, "workspaceName": "dotted"}))
+        .await
+        .expect("workspaceName set");
+
+    // Creation-time fields may be fixed while no workspace exists yet…
     env.create(
         "good",
         json!({"desiredState": "Stopped", "template": {"name": "docker-dev"}, "preset": {"name": "small"}}),
     )
     .await;
+    env.wait_for_condition("good", READY, "True", Some("NotCreated"), LONG).await;
+    for patch in [
+        json!({"spec": {"parameters": [{"name": "cpu", "value": "4"}]}}),
+        json!({"spec": {"preset": {"name": "large"}}}),
+        json!({"spec": {"workspaceName": "good-renamed"}}),
+        json!({"spec": {"workspaceName": null, "preset": null, "parameters": []}}),
+    ] {
+        raw.patch("good", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|error| panic!("{patch} before the workspace exists: {error}"));
+    }
+    // …and are fixed once it does.
+    env.set_desired_state("good", "Running").await;
+    env.wait_for("good", "with a workspace", LONG, |cws| cws.status.as_ref().is_some_and(|s| s.workspace.is_some()))
+        .await;
     for (patch, needle) in [
         (json!({"spec": {"template": {"name": "chat-dev"}}}), "spec.template is a creation-time choice"),
         (json!({"spec": {"preset": {"name": "large"}}}), "spec.preset is a creation-time choice"),
-        (json!({"spec": {"preset": null}}), "spec.preset is a creation-time choice"),
         (json!({"spec": {"parameters": [{"name": "cpu", "value": "4"}]}}), "spec.parameters are creation-time values"),
         (json!({"spec": {"workspaceName": "other"}}), "spec.workspaceName is immutable"),
     ] {
@@ -224,7 +259,7 @@ async fn the_crd_rejects_bad_input() {
     }
     // desiredState stays free to change.
     env.api
-        .patch("good", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"desiredState": "Running"}})))
+        .patch("good", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"desiredState": "Stopped"}})))
         .await
         .expect("desiredState is mutable");
 }

@@ -25,7 +25,6 @@ use tracing::{debug, warn};
 use super::{OwnerKey, PollPlan, Shared, upgrade};
 use crate::coder::{CoderError, Workspace};
 
-
 pub(super) fn spawn(shared: Weak<Shared>, key: OwnerKey, wake: Arc<Notify>) {
     tokio::spawn(async move { run(shared, key, wake).await });
 }
