@@ -10,8 +10,8 @@ use chatworkspace_operator::crd::{
     RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
 };
 use chatworkspace_operator::decision::{
-    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, Probe, Requeue, decide, decide_cleanup,
-    needs_probe,
+    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, ObservedChat, Probe, Requeue, decide,
+    decide_cleanup, needs_probe,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,6 +35,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         parameters: vec![],
         agent_name: None,
         recovery: RecoverySpec::default(),
+        chat: Default::default(),
         deletion_policy: DeletionPolicy::Stop,
         credentials_ref: None,
     }
@@ -114,6 +115,7 @@ fn decide_with(
         generation: 1,
         previous,
         observed: Observed::Workspace { workspace, fresh: true, probe: probe.as_ref() },
+        chat: ObservedChat::Unknown,
         now: at(0),
         requeue: Requeue::default(),
     })
@@ -283,6 +285,7 @@ fn a_conflict_builds_nothing() {
         generation: 1,
         previous: &Default::default(),
         observed: Observed::Conflict { other: "team-a/first".into() },
+        chat: ObservedChat::Unknown,
         now: at(0),
         requeue: Requeue::default(),
     });
@@ -337,6 +340,7 @@ fn a_cached_observation_is_refreshed_before_a_recovery() {
             fresh: false,
             probe: Some(&Probe::just_now(timed_out())),
         },
+        chat: ObservedChat::Unknown,
         now: at(0),
         requeue: Requeue::default(),
     });
@@ -354,6 +358,7 @@ fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
         generation: 1,
         previous: &Default::default(),
         observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&stale) },
+        chat: ObservedChat::Unknown,
         now: at(0),
         requeue: Requeue::default(),
     });
@@ -365,6 +370,7 @@ fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
         generation: 1,
         previous: &Default::default(),
         observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: Some(&fresh) },
+        chat: ObservedChat::Unknown,
         now: at(0),
         requeue: Requeue::default(),
     });
@@ -386,6 +392,7 @@ fn the_same_failed_probe_seen_twice_counts_once() {
             generation: 1,
             previous: &previous,
             observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: Some(&once) },
+            chat: ObservedChat::Unknown,
             now: at(0),
             requeue: Requeue::default(),
         });
@@ -532,6 +539,7 @@ fn condition_times_move_only_on_flips_across_decisions() {
             fresh: true,
             probe: Some(&Probe::just_now(ProbeOutcome::Reachable)),
         },
+        chat: ObservedChat::Unknown,
         now: at(100),
         requeue: Requeue::default(),
     });
@@ -591,6 +599,7 @@ proptest! {
             generation: 1,
             previous: &previous,
             observed: Observed::Workspace { workspace: exists.then_some(&ws), fresh, probe: probe.as_ref() },
+            chat: ObservedChat::Unknown,
             now: at(0),
             requeue: Requeue::default(),
         });

@@ -33,7 +33,9 @@ use crate::claims::ClaimsIndex;
 use crate::coder::{CoderError, WorkspaceTransition};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
 use crate::credentials::Credentials;
-use crate::decision::{self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Inputs, Observed, Requeue};
+use crate::decision::{
+    self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Inputs, Observed, ObservedChat, Requeue,
+};
 use crate::error::{Error, Result};
 use crate::index::{CoderIndex, IndexSettings};
 use crate::metrics::Metrics;
@@ -330,11 +332,50 @@ async fn converge(
         None => None,
     };
 
-    let coder = &gathered.credentials.client;
-    let (owner, name) = (&gathered.owner, &gathered.name);
+    let coder = &gathered.credentials.client.clone();
+    let (owner, name) = (&gathered.owner.clone(), &gathered.name.clone());
     let mut events = std::mem::take(&mut decision.events);
     let acted = match decision.action.clone() {
         CoreAction::None | CoreAction::Refresh => None,
+        CoreAction::InterruptChats(plan) => {
+            let outcome = act::interrupt_chats(&plan, coder).await?;
+            let interrupted = outcome.chats.len();
+            for chat in outcome.chats {
+                gathered.chat_changed(context, chat);
+            }
+            events.push(decision::Event {
+                warning: false,
+                reason: "ChatInterrupted",
+                note: format!(
+                    "Interrupted {interrupted} chat turn(s) running on the dead agent {} before the recovery's \
+                     stop{}.",
+                    plan.agent_name,
+                    if outcome.skipped > 0 {
+                        format!(" ({} had ended already)", outcome.skipped)
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+            None
+        }
+        CoreAction::RefreshChatContext(plan) => {
+            let outcome = act::refresh_chat_context(&plan, coder).await?;
+            let count = outcome.chats.len();
+            for chat in outcome.chats {
+                gathered.chat_changed(context, chat);
+            }
+            events.push(decision::Event {
+                warning: false,
+                reason: "ChatContextRefreshed",
+                note: format!(
+                    "Re-pinned the context of {count} chat(s) to the new chat agent {}, now ready, so the chat \
+                     and its sub-agents keep their instruction files and skills.",
+                    plan.agent_name
+                ),
+            });
+            None
+        }
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
             match act::create_workspace(resource, owner, name, template, coder).await {
@@ -399,6 +440,13 @@ async fn converge(
 
     let mut status = decision.status.clone();
     let mut requeue = decision.requeue;
+    if matches!(decision.action, CoreAction::RefreshChatContext(_)) {
+        // Describe the re-pinned chat now rather than at the next pass.
+        let after = gathered.decide_after(&status);
+        if after.action == CoreAction::None {
+            status = after.status;
+        }
+    }
     if let Some(workspace) = acted {
         context.index.record(&gathered.credentials, owner, name, Some(workspace.clone()));
         // Describe the state the action produced (a build under way), keeping
@@ -409,6 +457,7 @@ async fn converge(
             generation: gathered.generation,
             previous: &status,
             observed: Observed::Workspace { workspace: Some(&workspace), fresh: true, probe: None },
+            chat: ObservedChat::Unknown,
             now: Timestamp::now(),
             requeue: context.settings.requeue,
         });

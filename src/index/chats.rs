@@ -1,0 +1,239 @@
+//! The chats bound to the watched workspaces, per owner, read with few
+//! requests: one `by-workspace` lookup serves 25 workspaces and says which
+//! chat each is bound to; a chat's details (status, sub-agents, context)
+//! are read only when that binding changes, once the operator's own build
+//! of the workspace is over, and otherwise every `chat_detail_interval`.
+//! The owner's poller runs this after its workspace poll, so an owner still
+//! has at most one request in flight, under the token's shared rate limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::{OwnerKey, Shared, in_transition};
+use crate::coder::{Chat, CoderClient, CoderError, MAX_WORKSPACES_PER_CHAT_LOOKUP};
+
+/// How long a Coder without chat routes (or that refuses them) is left
+/// alone before they are tried again.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(300);
+
+/// What the index knows of a workspace's chat, for a reconcile.
+#[derive(Clone, Debug)]
+pub enum ChatLookup {
+    /// Not looked up yet, or its details are not read yet.
+    Unknown,
+    /// No chat this token can read is bound to the workspace.
+    None,
+    /// The chat (the root one, with its sub-agent chats).
+    Bound(Arc<Chat>),
+}
+
+#[derive(Default)]
+pub(super) struct OwnerChats {
+    /// Workspace id → its chat.
+    entries: HashMap<String, ChatEntry>,
+    looked_up_at: Option<Instant>,
+    /// Workspaces the operator just built: their chat is read again once
+    /// the build and the agent's start are over.
+    after_build: HashSet<String>,
+    unavailable_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct ChatEntry {
+    /// What the last lookup said: `None` for no chat.
+    looked_up: Option<String>,
+    chat: Option<Arc<Chat>>,
+    read_at: Option<Instant>,
+    details_due: bool,
+}
+
+impl ChatEntry {
+    /// Whether `id` is the chat already held: the root or one of its
+    /// sub-agent chats (the lookup answers the latest updated of them).
+    fn holds(&self, id: &str) -> bool {
+        self.chat.as_ref().is_some_and(|chat| chat.id == id || chat.children.iter().any(|c| c.id == id))
+    }
+}
+
+impl OwnerChats {
+    pub(super) fn after_build(&mut self, workspace_id: &str) {
+        self.after_build.insert(workspace_id.to_string());
+    }
+
+    pub(super) fn lookup(&self, workspace_id: &str) -> ChatLookup {
+        match self.entries.get(workspace_id) {
+            None => ChatLookup::Unknown,
+            Some(entry) => match (&entry.looked_up, &entry.chat) {
+                (None, _) => ChatLookup::None,
+                (Some(_), Some(chat)) => ChatLookup::Bound(chat.clone()),
+                (Some(_), None) => ChatLookup::Unknown,
+            },
+        }
+    }
+
+    /// Takes in what a chat request answered: a full read replaces the
+    /// chat; the answer of a write (which carries no sub-agents) updates
+    /// the root or the sub-agent it is.
+    pub(super) fn record(&mut self, workspace_id: &str, chat: Chat, full: bool) {
+        let entry = self.entries.entry(workspace_id.to_string()).or_default();
+        if full {
+            entry.looked_up = Some(chat.id.clone());
+            entry.chat = Some(Arc::new(chat));
+            entry.read_at = Some(Instant::now());
+            entry.details_due = false;
+            return;
+        }
+        let Some(held) = entry.chat.as_ref() else {
+            entry.details_due = true;
+            return;
+        };
+        let mut updated = Chat::clone(held);
+        if updated.id == chat.id {
+            let children = std::mem::take(&mut updated.children);
+            updated = Chat { children, ..chat };
+        } else if let Some(child) = updated.children.iter_mut().find(|c| c.id == chat.id) {
+            *child = chat;
+        } else {
+            entry.details_due = true;
+            return;
+        }
+        entry.chat = Some(Arc::new(updated));
+    }
+}
+
+/// One round for one owner; problems are logged, never the poller's error.
+pub(super) async fn poll(index: &Shared, key: &OwnerKey, client: &CoderClient) {
+    let Some(plan) = plan(index, key) else { return };
+    if let Err(error) = run(index, key, client, plan).await {
+        if matches!(error, CoderError::NotFound { .. } | CoderError::Forbidden { .. }) {
+            // No chat routes here (an older coderd), or not for this token.
+            warn!(owner = %key.owner, %error, "cannot read chats; trying again in 5 minutes");
+            if let Some(state) = index.owners.lock().expect("index owners").get_mut(key) {
+                state.chats.unavailable_until = Some(Instant::now() + UNAVAILABLE_PAUSE);
+            }
+        } else {
+            debug!(owner = %key.owner, %error, "chat poll failed; trying again next round");
+        }
+    }
+}
+
+struct Plan {
+    /// Every watched workspace (id, name) when a lookup is due.
+    lookup: Vec<(String, String)>,
+    /// (workspace id, name, chat id) whose details to read.
+    details: Vec<(String, String, String)>,
+}
+
+fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
+    let settings = index.settings;
+    let mut owners = index.owners.lock().expect("index owners");
+    let state = owners.get_mut(key)?;
+    if state.chats.unavailable_until.is_some_and(|until| until > Instant::now()) {
+        return None;
+    }
+    let watched: Vec<(String, String, bool)> = state
+        .interested
+        .keys()
+        .filter_map(|name| {
+            let entry = state.workspaces.get(name)?;
+            Some((entry.workspace.id.clone(), name.clone(), in_transition(&entry.workspace)))
+        })
+        .collect();
+    let chats = &mut state.chats;
+    let ids: HashSet<&str> = watched.iter().map(|(id, _, _)| id.as_str()).collect();
+    chats.entries.retain(|id, _| ids.contains(id.as_str()));
+    chats.after_build.retain(|id| ids.contains(id.as_str()));
+    let unseen = watched.iter().any(|(id, _, _)| !chats.entries.contains_key(id));
+    let lookup_due = unseen || chats.looked_up_at.is_none_or(|at| at.elapsed() >= settings.chat_interval);
+    let mut details = Vec::new();
+    for (id, name, busy) in &watched {
+        let settled_after_build = !busy && chats.after_build.contains(id);
+        let Some(entry) = chats.entries.get_mut(id) else { continue };
+        let Some(chat_id) = entry.looked_up.clone() else { continue };
+        let stale = entry.read_at.is_none_or(|at| at.elapsed() >= settings.chat_detail_interval);
+        if entry.chat.is_none() || entry.details_due || stale || settled_after_build {
+            chats.after_build.remove(id);
+            details.push((id.clone(), name.clone(), entry.chat.as_ref().map_or(chat_id, |c| c.id.clone())));
+        }
+    }
+    let lookup = if lookup_due { watched.into_iter().map(|(id, name, _)| (id, name)).collect() } else { Vec::new() };
+    if lookup.is_empty() && details.is_empty() {
+        return None;
+    }
+    Some(Plan { lookup, details })
+}
+
+async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -> Result<(), CoderError> {
+    let mut details = plan.details;
+    let mut to_wake = Vec::new();
+    for chunk in plan.lookup.chunks(MAX_WORKSPACES_PER_CHAT_LOOKUP) {
+        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+        let bound = client.chats_by_workspace(&ids).await?;
+        let mut owners = index.owners.lock().expect("index owners");
+        let Some(state) = owners.get_mut(key) else { return Ok(()) };
+        for (id, name) in chunk {
+            let answer = bound.get(id).cloned();
+            let first = !state.chats.entries.contains_key(id);
+            let entry = state.chats.entries.entry(id.clone()).or_default();
+            match &answer {
+                None if entry.looked_up.is_some() || first => {
+                    entry.looked_up = None;
+                    entry.chat = None;
+                    to_wake.push(name.clone());
+                }
+                None => {}
+                Some(chat_id) if entry.holds(chat_id) => {}
+                Some(chat_id) => {
+                    entry.looked_up = Some(chat_id.clone());
+                    entry.chat = None;
+                    if !details.iter().any(|(ws, _, _)| ws == id) {
+                        details.push((id.clone(), name.clone(), chat_id.clone()));
+                    }
+                }
+            }
+        }
+        state.chats.looked_up_at = Some(Instant::now());
+    }
+    for (workspace_id, name, chat_id) in details {
+        let chat = match read_root(client, &chat_id).await {
+            Ok(chat) => Some(chat),
+            // Deleted, or no longer the caller's to read: look it up again.
+            Err(CoderError::NotFound { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        let mut owners = index.owners.lock().expect("index owners");
+        let Some(state) = owners.get_mut(key) else { return Ok(()) };
+        let entry = state.chats.entries.entry(workspace_id).or_default();
+        let before = entry.chat.clone();
+        match chat {
+            Some(chat) => {
+                entry.chat = Some(Arc::new(chat));
+                entry.read_at = Some(Instant::now());
+                entry.details_due = false;
+            }
+            None => {
+                entry.looked_up = None;
+                entry.chat = None;
+                state.chats.looked_up_at = None;
+            }
+        }
+        if before != entry.chat {
+            to_wake.push(name);
+        }
+    }
+    let resources: Vec<_> = to_wake.iter().flat_map(|name| index.interested_in(key, name)).collect();
+    index.wake(resources);
+    Ok(())
+}
+
+/// The chat, or its root when the lookup answered a sub-agent chat.
+async fn read_root(client: &CoderClient, id: &str) -> Result<Chat, CoderError> {
+    let chat = client.chat(id).await?;
+    match chat.root_chat_id.clone().or_else(|| chat.parent_chat_id.clone()) {
+        Some(root) if root != chat.id => client.chat(&root).await,
+        _ => Ok(chat),
+    }
+}
