@@ -113,3 +113,114 @@ async fn a_v2_server_is_asked_on_the_v2_path_only() {
     let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/api/v2/chats/by-workspace"]);
 }
+
+/// When the sim's log saw `method path` first (status 2xx).
+fn first_request(sim: &Simulator, method: &str, path: &str, transition: Option<&str>) -> Option<jiff::Timestamp> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method == method && r.path == path && (200..300).contains(&r.status))
+        .filter(|r| transition.is_none_or(|t| r.body.as_ref().and_then(|b| b["transition"].as_str()) == Some(t)))
+        .map(|r| r.at)
+        .next()
+}
+
+/// `ready_at` of an agent, as coderd reports it.
+async fn agent_ready_at(sim: &Simulator, agent: &str) -> jiff::Timestamp {
+    let agent: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v2/workspaceagents/{agent}", sim.url()))
+        .header("Coder-Session-Token", sim.token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    agent["ready_at"].as_str().expect("ready_at").parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_recovery_interrupts_the_running_chat_before_the_stop_and_re_pins_it_after_the_new_agent_is_ready() {
+    let env = Env::start("chat-recovery").await;
+    env.create("chat-1", spec()).await;
+    let before = env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let old_agent = before.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()).unwrap();
+    let ws = env.workspace_id("admin", "chat-1");
+    let root = env.sim.create_chat(NewChat {
+        title: "fix the login bug".into(),
+        workspace_id: Some(ws),
+        status: Some("running".into()),
+        ..NewChat::default()
+    });
+    let child = env.sim.create_chat(NewChat {
+        title: "run the tests".into(),
+        parent_chat_id: Some(root),
+        status: Some("running".into()),
+        ..NewChat::default()
+    });
+    env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+
+    env.sim.kill_agent(ws);
+    env.wait_for_condition("chat-1", "Recovering", "False", Some("Recovered"), LONG).await;
+    let after = env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+    let new_agent = after.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()).unwrap();
+    assert_ne!(new_agent, old_agent);
+    let chat = chat_of(&after).unwrap();
+    assert_eq!(chat.agent_id.as_deref(), Some(new_agent.as_str()));
+    assert!(!chat.agent_stale);
+    assert!(chat.children.iter().all(|c| !c.agent_stale), "{:?}", chat.children);
+    assert_eq!(env.transitions(ws), ["start", "stop", "start"]);
+
+    // Interrupted before the stop: both turns were running on the dead agent.
+    let chats = "/api/experimental/chats";
+    let stop = first_request(&env.sim, "POST", &format!("/api/v2/workspaces/{ws}/builds"), Some("stop")).expect("stop");
+    for id in [root, child] {
+        let interrupt = first_request(&env.sim, "POST", &format!("{chats}/{id}/interrupt"), None).expect("interrupted");
+        assert!(interrupt < stop, "chat {id} interrupted at {interrupt}, the stop requested at {stop}");
+    }
+    assert_ne!(env.sim.chat_status(root).as_deref(), Some("running"));
+
+    // Re-pinned after the new agent was ready, not before.
+    let ready_at = agent_ready_at(&env.sim, &new_agent).await;
+    for id in [root, child] {
+        let repin = first_request(&env.sim, "PUT", &format!("{chats}/{id}/context"), None).expect("re-pinned");
+        assert!(repin >= ready_at, "chat {id} re-pinned at {repin}, before the agent was ready at {ready_at}");
+    }
+    assert_eq!(env.sim.chat_agent(child).map(|a| a.to_string()), Some(new_agent));
+
+    let events = env.wait_for_events("chat-1", &["ChatInterrupted", "RecoveryStarted", "ChatContextRefreshed"]).await;
+    let order: Vec<&str> = events
+        .iter()
+        .map(|(reason, _)| reason.as_str())
+        .filter(|r| ["ChatInterrupted", "RecoveryStarted", "ChatContextRefreshed"].contains(r))
+        .collect();
+    println!("events: {events:?}");
+    assert_eq!(order.first(), Some(&"ChatInterrupted"), "{order:?}");
+}
+
+#[tokio::test]
+async fn with_contextpolicy_leave_a_recovery_leaves_the_binding_stale_and_says_so() {
+    let env = Env::start("chat-stale").await;
+    let mut spec = spec();
+    spec["chat"] = json!({"contextPolicy": "Leave", "interruptOnRecovery": false});
+    env.create("chat-1", spec).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let ws = env.workspace_id("admin", "chat-1");
+    let root = env.sim.create_chat(NewChat {
+        title: "busy".into(),
+        workspace_id: Some(ws),
+        status: Some("running".into()),
+        ..NewChat::default()
+    });
+    env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+
+    env.sim.kill_agent(ws);
+    env.wait_for_condition("chat-1", "Recovering", "False", Some("Recovered"), LONG).await;
+    let stale = env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "False", Some("AgentStale"), LONG).await;
+    let chat = chat_of(&stale).unwrap();
+    assert!(chat.agent_stale, "{chat:?}");
+    assert_ne!(chat.agent_id, stale.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()));
+    let touched =
+        env.sim.requests().into_iter().any(|r| r.path.ends_with("/context") || r.path.ends_with("/interrupt"));
+    assert!(!touched, "Leave and interruptOnRecovery=false make no chat writes");
+    assert_eq!(env.sim.chat_status(root).as_deref(), Some("running"));
+}

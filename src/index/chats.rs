@@ -47,6 +47,9 @@ struct ChatEntry {
     looked_up: Option<String>,
     chat: Option<Arc<Chat>>,
     read_at: Option<Instant>,
+    /// When the operator last recorded a chat it read or changed itself: a
+    /// poll that began before then holds an older view.
+    recorded_at: Option<Instant>,
     details_due: bool,
 }
 
@@ -79,6 +82,7 @@ impl OwnerChats {
     /// the root or the sub-agent it is.
     pub(super) fn record(&mut self, workspace_id: &str, chat: Chat, full: bool) {
         let entry = self.entries.entry(workspace_id.to_string()).or_default();
+        entry.recorded_at = Some(Instant::now());
         if full {
             entry.looked_up = Some(chat.id.clone());
             entry.chat = Some(Arc::new(chat));
@@ -198,6 +202,7 @@ async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -
         state.chats.looked_up_at = Some(Instant::now());
     }
     for (workspace_id, name, chat_id) in details {
+        let started = Instant::now();
         let chat = match read_root(client, &chat_id).await {
             Ok(chat) => Some(chat),
             // Deleted, or no longer the caller's to read: look it up again.
@@ -207,6 +212,11 @@ async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -
         let mut owners = index.owners.lock().expect("index owners");
         let Some(state) = owners.get_mut(key) else { return Ok(()) };
         let entry = state.chats.entries.entry(workspace_id).or_default();
+        if entry.recorded_at.is_some_and(|at| at > started) {
+            // The operator interrupted or re-pinned it meanwhile: what it
+            // recorded is newer than this read.
+            continue;
+        }
         let before = entry.chat.clone();
         match chat {
             Some(chat) => {
