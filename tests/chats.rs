@@ -224,3 +224,57 @@ async fn with_contextpolicy_leave_a_recovery_leaves_the_binding_stale_and_says_s
     assert!(!touched, "Leave and interruptOnRecovery=false make no chat writes");
     assert_eq!(env.sim.chat_status(root).as_deref(), Some("running"));
 }
+
+/// The chat side's cost at steady state, with the intervals shortened: per
+/// owner one by-workspace lookup per 25 watched workspaces every
+/// `chat_interval`, and one read per chat every `chat_detail_interval`.
+#[tokio::test]
+async fn chat_requests_at_steady_state_are_one_lookup_per_25_workspaces_and_a_slow_detail_read() {
+    const WORKSPACES: usize = 30;
+    let mut env = Env::without_operator("chat-load", SimConfig::fast()).await;
+    env.tweak = Some(|settings| {
+        settings.index.chat_interval = Duration::from_secs(3);
+        settings.index.chat_detail_interval = Duration::from_secs(12);
+    });
+    env.start_operator();
+    for i in 0..WORKSPACES {
+        env.create(&format!("chat-{i}"), json!({"template": {"name": "docker-dev"}})).await;
+    }
+    for i in 0..WORKSPACES {
+        let name = format!("chat-{i}");
+        env.wait_for_condition(&name, READY, "True", Some("Running"), Duration::from_secs(90)).await;
+        let ws = env.workspace_id("admin", &name);
+        env.sim.create_chat(NewChat { title: name.clone(), workspace_id: Some(ws), ..NewChat::default() });
+    }
+    for i in 0..WORKSPACES {
+        env.wait_for_condition(&format!("chat-{i}"), CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+    }
+    env.sim.clear_requests();
+    let window = Duration::from_secs(30);
+    tokio::time::sleep(window).await;
+
+    let requests = env.sim.requests();
+    let chats: Vec<_> = requests.iter().filter(|r| r.path.contains("/chats")).collect();
+    let lookups = chats.iter().filter(|r| r.path.ends_with("/by-workspace")).count();
+    let details = chats.len() - lookups;
+    let writes = chats.iter().filter(|r| r.method != "GET").count();
+    let rounds = window.as_secs_f64() / 3.0;
+    let lookups_per_round = lookups as f64 / rounds;
+    let reads_per_chat = details as f64 / WORKSPACES as f64 / (window.as_secs_f64() / 12.0);
+    let per_workspace_minute = chats.len() as f64 / WORKSPACES as f64 / (window.as_secs_f64() / 60.0);
+    // At the defaults (5 min, 1 h) the same counts give:
+    let at_defaults = lookups_per_round / WORKSPACES as f64 / 5.0 + reads_per_chat / 60.0;
+    println!(
+        "{WORKSPACES} workspaces with a chat, {window:?}: {lookups} lookups ({lookups_per_round:.2} per round), \
+         {details} detail reads ({reads_per_chat:.2} per chat per detail interval), {writes} writes; \
+         {per_workspace_minute:.2} chat requests per workspace per minute at these intervals, \
+         {at_defaults:.4} at the defaults"
+    );
+    assert_eq!(writes, 0, "nothing to interrupt or re-pin at steady state");
+    assert!((1.5..=2.5).contains(&lookups_per_round), "30 workspaces take 2 lookups per round: {lookups_per_round:.2}");
+    assert!(reads_per_chat <= 1.5, "a settled chat is read about once per detail interval: {reads_per_chat:.2}");
+    assert!(
+        chats.iter().all(|r| (r.path.contains("/by-workspace") && r.query.split(',').count() <= 25)
+            || !r.path.contains("/by-workspace"))
+    );
+}
