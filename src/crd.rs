@@ -501,6 +501,10 @@ pub struct ChatStatus {
     /// so that it does so once per build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refreshed_for_build: Option<String>,
+    /// The dead agent whose running turns the operator interrupted before a
+    /// recovery's stop, so that it does so once per dead agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_for_agent: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -885,6 +885,11 @@ impl<'a> Outcome<'a> {
             return None;
         }
         let ObservedChat::Bound { chat, .. } = self.inputs.chat else { return None };
+        let done = self.inputs.previous.chat.as_ref().and_then(|c| c.interrupted_for_agent.as_deref());
+        if done == Some(agent.id.as_str()) {
+            // Tried once for this agent; the stop does not wait on a chat.
+            return None;
+        }
         let chat_ids: Vec<String> = std::iter::once(chat)
             .chain(chat.children.iter())
             .filter(|c| c.is_running() && c.agent_id.as_deref().is_none_or(|id| id == agent.id))
@@ -923,6 +928,10 @@ impl<'a> Outcome<'a> {
         };
         let stale = |c: &Chat| c.agent_id.is_some() && c.agent_id.as_deref() != current;
         let refreshed_for_build = self.status.chat.as_ref().and_then(|c| c.refreshed_for_build.clone());
+        let interrupted_for_agent = match (&self.action, self.current_agent) {
+            (Action::InterruptChats(_), Some(agent)) => Some(agent.id.clone()),
+            _ => self.status.chat.as_ref().and_then(|c| c.interrupted_for_agent.clone()),
+        };
         self.status.chat = Some(crd::ChatStatus {
             id: chat.id.clone(),
             title: chat.title.clone(),
@@ -946,6 +955,7 @@ impl<'a> Outcome<'a> {
             }),
             last_error: chat.last_error.as_ref().map(|e| e.message.clone()).filter(|m| !m.is_empty()),
             refreshed_for_build,
+            interrupted_for_agent,
         });
 
         let dirty = |c: &Chat| c.context.as_ref().is_some_and(|ctx| ctx.dirty);

@@ -304,3 +304,17 @@ fn no_re_pin_after_someone_else_s_start_or_with_contextpolicy_leave() {
         Action::RefreshChatContext(ChatPlan { chat_ids: vec!["chat-1".into()], agent_name: "main".into() })
     );
 }
+
+#[test]
+fn the_turns_on_a_dead_agent_are_interrupted_once_then_the_stop_comes_anyway() {
+    let ws = workspace("disconnected", "ready");
+    let spec = spec(ChatSpec::default());
+    let running = chat("running", "waiting", "agent-1", false);
+    let bound = ObservedChat::Bound { chat: &running, fresh: true };
+    let first = decide_on(&spec, &Default::default(), &ws, ProbeOutcome::TimedOut, bound);
+    assert!(matches!(first.action, Action::InterruptChats(_)));
+    assert_eq!(first.status.chat.as_ref().unwrap().interrupted_for_agent.as_deref(), Some("agent-1"));
+    // The interrupt failed; the chat still runs: the stop is not held up.
+    let second = decide_on(&spec, &first.status, &ws, ProbeOutcome::TimedOut, bound);
+    assert_eq!(second.action, recovery_stop());
+}

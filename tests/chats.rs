@@ -278,3 +278,28 @@ async fn chat_requests_at_steady_state_are_one_lookup_per_25_workspaces_and_a_sl
             || !r.path.contains("/by-workspace"))
     );
 }
+
+#[tokio::test]
+async fn a_chat_that_cannot_be_interrupted_does_not_hold_up_the_recovery() {
+    let env = Env::start("chat-unint").await;
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let ws = env.workspace_id("admin", "chat-1");
+    let root = env.sim.create_chat(NewChat {
+        title: "busy".into(),
+        workspace_id: Some(ws),
+        status: Some("running".into()),
+        ..NewChat::default()
+    });
+    env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+    let interrupt = format!("/api/experimental/chats/{root}/interrupt");
+    env.sim.inject_fault(coder_sim::Fault::new(interrupt.clone(), coder_sim::FaultKind::Status(503)));
+
+    env.sim.kill_agent(ws);
+    env.wait_for_condition("chat-1", "Recovering", "False", Some("Recovered"), LONG).await;
+    env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+    assert_eq!(env.transitions(ws), ["start", "stop", "start"]);
+    let attempts = env.sim.requests().into_iter().filter(|r| r.path == interrupt).count();
+    assert_eq!(attempts, 1, "one attempt per dead agent");
+    env.wait_for_events("chat-1", &["ChatInterruptFailed", "Recovered", "ChatContextRefreshed"]).await;
+}

@@ -338,42 +338,63 @@ async fn converge(
     let acted = match decision.action.clone() {
         CoreAction::None | CoreAction::Refresh => None,
         CoreAction::InterruptChats(plan) => {
-            let outcome = act::interrupt_chats(&plan, coder).await?;
-            let interrupted = outcome.chats.len();
-            for chat in outcome.chats {
-                gathered.chat_changed(context, chat);
-            }
-            events.push(decision::Event {
-                warning: false,
-                reason: "ChatInterrupted",
-                note: format!(
-                    "Interrupted {interrupted} chat turn(s) running on the dead agent {} before the recovery's \
-                     stop{}.",
-                    plan.agent_name,
-                    if outcome.skipped > 0 {
-                        format!(" ({} had ended already)", outcome.skipped)
-                    } else {
-                        String::new()
+            // A chat that cannot be interrupted must not hold up the
+            // recovery: the status records the attempt, the stop comes next.
+            match act::interrupt_chats(&plan, coder).await {
+                Ok(outcome) => {
+                    let interrupted = outcome.chats.len();
+                    for chat in outcome.chats {
+                        gathered.chat_changed(context, chat);
                     }
-                ),
-            });
+                    let skipped = match outcome.skipped {
+                        0 => String::new(),
+                        n => format!(" ({n} had ended already)"),
+                    };
+                    events.push(decision::Event {
+                        warning: false,
+                        reason: "ChatInterrupted",
+                        note: format!(
+                            "Interrupted {interrupted} chat turn(s) running on the dead agent {} before the \
+                             recovery's stop{skipped}.",
+                            plan.agent_name
+                        ),
+                    });
+                }
+                Err(error) => events.push(decision::Event {
+                    warning: true,
+                    reason: "ChatInterruptFailed",
+                    note: format!("Could not interrupt the chat's turn before the recovery's stop: {error}"),
+                }),
+            }
             None
         }
         CoreAction::RefreshChatContext(plan) => {
-            let outcome = act::refresh_chat_context(&plan, coder).await?;
-            let count = outcome.chats.len();
-            for chat in outcome.chats {
-                gathered.chat_changed(context, chat);
+            match act::refresh_chat_context(&plan, coder).await {
+                Ok(outcome) => {
+                    let count = outcome.chats.len();
+                    for chat in outcome.chats {
+                        gathered.chat_changed(context, chat);
+                    }
+                    events.push(decision::Event {
+                        warning: false,
+                        reason: "ChatContextRefreshed",
+                        note: format!(
+                            "Re-pinned the context of {count} chat(s) to the new chat agent {}, now ready, so the \
+                             chat and its sub-agents keep their instruction files and skills.",
+                            plan.agent_name
+                        ),
+                    });
+                }
+                // Once per build: the chat's next turn re-pins it anyway.
+                Err(error) => events.push(decision::Event {
+                    warning: true,
+                    reason: "ChatContextRefreshFailed",
+                    note: format!(
+                        "Could not re-pin the chat's context to agent {}: {error}. The chat's next turn does it.",
+                        plan.agent_name
+                    ),
+                }),
             }
-            events.push(decision::Event {
-                warning: false,
-                reason: "ChatContextRefreshed",
-                note: format!(
-                    "Re-pinned the context of {count} chat(s) to the new chat agent {}, now ready, so the chat \
-                     and its sub-agents keep their instruction files and skills.",
-                    plan.agent_name
-                ),
-            });
             None
         }
         CoreAction::CreateWorkspace => {

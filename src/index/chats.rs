@@ -247,3 +247,48 @@ async fn read_root(client: &CoderClient, id: &str) -> Result<Chat, CoderError> {
         _ => Ok(chat),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(id: &str, status: &str, agent: &str, children: Vec<Chat>) -> Chat {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "status": status, "agent_id": agent, "children": [],
+        }))
+        .map(|chat: Chat| Chat { children, ..chat })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_lookup_is_unknown_until_the_details_are_read() {
+        let mut chats = OwnerChats::default();
+        assert!(matches!(chats.lookup("ws-1"), ChatLookup::Unknown));
+        chats.entries.insert("ws-1".into(), ChatEntry { looked_up: Some("chat-1".into()), ..ChatEntry::default() });
+        assert!(matches!(chats.lookup("ws-1"), ChatLookup::Unknown));
+        chats.entries.insert("ws-2".into(), ChatEntry::default());
+        assert!(matches!(chats.lookup("ws-2"), ChatLookup::None));
+        chats.record("ws-1", chat("chat-1", "waiting", "a1", vec![]), true);
+        assert!(matches!(chats.lookup("ws-1"), ChatLookup::Bound(c) if c.id == "chat-1"));
+    }
+
+    #[test]
+    fn the_answer_of_a_write_updates_the_root_or_its_sub_agent_and_keeps_the_rest() {
+        let mut chats = OwnerChats::default();
+        let sub = chat("sub-1", "running", "a0", vec![]);
+        chats.record("ws-1", chat("chat-1", "running", "a0", vec![sub]), true);
+
+        // A write's answer carries no children.
+        chats.record("ws-1", chat("chat-1", "interrupting", "a1", vec![]), false);
+        chats.record("ws-1", chat("sub-1", "interrupting", "a1", vec![]), false);
+        let ChatLookup::Bound(held) = chats.lookup("ws-1") else { panic!("bound") };
+        assert_eq!((held.status.as_str(), held.agent_id.as_deref()), ("interrupting", Some("a1")));
+        assert_eq!(held.children.len(), 1);
+        assert_eq!(held.children[0].status, "interrupting");
+        assert!(chats.entries["ws-1"].holds("sub-1"), "a lookup answering the sub-agent chat is no new binding");
+
+        // An answer about a chat it does not hold asks for a read instead.
+        chats.record("ws-1", chat("other", "waiting", "a1", vec![]), false);
+        assert!(chats.entries["ws-1"].details_due);
+    }
+}
