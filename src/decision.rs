@@ -165,6 +165,7 @@ pub enum Action {
 pub struct ChatPlan {
     pub chat_ids: Vec<String>,
     /// The chat agent it is about (the dead one, or the new one).
+    pub agent_id: String,
     pub agent_name: String,
 }
 
@@ -895,7 +896,11 @@ impl<'a> Outcome<'a> {
             .filter(|c| c.is_running() && c.agent_id.as_deref().is_none_or(|id| id == agent.id))
             .map(|c| c.id.clone())
             .collect();
-        (!chat_ids.is_empty()).then(|| ChatPlan { chat_ids, agent_name: agent.name.clone() })
+        (!chat_ids.is_empty()).then(|| ChatPlan {
+            chat_ids,
+            agent_id: agent.id.clone(),
+            agent_name: agent.name.clone(),
+        })
     }
 
     /// `status.chat`, the `ChatContextCurrent` condition, and the re-pin
@@ -961,7 +966,8 @@ impl<'a> Outcome<'a> {
         let dirty = |c: &Chat| c.context.as_ref().is_some_and(|ctx| ctx.dirty);
         let behind: Vec<&Chat> =
             std::iter::once(chat).chain(chat.children.iter()).filter(|c| stale(c) || dirty(c)).collect();
-        let agent_name = self.current_agent.map_or_else(String::new, |a| a.name.clone());
+        let (agent_id, agent_name) =
+            self.current_agent.map_or_else(Default::default, |a| (a.id.clone(), a.name.clone()));
         let (status, reason, message) = match (self.current_agent, chat.context.as_ref()) {
             (None, _) => (false, "NoChatAgent", "The workspace has no running chat agent.".to_string()),
             (Some(_), None) => (
@@ -1018,7 +1024,7 @@ impl<'a> Outcome<'a> {
         if let Some(status) = self.status.chat.as_mut() {
             status.refreshed_for_build = Some(build.id.clone());
         }
-        self.action = Action::RefreshChatContext(ChatPlan { chat_ids, agent_name });
+        self.action = Action::RefreshChatContext(ChatPlan { chat_ids, agent_id, agent_name });
         self.requeue_within(Duration::from_millis(100));
     }
 

@@ -198,7 +198,11 @@ fn a_turn_running_on_the_dead_agent_is_interrupted_before_the_recovery_stop() {
     );
     assert_eq!(
         d.action,
-        Action::InterruptChats(ChatPlan { chat_ids: vec!["chat-1".into(), "sub-1".into()], agent_name: "main".into() })
+        Action::InterruptChats(ChatPlan {
+            chat_ids: vec!["chat-1".into(), "sub-1".into()],
+            agent_id: "agent-1".into(),
+            agent_name: "main".into()
+        })
     );
     assert!(d.status.recovery.as_ref().is_none_or(|r| r.stage.is_none() && r.attempts == 0), "no recovery counted yet");
 
@@ -271,6 +275,7 @@ fn after_its_own_start_the_operator_re_pins_once_the_agent_is_ready_and_only_onc
         d.action,
         Action::RefreshChatContext(ChatPlan {
             chat_ids: vec!["chat-1".into(), "sub-1".into()],
+            agent_id: "agent-1".into(),
             agent_name: "main".into()
         })
     );
@@ -301,7 +306,11 @@ fn no_re_pin_after_someone_else_s_start_or_with_contextpolicy_leave() {
     );
     assert_eq!(
         d.action,
-        Action::RefreshChatContext(ChatPlan { chat_ids: vec!["chat-1".into()], agent_name: "main".into() })
+        Action::RefreshChatContext(ChatPlan {
+            chat_ids: vec!["chat-1".into()],
+            agent_id: "agent-1".into(),
+            agent_name: "main".into()
+        })
     );
 }
 

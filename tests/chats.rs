@@ -303,3 +303,27 @@ async fn a_chat_that_cannot_be_interrupted_does_not_hold_up_the_recovery() {
     assert_eq!(attempts, 1, "one attempt per dead agent");
     env.wait_for_events("chat-1", &["ChatInterruptFailed", "Recovered", "ChatContextRefreshed"]).await;
 }
+
+#[tokio::test]
+async fn against_a_coderd_that_re_pins_to_the_stored_agent_the_re_pin_is_tried_once_and_the_binding_shown_stale() {
+    let env = Env::start("chat-v2361").await;
+    env.sim.set_context_refresh(coder_sim::ContextRefresh::StoredAgent);
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let ws = env.workspace_id("admin", "chat-1");
+    let root = env.sim.create_chat(NewChat { title: "chat".into(), workspace_id: Some(ws), ..NewChat::default() });
+    env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
+
+    env.sim.kill_agent(ws);
+    env.wait_for_condition("chat-1", "Recovering", "False", Some("Recovered"), LONG).await;
+    let events = env.wait_for_events("chat-1", &["ChatContextRefreshed"]).await;
+    let note =
+        events.iter().find(|(reason, _)| reason == "ChatContextRefreshed").map(|(_, note)| note.clone()).unwrap();
+    assert!(note.contains("next turn"), "{note}");
+    let cws = env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "False", Some("AgentStale"), LONG).await;
+    assert!(chat_of(&cws).unwrap().agent_stale);
+    // Settled: no second re-pin of the same build.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let put = format!("/api/experimental/chats/{root}/context");
+    assert_eq!(env.sim.requests().iter().filter(|r| r.path == put).count(), 1);
+}

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use faults::{Fault, FaultKind};
-pub use model::{BuildRecord, ChatApi, NewChat};
+pub use model::{BuildRecord, ChatApi, ContextRefresh, NewChat};
 pub use requests::RequestRecord;
 pub use seed::Seed;
 
@@ -298,6 +298,12 @@ impl Simulator {
     /// `/api/experimental/chats` (v2.36.x, the default); the other answers 404.
     pub fn set_chat_api(&self, api: ChatApi) {
         self.handle.shared.lock().chat_api = api;
+    }
+
+    /// Which agent `PUT /chats/{id}/context` re-pins to: the latest build's
+    /// (the default) or, as v2.36.1 does, the one the chat has stored.
+    pub fn set_context_refresh(&self, rule: ContextRefresh) {
+        self.handle.shared.lock().context_refresh = rule;
     }
 
     /// Makes a chat as chatd's tools would: bound to the workspace, its

@@ -4,7 +4,7 @@
 
 mod support;
 
-use coder_sim::{ChatApi, NewChat};
+use coder_sim::{ChatApi, ContextRefresh, NewChat};
 use serde_json::Value;
 use support::*;
 use uuid::Uuid;
@@ -147,4 +147,24 @@ async fn chats_are_served_on_one_mount_at_a_time() {
     client.get(&format!("/api/v2/chats/by-workspace?workspace_ids={ws}")).await.expect(200);
     let gone = client.get(&format!("{EXP}/{root}")).await.expect(404);
     assert_eq!(gone["message"], "Route not found.");
+}
+
+#[tokio::test]
+async fn like_v2_36_1_a_refresh_can_re_pin_to_the_stored_agent_only() {
+    let (sim, client) = start().await;
+    sim.set_context_refresh(ContextRefresh::StoredAgent);
+    let (ws, old_agent) = running_workspace(&client, "chatty").await;
+    let root = sim.create_chat(chat("chat", ws));
+    let id = ws.to_string();
+    client.build(&id, serde_json::json!({ "transition": "stop" })).await.expect(201);
+    client.wait_for_build(&id, "stopped").await;
+    client.build(&id, serde_json::json!({ "transition": "start" })).await.expect(201);
+    client.wait_for_build(&id, "running").await;
+    let new_agent = id_of(&client.agents(&id).await[0]);
+    client.wait_for_agent(&new_agent, "connected", Some("ready")).await;
+
+    let repinned = client.put(&format!("{EXP}/{root}/context")).await.expect(200);
+    assert_eq!(repinned["agent_id"], old_agent, "the chat's next turn rebinds it, not the refresh");
+    assert_eq!(repinned["context"]["dirty"], false);
+    assert_eq!(repinned["context"]["resources"].as_array().unwrap().len(), 2, "the old agent's snapshot");
 }

@@ -371,19 +371,29 @@ async fn converge(
         CoreAction::RefreshChatContext(plan) => {
             match act::refresh_chat_context(&plan, coder).await {
                 Ok(outcome) => {
+                    // v2.36.1 re-pins to the agent the chat has stored, which
+                    // after a stop/start is still the old one: say so.
+                    let still_old =
+                        outcome.chats.iter().filter(|c| c.agent_id.as_deref() != Some(plan.agent_id.as_str())).count();
                     let count = outcome.chats.len();
                     for chat in outcome.chats {
                         gathered.chat_changed(context, chat);
                     }
-                    events.push(decision::Event {
-                        warning: false,
-                        reason: "ChatContextRefreshed",
-                        note: format!(
+                    let note = if still_old == 0 {
+                        format!(
                             "Re-pinned the context of {count} chat(s) to the new chat agent {}, now ready, so the \
                              chat and its sub-agents keep their instruction files and skills.",
                             plan.agent_name
-                        ),
-                    });
+                        )
+                    } else {
+                        format!(
+                            "Refreshed the context of {count} chat(s), but coderd kept {still_old} of them on the \
+                             agent they are bound to, not the new chat agent {}: the chat's next turn rebinds it \
+                             and re-pins its context.",
+                            plan.agent_name
+                        )
+                    };
+                    events.push(decision::Event { warning: false, reason: "ChatContextRefreshed", note });
                 }
                 // Once per build: the chat's next turn re-pins it anyway.
                 Err(error) => events.push(decision::Event {

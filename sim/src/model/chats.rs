@@ -26,6 +26,18 @@ pub enum ChatApi {
     V2,
 }
 
+/// Which agent `PUT /chats/{id}/context` re-pins a chat to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ContextRefresh {
+    /// The latest build's chat agent, rebinding the chat to it.
+    #[default]
+    LatestAgent,
+    /// The agent the chat has stored, as v2.36.1's chatd does: after a
+    /// stop/start outside chatd that is the old agent, until the chat's
+    /// next turn rebinds it.
+    StoredAgent,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContextResource {
     pub source: String,
@@ -145,6 +157,16 @@ impl Deployment {
         Some(Pin { agent_id, generation: snapshot.generation, error: snapshot.error, resources: snapshot.resources })
     }
 
+    /// The latest snapshot an agent pushed while it ran: its workspace's
+    /// current one if it is the workspace's latest start's agent, else the
+    /// one it pinned last (kept as coderd keeps an old agent's rows).
+    fn stored_pin(&mut self, agent_id: Uuid, now: Timestamp) -> Option<Pin> {
+        if let Some(pin) = self.pin_for(agent_id, now) {
+            return Some(pin);
+        }
+        self.chats.values().filter_map(|chat| chat.pin.clone()).find(|pin| pin.agent_id == agent_id)
+    }
+
     pub fn create_chat(&mut self, request: &NewChat, now: Timestamp) -> Result<Uuid, String> {
         let owner_id = match &request.owner {
             Some(owner) => self.user(owner).ok_or_else(|| format!("no user {owner:?}"))?.id,
@@ -261,9 +283,18 @@ impl Deployment {
     }
 
     /// `PUT /chats/{id}/context`: re-pins the chat to the latest build's
-    /// chat agent's snapshot; with no agent to bind, the pin is cleared.
+    /// chat agent's snapshot (or, as v2.36.1 does, to its stored agent's);
+    /// with no agent to pin to, the pin is cleared.
     pub fn refresh_chat_context(&mut self, id: Uuid, now: Timestamp) -> Result<(), ApiError> {
-        let workspace_id = self.visible_chat(id).ok_or_else(ApiError::not_found)?.workspace_id;
+        let chat = self.visible_chat(id).ok_or_else(ApiError::not_found)?;
+        let (workspace_id, stored) = (chat.workspace_id, chat.agent_id);
+        if self.context_refresh == ContextRefresh::StoredAgent {
+            let pin = stored.and_then(|agent| self.stored_pin(agent, now));
+            let chat = self.chats.get_mut(&id).ok_or_else(ApiError::not_found)?;
+            chat.pin = pin;
+            chat.updated_at = now;
+            return Ok(());
+        }
         let binding = workspace_id.and_then(|ws| self.latest_chat_agent(ws, now));
         let pin = binding.and_then(|(_, agent)| self.pin_for(agent, now));
         let chat = self.chats.get_mut(&id).ok_or_else(ApiError::not_found)?;

@@ -20,7 +20,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use agent::{Agent, AgentView, Life, Shutdown};
-pub use chats::{Chat, ChatApi, NewChat};
+pub use chats::{Chat, ChatApi, ContextRefresh, NewChat};
 pub use job::{Job, JobFailure, JobStatus, Transition};
 use params::Values;
 use search::WorkspaceFilter;
@@ -157,6 +157,7 @@ pub struct Deployment {
     pub snapshots: HashMap<Uuid, chats::Snapshot>,
     /// Where the chat routes are mounted.
     pub chat_api: ChatApi,
+    pub context_refresh: ContextRefresh,
     rules: controls::Rules,
     pub faults: FaultTable,
     pub requests: RequestLog,

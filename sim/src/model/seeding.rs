@@ -58,6 +58,7 @@ impl Deployment {
             chats: HashMap::new(),
             snapshots: HashMap::new(),
             chat_api: Default::default(),
+            context_refresh: Default::default(),
             rules: Default::default(),
             faults: FaultTable::default(),
             requests: RequestLog::default(),
