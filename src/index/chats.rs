@@ -39,7 +39,13 @@ pub(super) struct OwnerChats {
     /// the build and the agent's start are over.
     after_build: HashSet<String>,
     unavailable_until: Option<Instant>,
+    /// When the watched workspaces were last gone through, which the poller
+    /// does at most every `PLAN_EVERY`, not at every one of its turns.
+    planned_at: Option<Instant>,
 }
+
+/// How often the watched workspaces are gone through for what is due.
+const PLAN_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct ChatEntry {
@@ -138,6 +144,11 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     if state.chats.unavailable_until.is_some_and(|until| until > Instant::now()) {
         return None;
     }
+    let gap = PLAN_EVERY.min(settings.chat_interval);
+    if state.chats.planned_at.is_some_and(|at| at.elapsed() < gap) {
+        return None;
+    }
+    state.chats.planned_at = Some(Instant::now());
     let watched: Vec<(String, String, bool)> = state
         .interested
         .keys()
