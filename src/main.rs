@@ -88,6 +88,11 @@ struct RunArgs {
     /// operator's own builds do.
     #[arg(long, env = "CHAT_DETAIL_INTERVAL", default_value = "1h", value_parser = duration)]
     chat_detail_interval: Duration,
+    /// Those slow-cadence chat reads per minute, across all chats (they
+    /// share Coder's budget); reads for a new binding or after the
+    /// operator's own build are not counted here.
+    #[arg(long, env = "CHAT_DETAIL_BUDGET_PER_MINUTE", default_value_t = 60)]
+    chat_detail_budget_per_minute: u32,
     /// How often a healthy agent is probed, at most.
     #[arg(long, env = "PROBE_INTERVAL", default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
@@ -195,6 +200,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             probe_concurrency: args.probe_concurrency,
             chat_interval: args.chat_interval,
             chat_detail_interval: args.chat_detail_interval,
+            chat_detail_budget_per_minute: args.chat_detail_budget_per_minute,
             ..IndexSettings::default()
         },
     };

@@ -42,6 +42,38 @@ pub(super) struct OwnerChats {
     /// When the watched workspaces were last gone through, which the poller
     /// does at most every `PLAN_EVERY`, not at every one of its turns.
     planned_at: Option<Instant>,
+    /// The workspaces this round has still to look up: a round is spread
+    /// over the interval rather than sent at once.
+    round_left: Vec<String>,
+    /// Lookups (of 25) per plan in the current round.
+    round_pace: usize,
+}
+
+/// Detail reads on the slow cadence, shared by every owner: a token bucket
+/// filled at `chat_detail_budget_per_minute`, holding at most a minute's
+/// worth. Reads that something asked for (a new binding, the operator's
+/// build) do not wait for it.
+#[derive(Debug)]
+pub(super) struct DetailBudget {
+    tokens: f64,
+    filled_at: Instant,
+}
+
+impl Default for DetailBudget {
+    fn default() -> Self {
+        Self { tokens: 0.0, filled_at: Instant::now() }
+    }
+}
+
+impl DetailBudget {
+    fn take(&mut self, per_minute: u32, wanted: usize) -> usize {
+        let rate = f64::from(per_minute) / 60.0;
+        self.tokens = (self.tokens + self.filled_at.elapsed().as_secs_f64() * rate).min(f64::from(per_minute));
+        self.filled_at = Instant::now();
+        let granted = (self.tokens.floor() as usize).min(wanted);
+        self.tokens -= granted as f64;
+        granted
+    }
 }
 
 /// How often the watched workspaces are gone through for what is due.
@@ -161,20 +193,43 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     let ids: HashSet<&str> = watched.iter().map(|(id, _, _)| id.as_str()).collect();
     chats.entries.retain(|id, _| ids.contains(id.as_str()));
     chats.after_build.retain(|id| ids.contains(id.as_str()));
-    let unseen = watched.iter().any(|(id, _, _)| !chats.entries.contains_key(id));
-    let lookup_due = unseen || chats.looked_up_at.is_none_or(|at| at.elapsed() >= settings.chat_interval);
+    let round_due = chats.looked_up_at.is_none_or(|at| at.elapsed() >= settings.chat_interval);
+    if round_due && chats.round_left.is_empty() {
+        // A new round, spread over half the interval at one plan a second.
+        chats.round_left = watched.iter().map(|(id, _, _)| id.clone()).collect();
+        let plans = (settings.chat_interval.as_secs_f64() / 2.0 / PLAN_EVERY.as_secs_f64()).max(1.0);
+        let lookups = chats.round_left.len().div_ceil(MAX_WORKSPACES_PER_CHAT_LOOKUP) as f64;
+        chats.round_pace = (lookups / plans).ceil().max(1.0) as usize;
+        chats.looked_up_at = Some(Instant::now());
+    }
     let mut details = Vec::new();
+    let mut slow = Vec::new();
     for (id, name, busy) in &watched {
         let settled_after_build = !busy && chats.after_build.contains(id);
         let Some(entry) = chats.entries.get_mut(id) else { continue };
         let Some(chat_id) = entry.looked_up.clone() else { continue };
-        let stale = entry.read_at.is_none_or(|at| at.elapsed() >= settings.chat_detail_interval);
-        if entry.chat.is_none() || entry.details_due || stale || settled_after_build {
+        let read = (id.clone(), name.clone(), entry.chat.as_ref().map_or(chat_id, |c| c.id.clone()));
+        if entry.chat.is_none() || entry.details_due || settled_after_build {
             chats.after_build.remove(id);
-            details.push((id.clone(), name.clone(), entry.chat.as_ref().map_or(chat_id, |c| c.id.clone())));
+            details.push(read);
+        } else if entry.read_at.is_none_or(|at| at.elapsed() >= settings.chat_detail_interval) {
+            slow.push((entry.read_at, read));
         }
     }
-    let lookup = if lookup_due { watched.into_iter().map(|(id, name, _)| (id, name)).collect() } else { Vec::new() };
+    // The slow cadence, oldest first, within the shared budget.
+    slow.sort_by_key(|(read_at, _)| *read_at);
+    let granted =
+        index.chat_budget.lock().expect("chat budget").take(settings.chat_detail_budget_per_minute, slow.len());
+    details.extend(slow.into_iter().take(granted).map(|(_, read)| read));
+
+    // This plan's share of the round, and the workspaces never looked up
+    // (new resources) at once: a thousand resources created together cost
+    // forty lookups, not forty a second.
+    let take = (chats.round_pace * MAX_WORKSPACES_PER_CHAT_LOOKUP).min(chats.round_left.len());
+    let mut wanted: HashSet<String> = chats.round_left.drain(..take).collect();
+    wanted.extend(watched.iter().filter(|(id, _, _)| !chats.entries.contains_key(id)).map(|(id, _, _)| id.clone()));
+    let lookup: Vec<(String, String)> =
+        watched.into_iter().filter(|(id, _, _)| wanted.contains(id)).map(|(id, name, _)| (id, name)).collect();
     if lookup.is_empty() && details.is_empty() {
         return None;
     }
@@ -210,7 +265,6 @@ async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -
                 }
             }
         }
-        state.chats.looked_up_at = Some(Instant::now());
     }
     for (workspace_id, name, chat_id) in details {
         let started = Instant::now();
@@ -222,25 +276,22 @@ async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -
         };
         let mut owners = index.owners.lock().expect("index owners");
         let Some(state) = owners.get_mut(key) else { return Ok(()) };
-        let entry = state.chats.entries.entry(workspace_id).or_default();
+        let entry = state.chats.entries.entry(workspace_id.clone()).or_default();
         if entry.recorded_at.is_some_and(|at| at > started) {
             // The operator interrupted or re-pinned it meanwhile: what it
             // recorded is newer than this read.
             continue;
         }
+        let Some(chat) = chat else {
+            // Forget it, so that the next plan looks the workspace up again.
+            state.chats.entries.remove(&workspace_id);
+            to_wake.push(name);
+            continue;
+        };
         let before = entry.chat.clone();
-        match chat {
-            Some(chat) => {
-                entry.chat = Some(Arc::new(chat));
-                entry.read_at = Some(Instant::now());
-                entry.details_due = false;
-            }
-            None => {
-                entry.looked_up = None;
-                entry.chat = None;
-                state.chats.looked_up_at = None;
-            }
-        }
+        entry.chat = Some(Arc::new(chat));
+        entry.read_at = Some(Instant::now());
+        entry.details_due = false;
         if before != entry.chat {
             to_wake.push(name);
         }
@@ -301,5 +352,20 @@ mod tests {
         // An answer about a chat it does not hold asks for a read instead.
         chats.record("ws-1", chat("other", "waiting", "a1", vec![]), false);
         assert!(chats.entries["ws-1"].details_due);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_detail_budget_grants_at_most_its_rate_and_a_minute_of_savings() {
+        let mut budget = DetailBudget { tokens: 0.0, filled_at: Instant::now() - Duration::from_secs(3600) };
+        assert_eq!(budget.take(60, 1000), 60, "an idle hour saves one minute's worth");
+        assert_eq!(budget.take(60, 1000), 0);
+        let mut budget = DetailBudget { tokens: 0.0, filled_at: Instant::now() - Duration::from_secs(10) };
+        assert_eq!(budget.take(60, 3), 3);
+        assert_eq!(budget.take(60, 100), 7);
     }
 }

@@ -66,6 +66,9 @@ pub struct IndexSettings {
     /// How often a bound chat's details are read again when nothing else
     /// asked for them (a new binding and the operator's own builds do).
     pub chat_detail_interval: Duration,
+    /// Those slow-cadence detail reads per minute, across all chats: they
+    /// share Coder's budget with everything else.
+    pub chat_detail_budget_per_minute: u32,
 }
 
 impl Default for IndexSettings {
@@ -82,6 +85,7 @@ impl Default for IndexSettings {
             probe_fresh: Duration::from_secs(5),
             chat_interval: Duration::from_secs(300),
             chat_detail_interval: Duration::from_secs(3600),
+            chat_detail_budget_per_minute: 60,
         }
     }
 }
@@ -170,6 +174,7 @@ struct Shared {
     /// Resource → what it watches.
     interests: Mutex<HashMap<ObjectRef<ChatWorkspace>, Interest>>,
     probes: prober::Probes,
+    chat_budget: Mutex<chats::DetailBudget>,
     wakers: Mutex<Vec<Waker>>,
     /// Resource → when it was first woken since its last reconcile began.
     woken: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
@@ -189,6 +194,7 @@ impl CoderIndex {
             owners: Mutex::default(),
             interests: Mutex::default(),
             probes: prober::Probes::default(),
+            chat_budget: Mutex::default(),
             wakers: Mutex::default(),
             woken: Mutex::default(),
             metrics,

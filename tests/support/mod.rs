@@ -52,6 +52,7 @@ pub fn fast_index() -> IndexSettings {
         probe_fresh: Duration::from_millis(800),
         chat_interval: Duration::from_millis(500),
         chat_detail_interval: Duration::from_secs(2),
+        chat_detail_budget_per_minute: 6000,
     }
 }
 
