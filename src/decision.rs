@@ -976,26 +976,28 @@ impl<'a> Outcome<'a> {
                 "The chat has no pinned context yet; chatd pins it on the chat's next turn.".to_string(),
             ),
             (Some(agent), Some(_)) if !behind.is_empty() => {
-                let which: Vec<&str> =
-                    behind.iter().map(|c| if c.id == chat.id { "the chat" } else { "a sub-agent chat" }).collect();
-                if behind.iter().any(|c| stale(c)) {
-                    (
+                let which = |c: &Chat| if c.id == chat.id { "the chat" } else { "a sub-agent chat" };
+                match behind.iter().find(|c| stale(c)) {
+                    Some(stale) => (
                         false,
                         "AgentStale",
                         format!(
-                            "{} is still bound to an agent older than {} (the latest build's chat agent); its context refers to the old agent until a re-pin or its next turn.",
-                            which[0], agent.name
+                            "{} is still bound to an agent older than {} (the latest build's chat agent); its \
+                             context refers to the old agent until a re-pin or its next turn.",
+                            if stale.id == chat.id { "The chat" } else { "A sub-agent chat" },
+                            agent.name
                         ),
-                    )
-                } else {
-                    (
+                    ),
+                    None => (
                         false,
                         "ContextDirty",
                         format!(
-                            "The files on agent {} changed after {} pinned them; a re-pin (PUT /chats/{{id}}/context) picks them up.",
-                            agent.name, which[0]
+                            "The files on agent {} changed after {} pinned them; a re-pin (PUT \
+                             /chats/{{id}}/context) picks them up.",
+                            agent.name,
+                            which(behind[0])
                         ),
-                    )
+                    ),
                 }
             }
             (Some(agent), Some(_)) => {
