@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use chatworkspace_operator::conditions::{self, READY};
 use chatworkspace_operator::crd::ChatWorkspace;
-use coder_sim::{SimConfig, Simulator};
+use coder_sim::{NewChat, SimConfig, Simulator};
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let _operator = Operator(
         Command::new(&binary)
             .args(["run", "--admin-addr", "127.0.0.1:0", "--active-interval", "500ms", "--resync-interval", "5s"])
+            .args(["--chat-interval", "2s", "--chat-detail-interval", "10s"])
             .env("KUBECONFIG", plane.kubeconfig_path())
             .env("CODER_URL", sim.url())
             .env("CODER_SESSION_TOKEN", sim.token())
@@ -111,6 +112,21 @@ async fn main() -> anyhow::Result<()> {
     )?;
     wait_ready(&t, &plane)?;
     let workspace = sim.workspace_id("admin", NAME).context("the workspace exists in the simulator")?;
+    t.say("a chat on the workspace starts a turn and spawns a sub-agent (as chatd's tools would)");
+    let chat = sim.create_chat(NewChat {
+        title: "fix the login bug".into(),
+        workspace_id: Some(workspace),
+        status: Some("running".into()),
+        ..NewChat::default()
+    });
+    sim.create_chat(NewChat {
+        title: "run the tests".into(),
+        parent_chat_id: Some(chat),
+        status: Some("running".into()),
+        ..NewChat::default()
+    });
+    kubectl(&t, &plane, &["wait", &format!("cws/{NAME}"), "--for=condition=ChatContextCurrent", "--timeout=60s"])?;
+    show_chat(&t, &plane)?;
     t.say("killing the workspace's agent (an OOM kill, say): heartbeats stop, probes hang");
     sim.kill_agent(workspace);
     kubectl(&t, &plane, &["wait", &format!("cws/{NAME}"), "--for=condition=Recovering", "--timeout=120s"])?;
@@ -118,6 +134,33 @@ async fn main() -> anyhow::Result<()> {
 
     let builds: Vec<String> = sim.builds(workspace).into_iter().map(|b| b.transition).collect();
     t.say(format!("builds in Coder: {}", builds.join(" → ")));
+    t.say("the chat's turn was interrupted before the stop, and its context re-pinned to the new agent once ready");
+    kubectl(&t, &plane, &["wait", &format!("cws/{NAME}"), "--for=condition=ChatContextCurrent", "--timeout=60s"])?;
+    show_chat(&t, &plane)?;
+    kubectl(
+        &t,
+        &plane,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=ChatInterrupted",
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ],
+    )?;
+    kubectl(
+        &t,
+        &plane,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=ChatContextRefreshed",
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ],
+    )?;
     kubectl(&t, &plane, &["get", "cws", NAME, "-o", "wide"])?;
     watch.abort();
     t.say("done; stopping the operator, the simulator and the control plane");
@@ -135,6 +178,11 @@ fn summary(cws: &ChatWorkspace) -> String {
         ready.map_or("-", |c| c.reason.as_str()),
         status.agent.as_ref().map_or("-", |a| a.status.as_str()),
     )
+}
+
+fn show_chat(t: &Timeline, plane: &ControlPlane) -> anyhow::Result<()> {
+    let jsonpath = r#"jsonpath={.status.chat.title}: {.status.chat.status}, agentStale={.status.chat.agentStale}, sub-agents=[{.status.chat.children[*].status}], context={.status.chat.context}{"\n"}"#;
+    kubectl(t, plane, &["get", "cws", NAME, "-o", jsonpath])
 }
 
 fn kubectl(t: &Timeline, plane: &ControlPlane, args: &[&str]) -> anyhow::Result<()> {

@@ -212,6 +212,7 @@ mod tests {
                 parameters: vec![],
                 agent_name: None,
                 recovery: Default::default(),
+                chat: Default::default(),
                 deletion_policy: Default::default(),
                 outside_stops: Default::default(),
                 credentials_ref: None,

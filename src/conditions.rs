@@ -9,9 +9,12 @@ pub const DEGRADED: &str = "Degraded";
 pub const AGENT_CONNECTED: &str = "AgentConnected";
 pub const AGENT_REACHABLE: &str = "AgentReachable";
 pub const RECOVERING: &str = "Recovering";
+/// The bound chat's context is pinned to the current chat agent and not dirty.
+pub const CHAT_CONTEXT_CURRENT: &str = "ChatContextCurrent";
 
 /// Every condition type the operator maintains, in the order it writes them.
-pub const ALL: [&str; 6] = [READY, PROGRESSING, DEGRADED, AGENT_CONNECTED, AGENT_REACHABLE, RECOVERING];
+pub const ALL: [&str; 7] =
+    [READY, PROGRESSING, DEGRADED, AGENT_CONNECTED, AGENT_REACHABLE, RECOVERING, CHAT_CONTEXT_CURRENT];
 
 /// What the core wants one condition to say.
 #[derive(Clone, Debug, PartialEq, Eq)]

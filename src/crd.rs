@@ -90,6 +90,11 @@ pub struct ChatWorkspaceSpec {
     #[serde(default)]
     pub recovery: RecoverySpec,
 
+    /// What the operator does for the chat bound to the workspace around
+    /// its own builds.
+    #[serde(default)]
+    pub chat: ChatSpec,
+
     /// What deleting this resource does to the workspace.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -130,6 +135,40 @@ pub enum OutsideStops {
     /// Start it again, within the recovery budget (`recovery.maxAttempts`
     /// per `recovery.window`), so a person who keeps stopping it wins.
     Restart,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatSpec {
+    /// Before a recovery's stop, interrupt a chat turn running on the dead
+    /// agent, so that the model does not race the operator with its own
+    /// stop and start tools.
+    #[serde(default = "default_true")]
+    pub interrupt_on_recovery: bool,
+    /// After the operator's own start, once the new chat agent is ready:
+    /// `Refresh` re-pins a stale or dirty chat context to it, `Leave` waits
+    /// for the chat's next turn to do so.
+    #[serde(default)]
+    pub context_policy: ContextPolicy,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ChatSpec {
+    fn default() -> Self {
+        Self { interrupt_on_recovery: true, context_policy: ContextPolicy::default() }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ContextPolicy {
+    /// Re-pin the context to the new agent (`PUT /chats/{id}/context`).
+    #[default]
+    Refresh,
+    /// Leave it to the chat's next turn.
+    Leave,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -320,6 +359,9 @@ pub struct ChatWorkspaceStatus {
     /// adopted it with `spec.adopt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ownership: Option<OwnershipStatus>,
+    /// The chat bound to the workspace (the latest one this token can read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatStatus>,
     /// The last build this operator requested, so that a failed start is
     /// retried once per spec change rather than in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,6 +543,63 @@ pub struct RecoveryStatus {
     /// Consecutive failed probes while the agent said connected.
     #[serde(default)]
     pub probe_failures: u32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatStatus {
+    pub id: String,
+    #[serde(default)]
+    pub title: String,
+    /// As Coder reports it: `waiting`, `running`, `error`,
+    /// `requires_action`, `interrupting` (or a newer value, kept as is).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The chat is bound to an agent that is not the latest build's chat
+    /// agent (e.g. after a stop/start), until its next turn or a re-pin.
+    #[serde(default)]
+    pub agent_stale: bool,
+    /// Sub-agent chats spawned by this one; they share its workspace and agent.
+    #[serde(default)]
+    pub children: Vec<ChildChatStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ChatContextStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The start build after which the operator last re-pinned the context,
+    /// so that it does so once per build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_for_build: Option<String>,
+    /// The dead agent whose running turns the operator interrupted before a
+    /// recovery's stop, so that it does so once per dead agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_for_agent: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildChatStatus {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub agent_stale: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatContextStatus {
+    /// The chat's prompt is built from a pinned snapshot of the agent's
+    /// instruction files and skills.
+    pub pinned: bool,
+    /// When the agent's files changed after the pin (a refresh re-pins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_since: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Pinned resources (instruction files, skills, MCP configs).
+    #[serde(default)]
+    pub resources: u32,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -19,13 +19,15 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::coder::{
-    AgentLifecycle, AgentStatus, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent, WorkspaceBuild,
+    AgentLifecycle, AgentStatus, Chat, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent, WorkspaceBuild,
     WorkspaceTransition, chat_agent,
 };
-use crate::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, PROGRESSING, READY, RECOVERING, Verdict};
+use crate::conditions::{
+    self, AGENT_CONNECTED, AGENT_REACHABLE, CHAT_CONTEXT_CURRENT, DEGRADED, PROGRESSING, READY, RECOVERING, Verdict,
+};
 use crate::crd::{
-    self, BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, DesiredState, Phase, RecoveryPolicy,
-    RecoveryStage, RecoveryStatus,
+    self, BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, ContextPolicy, DesiredState, Phase,
+    RecoveryPolicy, RecoveryStage, RecoveryStatus,
 };
 
 /// How soon to look again, by situation.
@@ -89,6 +91,21 @@ pub enum Observed<'a> {
     },
 }
 
+/// The chat bound to the workspace, as the Coder index holds it.
+#[derive(Clone, Copy, Debug)]
+pub enum ObservedChat<'a> {
+    /// Not looked for yet (or this Coder serves no chats): `status.chat`
+    /// stays as it was.
+    Unknown,
+    /// No chat this token can read is bound to the workspace.
+    None,
+    Bound {
+        chat: &'a Chat,
+        /// Read just now, on its own.
+        fresh: bool,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct Inputs<'a> {
     pub spec: &'a ChatWorkspaceSpec,
@@ -96,6 +113,7 @@ pub struct Inputs<'a> {
     pub generation: i64,
     pub previous: &'a ChatWorkspaceStatus,
     pub observed: Observed<'a>,
+    pub chat: ObservedChat<'a>,
     pub now: Timestamp,
     pub requeue: Requeue,
     /// The resource's `chat.coder.com/start-requested-at` annotation: a value
@@ -138,6 +156,20 @@ pub enum Action {
     /// Create the workspace (from template, preset and parameters).
     CreateWorkspace,
     Build(BuildPlan),
+    /// Before a recovery's stop: stop the turns of these chats, running on
+    /// the dead agent (the root chat and its sub-agents).
+    InterruptChats(ChatPlan),
+    /// After the operator's own start, the new chat agent ready: re-pin
+    /// these chats' context to it.
+    RefreshChatContext(ChatPlan),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatPlan {
+    pub chat_ids: Vec<String>,
+    /// The chat agent it is about (the dead one, or the new one).
+    pub agent_id: String,
+    pub agent_name: String,
 }
 
 /// A Kubernetes Event the reconciler should publish.
@@ -178,6 +210,9 @@ pub fn decide(inputs: &Inputs) -> Decision {
             out.present(workspace, *fresh, *probe);
         }
     }
+    if !matches!(inputs.observed, Observed::Conflict { .. }) {
+        out.chat();
+    }
     out.finish()
 }
 
@@ -191,6 +226,12 @@ enum Spent {
 /// Builds one decision: the verdicts, action and status under construction.
 struct Outcome<'a> {
     inputs: &'a Inputs<'a>,
+    /// The chat agent of the latest build, when that is a succeeded start.
+    current_agent: Option<&'a WorkspaceAgent>,
+    latest_build: Option<&'a WorkspaceBuild>,
+    /// The latest build is a succeeded start whose chat agent is connected,
+    /// reachable and ready.
+    agent_ready: bool,
     status: ChatWorkspaceStatus,
     verdicts: Vec<Verdict>,
     action: Action,
@@ -205,6 +246,9 @@ impl<'a> Outcome<'a> {
         status.observed_generation = Some(inputs.generation);
         Self {
             inputs,
+            current_agent: None,
+            latest_build: None,
+            agent_ready: false,
             status,
             verdicts: Vec::new(),
             action: Action::None,
@@ -311,8 +355,12 @@ impl<'a> Outcome<'a> {
     }
 
     /// Copies the observed workspace, latest build and chat agent into status.
-    fn observe(&mut self, workspace: &Workspace) {
+    fn observe(&mut self, workspace: &'a Workspace) {
         let build = &workspace.latest_build;
+        self.latest_build = Some(build);
+        if build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded {
+            self.current_agent = chat_agent(build, self.inputs.spec.agent_name.as_deref());
+        }
         self.status.workspace = Some(crd::WorkspaceStatus {
             id: workspace.id.clone(),
             name: workspace.name.clone(),
@@ -785,6 +833,7 @@ impl<'a> Outcome<'a> {
                 }
                 self.end_recovery();
                 self.phase = Phase::Running;
+                self.agent_ready = true;
                 self.say(
                     READY,
                     true,
@@ -907,10 +956,20 @@ impl<'a> Outcome<'a> {
         if self.budget_exhausted(Spent::OnRecoveries) {
             return;
         }
-        if !fresh || !probe.is_some_and(|p| p.fresh) {
-            // Both signals again, fresh, right before the stop.
+        let chat_stale = self.inputs.spec.chat.interrupt_on_recovery
+            && matches!(self.inputs.chat, ObservedChat::Bound { fresh: false, .. });
+        if !fresh || !probe.is_some_and(|p| p.fresh) || chat_stale {
+            // Both signals again, fresh, right before the stop (and the
+            // chat, whose turn may have to be interrupted first).
             self.action = Action::Refresh;
             self.requeue_within(self.inputs.requeue.probe_retry);
+            return;
+        }
+        if let Some(plan) = self.turns_to_interrupt(agent) {
+            // The model must not race the operator with its own stop and
+            // start tools: its turn ends first, the stop comes next.
+            self.action = Action::InterruptChats(plan);
+            self.requeue_within(Duration::from_millis(100));
             return;
         }
         self.start_recovery(agent, for_how_long);
@@ -1007,6 +1066,160 @@ impl<'a> Outcome<'a> {
         self.say(RECOVERING, true, reason, message.clone());
         self.say(READY, false, "Recovering", message);
         self.say(PROGRESSING, true, "Recovering", format!("Recovery: {what}."));
+    }
+
+    /// Chats whose turn runs on `agent` (the root chat and its sub-agents),
+    /// when the policy asks to interrupt them before a recovery's stop.
+    fn turns_to_interrupt(&self, agent: &WorkspaceAgent) -> Option<ChatPlan> {
+        if !self.inputs.spec.chat.interrupt_on_recovery {
+            return None;
+        }
+        let ObservedChat::Bound { chat, .. } = self.inputs.chat else { return None };
+        let done = self.inputs.previous.chat.as_ref().and_then(|c| c.interrupted_for_agent.as_deref());
+        if done == Some(agent.id.as_str()) {
+            // Tried once for this agent; the stop does not wait on a chat.
+            return None;
+        }
+        let chat_ids: Vec<String> = std::iter::once(chat)
+            .chain(chat.children.iter())
+            .filter(|c| c.is_running() && c.agent_id.as_deref().is_none_or(|id| id == agent.id))
+            .map(|c| c.id.clone())
+            .collect();
+        (!chat_ids.is_empty()).then(|| ChatPlan {
+            chat_ids,
+            agent_id: agent.id.clone(),
+            agent_name: agent.name.clone(),
+        })
+    }
+
+    /// `status.chat`, the `ChatContextCurrent` condition, and the re-pin
+    /// after the operator's own start once the new agent is ready.
+    fn chat(&mut self) {
+        let current = self.current_agent.map(|a| a.id.as_str());
+        let chat = match self.inputs.chat {
+            ObservedChat::Unknown => {
+                if conditions::find(&self.inputs.previous.conditions, CHAT_CONTEXT_CURRENT).is_none() {
+                    self.say(
+                        CHAT_CONTEXT_CURRENT,
+                        false,
+                        "NotObserved",
+                        "The operator has not read this workspace's chats yet.",
+                    );
+                }
+                return;
+            }
+            ObservedChat::None => {
+                self.status.chat = None;
+                self.say(
+                    CHAT_CONTEXT_CURRENT,
+                    false,
+                    "NoChat",
+                    "No chat that the operator's Coder user can read is bound to this workspace.",
+                );
+                return;
+            }
+            ObservedChat::Bound { chat, .. } => chat,
+        };
+        let stale = |c: &Chat| c.agent_id.is_some() && c.agent_id.as_deref() != current;
+        let refreshed_for_build = self.status.chat.as_ref().and_then(|c| c.refreshed_for_build.clone());
+        let interrupted_for_agent = match (&self.action, self.current_agent) {
+            (Action::InterruptChats(_), Some(agent)) => Some(agent.id.clone()),
+            _ => self.status.chat.as_ref().and_then(|c| c.interrupted_for_agent.clone()),
+        };
+        self.status.chat = Some(crd::ChatStatus {
+            id: chat.id.clone(),
+            title: chat.title.clone(),
+            status: chat.status.clone(),
+            agent_id: chat.agent_id.clone(),
+            agent_stale: stale(chat),
+            children: chat
+                .children
+                .iter()
+                .map(|c| crd::ChildChatStatus { id: c.id.clone(), status: c.status.clone(), agent_stale: stale(c) })
+                .collect(),
+            context: Some(crd::ChatContextStatus {
+                pinned: chat.context.is_some(),
+                dirty_since: chat
+                    .context
+                    .as_ref()
+                    .filter(|c| c.dirty)
+                    .map(|c| c.dirty_since.map_or_else(|| whole_seconds(self.inputs.now), whole_seconds)),
+                error: chat.context.as_ref().map(|c| c.error.clone()).filter(|e| !e.is_empty()),
+                resources: chat.context.as_ref().map_or(0, |c| u32::try_from(c.resources.len()).unwrap_or(u32::MAX)),
+            }),
+            last_error: chat.last_error.as_ref().map(|e| e.message.clone()).filter(|m| !m.is_empty()),
+            refreshed_for_build,
+            interrupted_for_agent,
+        });
+
+        let dirty = |c: &Chat| c.context.as_ref().is_some_and(|ctx| ctx.dirty);
+        let behind: Vec<&Chat> =
+            std::iter::once(chat).chain(chat.children.iter()).filter(|c| stale(c) || dirty(c)).collect();
+        let (agent_id, agent_name) =
+            self.current_agent.map_or_else(Default::default, |a| (a.id.clone(), a.name.clone()));
+        let (status, reason, message) = match (self.current_agent, chat.context.as_ref()) {
+            (None, _) => (false, "NoChatAgent", "The workspace has no running chat agent.".to_string()),
+            (Some(_), None) => (
+                false,
+                "NotPinned",
+                "The chat has no pinned context yet; chatd pins it on the chat's next turn.".to_string(),
+            ),
+            (Some(agent), Some(_)) if !behind.is_empty() => {
+                let which = |c: &Chat| if c.id == chat.id { "the chat" } else { "a sub-agent chat" };
+                match behind.iter().find(|c| stale(c)) {
+                    Some(stale) => (
+                        false,
+                        "AgentStale",
+                        format!(
+                            "{} is still bound to an agent older than {} (the latest build's chat agent); its \
+                             context refers to the old agent until a re-pin or its next turn.",
+                            if stale.id == chat.id { "The chat" } else { "A sub-agent chat" },
+                            agent.name
+                        ),
+                    ),
+                    None => (
+                        false,
+                        "ContextDirty",
+                        format!(
+                            "The files on agent {} changed after {} pinned them; a re-pin (PUT \
+                             /chats/{{id}}/context) picks them up.",
+                            agent.name,
+                            which(behind[0])
+                        ),
+                    ),
+                }
+            }
+            (Some(agent), Some(_)) => {
+                (true, "Current", format!("The chat's context is pinned to agent {} and current.", agent.name))
+            }
+        };
+        self.say(CHAT_CONTEXT_CURRENT, status, reason, message);
+
+        // Re-pin after the operator's own start, once, when the new chat
+        // agent is ready (never before: with no agent, a re-pin clears it).
+        let Some(build) = self.latest_build else { return };
+        let ours = self
+            .inputs
+            .previous
+            .last_build_request
+            .as_ref()
+            .is_some_and(|r| r.transition == "start" && r.build_id.as_deref() == Some(build.id.as_str()))
+            // A create's first build binds no chat yet: a chat made on it
+            // pins its own context on its first turn.
+            && build.build_number > 1;
+        let done = self.status.chat.as_ref().and_then(|c| c.refreshed_for_build.as_deref()) == Some(build.id.as_str());
+        if !self.agent_ready || !ours || done || behind.is_empty() || self.action != Action::None {
+            return;
+        }
+        if self.inputs.spec.chat.context_policy == ContextPolicy::Leave {
+            return;
+        }
+        let chat_ids = behind.iter().map(|c| c.id.clone()).collect();
+        if let Some(status) = self.status.chat.as_mut() {
+            status.refreshed_for_build = Some(build.id.clone());
+        }
+        self.action = Action::RefreshChatContext(ChatPlan { chat_ids, agent_id, agent_name });
+        self.requeue_within(Duration::from_millis(100));
     }
 
     fn no_agent_conditions(&mut self, reason: &'static str, message: &str) {

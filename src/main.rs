@@ -87,6 +87,20 @@ struct RunArgs {
     /// How often every workspace of each owner is listed, as a backstop.
     #[arg(long, env = "FULL_LIST_INTERVAL", default_value = "5m", value_parser = duration)]
     full_list_interval: Duration,
+    /// How often the chats bound to the watched workspaces are looked up
+    /// (one request per owner and 25 workspaces).
+    #[arg(long, env = "CHAT_INTERVAL", default_value = "5m", value_parser = duration)]
+    chat_interval: Duration,
+    /// How often a bound chat's details (status, sub-agents, context) are
+    /// read again when nothing else asked for them: a new binding and the
+    /// operator's own builds do.
+    #[arg(long, env = "CHAT_DETAIL_INTERVAL", default_value = "1h", value_parser = duration)]
+    chat_detail_interval: Duration,
+    /// Those slow-cadence chat reads per minute, across all chats (they
+    /// share Coder's budget); reads for a new binding or after the
+    /// operator's own build are not counted here.
+    #[arg(long, env = "CHAT_DETAIL_BUDGET_PER_MINUTE", default_value_t = 60)]
+    chat_detail_budget_per_minute: u32,
     /// How often a healthy agent is probed, at most.
     #[arg(long, env = "PROBE_INTERVAL", default_value = "5m", value_parser = duration)]
     probe_interval: Duration,
@@ -206,6 +220,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             probe_interval: args.probe_interval,
             probe_budget_per_minute: args.probe_budget_per_minute,
             probe_concurrency: args.probe_concurrency,
+            chat_interval: args.chat_interval,
+            chat_detail_interval: args.chat_detail_interval,
+            chat_detail_budget_per_minute: args.chat_detail_budget_per_minute,
             ..IndexSettings::default()
         },
         install: args.install_name.clone().unwrap_or_else(|| match &election {

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use faults::{Fault, FaultKind};
-pub use model::BuildRecord;
+pub use model::{BuildRecord, ChatApi, ContextRefresh, NewChat};
 pub use requests::RequestRecord;
 pub use seed::Seed;
 
@@ -320,5 +320,56 @@ impl Simulator {
             .shared
             .create_workspace(owner, name, template)
             .unwrap_or_else(|err| panic!("creating workspace {owner}/{name}: {err}"))
+    }
+
+    /// Serves the chat routes under `/api/v2/chats` (v2.37 on) or
+    /// `/api/experimental/chats` (v2.36.x, the default); the other answers 404.
+    pub fn set_chat_api(&self, api: ChatApi) {
+        self.handle.shared.lock().chat_api = api;
+    }
+
+    /// Which agent `PUT /chats/{id}/context` re-pins to: the latest build's
+    /// (the default) or, as v2.36.1 does, the one the chat has stored.
+    pub fn set_context_refresh(&self, rule: ContextRefresh) {
+        self.handle.shared.lock().context_refresh = rule;
+    }
+
+    /// Makes a chat as chatd's tools would: bound to the workspace, its
+    /// latest build and chat agent (unless told otherwise), with its context
+    /// pinned to that agent's snapshot.
+    ///
+    /// # Panics
+    /// If the owner, workspace or parent does not exist.
+    pub fn create_chat(&self, chat: NewChat) -> Uuid {
+        self.handle
+            .shared
+            .lock()
+            .create_chat(&chat, Timestamp::now())
+            .unwrap_or_else(|err| panic!("creating chat {:?}: {err}", chat.title))
+    }
+
+    /// Sets a chat's status, as a turn starting (`running`) or ending would.
+    ///
+    /// # Panics
+    /// If there is no such chat.
+    pub fn set_chat_status(&self, chat: Uuid, status: &str) {
+        self.handle.shared.lock().set_chat_status(chat, status, Timestamp::now()).unwrap_or_else(|err| panic!("{err}"));
+    }
+
+    /// The workspace's agent pushes changed context files: chats pinned to
+    /// its current agent turn dirty.
+    pub fn change_context_files(&self, workspace: Uuid) {
+        self.handle.shared.lock().change_context_files(workspace, Timestamp::now());
+    }
+
+    /// The agent a chat is bound to, as stored (not as a read repairs it).
+    pub fn chat_agent(&self, chat: Uuid) -> Option<Uuid> {
+        self.handle.shared.lock().chats.get(&chat).and_then(|chat| chat.agent_id)
+    }
+
+    /// The chat's status now.
+    pub fn chat_status(&self, chat: Uuid) -> Option<String> {
+        let deployment = self.handle.shared.lock();
+        deployment.chats.get(&chat).map(|chat| model::Deployment::chat_status(chat, Timestamp::now()).to_owned())
     }
 }

@@ -89,6 +89,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopping: wat
 fn router(shared: Arc<Shared>) -> Router {
     let coder = Router::new()
         .nest("/api/v2", api::routes(Arc::clone(&shared)))
+        .nest("/api/experimental/chats", api::chat_routes(Arc::clone(&shared), crate::model::ChatApi::Experimental))
         .route("/api/{*rest}", any(route_not_found))
         .layer(from_fn_with_state(Arc::clone(&shared), gate));
     coder.nest("/sim", control::routes()).with_state(shared)

@@ -741,3 +741,157 @@ impl From<&model::Organization> for Organization {
 pub struct Message {
     pub message: String,
 }
+
+// ----- chats -----
+
+/// codersdk's `Chat`. Optional ids are omitted when unset (`omitempty`);
+/// `children` is always present, empty for a sub-agent chat.
+#[derive(Debug, Serialize)]
+pub struct Chat {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub owner_id: Uuid,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub owner_username: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub owner_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_chat_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_chat_id: Option<Uuid>,
+    pub last_model_config_id: Uuid,
+    pub title: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ChatError>,
+    pub last_turn_summary: Option<String>,
+    pub summary: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub archived: bool,
+    pub shared: bool,
+    pub pin_order: i32,
+    pub mcp_server_ids: Vec<Uuid>,
+    pub labels: BTreeMap<String, String>,
+    pub has_unread: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<ChatContext>,
+    pub client_type: &'static str,
+    pub children: Vec<Chat>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatError {
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    pub retryable: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatContext {
+    pub dirty: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_since: Option<Timestamp>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Only on the single-chat read (and the refresh's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<ChatContextResource>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatContextResource {
+    pub source: String,
+    pub kind: String,
+    pub size_bytes: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skill_name: Option<String>,
+    pub status: &'static str,
+}
+
+impl Chat {
+    /// The chat as `GET /chats/{id}` shows it: children embedded for a root
+    /// chat, an unbound agent filled in (in the answer only) with the latest
+    /// build's chat agent, as coderd does.
+    pub fn render(d: &Deployment, chat: &model::Chat, now: Timestamp) -> Self {
+        let detailed = true;
+        let mut rendered = Self::render_one(d, chat, now, detailed, true);
+        if chat.parent_chat_id.is_none() {
+            rendered.children =
+                d.children_of(chat.id).into_iter().map(|c| Self::render_one(d, c, now, false, true)).collect();
+        }
+        rendered
+    }
+
+    /// The answer of a write (interrupt, refresh): the chat alone, as stored.
+    pub fn render_write(d: &Deployment, chat: &model::Chat, now: Timestamp, detailed: bool) -> Self {
+        Self::render_one(d, chat, now, detailed, false)
+    }
+
+    fn render_one(d: &Deployment, chat: &model::Chat, now: Timestamp, detailed: bool, enrich: bool) -> Self {
+        let owner = d.user_by_id(chat.owner_id);
+        let agent_id = chat.agent_id.or_else(|| {
+            chat.workspace_id.filter(|_| enrich).and_then(|ws| d.latest_chat_agent(ws, now)).map(|(_, a)| a)
+        });
+        let context = chat.pin.as_ref().map(|pin| {
+            let dirty_since = d.chat_dirty_since(chat);
+            ChatContext {
+                dirty: dirty_since.is_some(),
+                dirty_since,
+                error: pin.error.clone(),
+                resources: detailed.then(|| {
+                    pin.resources
+                        .iter()
+                        .map(|r| ChatContextResource {
+                            source: r.source.clone(),
+                            kind: r.kind.clone(),
+                            size_bytes: r.size_bytes,
+                            skill_name: r.skill_name.clone(),
+                            status: "ok",
+                        })
+                        .collect()
+                }),
+            }
+        });
+        Self {
+            id: chat.id,
+            organization_id: chat.organization_id,
+            owner_id: chat.owner_id,
+            owner_username: owner.map(|u| u.username.clone()).unwrap_or_default(),
+            owner_name: owner.map(|u| u.name.clone()).unwrap_or_default(),
+            workspace_id: chat.workspace_id,
+            build_id: chat.build_id,
+            agent_id,
+            parent_chat_id: chat.parent_chat_id,
+            root_chat_id: chat.parent_chat_id,
+            last_model_config_id: Uuid::nil(),
+            title: chat.title.clone(),
+            status: model::Deployment::chat_status(chat, now).to_owned(),
+            last_error: chat.last_error.as_ref().map(|message| ChatError {
+                message: message.clone(),
+                kind: "generic".into(),
+                retryable: false,
+            }),
+            last_turn_summary: None,
+            summary: None,
+            created_at: chat.created_at,
+            updated_at: chat.updated_at,
+            archived: chat.archived,
+            shared: false,
+            pin_order: 0,
+            mcp_server_ids: Vec::new(),
+            labels: chat.labels.clone(),
+            has_unread: false,
+            context,
+            client_type: "api",
+            children: Vec::new(),
+        }
+    }
+}

@@ -287,3 +287,37 @@ fn user_error_and_probe_goldens_hold_the_documented_keys() {
     let probe: Value = read_golden("listening_ports.json");
     assert_eq!(probe, json!({ "err": "", "ports": [] }));
 }
+
+#[test]
+fn chat_goldens_hold_the_documented_keys() {
+    let chat = [
+        "id",
+        "organization_id",
+        "owner_id",
+        "owner_username",
+        "workspace_id",
+        "build_id",
+        "agent_id",
+        "title",
+        "status",
+        "created_at",
+        "updated_at",
+        "archived",
+        "labels",
+        "context",
+        "context.dirty",
+        "context.resources",
+        "context.resources[].source",
+        "context.resources[].kind",
+        "children",
+        "children[].id",
+        "children[].status",
+        "children[].parent_chat_id",
+        "children[].root_chat_id",
+        "children[].children",
+        "client_type",
+    ];
+    assert_has_keys(&["chat.json"], &chat);
+    assert_has_keys(&["chat_dirty.json"], &["context.dirty", "context.dirty_since"]);
+    assert_has_keys(&["chat_interrupted.json"], &["id", "status", "children"]);
+}

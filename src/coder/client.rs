@@ -53,6 +53,10 @@ struct Inner {
     base_url: String,
     /// `{base_url}/api/v2`.
     api_url: Url,
+    /// `{base_url}/api/experimental`, where v2.36.x serves chats.
+    experimental_url: Url,
+    /// Where this deployment serves chats, once a request told.
+    chat_api: std::sync::Mutex<Option<chats::ChatApi>>,
     token: SessionToken,
     request_timeout: Duration,
     /// Set by a 429: no request of this token goes out before then.
@@ -134,6 +138,12 @@ impl CoderClient {
             });
         }
         let (base_url, api_url) = parse_base_url(base_url)?;
+        let mut experimental_url = api_url.clone();
+        experimental_url
+            .path_segments_mut()
+            .map_err(|()| CoderError::InvalidUrl { message: "the URL cannot have a path".to_owned() })?
+            .pop()
+            .push("experimental");
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             // A redirect would carry the token header to wherever it points.
@@ -146,6 +156,8 @@ impl CoderClient {
                 http,
                 base_url,
                 api_url,
+                experimental_url,
+                chat_api: std::sync::Mutex::new(None),
                 token,
                 request_timeout,
                 paused_until: std::sync::Mutex::new(None),
@@ -520,6 +532,7 @@ fn parse_base_url(base_url: &str) -> Result<(String, Url), CoderError> {
 enum Verb {
     Get,
     Post,
+    Put,
 }
 
 impl Verb {
@@ -527,6 +540,7 @@ impl Verb {
         match self {
             Self::Get => Method::GET,
             Self::Post => Method::POST,
+            Self::Put => Method::PUT,
         }
     }
 }
@@ -547,6 +561,10 @@ impl Route {
 
     const fn post(label: &'static str) -> Self {
         Self { verb: Verb::Post, label }
+    }
+
+    const fn put(label: &'static str) -> Self {
+        Self { verb: Verb::Put, label }
     }
 
     /// The route's path under `api_url`, each `{placeholder}` replaced by the
@@ -597,7 +615,15 @@ mod route {
     pub const CREATE_BUILD: Route = Route::post("POST /workspaces/{id}/builds");
     pub const WORKSPACE_AGENT: Route = Route::get("GET /workspaceagents/{id}");
     pub const AGENT_LISTENING_PORTS: Route = Route::get("GET /workspaceagents/{id}/listening-ports");
+    // Relative to the chat mount, /api/v2 or /api/experimental.
+    pub const CHATS_BY_WORKSPACE: Route = Route::get("GET /chats/by-workspace");
+    pub const CHAT: Route = Route::get("GET /chats/{id}");
+    pub const CHAT_CONTEXT: Route = Route::put("PUT /chats/{id}/context");
+    pub const CHAT_INTERRUPT: Route = Route::post("POST /chats/{id}/interrupt");
 }
+
+mod chats;
+pub use chats::{ChatApi, MAX_WORKSPACES_PER_CHAT_LOOKUP};
 
 #[cfg(test)]
 mod tests;

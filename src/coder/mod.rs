@@ -9,14 +9,14 @@ mod token;
 mod types;
 
 pub use chat_agent::{CHAT_AGENT_SUFFIX, chat_agent};
-pub use client::{CoderClient, ProbeOutcome, RequestObserver};
+pub use client::{ChatApi, CoderClient, MAX_WORKSPACES_PER_CHAT_LOOKUP, ProbeOutcome, RequestObserver};
 pub use error::{CoderError, FieldError};
 pub use rate::RateLimit;
 pub use token::{SessionToken, TokenError};
 pub use types::{
-    AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, CreateWorkspaceBuildRequest, CreateWorkspaceRequest,
-    ListeningPort, ListeningPorts, Organization, ParameterOption, ParameterValue, Preset, PresetParameter,
-    ProvisionerJob, ProvisionerJobStatus, Template, TemplateVersion, TemplateVersionParameter, User, Workspace,
-    WorkspaceAgent, WorkspaceBuild, WorkspaceHealth, WorkspaceResource, WorkspaceStatus, WorkspaceTransition,
-    WorkspacesResponse,
+    AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, Chat, ChatContext, ChatContextResource, ChatError,
+    CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ListeningPort, ListeningPorts, Organization, ParameterOption,
+    ParameterValue, Preset, PresetParameter, ProvisionerJob, ProvisionerJobStatus, Template, TemplateVersion,
+    TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild, WorkspaceHealth, WorkspaceResource,
+    WorkspaceStatus, WorkspaceTransition, WorkspacesResponse,
 };

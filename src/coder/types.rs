@@ -1029,3 +1029,75 @@ mod tests {
         assert_eq!(serde_json::to_value(&orphan).unwrap(), json!({"transition": "delete", "orphan": true}));
     }
 }
+
+/// `GET /chats/{id}` (coder-api.md, "Chats"): a chat and, for a root chat,
+/// its sub-agent chats.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Chat {
+    pub id: String,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub workspace_id: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub build_id: Option<String>,
+    /// The agent the chat is bound to; stale after a stop/start made outside
+    /// chatd until the chat's next turn rebinds it.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub parent_chat_id: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub root_chat_id: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub title: String,
+    /// `waiting | running | error | requires_action | interrupting`, kept as
+    /// sent so that a value from a newer release is shown, not lost.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: String,
+    #[serde(default)]
+    pub archived: bool,
+    #[serde(default)]
+    pub last_error: Option<ChatError>,
+    /// `None` while the chat has no pinned context.
+    #[serde(default)]
+    pub context: Option<ChatContext>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub children: Vec<Chat>,
+}
+
+impl Chat {
+    pub fn is_running(&self) -> bool {
+        self.status == "running"
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ChatError {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub message: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub kind: String,
+}
+
+/// A chat's pinned context and whether it lags the agent's latest snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ChatContext {
+    #[serde(default)]
+    pub dirty: bool,
+    #[serde(default)]
+    pub dirty_since: Option<Timestamp>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub error: String,
+    /// Only on the single-chat read: instruction files, skills, MCP configs.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub resources: Vec<ChatContextResource>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ChatContextResource {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub source: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: String,
+}

@@ -9,7 +9,7 @@ use crate::coder::{
 };
 use crate::crd::ChatWorkspace;
 use crate::credentials::Resolved;
-use crate::decision::BuildPlan;
+use crate::decision::{BuildPlan, ChatPlan};
 use crate::error::Result;
 use crate::index::CoderIndex;
 use crate::templates::TemplateInfo;
@@ -81,4 +81,37 @@ pub(super) async fn issue_build(
         reason = plan.reason.as_str(), "requesting build"
     );
     Ok(coder.create_build(&workspace.id, &request).await?)
+}
+
+/// What a chat action did, for Events and the index.
+pub(super) struct ChatOutcome {
+    /// The chats as the requests answered.
+    pub chats: Vec<crate::coder::Chat>,
+    /// Chats that no longer needed it (an interrupt answered 409: no turn).
+    pub skipped: usize,
+}
+
+/// Interrupts the turns running on the dead agent, before the recovery's stop.
+pub(super) async fn interrupt_chats(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
+    let mut outcome = ChatOutcome { chats: Vec::new(), skipped: 0 };
+    for id in &plan.chat_ids {
+        info!(chat = %id, agent = %plan.agent_name, "interrupting the chat's turn before the recovery's stop");
+        match coder.interrupt_chat(id).await {
+            Ok(chat) => outcome.chats.push(chat),
+            // The turn ended meanwhile.
+            Err(CoderError::Conflict { .. }) => outcome.skipped += 1,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Re-pins the chats' context to the new, ready chat agent.
+pub(super) async fn refresh_chat_context(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
+    let mut outcome = ChatOutcome { chats: Vec::new(), skipped: 0 };
+    for id in &plan.chat_ids {
+        info!(chat = %id, agent = %plan.agent_name, "re-pinning the chat's context to the new agent");
+        outcome.chats.push(coder.refresh_chat_context(id).await?);
+    }
+    Ok(outcome)
 }

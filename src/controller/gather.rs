@@ -8,12 +8,12 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::{Context, act};
-use crate::coder::Workspace;
+use crate::coder::{AgentStatus, Chat, Workspace, chat_agent};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, OwnershipStatus, RecoveryPolicy};
 use crate::credentials::Resolved;
-use crate::decision::{self, Decision, Inputs, Observed, Probe};
+use crate::decision::{self, Decision, Inputs, Observed, ObservedChat, Probe};
 use crate::error::{Error, Result};
-use crate::index::Lookup;
+use crate::index::{ChatLookup, Lookup};
 use crate::templates::TemplateInfo;
 use crate::tenancy;
 
@@ -36,6 +36,10 @@ pub(super) struct Gathered<'a> {
     pub conflict: Option<String>,
     /// What to record in `status.ownership` (`None`: nothing new).
     pub ownership: Option<OwnershipStatus>,
+    /// The chat bound to the workspace, as the index holds it.
+    pub chat: ChatLookup,
+    /// `chat` was read just now, on its own.
+    pub chat_fresh: bool,
 }
 
 /// `None` while the index has not listed the owner's workspaces yet.
@@ -82,8 +86,11 @@ pub(super) async fn gather<'a>(
         probe: None,
         conflict,
         ownership: None,
+        chat: ChatLookup::Unknown,
+        chat_fresh: false,
     };
     gathered.probe = gathered.latest_probe();
+    gathered.chat = gathered.indexed_chat();
     gathered.consent().await?;
     Ok(Some(gathered))
 }
@@ -131,6 +138,12 @@ pub(super) async fn consent(
 
 impl Gathered<'_> {
     pub fn decide(&self) -> Decision {
+        self.decide_after(self.previous)
+    }
+
+    /// Decides on this pass's observation from `previous`, e.g. the status
+    /// a first decision of this pass produced.
+    pub fn decide_after(&self, previous: &ChatWorkspaceStatus) -> Decision {
         let observed = match &self.conflict {
             Some(other) => Observed::Conflict { other: other.clone() },
             None => Observed::Workspace {
@@ -143,8 +156,13 @@ impl Gathered<'_> {
             spec: &self.resource.spec,
             policy: self.policy,
             generation: self.generation,
-            previous: self.previous,
+            previous,
             observed,
+            chat: match &self.chat {
+                ChatLookup::Unknown => ObservedChat::Unknown,
+                ChatLookup::None => ObservedChat::None,
+                ChatLookup::Bound(chat) => ObservedChat::Bound { chat, fresh: self.chat_fresh },
+            },
             now: Timestamp::now(),
             requeue: self.context.settings.requeue,
             start_request: super::start_request(self.resource),
@@ -158,6 +176,18 @@ impl Gathered<'_> {
         self.fresh = true;
         self.conflict = context.claims.conflicting(self.resource, self.workspace.as_ref().map(|w| w.id.as_str()));
         self.probe = self.latest_probe();
+        self.chat = self.indexed_chat();
+        if self.resource.spec.chat.interrupt_on_recovery && self.agent_disconnected() {
+            // A recovery's stop may come next: whether the chat runs a turn
+            // on the dead agent must be known now, not from the index.
+            if let (ChatLookup::Bound(chat), Some(workspace)) = (&self.chat, &self.workspace) {
+                let fresh = self.credentials.client.chat(&chat.id).await?;
+                let workspace_id = workspace.id.clone();
+                context.index.record_chat(&self.credentials, &self.owner, &workspace_id, fresh.clone(), true);
+                self.chat = ChatLookup::Bound(Arc::new(fresh));
+                self.chat_fresh = true;
+            }
+        }
         self.consent().await
     }
 
@@ -174,6 +204,28 @@ impl Gathered<'_> {
         )
         .await?;
         Ok(())
+    }
+
+    /// Records what a chat request answered, so this pass and the index
+    /// see it.
+    pub fn chat_changed(&mut self, context: &Context, chat: Chat) {
+        let Some(workspace_id) = self.workspace.as_ref().map(|w| w.id.clone()) else { return };
+        context.index.record_chat(&self.credentials, &self.owner, &workspace_id, chat, false);
+        self.chat = self.indexed_chat();
+    }
+
+    fn indexed_chat(&self) -> ChatLookup {
+        match &self.workspace {
+            Some(workspace) => self.context.index.chat(&self.credentials, &self.owner, &workspace.id),
+            None => ChatLookup::None,
+        }
+    }
+
+    fn agent_disconnected(&self) -> bool {
+        self.workspace.as_ref().is_some_and(|workspace| {
+            chat_agent(&workspace.latest_build, self.resource.spec.agent_name.as_deref())
+                .is_some_and(|agent| agent.status == AgentStatus::Disconnected)
+        })
     }
 
     /// The id of the chat agent the core would judge, if any.

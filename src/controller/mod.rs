@@ -33,7 +33,9 @@ use crate::claims::ClaimsIndex;
 use crate::coder::{CoderError, WorkspaceTransition};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
 use crate::credentials::Credentials;
-use crate::decision::{self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Inputs, Observed, Requeue};
+use crate::decision::{
+    self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Inputs, Observed, ObservedChat, Requeue,
+};
 use crate::error::{Error, Result};
 use crate::index::{CoderIndex, IndexSettings};
 use crate::metrics::Metrics;
@@ -366,11 +368,81 @@ async fn converge(
         None => None,
     };
 
-    let coder = &gathered.credentials.client;
-    let (owner, name) = (&gathered.owner, &gathered.name);
+    let coder = &gathered.credentials.client.clone();
+    let (owner, name) = (&gathered.owner.clone(), &gathered.name.clone());
     let mut events = std::mem::take(&mut decision.events);
     let acted = match decision.action.clone() {
         CoreAction::None | CoreAction::Refresh => None,
+        CoreAction::InterruptChats(plan) => {
+            // A chat that cannot be interrupted must not hold up the
+            // recovery: the status records the attempt, the stop comes next.
+            match act::interrupt_chats(&plan, coder).await {
+                Ok(outcome) => {
+                    let interrupted = outcome.chats.len();
+                    for chat in outcome.chats {
+                        gathered.chat_changed(context, chat);
+                    }
+                    let skipped = match outcome.skipped {
+                        0 => String::new(),
+                        n => format!(" ({n} had ended already)"),
+                    };
+                    events.push(decision::Event {
+                        warning: false,
+                        reason: "ChatInterrupted",
+                        note: format!(
+                            "Interrupted {interrupted} chat turn(s) running on the dead agent {} before the \
+                             recovery's stop{skipped}.",
+                            plan.agent_name
+                        ),
+                    });
+                }
+                Err(error) => events.push(decision::Event {
+                    warning: true,
+                    reason: "ChatInterruptFailed",
+                    note: format!("Could not interrupt the chat's turn before the recovery's stop: {error}"),
+                }),
+            }
+            None
+        }
+        CoreAction::RefreshChatContext(plan) => {
+            match act::refresh_chat_context(&plan, coder).await {
+                Ok(outcome) => {
+                    // v2.36.1 re-pins to the agent the chat has stored, which
+                    // after a stop/start is still the old one: say so.
+                    let still_old =
+                        outcome.chats.iter().filter(|c| c.agent_id.as_deref() != Some(plan.agent_id.as_str())).count();
+                    let count = outcome.chats.len();
+                    for chat in outcome.chats {
+                        gathered.chat_changed(context, chat);
+                    }
+                    let note = if still_old == 0 {
+                        format!(
+                            "Re-pinned the context of {count} chat(s) to the new chat agent {}, now ready, so the \
+                             chat and its sub-agents keep their instruction files and skills.",
+                            plan.agent_name
+                        )
+                    } else {
+                        format!(
+                            "Refreshed the context of {count} chat(s), but coderd kept {still_old} of them on the \
+                             agent they are bound to, not the new chat agent {}: the chat's next turn rebinds it \
+                             and re-pins its context.",
+                            plan.agent_name
+                        )
+                    };
+                    events.push(decision::Event { warning: false, reason: "ChatContextRefreshed", note });
+                }
+                // Once per build: the chat's next turn re-pins it anyway.
+                Err(error) => events.push(decision::Event {
+                    warning: true,
+                    reason: "ChatContextRefreshFailed",
+                    note: format!(
+                        "Could not re-pin the chat's context to agent {}: {error}. The chat's next turn does it.",
+                        plan.agent_name
+                    ),
+                }),
+            }
+            None
+        }
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
             record::write_create_intent(api, resource).await?;
@@ -447,6 +519,13 @@ async fn converge(
 
     let mut status = decision.status.clone();
     let mut requeue = decision.requeue;
+    if matches!(decision.action, CoreAction::RefreshChatContext(_)) {
+        // Describe the re-pinned chat now rather than at the next pass.
+        let after = gathered.decide_after(&status);
+        if after.action == CoreAction::None {
+            status = after.status;
+        }
+    }
     if let Some(workspace) = acted {
         context.index.record(&gathered.credentials, owner, name, Some(workspace.clone()));
         // Describe the state the action produced (a build under way), keeping
@@ -457,6 +536,7 @@ async fn converge(
             generation: gathered.generation,
             previous: &status,
             observed: Observed::Workspace { workspace: Some(&workspace), fresh: true, probe: None },
+            chat: ObservedChat::Unknown,
             now: Timestamp::now(),
             requeue: context.settings.requeue,
             start_request: start_request(resource),

@@ -14,6 +14,7 @@
 //! it is: before a build or a create the reconcile reads the one workspace
 //! again (the decision core insists on it).
 
+mod chats;
 mod poller;
 mod prober;
 
@@ -26,12 +27,13 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, mpsc};
 
 use crate::coder::{
-    AgentStatus, CoderClient, CoderError, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceTransition,
+    AgentStatus, Chat, CoderClient, CoderError, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceTransition,
 };
 use crate::crd::ChatWorkspace;
 use crate::credentials::Resolved;
 use crate::metrics::Metrics;
 
+pub use chats::ChatLookup;
 pub use prober::ProbeRecord;
 
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +60,15 @@ pub struct IndexSettings {
     pub probe_retry: Duration,
     /// How recent a probe must be for a destructive step to rely on it.
     pub probe_fresh: Duration,
+    /// How often the chats bound to the watched workspaces are looked up
+    /// (`by-workspace`, 25 workspaces per request).
+    pub chat_interval: Duration,
+    /// How often a bound chat's details are read again when nothing else
+    /// asked for them (a new binding and the operator's own builds do).
+    pub chat_detail_interval: Duration,
+    /// Those slow-cadence detail reads per minute, across all chats: they
+    /// share Coder's budget with everything else.
+    pub chat_detail_budget_per_minute: u32,
 }
 
 impl Default for IndexSettings {
@@ -72,6 +83,9 @@ impl Default for IndexSettings {
             probe_concurrency: 8,
             probe_retry: Duration::from_secs(1),
             probe_fresh: Duration::from_secs(5),
+            chat_interval: Duration::from_secs(300),
+            chat_detail_interval: Duration::from_secs(3600),
+            chat_detail_budget_per_minute: 60,
         }
     }
 }
@@ -137,6 +151,8 @@ struct OwnerState {
     wake_poller: Arc<Notify>,
     /// Why the latest poll failed, until one succeeds.
     last_error: Option<CoderError>,
+    /// The chats bound to the watched workspaces.
+    chats: chats::OwnerChats,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +174,7 @@ struct Shared {
     /// Resource → what it watches.
     interests: Mutex<HashMap<ObjectRef<ChatWorkspace>, Interest>>,
     probes: prober::Probes,
+    chat_budget: Mutex<chats::DetailBudget>,
     wakers: Mutex<Vec<Waker>>,
     /// Resource → when it was first woken since its last reconcile began.
     woken: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
@@ -177,6 +194,7 @@ impl CoderIndex {
             owners: Mutex::default(),
             interests: Mutex::default(),
             probes: prober::Probes::default(),
+            chat_budget: Mutex::default(),
             wakers: Mutex::default(),
             woken: Mutex::default(),
             metrics,
@@ -272,6 +290,9 @@ impl CoderIndex {
             Some(workspace) => {
                 if in_transition(&workspace) {
                     state.read_soon.insert(workspace.id.clone());
+                    // The chat's binding and context are read again once
+                    // the build (and its agent's start) is over.
+                    state.chats.after_build(&workspace.id);
                     state.wake_poller.notify_one();
                 }
                 state.workspaces.insert(name, Entry { workspace: Arc::new(slim(workspace)), read_at: Instant::now() });
@@ -279,6 +300,21 @@ impl CoderIndex {
             None => {
                 state.workspaces.remove(&name);
             }
+        }
+    }
+
+    /// What the index knows of the chat bound to workspace `workspace_id`.
+    pub fn chat(&self, credentials: &Resolved, owner: &str, workspace_id: &str) -> ChatLookup {
+        let owners = self.shared.owners.lock().expect("index owners");
+        owners.get(&OwnerKey::new(credentials, owner)).map_or(ChatLookup::Unknown, |s| s.chats.lookup(workspace_id))
+    }
+
+    /// Records a chat the operator just read (`full`) or changed (the
+    /// answer of an interrupt or a re-pin, which has no sub-agents).
+    pub fn record_chat(&self, credentials: &Resolved, owner: &str, workspace_id: &str, chat: Chat, full: bool) {
+        let mut owners = self.shared.owners.lock().expect("index owners");
+        if let Some(state) = owners.get_mut(&OwnerKey::new(credentials, owner)) {
+            state.chats.record(workspace_id, chat, full);
         }
     }
 

@@ -43,6 +43,9 @@ async fn run(shared: Weak<Shared>, key: OwnerKey, wake: Arc<Notify>) {
         };
         let attention_due = last_attention.is_none_or(|at| at.elapsed() >= settings.attention_interval);
         let outcome = poll(&index, &key, &plan, attention_due).await;
+        if outcome.is_ok() {
+            super::chats::poll(&index, &key, &plan.client).await;
+        }
         if plan.full {
             last_full = Some(Instant::now());
             last_attention = last_full;

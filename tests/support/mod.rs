@@ -54,6 +54,9 @@ pub fn fast_index() -> IndexSettings {
         probe_concurrency: 8,
         probe_retry: Duration::from_millis(200),
         probe_fresh: Duration::from_millis(800),
+        chat_interval: Duration::from_millis(500),
+        chat_detail_interval: Duration::from_secs(2),
+        chat_detail_budget_per_minute: 6000,
     }
 }
 

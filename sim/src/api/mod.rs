@@ -2,6 +2,7 @@
 
 mod agents;
 mod builds;
+mod chats;
 mod templates;
 mod users;
 mod workspaces;
@@ -13,11 +14,12 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::model::ChatApi;
 use crate::server::Shared;
 
 /// The header Coder clients send their token in.
@@ -44,10 +46,24 @@ pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/workspacebuilds/{id}/cancel", patch(builds::cancel))
         .route("/workspaceagents/{id}", get(agents::by_id))
         .route("/workspaceagents/{id}/listening-ports", get(agents::listening_ports))
-        .route_layer(from_fn_with_state(shared, authenticate));
+        .route_layer(from_fn_with_state(shared.clone(), authenticate));
     Router::new()
         .route("/buildinfo", get(users::build_info))
         .merge(authenticated)
+        .nest("/chats", chat_routes(shared, ChatApi::V2))
+        .fallback(crate::server::route_not_found)
+}
+
+/// The chat routes of one mount; they answer only while the deployment
+/// serves chats there.
+pub fn chat_routes(shared: Arc<Shared>, mount: ChatApi) -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/by-workspace", get(chats::by_workspace))
+        .route("/{id}", get(chats::by_id))
+        .route("/{id}/context", put(chats::refresh_context))
+        .route("/{id}/interrupt", post(chats::interrupt))
+        .route_layer(from_fn_with_state(shared.clone(), authenticate))
+        .route_layer(from_fn_with_state((shared, mount), chats::only_on))
         .fallback(crate::server::route_not_found)
 }
 

@@ -4,6 +4,7 @@
 //! given `now` and nothing runs in the background.
 
 pub mod agent;
+pub mod chats;
 mod controls;
 pub mod job;
 pub mod params;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use agent::{Agent, AgentView, Life, Shutdown};
+pub use chats::{Chat, ChatApi, ContextRefresh, NewChat};
 pub use job::{Job, JobFailure, JobStatus, Transition};
 use params::Values;
 use search::WorkspaceFilter;
@@ -156,6 +158,12 @@ pub struct Deployment {
     pub workspaces: HashMap<Uuid, Workspace>,
     pub builds: HashMap<Uuid, Build>,
     pub agents: HashMap<Uuid, Agent>,
+    pub chats: HashMap<Uuid, Chat>,
+    /// Workspace → its agents' latest context snapshot.
+    pub snapshots: HashMap<Uuid, chats::Snapshot>,
+    /// Where the chat routes are mounted.
+    pub chat_api: ChatApi,
+    pub context_refresh: ContextRefresh,
     rules: controls::Rules,
     pub faults: FaultTable,
     pub requests: RequestLog,

@@ -93,6 +93,10 @@ impl Client {
         self.send(reqwest::Method::POST, path, Some(body)).await.expect("request succeeds")
     }
 
+    pub async fn put(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::PUT, path, None).await.expect("request succeeds")
+    }
+
     pub async fn patch(&self, path: &str) -> Reply {
         self.send(reqwest::Method::PATCH, path, None).await.expect("request succeeds")
     }
