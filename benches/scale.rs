@@ -219,6 +219,14 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
     // heartbeat every 15 s), so steady state looks like production.
     let sim = Simulator::start(SimConfig::new(TOKEN)).await?;
     let namespace = plane.namespace("scale").await;
+    // The cluster admin's grant: the benchmark's resources use the default
+    // credentials for the token's own user.
+    let grant = serde_json::json!({"metadata": {"annotations": {
+        chatworkspace_operator::tenancy::OWNERS_ANNOTATION: "*"
+    }}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(plane.client().await)
+        .patch(&namespace, &PatchParams::default(), &Patch::Merge(&grant))
+        .await?;
     let api: Api<ChatWorkspace> = Api::namespaced(plane.client().await, &namespace);
     let tracker = Tracker::start(api.clone());
 

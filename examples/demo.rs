@@ -83,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    // The cluster admin grants the namespace the Coder user the default
+    // token acts for (the simulator's `admin`).
+    kubectl(&t, &plane, &["annotate", "namespace", "default", "chat.coder.com/coder-owners=admin", "--overwrite"])?;
     kubectl(&t, &plane, &["apply", "-f", "examples/chatworkspace.yaml"])?;
     wait_ready(&t, &plane)?;
 

@@ -21,8 +21,13 @@ fn spec_key(resource: &ChatWorkspace) -> SpecKey {
         .credentials_ref
         .as_ref()
         .map(|secret| format!("{}/{}", resource.namespace().unwrap_or_default(), secret.name));
-    let owner = resource.spec.owner.clone().unwrap_or_default();
-    (credentials, owner, resource.workspace_name())
+    // Coder's usernames and workspace names are case-insensitive, and `me`
+    // is the token's user as much as no owner is.
+    let owner = match crate::tenancy::OwnerRef::from_spec(resource.spec.owner.as_deref()) {
+        crate::tenancy::OwnerRef::TokenUser => String::new(),
+        other => other.path_param().to_owned(),
+    };
+    (credentials, owner, resource.workspace_name().to_lowercase())
 }
 
 /// Creation time, then namespace and name: a total order, stable over
@@ -57,7 +62,15 @@ pub fn conflicting<'a>(
         })
         .filter(|other| age_key(other) < my_age)
         .min_by_key(|other| age_key(other))
-        .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
+        .map(|other| {
+            // Only a resource of the same namespace is named: the others'
+            // names are not this namespace's users' business.
+            if other.namespace() == me.namespace() {
+                format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any())
+            } else {
+                "in another namespace".to_owned()
+            }
+        })
 }
 
 fn observed_id(resource: &ChatWorkspace) -> Option<String> {
@@ -167,12 +180,16 @@ impl ClaimsIndex {
         let by_key = claims.by_key.get(&spec_key(me)).and_then(|set| set.iter().next());
         let by_id = workspace_id.and_then(|id| claims.by_id.get(id)).and_then(|set| set.iter().next());
         // The oldest claim of each set; the older of the two wins.
-        [by_key, by_id]
-            .into_iter()
-            .flatten()
-            .filter(|claim| claim.uid != mine.uid && claim.age < mine.age)
-            .min()
-            .map(|claim| format!("{}/{}", claim.age.1, claim.age.2))
+        [by_key, by_id].into_iter().flatten().filter(|claim| claim.uid != mine.uid && claim.age < mine.age).min().map(
+            |claim| {
+                // As `conflicting`: only a resource of the same namespace is named.
+                if claim.age.1 == mine.age.1 {
+                    format!("{}/{}", claim.age.1, claim.age.2)
+                } else {
+                    "in another namespace".to_owned()
+                }
+            },
+        )
     }
 }
 
@@ -198,6 +215,7 @@ mod tests {
                 deletion_policy: Default::default(),
                 outside_stops: Default::default(),
                 credentials_ref: None,
+                adopt: false,
             },
         );
         cws.metadata.namespace = Some(namespace.into());
@@ -210,8 +228,10 @@ mod tests {
     fn the_older_resource_wins() {
         let old = resource("a", "one", 10, Some("ws"));
         let new = resource("b", "two", 20, Some("ws"));
-        assert_eq!(conflicting(&new, None, [&old, &new]), Some("a/one".into()));
+        assert_eq!(conflicting(&new, None, [&old, &new]), Some("in another namespace".into()));
         assert_eq!(conflicting(&old, None, [&old, &new]), None);
+        let same_namespace = resource("a", "three", 30, Some("ws"));
+        assert_eq!(conflicting(&same_namespace, None, [&old, &same_namespace]), Some("a/one".into()));
     }
 
     #[test]
@@ -251,7 +271,8 @@ mod tests {
         for r in [&old, &new, &other] {
             index.apply(r);
         }
-        assert_eq!(index.conflicting(&new, None), Some("a/one".into()));
+        assert_eq!(index.conflicting(&new, None), conflicting(&new, None, [&old, &new, &other]));
+        assert_eq!(index.conflicting(&new, None), Some("in another namespace".into()));
         assert_eq!(index.conflicting(&old, None), None);
         assert_eq!(index.conflicting(&other, None), None);
 
@@ -263,7 +284,9 @@ mod tests {
         old.spec.workspace_name = Some("WS-spelled-otherwise".into());
         index.apply(&old);
         assert_eq!(index.conflicting(&new, None), None, "the spec keys differ now");
-        assert_eq!(index.conflicting(&new, Some("w-1")), Some("a/one".into()));
+        assert_eq!(index.conflicting(&new, Some("w-1")), Some("in another namespace".into()));
+        let neighbour = resource("a", "four", 40, Some("elsewhere-too"));
+        assert_eq!(index.conflicting(&neighbour, Some("w-1")), Some("a/one".into()), "same namespace: named");
 
         index.delete(&old);
         assert_eq!(index.conflicting(&new, Some("w-1")), None);
@@ -282,6 +305,6 @@ mod tests {
         index.apply(&new);
         index.relist_done(Some("a"));
         // a/one was not listed again; b/two belongs to another watch.
-        assert_eq!(index.conflicting(&new, None), Some("b/two".into()));
+        assert_eq!(index.conflicting(&new, None), Some("in another namespace".into()));
     }
 }

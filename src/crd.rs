@@ -59,7 +59,7 @@ pub struct ChatWorkspaceSpec {
     pub organization: Option<String>,
 
     /// Name of the Coder workspace; default: `metadata.name`. An existing
-    /// workspace of that name and owner is adopted, not duplicated.
+    /// workspace of that name and owner is adopted only with `adopt: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z0-9](-?[a-zA-Z0-9])*$"), length(max = 32))]
     pub workspace_name: Option<String>,
@@ -101,6 +101,13 @@ pub struct ChatWorkspaceSpec {
     /// operator's own Coder credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<SecretRef>,
+
+    /// Consent to drive (and, with `deletionPolicy: Delete`, delete) a
+    /// workspace of this owner and name that exists before this resource
+    /// creates one. Without it such a workspace is left alone and the
+    /// resource reports `Degraded` (`AdoptionNotConsented`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -308,6 +315,10 @@ pub struct ChatWorkspaceStatus {
     pub template: Option<TemplateStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryStatus>,
+    /// The workspace this resource may drive, and why: it created it, or
+    /// adopted it with `spec.adopt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<OwnershipStatus>,
     /// The last build this operator requested, so that a failed start is
     /// retried once per spec change rather than in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -435,6 +446,30 @@ pub struct PresetStatus {
     pub parameters: Vec<Parameter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_prebuild_instances: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnershipStatus {
+    /// The Coder workspace id; empty while this resource's create is under
+    /// way (recorded before the request, so that a lost answer is still
+    /// known as this resource's own create).
+    pub workspace_id: String,
+    pub origin: WorkspaceOrigin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WorkspaceOrigin {
+    /// This resource created the workspace.
+    Created,
+    /// The workspace existed first; `spec.adopt: true` consented to drive it.
+    Adopted,
+    /// The resource drove the workspace before consent was recorded (an
+    /// older operator): it keeps driving it, but `deletionPolicy: Delete`
+    /// stops it instead of deleting it unless `spec.adopt` is true.
+    Inherited,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -1,18 +1,23 @@
 //! Which Coder a resource talks to, and with which token: the operator's
 //! default credentials, or a Secret named by `spec.credentialsRef` in the
 //! resource's own namespace. Clients are cached per Secret version, so a
-//! rotated token takes effect on the next reconcile.
+//! rotated token takes effect on the next reconcile; a default token read
+//! from a file (a mounted Secret) is read again when the file changes.
+//! A Secret's URL must be on the operator's allow-list.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
+use tracing::{info, warn};
 
 use crate::coder::{CoderClient, RateLimit, RequestObserver, SessionToken};
 use crate::crd::ChatWorkspace;
 use crate::error::{Error, Result};
+use crate::tenancy::urls::AllowedUrls;
 
 /// A Coder client and a stable name for the credentials it uses (never the
 /// token itself), for caches and for telling workspaces of different Coder
@@ -23,11 +28,28 @@ pub struct Resolved {
     pub key: String,
 }
 
+/// What identifies one version of a token file: a mounted Secret is
+/// replaced by a new file (a symlink swap), an edited file changes size or
+/// time.
+type FileStamp = (Option<SystemTime>, u64, u64);
+
+struct TokenFile {
+    path: PathBuf,
+    stamp: FileStamp,
+}
+
+struct Default {
+    url: String,
+    resolved: Resolved,
+    file: Option<TokenFile>,
+}
+
 pub struct Credentials {
-    default: Option<Resolved>,
+    default: Mutex<Option<Default>>,
     request_timeout: Duration,
     observer: Option<Arc<dyn RequestObserver>>,
     rate_limit: Option<Arc<RateLimit>>,
+    allowed_urls: AllowedUrls,
     /// (namespace, secret name) → (resourceVersion, client).
     secrets: Mutex<HashMap<(String, String), (String, Resolved)>>,
 }
@@ -35,18 +57,48 @@ pub struct Credentials {
 impl Credentials {
     /// `rate_limit` is shared by every client made here: the operator's
     /// whole Coder traffic stays under it, whatever the credentials.
+    /// A Secret may name only the default URL's origin until
+    /// [`Credentials::with_allowed_urls`] says otherwise.
     pub fn new(
         default: Option<(String, SessionToken)>,
         request_timeout: Duration,
         observer: Option<Arc<dyn RequestObserver>>,
         rate_limit: Option<Arc<RateLimit>>,
     ) -> Result<Self> {
-        let mut credentials = Self { default: None, request_timeout, observer, rate_limit, secrets: Mutex::default() };
+        let default_url = default.as_ref().map(|(url, _)| url.clone());
+        let allowed_urls = AllowedUrls::new(&[], default_url.as_deref()).map_err(Error::Credentials)?;
+        let credentials = Self {
+            default: Mutex::new(None),
+            request_timeout,
+            observer,
+            rate_limit,
+            allowed_urls,
+            secrets: Mutex::default(),
+        };
         if let Some((url, token)) = default {
             let client = credentials.client(&url, token)?;
-            credentials.default = Some(Resolved { key: format!("default@{url}"), client });
+            let resolved = Resolved { key: format!("default@{url}"), client };
+            *credentials.default.lock().expect("default credentials") = Some(Default { url, resolved, file: None });
         }
         Ok(credentials)
+    }
+
+    /// The default token comes from `path` and is read again whenever the
+    /// file changes (a rotated, mounted Secret), with no restart.
+    pub fn with_default_token_file(self, path: &Path) -> Result<Self> {
+        {
+            let mut default = self.default.lock().expect("default credentials");
+            let default = default
+                .as_mut()
+                .ok_or_else(|| Error::Credentials("a default token file needs a default Coder URL".into()))?;
+            default.file = Some(TokenFile { path: path.to_owned(), stamp: stamp(path).unwrap_or_default() });
+        }
+        Ok(self)
+    }
+
+    /// The origins a `spec.credentialsRef` Secret may name.
+    pub fn with_allowed_urls(self, allowed_urls: AllowedUrls) -> Self {
+        Self { allowed_urls, ..self }
     }
 
     fn client(&self, url: &str, token: SessionToken) -> Result<CoderClient> {
@@ -60,14 +112,36 @@ impl Credentials {
         Ok(client)
     }
 
+    /// The default credentials, with the token file read again if it changed.
+    fn default_credentials(&self) -> Result<Resolved> {
+        let mut guard = self.default.lock().expect("default credentials");
+        let default = guard.as_mut().ok_or_else(|| {
+            Error::Credentials(
+                "the operator has no default Coder credentials and spec.credentialsRef is not set".into(),
+            )
+        })?;
+        if let Some(file) = &mut default.file
+            && let Ok(current) = stamp(&file.path)
+            && current != file.stamp
+        {
+            match SessionToken::from_file(&file.path) {
+                Ok(token) => {
+                    let client = self.client(&default.url, token)?;
+                    default.resolved = Resolved { key: default.resolved.key.clone(), client };
+                    file.stamp = current;
+                    info!(path = %file.path.display(), "the default Coder token file changed; using the new token");
+                }
+                // Half-written or emptied: keep the old token and look again.
+                Err(error) => warn!(%error, "cannot read the changed default token file; keeping the previous token"),
+            }
+        }
+        Ok(default.resolved.clone())
+    }
+
     /// The credentials `workspace` uses.
     pub async fn for_resource(&self, kube: &kube::Client, workspace: &ChatWorkspace) -> Result<Resolved> {
         let Some(reference) = &workspace.spec.credentials_ref else {
-            return self.default.clone().ok_or_else(|| {
-                Error::Credentials(
-                    "the operator has no default Coder credentials and spec.credentialsRef is not set".into(),
-                )
-            });
+            return self.default_credentials();
         };
         let namespace = workspace.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
@@ -96,11 +170,61 @@ impl Credentials {
             })
         };
         let url = field("url")?;
+        if !self.allowed_urls.allows(&url) {
+            return Err(Error::CoderUrlNotAllowed {
+                namespace,
+                secret: reference.name.clone(),
+                allowed: self.allowed_urls.to_string(),
+            });
+        }
         let token = SessionToken::new(field("token")?)
             .map_err(|_| Error::Credentials(format!("Secret {namespace}/{} has an empty token", reference.name)))?;
         let resolved =
             Resolved { client: self.client(&url, token)?, key: format!("secret:{namespace}/{}@{url}", reference.name) };
         self.secrets.lock().expect("credentials cache").insert(cache_key, (version, resolved.clone()));
         Ok(resolved)
+    }
+}
+
+fn stamp(path: &Path) -> std::io::Result<FileStamp> {
+    let metadata = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok((metadata.modified().ok(), metadata.len(), inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_token_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first-token\n").unwrap();
+        let credentials = Credentials::new(
+            Some(("http://127.0.0.1:9".into(), SessionToken::from_file(&path).unwrap())),
+            Duration::from_secs(1),
+            None,
+            None,
+        )
+        .unwrap()
+        .with_default_token_file(&path)
+        .unwrap();
+        let first = credentials.default_credentials().unwrap();
+        // A mounted Secret is replaced by a new file.
+        let next = dir.path().join("token.new");
+        std::fs::write(&next, "second-token-longer\n").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        let second = credentials.default_credentials().unwrap();
+        assert_eq!(first.key, second.key, "caches keyed by the credentials stay valid");
+        assert!(first.client.uses_token("first-token"));
+        assert!(second.client.uses_token("second-token-longer"), "the new token is used");
+        // An emptied file keeps the last good token.
+        std::fs::write(&path, "").unwrap();
+        let third = credentials.default_credentials().unwrap();
+        assert!(third.client.uses_token("second-token-longer"));
     }
 }

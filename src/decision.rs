@@ -271,6 +271,17 @@ impl<'a> Outcome<'a> {
     }
 
     fn absent(&mut self) {
+        if let Some(gone) = &self.inputs.previous.workspace {
+            let what = match self.desired() {
+                DesiredState::Running => "creating it again, since desiredState is Running",
+                DesiredState::Stopped => "it is created again when desiredState becomes Running",
+            };
+            self.events.push(Event {
+                warning: true,
+                reason: "WorkspaceDeletedInCoder",
+                note: format!("Workspace {}/{} ({}) was deleted in Coder; {what}.", gone.owner, gone.name, gone.id),
+            });
+        }
         self.status.workspace = None;
         self.status.latest_build = None;
         self.status.agent = None;
@@ -388,6 +399,20 @@ impl<'a> Outcome<'a> {
         self.no_agent_conditions("WorkspaceNotRunning", "The workspace is stopped or stopping.");
         let succeeded = build.job.status == ProvisionerJobStatus::Succeeded;
         if build.transition == WorkspaceTransition::Stop && succeeded {
+            // A stop seen while Stopped is desired is the desired state's own,
+            // whoever made it (the operator's record of its own build may
+            // have been lost): a later flip to Running starts it.
+            let recorded =
+                self.status.last_build_request.as_ref().is_some_and(|r| r.build_id.as_deref() == Some(&build.id));
+            if !recorded {
+                self.status.last_build_request = Some(BuildRequestStatus {
+                    build_id: Some(build.id.clone()),
+                    transition: WorkspaceTransition::Stop.as_str().to_string(),
+                    reason: BuildReason::DesiredState.as_str().to_string(),
+                    generation: self.inputs.generation,
+                    time: whole_seconds(build.created_at),
+                });
+            }
             self.phase = Phase::Stopped;
             self.say(PROGRESSING, false, "Stopped", "The workspace is stopped.");
             self.say(

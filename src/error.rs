@@ -28,6 +28,23 @@ pub enum Error {
 
     #[error("{0}")]
     PresetNotFound(String),
+
+    /// The namespace is not granted this Coder owner for the operator's
+    /// default credentials (`chat.coder.com/coder-owners`).
+    #[error("{0}")]
+    OwnerNotGranted(crate::tenancy::Refusal),
+
+    /// `spec.credentialsRef` names a Coder URL outside the operator's
+    /// allow-list; nothing was sent to it.
+    #[error(
+        "Secret {namespace}/{secret} (spec.credentialsRef) names a Coder URL outside the operator's allow-list \
+         (allowed: {allowed}); no request was sent to it"
+    )]
+    CoderUrlNotAllowed { namespace: String, secret: String, allowed: String },
+
+    /// The workspace existed before this resource and `spec.adopt` is not set.
+    #[error("{0}")]
+    AdoptionNotConsented(String),
 }
 
 impl Error {
@@ -43,6 +60,9 @@ impl Error {
             Error::Credentials(_) => "CredentialsInvalid",
             Error::TemplateNotFound(_) => "TemplateNotFound",
             Error::PresetNotFound(_) => "PresetNotFound",
+            Error::OwnerNotGranted(_) => "OwnerNotGranted",
+            Error::CoderUrlNotAllowed { .. } => "CoderUrlNotAllowed",
+            Error::AdoptionNotConsented(_) => "AdoptionNotConsented",
         }
     }
 
@@ -85,6 +105,13 @@ impl Error {
             }
             Error::TemplateNotFound(_) => "Fix spec.template (name or id) and spec.organization.",
             Error::PresetNotFound(_) => "Pick one of the listed presets in spec.preset.",
+            Error::OwnerNotGranted(_) => "The operator looks again as soon as the namespace's annotation changes.",
+            Error::CoderUrlNotAllowed { .. } => {
+                "Use a Coder URL the operator's admin allowed (--allowed-coder-urls), or ask them to allow this one."
+            }
+            Error::AdoptionNotConsented(_) => {
+                "Until spec.adopt is true nothing is sent to that workspace; the operator looks again slowly."
+            }
         }
     }
 }

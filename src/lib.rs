@@ -25,3 +25,4 @@ pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 pub mod templates;
+pub mod tenancy;

@@ -21,6 +21,7 @@ use chatworkspace_operator::index::IndexSettings;
 use chatworkspace_operator::leader::{self, LeaseSettings, Role};
 use chatworkspace_operator::metrics::Metrics;
 use chatworkspace_operator::telemetry::{self, LogFormat};
+use chatworkspace_operator::tenancy::urls::AllowedUrls;
 
 #[derive(Parser)]
 #[command(version, about = "Keeps Coder workspaces used by AI chats in their desired state, and recovers dead agents")]
@@ -42,10 +43,17 @@ struct RunArgs {
     /// Default Coder deployment URL, used by resources without spec.credentialsRef.
     #[arg(long, env = "CODER_URL")]
     coder_url: Option<String>,
-    /// File holding the default Coder session token (e.g. a mounted Secret).
+    /// File holding the default Coder session token (e.g. a mounted Secret),
+    /// read again whenever it changes: a rotated Secret needs no restart.
     /// The token may also come from the CODER_SESSION_TOKEN environment variable.
     #[arg(long, env = "CODER_TOKEN_FILE")]
     coder_token_file: Option<PathBuf>,
+    /// Coder URLs (origins: scheme, host, port) a spec.credentialsRef Secret
+    /// may name (repeat or comma-separate; `*`: any). Default: only the
+    /// origin of --coder-url, so a namespace cannot make the operator call
+    /// arbitrary addresses.
+    #[arg(long = "allowed-coder-url", env = "ALLOWED_CODER_URLS", value_delimiter = ',')]
+    allowed_coder_urls: Vec<String>,
     /// Watch only these namespaces (repeat or comma-separate); default: all.
     #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
@@ -107,6 +115,12 @@ struct RunArgs {
     /// several replicas exactly one acts; the others stand by, ready.
     #[arg(long, env = "LEADER_ELECTION")]
     leader_election: bool,
+    /// Name of this operator install, claimed on every ChatWorkspace it
+    /// drives (annotation chat.coder.com/operator): another install serving
+    /// the same namespace leaves those alone and warns. Default: the Lease's
+    /// namespace/name with leader election, else `chatworkspace-operator`.
+    #[arg(long, env = "INSTALL_NAME")]
+    install_name: Option<String>,
     /// Name of the leader election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "chatworkspace-operator")]
     lease_name: String,
@@ -162,7 +176,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Arc::new(Readiness::default());
     let rate_limit = (args.coder_max_rps > 0.0).then(|| Arc::new(RateLimit::new(args.coder_max_rps, args.coder_burst)));
-    let credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()), rate_limit)?;
+    let default_url = default.as_ref().map(|(url, _)| url.clone());
+    let allowed = AllowedUrls::new(&args.allowed_coder_urls, default_url.as_deref())
+        .map_err(|error| anyhow::anyhow!("--allowed-coder-url: {error}"))?;
+    tracing::info!(%allowed, "Coder URLs a spec.credentialsRef Secret may name");
+    let mut credentials = Credentials::new(default, args.coder_request_timeout, Some(metrics.clone()), rate_limit)?
+        .with_allowed_urls(allowed);
+    if let (Some(path), Some(_)) = (&args.coder_token_file, &default_url) {
+        credentials = credentials.with_default_token_file(path)?;
+    }
     let kube = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let election = args.leader_election.then(|| lease_settings(&args, &kube)).transpose()?;
     let identity = args.identity.clone().unwrap_or_else(hostname);
@@ -186,7 +208,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             probe_concurrency: args.probe_concurrency,
             ..IndexSettings::default()
         },
+        install: args.install_name.clone().unwrap_or_else(|| match &election {
+            Some(lease) => format!("{}/{}", lease.namespace, lease.name),
+            None => "chatworkspace-operator".into(),
+        }),
     };
+    tracing::info!(install = %settings.install, "claiming ChatWorkspaces for this install");
     let context = Arc::new(Context::new(kube, credentials, metrics.clone(), settings));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -98,8 +98,21 @@ fn the_pod_is_hardened_and_probed() {
     let documents = render(&defaults());
     assert_eq!(
         kinds(&documents),
-        ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"],
-        "by default: cluster-wide workspace RBAC, the lease Role, no Secret access, no ServiceMonitor"
+        [
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ],
+        "by default: cluster-wide workspace RBAC, the lease Role, the aggregated roles, the admission policy, \
+         no Secret access, no ServiceMonitor, no PodDisruptionBudget with one replica"
     );
     let deployment = find(&documents, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
@@ -141,10 +154,14 @@ fn optional_parts_follow_the_values() {
         "credentialsRef": {"namespaces": ["team-a"], "secretNames": ["coder"]},
         "leaderElection": {"enabled": false},
         "metrics": {"serviceMonitor": {"enabled": true}},
+        "rbac": {"aggregatedRoles": false},
+        "admissionPolicy": {"enabled": false},
     }));
     assert_eq!(
         kinds(&documents),
         [
+            "ClusterRole",
+            "ClusterRoleBinding",
             "Deployment",
             "Role",
             "Role",
@@ -156,7 +173,7 @@ fn optional_parts_follow_the_values() {
             "ServiceAccount",
             "ServiceMonitor"
         ],
-        "a Role per served namespace, one for credentials, no lease Role, nothing cluster-wide"
+        "a Role per served namespace, one for credentials, no lease Role; cluster-wide only the served Namespaces' metadata"
     );
     let secret_role = documents
         .iter()
@@ -236,6 +253,7 @@ async fn helm_install_creates_everything() {
             "watchNamespaces": [team],
             "credentialsRef": {"namespaces": [team]},
             "metrics": {"serviceMonitor": {"enabled": false}},
+            "rbac": {"aggregatedRoles": false},
         }),
     );
     assert!(output.contains("STATUS: deployed"), "{output}");
@@ -334,6 +352,7 @@ async fn the_service_account_can_do_what_the_operator_needs_and_no_more() {
             "coder": {"url": "https://coder.example.com", "tokenSecret": {"name": "coder-token"}},
             "watchNamespaces": [served, other_served],
             "credentialsRef": {"namespaces": [served], "secretNames": ["coder-creds"]},
+            "rbac": {"aggregatedRoles": false},
         }),
     );
     let fullname = format!("{release}-chatworkspace-operator");
@@ -356,6 +375,9 @@ async fn the_service_account_can_do_what_the_operator_needs_and_no_more() {
         ("get", &lease, None, &home),
         ("update", &lease, None, &home),
         ("get", "secrets/coder-creds", None, &served),
+        // The served Namespaces' grants (annotation chat.coder.com/coder-owners).
+        ("get", &format!("namespaces/{served}"), None, &served),
+        ("watch", &format!("namespaces/{other_served}"), None, &served),
     ];
     for (verb, target, subresource, namespace) in allowed {
         assert!(
@@ -392,6 +414,8 @@ async fn the_service_account_can_do_what_the_operator_needs_and_no_more() {
         ("get", "configmaps", None, Some(&home)),
         ("create", "deployments.apps", None, Some(&home)),
         ("list", "namespaces", None, None),
+        ("watch", &format!("namespaces/{unserved}"), None, None),
+        ("patch", &format!("namespaces/{served}"), None, None),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
         ("bind", "clusterroles.rbac.authorization.k8s.io", None, None),
         ("impersonate", "serviceaccounts", None, Some(&home)),
@@ -410,7 +434,12 @@ async fn a_cluster_wide_install_still_reads_no_secrets() {
     let home = plane.namespace("rbac-cluster").await;
     let elsewhere = plane.namespace("rbac-anywhere").await;
     let release = unique("wide");
-    helm_install(plane, &release, &home, &json!({"leaderElection": {"enabled": false}}));
+    helm_install(
+        plane,
+        &release,
+        &home,
+        &json!({"leaderElection": {"enabled": false}, "rbac": {"aggregatedRoles": false}, "admissionPolicy": {"enabled": false}}),
+    );
     let sa = Identity { plane, user: format!("system:serviceaccount:{home}:{release}-chatworkspace-operator") };
     assert!(sa.can("watch", "chatworkspaces.chat.coder.com", None, None));
     assert!(sa.can("patch", "chatworkspaces.chat.coder.com", Some("status"), Some(&elsewhere)));
@@ -433,7 +462,8 @@ async fn the_operator_reconciles_as_the_charts_service_account() {
     let admin = plane.client().await;
     let sim = Simulator::start(SimConfig::fast()).await.expect("start the Coder simulator");
     let home = plane.namespace("sa-home").await;
-    let served = plane.namespace("sa-served").await;
+    // The cluster admin grants the served namespace any Coder owner.
+    let served = support::granted_namespace(plane, "sa-served").await;
     let no_secrets = plane.namespace("sa-nosecrets").await;
     let release = unique("sa");
     helm_install(
@@ -448,6 +478,7 @@ async fn the_operator_reconciles_as_the_charts_service_account() {
             "activeInterval": "200ms",
             "resyncInterval": "2s",
             "logging": {"format": "text", "level": "info,chatworkspace_operator=debug"},
+            "rbac": {"aggregatedRoles": false},
         }),
     );
     let fullname = format!("{release}-chatworkspace-operator");

@@ -38,6 +38,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         deletion_policy: DeletionPolicy::Stop,
         outside_stops: Default::default(),
         credentials_ref: None,
+        adopt: false,
     }
 }
 
@@ -734,4 +735,28 @@ fn an_unconfirmed_recovery_stop_is_issued_again_as_the_same_attempt() {
     confirmed.last_build_request.as_mut().unwrap().build_id = Some("build-8".into());
     let d = decide_with(&spec(DesiredState::Running), &confirmed, Some(&ws), Some(&refused()));
     assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 2);
+}
+
+#[test]
+fn a_stop_seen_while_stopped_is_desired_is_started_when_running_is_desired_again() {
+    // The operator's record of its own stop was lost (its status write
+    // failed): the stop it then saw while Stopped was desired is accounted
+    // as the desired state's own, so a flip to Running starts it, and is
+    // not taken for a stop made in Coder.
+    let stopped = workspace("stop", "succeeded", None);
+    let earlier = ChatWorkspaceStatus {
+        last_build_request: Some(BuildRequestStatus {
+            build_id: Some("build-6".into()),
+            transition: "start".into(),
+            reason: "DesiredState".into(),
+            generation: 1,
+            time: Time(at(-900)),
+        }),
+        ..Default::default()
+    };
+    let seen = decide_with(&spec(DesiredState::Stopped), &earlier, Some(&stopped), None);
+    assert_eq!(seen.action, Action::None);
+    assert_eq!(seen.status.last_build_request.as_ref().and_then(|r| r.build_id.as_deref()), Some("build-7"));
+    let d = decide_with(&spec(DesiredState::Running), &seen.status, Some(&stopped), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::DesiredState));
 }

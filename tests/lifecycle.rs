@@ -139,11 +139,15 @@ async fn an_existing_workspace_is_adopted_not_duplicated() {
     let id = env.sim.create_workspace("admin", "existing", "docker-dev");
     env.create(
         "chat-1",
-        json!({"desiredState": "Running", "template": {"name": "docker-dev"}, "workspaceName": "existing"}),
+        json!({"desiredState": "Running", "template": {"name": "docker-dev"}, "workspaceName": "existing", "adopt": true}),
     )
     .await;
     let ready = env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
-    assert_eq!(ready.status.unwrap().workspace.unwrap().id, id.to_string());
+    let status = ready.status.unwrap();
+    assert_eq!(status.workspace.unwrap().id, id.to_string());
+    let ownership = status.ownership.expect("status.ownership");
+    assert_eq!(ownership.workspace_id, id.to_string());
+    assert_eq!(ownership.origin, chatworkspace_operator::crd::WorkspaceOrigin::Adopted, "recorded as adopted");
     let creates = env.sim.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/workspaces")).count();
     assert_eq!(creates, 0, "no create request for an existing workspace");
     assert_eq!(env.transitions(id), ["start"], "only the start its creation made");

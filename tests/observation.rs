@@ -145,3 +145,21 @@ async fn with_one_worker_no_resource_starves() {
         env.wait_for_condition(name, READY, "True", Some("Running"), Duration::from_secs(90)).await;
     }
 }
+
+#[tokio::test]
+async fn a_workspace_renamed_in_coder_is_followed_by_id_not_duplicated() {
+    let env = env("renamed").await;
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    env.sim.rename(id, "chat-1-renamed");
+    // A stop asked for after the rename reaches the renamed workspace.
+    env.set_desired_state("chat-1", "Stopped").await;
+    let stopped = env.wait_for_condition("chat-1", READY, "True", Some("Stopped"), LONG).await;
+    let workspace = stopped.status.as_ref().and_then(|s| s.workspace.clone()).unwrap();
+    assert_eq!(workspace.id, id.to_string());
+    assert_eq!(workspace.name, "chat-1-renamed", "status follows the rename");
+    assert_eq!(env.transitions(id), ["start", "stop"]);
+    assert!(env.sim.workspace_id("admin", "chat-1").is_none(), "no second workspace under the old name");
+}

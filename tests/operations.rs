@@ -77,7 +77,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over_when_it_is_kil
     let plane = ControlPlane::shared();
     let client = plane.client().await;
     let sim = Simulator::start(SimConfig::fast()).await.unwrap();
-    let namespace = plane.namespace("failover").await;
+    let namespace = support::granted_namespace(plane, "failover").await;
     let lease = unique("lease");
 
     let mut first = OperatorProcess::spawn("op-a", &replica_env(&sim, &namespace, &lease, "op-a"));
@@ -141,7 +141,7 @@ async fn sigterm_finishes_the_reconcile_in_flight_releases_the_lease_and_the_sta
     let plane = ControlPlane::shared();
     let client = plane.client().await;
     let sim = Simulator::start(SimConfig::fast()).await.unwrap();
-    let namespace = plane.namespace("sigterm").await;
+    let namespace = support::granted_namespace(plane, "sigterm").await;
     let lease = unique("lease");
 
     let mut first = OperatorProcess::spawn("op-a", &replica_env(&sim, &namespace, &lease, "op-a"));
@@ -159,7 +159,9 @@ async fn sigterm_finishes_the_reconcile_in_flight_releases_the_lease_and_the_sta
     sim.clear_requests();
     set_desired_state(&client, &namespace, "chat-1", "Stopped").await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !sim.requests().iter().any(|r| r.method == "GET" && r.path.ends_with("/workspace/chat-1")) {
+    // The fresh read before the build, by id once the workspace is known.
+    let fresh_read = format!("/api/v2/workspaces/{id}");
+    while !sim.requests().iter().any(|r| r.method == "GET" && r.path == fresh_read) {
         assert!(Instant::now() < deadline, "the leader never read the workspace after the patch");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -199,7 +201,7 @@ async fn a_leader_whose_lease_is_taken_stops_and_exits() {
     let plane = ControlPlane::shared();
     let client = plane.client().await;
     let sim = Simulator::start(SimConfig::fast()).await.unwrap();
-    let namespace = plane.namespace("usurped").await;
+    let namespace = support::granted_namespace(plane, "usurped").await;
     let lease = unique("lease");
     let mut operator = OperatorProcess::spawn("op-a", &replica_env(&sim, &namespace, &lease, "op-a"));
     wait_for_holder(&client, &namespace, &lease, Duration::from_secs(30), |h| h == Some("op-a")).await;
@@ -232,7 +234,7 @@ async fn metrics_health_and_readiness_are_served() {
     let plane = ControlPlane::shared();
     let client = plane.client().await;
     let sim = Simulator::start(SimConfig::fast()).await.unwrap();
-    let namespace = plane.namespace("metrics").await;
+    let namespace = support::granted_namespace(plane, "metrics").await;
     // Leader election off: the single process reconciles at once.
     let env = operator_env(plane.kubeconfig_path(), &sim.url(), &sim.token(), &namespace);
     let mut operator = OperatorProcess::spawn("op", &env);
@@ -289,7 +291,7 @@ async fn a_standby_is_ready_before_it_leads() {
     let plane = ControlPlane::shared();
     let client = plane.client().await;
     let sim = Simulator::start(SimConfig::fast()).await.unwrap();
-    let namespace = plane.namespace("standby").await;
+    let namespace = support::granted_namespace(plane, "standby").await;
     let lease = unique("lease");
     // Another replica (in this test process) holds the Lease and renews it.
     let holder = leader::spawn(client.clone(), settings(&namespace, &lease, "someone-else"));
@@ -371,7 +373,7 @@ fn settings(namespace: &str, lease: &str, identity: &str) -> LeaseSettings {
 async fn of_candidates_racing_for_a_new_lease_exactly_one_wins() {
     let plane = ControlPlane::shared();
     let client = plane.client().await;
-    let namespace = plane.namespace("race").await;
+    let namespace = support::granted_namespace(plane, "race").await;
     let lease = unique("lease");
     let mut electors: Vec<Elector> =
         (0..5).map(|i| Elector::new(client.clone(), settings(&namespace, &lease, &format!("candidate-{i}")))).collect();
@@ -400,7 +402,7 @@ async fn of_candidates_racing_for_a_new_lease_exactly_one_wins() {
 async fn expiry_is_judged_on_the_candidates_clock_not_the_holders_timestamps() {
     let plane = ControlPlane::shared();
     let client = plane.client().await;
-    let namespace = plane.namespace("skew").await;
+    let namespace = support::granted_namespace(plane, "skew").await;
     let lease = unique("lease");
     // A holder whose clock is decades behind: renewTime in 1970.
     let ghost = Lease {
@@ -434,7 +436,7 @@ async fn expiry_is_judged_on_the_candidates_clock_not_the_holders_timestamps() {
 async fn only_the_holder_releases_and_a_released_lease_is_taken_at_once() {
     let plane = ControlPlane::shared();
     let client = plane.client().await;
-    let namespace = plane.namespace("release").await;
+    let namespace = support::granted_namespace(plane, "release").await;
     let lease = unique("lease");
     let mut holder = Elector::new(client.clone(), settings(&namespace, &lease, "holder"));
     let mut other = Elector::new(client.clone(), settings(&namespace, &lease, "other"));
@@ -495,7 +497,7 @@ impl Partition {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     let plane = ControlPlane::shared();
-    let namespace = plane.namespace("partition").await;
+    let namespace = support::granted_namespace(plane, "partition").await;
     let lease = unique("lease");
     let upstream = plane.server_url().trim_start_matches("https://").to_owned();
     let partition = Partition::start(upstream).await;

@@ -112,14 +112,16 @@ async fn a_disconnected_agent_that_is_back_on_the_fresh_read_builds_nothing() {
     env.sim.kill_agent(id);
     env.wait_for_condition("chat-1", AGENT_CONNECTED, "False", Some("Disconnected"), LONG).await;
     env.wait_for_condition("chat-1", AGENT_REACHABLE, "False", None, LONG).await;
-    // Freeze the index on that view: its lists hang from now on.
-    env.sim.inject_fault(Fault::new("/api/v2/workspaces", FaultKind::Hang).method("GET"));
+    // Freeze the index on that view: its lists hang from now on (the reads
+    // of one workspace do not).
+    env.sim.inject_fault(Fault::new("/api/v2/workspaces?", FaultKind::Hang).method("GET"));
     env.sim.clear_requests();
     env.sim.revive_agent(id);
     // Past the threshold: the reconcile reads the workspace fresh, and finds
     // the agent connected again.
     let deadline = std::time::Instant::now() + LONG;
-    while !env.sim.requests().iter().any(|r| r.path.ends_with("/workspace/chat-1")) {
+    let fresh_read = format!("/api/v2/workspaces/{id}");
+    while !env.sim.requests().iter().any(|r| r.path == fresh_read) {
         assert!(std::time::Instant::now() < deadline, "the reconcile never read the workspace fresh");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

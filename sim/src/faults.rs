@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A fault applied to requests whose path starts with `path_prefix` (and
+/// A fault applied to requests whose path (with its query, if any) starts
+/// with `path_prefix` (and
 /// whose method matches, when given), `times` times or until cleared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

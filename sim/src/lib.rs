@@ -219,6 +219,13 @@ impl Simulator {
             .unwrap_or_else(|err| panic!("stopping {workspace}: {}", err.message))
     }
 
+    /// Renames the workspace, as `PATCH /workspaces/{id}` with a new name does.
+    pub fn rename(&self, workspace: Uuid, name: &str) {
+        if let Some(ws) = self.handle.shared.lock().workspaces.get_mut(&workspace) {
+            ws.name = name.to_owned();
+        }
+    }
+
     /// Makes a dormant workspace active again, as Coder's dashboard does.
     pub fn activate(&self, workspace: Uuid) {
         if let Some(ws) = self.handle.shared.lock().workspaces.get_mut(&workspace) {

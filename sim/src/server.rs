@@ -102,6 +102,9 @@ pub async fn route_not_found() -> ApiError {
 async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // Faults match a prefix of the path and query, so `/api/v2/workspaces?`
+    // can name the list alone.
+    let target = request.uri().path_and_query().map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
     let query = request.uri().query().unwrap_or_default().to_owned();
     let (parts, body) = request.into_parts();
     let mut record = Pending {
@@ -132,7 +135,7 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     }
     let request = Request::from_parts(parts, Body::from(bytes));
 
-    let fault = shared.lock().faults.take(method.as_str(), &path);
+    let fault = shared.lock().faults.take(method.as_str(), &target);
     let response = match fault {
         None => next.run(request).await,
         Some(FaultKind::Status(code)) => injected_status(code),

@@ -165,6 +165,12 @@ impl CoderClient {
         Self { rate_limit: Some(limit), ..self }
     }
 
+    /// Whether this client sends `token` (compares, never shows it).
+    #[cfg(test)]
+    pub(crate) fn uses_token(&self, token: &str) -> bool {
+        self.inner.token.expose() == token
+    }
+
     pub fn base_url(&self) -> &str {
         &self.inner.base_url
     }

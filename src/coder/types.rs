@@ -176,6 +176,17 @@ where
     Ok(Option::<String>::deserialize(deserializer)?.filter(|value| !value.is_empty()))
 }
 
+/// Longest job error kept: a provisioner's error can be a whole Terraform
+/// log, and it ends up in a condition message and an Event.
+pub const MAX_JOB_ERROR_CHARS: usize = 1024;
+
+fn job_error<'de, D>(deserializer: D) -> Result<Option<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(empty_as_none(deserializer)?.map(|error| crate::tenancy::cut(&error, MAX_JOB_ERROR_CHARS)))
+}
+
 /// `GET /users/me`, `GET /users/{user}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct User {
@@ -303,6 +314,8 @@ pub struct ParameterOption {
 pub struct Workspace {
     pub id: String,
     #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub owner_id: String,
@@ -375,6 +388,7 @@ pub struct WorkspaceBuild {
     /// Who or what asked for the build (`initiator`, `autostart`, ...).
     #[serde(default)]
     pub reason: String,
+    /// The user whose request made the build.
     #[serde(default)]
     pub initiator_id: String,
     #[serde(default)]
@@ -402,7 +416,8 @@ pub struct ProvisionerJob {
     pub id: String,
     #[serde(default)]
     pub status: ProvisionerJobStatus,
-    #[serde(default, deserialize_with = "empty_as_none")]
+    /// Cut to [`MAX_JOB_ERROR_CHARS`]: it is copied into status and Events.
+    #[serde(default, deserialize_with = "job_error")]
     pub error: Option<String>,
     #[serde(default, deserialize_with = "empty_as_none")]
     pub error_code: Option<String>,
@@ -747,6 +762,13 @@ mod tests {
         .unwrap();
         assert_eq!(build.status, WorkspaceStatus::Failed);
         assert_eq!(build.job.error.as_deref(), Some("terraform apply: exit status 1"));
+
+        let long = "e".repeat(100_000);
+        let job: ProvisionerJob =
+            serde_json::from_value(json!({"id": "j", "created_at": "2025-03-01T09:00:00Z", "error": long})).unwrap();
+        let cut = job.error.unwrap();
+        assert_eq!(cut.chars().count(), MAX_JOB_ERROR_CHARS + 1, "cut, with a mark");
+        assert!(cut.ends_with('…'));
         assert_eq!(build.job.error_code.as_deref(), Some("REQUIRED_TEMPLATE_VARIABLES"));
         assert_eq!(build.job.started_at, None);
         assert!(build.resources.is_empty());

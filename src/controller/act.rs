@@ -4,7 +4,8 @@
 use tracing::info;
 
 use crate::coder::{
-    CoderClient, CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ParameterValue, Workspace, WorkspaceBuild,
+    CoderClient, CoderError, CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ParameterValue, Workspace,
+    WorkspaceBuild,
 };
 use crate::crd::ChatWorkspace;
 use crate::credentials::Resolved;
@@ -13,15 +14,28 @@ use crate::error::Result;
 use crate::index::CoderIndex;
 use crate::templates::TemplateInfo;
 
-/// Reads `owner/name` on its own, now, and tells the index.
+/// Reads the workspace on its own, now, and tells the index: by `id` once
+/// it is known (a rename is followed; 404 or 410 means it was deleted),
+/// else by `owner/name`.
 pub(super) async fn fresh_read(
     index: &CoderIndex,
     credentials: &Resolved,
     owner: &str,
     name: &str,
+    id: Option<&str>,
 ) -> Result<Option<Workspace>> {
-    let workspace = credentials.client.workspace_by_owner_and_name(owner, name).await?;
-    index.record(credentials, owner, name, workspace.clone());
+    let workspace = match id {
+        Some(id) => match credentials.client.workspace(id).await {
+            Ok(workspace) => Some(workspace),
+            Err(CoderError::NotFound { .. }) => None,
+            Err(error) => return Err(error.into()),
+        },
+        None => credentials.client.workspace_by_owner_and_name(owner, name).await?,
+    };
+    match &workspace {
+        Some(found) => index.record(credentials, owner, &found.name, Some(found.clone())),
+        None => index.record(credentials, owner, name, None),
+    }
     Ok(workspace)
 }
 

@@ -9,12 +9,13 @@ use jiff::Timestamp;
 
 use super::{Context, act};
 use crate::coder::Workspace;
-use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, RecoveryPolicy};
+use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, OwnershipStatus, RecoveryPolicy};
 use crate::credentials::Resolved;
 use crate::decision::{self, Decision, Inputs, Observed, Probe};
 use crate::error::{Error, Result};
 use crate::index::Lookup;
 use crate::templates::TemplateInfo;
+use crate::tenancy;
 
 /// One resource's inputs to the decision core.
 pub(super) struct Gathered<'a> {
@@ -33,6 +34,8 @@ pub(super) struct Gathered<'a> {
     pub fresh: bool,
     pub probe: Option<Probe>,
     pub conflict: Option<String>,
+    /// What to record in `status.ownership` (`None`: nothing new).
+    pub ownership: Option<OwnershipStatus>,
 }
 
 /// `None` while the index has not listed the owner's workspaces yet.
@@ -43,14 +46,24 @@ pub(super) async fn gather<'a>(
 ) -> Result<Option<Gathered<'a>>> {
     let policy = resource.spec.recovery.policy().map_err(Error::InvalidSpec)?;
     let credentials = context.credentials.for_resource(&context.kube, resource).await?;
-    let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
+    // Before anything is sent to Coder for this resource. The owner is the
+    // username Coder resolved, which its `owner:` search matches.
+    let owner = context.tenancy.admit(resource, &credentials).await?.username;
     let name = resource.workspace_name();
-    let workspace = match context.index.observe(resource, &credentials, &owner, &name) {
+    let known_id = previous.workspace.as_ref().map(|w| w.id.clone());
+    let by_name = match context.index.observe(resource, &credentials, &owner, &name) {
         Lookup::Unknown => return Ok(None),
         Lookup::Failing(error) => return Err(error.into()),
         Lookup::Absent => None,
-        Lookup::Present(workspace) => Some(Arc::unwrap_or_clone(workspace)),
+        Lookup::Present(workspace) => Some(workspace),
     };
+    // Once its id is known, the workspace is followed by id: one renamed in
+    // Coder is still this resource's, and a new one of the old name is not.
+    let workspace = match known_id {
+        Some(id) if by_name.as_ref().is_none_or(|w| w.id != id) => context.index.by_id(&credentials, &owner, &id),
+        _ => by_name,
+    };
+    let workspace = workspace.map(Arc::unwrap_or_clone);
     let template =
         context.templates.resolve(&credentials, resource.spec.organization.as_deref(), &resource.spec.template).await;
     let conflict = context.claims.conflicting(resource, workspace.as_ref().map(|w| w.id.as_str()));
@@ -68,9 +81,52 @@ pub(super) async fn gather<'a>(
         fresh: false,
         probe: None,
         conflict,
+        ownership: None,
     };
     gathered.probe = gathered.latest_probe();
+    gathered.consent().await?;
     Ok(Some(gathered))
+}
+
+/// Whether this resource may drive the observed workspace: refused for one
+/// it did not create unless `spec.adopt`; what to record in
+/// `status.ownership` otherwise (`None`: nothing new).
+pub(super) async fn consent(
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+    conflict: &Option<String>,
+    workspace: Option<&Workspace>,
+    (context, credentials): (&Context, &Resolved),
+    owner: &str,
+) -> Result<Option<OwnershipStatus>> {
+    let Some(workspace) = workspace.filter(|_| conflict.is_none()) else { return Ok(None) };
+    let ownership = previous.ownership.as_ref();
+    let unrecorded = ownership.is_none_or(|o| o.workspace_id != workspace.id);
+    let pending = ownership.is_some_and(|o| o.workspace_id.is_empty());
+    let made_by_us = if unrecorded && pending {
+        let token_user = context.tenancy.owners.resolve(credentials, &tenancy::OwnerRef::TokenUser).await?;
+        tenancy::adoption::made_by_us(
+            ownership,
+            workspace.created_at,
+            workspace.latest_build.build_number,
+            &workspace.latest_build.initiator_id,
+            &token_user.id,
+        )
+    } else {
+        false
+    };
+    let previously_driven = previous.workspace.as_ref().map(|w| w.id.as_str());
+    match tenancy::adoption::consent(resource.spec.adopt, ownership, previously_driven, &workspace.id, made_by_us) {
+        tenancy::adoption::Consent::Keep => Ok(None),
+        tenancy::adoption::Consent::Record(origin) => Ok(Some(OwnershipStatus {
+            workspace_id: workspace.id.clone(),
+            origin,
+            time: Some(decision::whole_seconds(Timestamp::now())),
+        })),
+        tenancy::adoption::Consent::Refused => {
+            Err(Error::AdoptionNotConsented(tenancy::adoption::refusal(owner, &workspace.name)))
+        }
+    }
 }
 
 impl Gathered<'_> {
@@ -97,10 +153,26 @@ impl Gathered<'_> {
 
     /// Reads the workspace again, on its own, and takes the freshest probe.
     pub async fn refresh(&mut self, context: &Context) -> Result<()> {
-        self.workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name).await?;
+        let known_id = self.previous.workspace.as_ref().map(|w| w.id.as_str());
+        self.workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name, known_id).await?;
         self.fresh = true;
         self.conflict = context.claims.conflicting(self.resource, self.workspace.as_ref().map(|w| w.id.as_str()));
         self.probe = self.latest_probe();
+        self.consent().await
+    }
+
+    /// Adoption consent for the workspace observed now (see [`consent`]).
+    async fn consent(&mut self) -> Result<()> {
+        let context = self.context;
+        self.ownership = consent(
+            self.resource,
+            self.previous,
+            &self.conflict,
+            self.workspace.as_ref(),
+            (context, &self.credentials),
+            &self.owner,
+        )
+        .await?;
         Ok(())
     }
 

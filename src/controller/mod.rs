@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::index::{CoderIndex, IndexSettings};
 use crate::metrics::Metrics;
 use crate::templates::Templates;
+use crate::tenancy::{self, Tenancy};
 
 /// Settings of the controller itself (flags of `chatworkspace-operator run`).
 #[derive(Clone, Debug)]
@@ -52,6 +53,9 @@ pub struct Settings {
     pub instance: String,
     /// How the Coder index polls and probes.
     pub index: IndexSettings,
+    /// Name of this operator install, claimed on each resource it drives
+    /// (see `tenancy::installs`).
+    pub install: String,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             template_ttl: Duration::from_secs(300),
             instance: "chatworkspace-operator".into(),
             index: IndexSettings::default(),
+            install: "chatworkspace-operator".into(),
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct Context {
     pub templates: Templates,
     pub index: CoderIndex,
     pub claims: ClaimsIndex,
+    /// Namespace grants and owners: who may drive which workspace.
+    pub tenancy: Tenancy,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     recorder: Recorder,
@@ -89,6 +96,7 @@ impl Context {
             templates: Templates::new(settings.template_ttl),
             index: CoderIndex::new(settings.index, Some(metrics.clone())),
             claims: ClaimsIndex::default(),
+            tenancy: Tenancy::new(kube.clone()),
             kube,
             credentials,
             metrics,
@@ -159,8 +167,11 @@ pub async fn run(
         let wakes = futures::stream::unfold(context.index.wakes(scope.clone()), |mut wakes| async move {
             wakes.recv().await.map(|resource| (resource, wakes))
         });
+        // A namespace granted (or revoked) an owner reconciles its resources now.
+        let granted = context.tenancy.namespaces.triggers(reader.clone());
         let controller = Controller::for_stream(changes, reader)
             .reconcile_on(wakes)
+            .reconcile_on(granted)
             .with_config(controller::Config::default().concurrency(context.settings.concurrency))
             .graceful_shutdown_on(shutdown.clone());
         stores.push(controller.store());
@@ -176,6 +187,7 @@ pub async fn run(
                 .boxed(),
         );
     }
+    let namespace_watch = tokio::spawn(context.tenancy.namespaces.clone().watch(context.settings.namespaces.clone()));
     tokio::spawn(async move {
         for store in stores {
             // kube-runtime wakes only the latest of several waiters on a
@@ -193,6 +205,7 @@ pub async fn run(
         readiness.set(true);
     });
     futures::future::join_all(controllers).await;
+    namespace_watch.abort();
 }
 
 /// The resource's start-request annotation, if set.
@@ -235,15 +248,31 @@ async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Resul
     }
     let namespace = resource.namespace().unwrap_or_default();
     let api: Api<ChatWorkspace> = Api::namespaced(context.kube.clone(), &namespace);
-    let result = if resource.metadata.deletion_timestamp.is_some() {
+    let install = &context.settings.install;
+    let claim = tenancy::installs::claim(
+        resource.annotations().get(tenancy::installs::INSTALL_ANNOTATION).map(String::as_str),
+        install,
+    );
+    let result = if let tenancy::installs::Claim::Other(other) = &claim {
+        // Another install drives it: never a second actor.
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "ManagedByAnotherOperator".into(),
+            note: Some(tenancy::installs::elsewhere(other, install)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        record::publish_one(&context, &resource, event).await;
+        Ok(Action::requeue(Duration::from_secs(300)))
+    } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup(&api, &resource, &context).await
         } else {
             Ok(Action::await_change())
         }
     } else {
-        if !resource.finalizers().iter().any(|f| f == FINALIZER) {
-            add_finalizer(&api, &resource).await?;
+        if !resource.finalizers().iter().any(|f| f == FINALIZER) || claim == tenancy::installs::Claim::Unclaimed {
+            add_finalizer(&api, &resource, install).await?;
         }
         apply(&api, &resource, &context).await
     };
@@ -344,12 +373,18 @@ async fn converge(
         CoreAction::None | CoreAction::Refresh => None,
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
+            record::write_create_intent(api, resource).await?;
             match act::create_workspace(resource, owner, name, template, coder).await {
                 Ok(workspace) => {
                     context.metrics.build("start", "Create");
                     if let Some(request) = decision.status.last_build_request.as_mut() {
                         request.build_id = Some(workspace.latest_build.id.clone());
                     }
+                    gathered.ownership = Some(crate::crd::OwnershipStatus {
+                        workspace_id: workspace.id.clone(),
+                        origin: crate::crd::WorkspaceOrigin::Created,
+                        time: Some(decision::whole_seconds(Timestamp::now())),
+                    });
                     events.push(decision::Event {
                         warning: false,
                         reason: "WorkspaceCreated",
@@ -432,13 +467,29 @@ async fn converge(
     if let Some(info) = &template {
         status.template = Some(info.status());
     }
+    if gathered.ownership.is_some() {
+        status.ownership = gathered.ownership.clone();
+    }
     Ok(Some(Applied { status, requeue, events }))
 }
 
-async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
+/// Adds the finalizer and claims the resource for this install, in one
+/// merge patch that fails if the resource changed meanwhile (so of two
+/// installs, one claims it and the other sees the claim).
+async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, install: &str) -> Result<()> {
     let mut finalizers = resource.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    set_finalizers(api, resource, finalizers).await
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "annotations": {tenancy::installs::INSTALL_ANNOTATION: install},
+            "resourceVersion": resource.resource_version(),
+        },
+    });
+    api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 async fn remove_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
@@ -457,6 +508,25 @@ async fn set_finalizers(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, fina
     Ok(())
 }
 
+/// Lets a resource go without touching its workspace in Coder, saying why.
+async fn leave_workspace(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    why: &str,
+) -> Result<Action> {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "WorkspaceLeftAsIs".into(),
+        note: Some(format!("deletionPolicy was not applied: {why}")),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    record::publish_one(context, resource, event).await;
+    remove_finalizer(api, resource).await?;
+    Ok(Action::await_change())
+}
+
 /// Applies `deletionPolicy`, then lets the resource go.
 async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
     let policy = resource.spec.deletion_policy;
@@ -467,10 +537,40 @@ async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &C
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
     }
-    let credentials = context.credentials.for_resource(&context.kube, resource).await?;
+    // A resource that may not drive the workspace (any more) leaves it as it is.
+    let admitted = match context.credentials.for_resource(&context.kube, resource).await {
+        Ok(credentials) => context.tenancy.admit(resource, &credentials).await.map(|owner| (credentials, owner)),
+        Err(error) => Err(error),
+    };
+    let (credentials, owner) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
+            return leave_workspace(api, resource, context, &error.to_string()).await;
+        }
+        Err(error) => return Err(error),
+    };
     let coder = &credentials.client;
-    let owner = resource.spec.owner.clone().unwrap_or_else(|| "me".into());
-    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name()).await?;
+    let owner = owner.username;
+    let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
+    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name(), known_id).await?;
+    let status = resource.status.clone().unwrap_or_default();
+    let mut policy = policy;
+    if let Some(found) = &workspace {
+        let ownership =
+            match gather::consent(resource, &status, &None, Some(found), (context, &credentials), &owner).await {
+                Ok(recorded) => recorded.or(status.ownership.clone()),
+                Err(refused @ Error::AdoptionNotConsented(_)) => {
+                    return leave_workspace(api, resource, context, &refused.to_string()).await;
+                }
+                Err(error) => return Err(error),
+            };
+        if policy == crate::crd::DeletionPolicy::Delete
+            && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
+        {
+            // Deleting needs explicit consent; stopping is what Stop would do.
+            policy = crate::crd::DeletionPolicy::Stop;
+        }
+    }
     match decision::decide_cleanup(policy, workspace.as_ref()) {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");

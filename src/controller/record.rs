@@ -77,6 +77,16 @@ pub(super) async fn write_intent(
     Ok(())
 }
 
+/// Records, before a create, that this resource is creating its workspace
+/// (see `tenancy::adoption::made_by_us`). A merge patch of that one field:
+/// the status apply at the end of the reconcile writes the rest.
+pub(super) async fn write_create_intent(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
+    let intent = crate::tenancy::adoption::create_intent(decision::whole_seconds(Timestamp::now()).0);
+    let patch = serde_json::json!({"status": {"ownership": intent}});
+    api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
 /// Events for what the decision reported, and for every state reached.
 pub(super) async fn publish(
     context: &Context,
@@ -124,7 +134,9 @@ pub(super) async fn publish(
     }
 }
 
-pub(super) async fn publish_one(context: &Context, resource: &ChatWorkspace, event: KubeEvent) {
+pub(super) async fn publish_one(context: &Context, resource: &ChatWorkspace, mut event: KubeEvent) {
+    // A note the apiserver would refuse would lose the whole Event.
+    event.note = event.note.map(|note| crate::tenancy::event_note(&note));
     if let Err(error) = context.recorder.publish(&event, &resource.object_ref(&())).await {
         warn!(%error, reason = %event.reason, "cannot publish event");
     }

@@ -243,6 +243,14 @@ impl CoderIndex {
         }
     }
 
+    /// The workspace with this id among `owner`'s, whatever its name now (a
+    /// workspace renamed in Coder is followed by id).
+    pub fn by_id(&self, credentials: &Resolved, owner: &str, id: &str) -> Option<Arc<Workspace>> {
+        let owners = self.shared.owners.lock().expect("index owners");
+        let state = owners.get(&OwnerKey::new(credentials, owner))?;
+        state.workspaces.values().find(|entry| entry.workspace.id == id).map(|entry| entry.workspace.clone())
+    }
+
     /// The resource is gone: stop watching for it.
     pub fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
         let Some(interest) = self.shared.interests.lock().expect("index interests").remove(resource) else { return };

@@ -21,6 +21,7 @@ use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
 use chatworkspace_operator::index::IndexSettings;
 use chatworkspace_operator::metrics::Metrics;
+use chatworkspace_operator::tenancy;
 use coder_sim::{SimConfig, Simulator};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -77,8 +78,9 @@ impl DerefMut for Env {
     }
 }
 
-/// A test's namespace in the shared control plane and the operator serving
-/// it, in-process, against one Coder (the simulator or a real coderd).
+/// A test's namespace in the shared control plane (granted every Coder
+/// owner) and the operator serving it, in-process, against one Coder (the
+/// simulator or a real coderd).
 pub struct Operated {
     pub namespace: String,
     pub client: Client,
@@ -90,6 +92,9 @@ pub struct Operated {
     pub settings: Settings,
     /// Changes to the operator's settings, applied when it (re)starts.
     pub tweak: Option<fn(&mut Settings)>,
+    /// When set, the operator reads its default token from this file (and
+    /// again whenever it changes), as from a mounted Secret.
+    pub token_file: Option<std::path::PathBuf>,
     /// Timeout of each of the operator's Coder requests.
     pub request_timeout: Duration,
     coder_url: String,
@@ -125,6 +130,7 @@ impl Env {
             template_ttl: Duration::from_secs(300),
             instance: "test".into(),
             index: fast_index(),
+            install: "test".into(),
         };
         base.request_timeout = Duration::from_secs(5);
         Env { base, sim }
@@ -132,10 +138,10 @@ impl Env {
 }
 
 impl Operated {
-    /// A fresh namespace and an operator (not started yet) that will talk to
-    /// the Coder at `coder_url` with `coder_token`, with the production
-    /// defaults of `chatworkspace-operator run` (see `src/main.rs`) but for
-    /// the namespace it watches.
+    /// A fresh namespace, granted every Coder owner, and an operator (not
+    /// started yet) that will talk to the Coder at `coder_url` with
+    /// `coder_token`, with the production defaults of `chatworkspace-operator
+    /// run` (see `src/main.rs`) but for the namespace it watches.
     pub async fn without_operator(prefix: &str, coder_url: &str, coder_token: &str) -> Operated {
         // The operator's logs, for a failing test: RUST_LOG=chatworkspace_operator=debug.
         let _ = tracing_subscriber::fmt()
@@ -145,8 +151,16 @@ impl Operated {
         let plane = ControlPlane::shared();
         let namespace = plane.namespace(prefix).await;
         let client = plane.client().await;
+        // The cluster admin's grant: this namespace may drive any Coder
+        // user's workspaces with the operator's default credentials.
+        grant(&client, &namespace, Some("*")).await;
         let api = Api::namespaced(client.clone(), &namespace);
-        let settings = Settings { namespaces: vec![namespace.clone()], instance: "test".into(), ..Settings::default() };
+        let settings = Settings {
+            namespaces: vec![namespace.clone()],
+            instance: "test".into(),
+            install: "test".into(),
+            ..Settings::default()
+        };
         Operated {
             namespace,
             client,
@@ -155,6 +169,7 @@ impl Operated {
             rate_limit: None,
             settings,
             tweak: None,
+            token_file: None,
             request_timeout: Duration::from_secs(15),
             coder_url: coder_url.to_owned(),
             coder_token: coder_token.to_owned(),
@@ -174,19 +189,46 @@ impl Operated {
     /// carried over but what is in Kubernetes and Coder.
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
-        let credentials = Credentials::new(
-            Some((self.coder_url.clone(), SessionToken::new(&self.coder_token).unwrap())),
+        let token = match &self.token_file {
+            Some(path) => SessionToken::from_file(path).unwrap(),
+            None => SessionToken::new(&self.coder_token).unwrap(),
+        };
+        let mut credentials = Credentials::new(
+            Some((self.coder_url.clone(), token)),
             self.request_timeout,
             Some(self.metrics.clone()),
             self.rate_limit.clone(),
         )
         .unwrap();
+        if let Some(path) = &self.token_file {
+            credentials = credentials.with_default_token_file(path).unwrap();
+        }
         let context = Arc::new(Context::new(self.client.clone(), credentials, self.metrics.clone(), self.settings()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(context, Arc::new(Readiness::default()), async move {
             let _ = stopped.await;
         }));
         self.operator = Some(Operator { stop, task });
+    }
+
+    /// A second operator install (its own name, the same namespace,
+    /// simulator and token), as a second `helm install` watching the same
+    /// namespace would be. It stops when the returned value is dropped.
+    pub fn start_other_install(&self, install: &str) -> OtherInstall {
+        let credentials = Credentials::new(
+            Some((self.coder_url.clone(), SessionToken::new(&self.coder_token).unwrap())),
+            self.request_timeout,
+            None,
+            None,
+        )
+        .unwrap();
+        let settings = Settings { install: install.to_owned(), instance: install.to_owned(), ..self.settings() };
+        let context = Arc::new(Context::new(self.client.clone(), credentials, Arc::new(Metrics::default()), settings));
+        OtherInstall(tokio::spawn(controller::run(
+            context,
+            Arc::new(Readiness::default()),
+            std::future::pending::<()>(),
+        )))
     }
 
     /// Kills the operator at once, mid-reconcile if it is in one.
@@ -202,6 +244,11 @@ impl Operated {
             let _ = operator.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(20), operator.task).await;
         }
+    }
+
+    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
+    pub async fn grant(&self, owners: Option<&str>) {
+        grant(&self.client, &self.namespace, owners).await;
     }
 
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
@@ -333,6 +380,60 @@ impl Operated {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
+    }
+}
+
+/// The cluster admin's act: annotates `namespace` with the Coder owners its
+/// ChatWorkspaces may drive with the operator's default credentials.
+pub async fn grant(client: &Client, namespace: &str, owners: Option<&str>) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let patch = json!({"metadata": {"annotations": {tenancy::OWNERS_ANNOTATION: owners}}});
+    namespaces.patch(namespace, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("annotate the namespace");
+}
+
+/// A new namespace whose ChatWorkspaces may use the default credentials for
+/// any Coder owner.
+pub async fn granted_namespace(plane: &ControlPlane, prefix: &str) -> String {
+    let namespace = plane.namespace(prefix).await;
+    grant(&plane.client().await, &namespace, Some("*")).await;
+    namespace
+}
+
+/// A client acting as `user` (impersonated by the admin), bound in
+/// `namespace` to the chart's `chatworkspace-edit` ClusterRole, which is
+/// applied from the chart as `helm template` renders it: real RBAC, not the
+/// admin's rights.
+pub async fn editor(plane: &ControlPlane, namespace: &str, user: &str) -> Client {
+    let helm = testbed::tool("helm").unwrap_or_else(|err| panic!("{err:#}"));
+    let mut render = std::process::Command::new(helm);
+    render
+        .args(["template", "roles"])
+        .arg(process::chart_dir())
+        .args(["--show-only", "templates/rbac-aggregated.yaml"]);
+    let roles = process::run(render, "helm template the aggregated roles");
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), roles).unwrap();
+    let mut apply = plane.kubectl();
+    apply.args(["apply", "--server-side", "--force-conflicts", "-f"]).arg(file.path());
+    process::run(apply, "kubectl apply the aggregated roles");
+    let mut bind = plane.kubectl();
+    bind.args(["create", "rolebinding", "editor", "--clusterrole", "chatworkspace-edit", "--user", user]);
+    bind.args(["--namespace", namespace]);
+    process::run(bind, "kubectl create rolebinding");
+
+    let mut config = kube::Config::from_custom_kubeconfig(plane.kubeconfig(), &Default::default())
+        .await
+        .expect("the control plane's kubeconfig");
+    config.auth_info.impersonate = Some(user.to_owned());
+    Client::try_from(config).expect("a client for the editor")
+}
+
+/// A second operator install, stopped when dropped.
+pub struct OtherInstall(JoinHandle<()>);
+
+impl Drop for OtherInstall {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -81,6 +81,18 @@ deleted whole.
   verbs: ["create", "patch"]
 {{- end }}
 
+{{/* The served Namespaces' metadata, for the grants of Coder owners
+(annotation chat.coder.com/coder-owners): read and watched, never changed.
+In namespaced mode only those namespaces, by name. */}}
+{{- define "cwo.namespaceRules" -}}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  {{- with .Values.watchNamespaces }}
+  resourceNames: {{ toJson . }}
+  {{- end }}
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
 {{/* Read access to the Secrets spec.credentialsRef may name. */}}
 {{- define "cwo.secretRules" -}}
 - apiGroups: [""]
