@@ -557,7 +557,8 @@ async fn create_resources(args: &Args, api: &Api<ChatWorkspace>) -> anyhow::Resu
                 "apiVersion": "chat.coder.com/v1alpha1",
                 "kind": "ChatWorkspace",
                 "metadata": {"name": name},
-                "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}},
+                // Workspaces that exist already are adopted with consent.
+                "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}, "adopt": args.existing},
             }))?;
             api.create(&PostParams::default(), &object).await.with_context(|| format!("creating {name}"))?;
             anyhow::Ok(())

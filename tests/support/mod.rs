@@ -78,9 +78,8 @@ impl DerefMut for Env {
     }
 }
 
-/// A test's namespace in the shared control plane (granted every Coder
-/// owner) and the operator serving it, in-process, against one Coder (the
-/// simulator or a real coderd).
+/// A test's namespace in the shared control plane and the operator serving
+/// it, in-process, against one Coder (the simulator or a real coderd).
 pub struct Operated {
     pub namespace: String,
     pub client: Client,
@@ -92,11 +91,11 @@ pub struct Operated {
     pub settings: Settings,
     /// Changes to the operator's settings, applied when it (re)starts.
     pub tweak: Option<fn(&mut Settings)>,
+    /// Timeout of each of the operator's Coder requests.
+    pub request_timeout: Duration,
     /// When set, the operator reads its default token from this file (and
     /// again whenever it changes), as from a mounted Secret.
     pub token_file: Option<std::path::PathBuf>,
-    /// Timeout of each of the operator's Coder requests.
-    pub request_timeout: Duration,
     coder_url: String,
     coder_token: String,
     operator: Option<Operator>,
@@ -138,10 +137,10 @@ impl Env {
 }
 
 impl Operated {
-    /// A fresh namespace, granted every Coder owner, and an operator (not
-    /// started yet) that will talk to the Coder at `coder_url` with
-    /// `coder_token`, with the production defaults of `chatworkspace-operator
-    /// run` (see `src/main.rs`) but for the namespace it watches.
+    /// A fresh namespace and an operator (not started yet) that will talk to
+    /// the Coder at `coder_url` with `coder_token`, with the production
+    /// defaults of `chatworkspace-operator run` (see `src/main.rs`) but for
+    /// the namespace it watches.
     pub async fn without_operator(prefix: &str, coder_url: &str, coder_token: &str) -> Operated {
         // The operator's logs, for a failing test: RUST_LOG=chatworkspace_operator=debug.
         let _ = tracing_subscriber::fmt()
@@ -169,8 +168,8 @@ impl Operated {
             rate_limit: None,
             settings,
             tweak: None,
-            token_file: None,
             request_timeout: Duration::from_secs(15),
+            token_file: None,
             coder_url: coder_url.to_owned(),
             coder_token: coder_token.to_owned(),
             operator: None,
@@ -211,9 +210,9 @@ impl Operated {
         self.operator = Some(Operator { stop, task });
     }
 
-    /// A second operator install (its own name, the same namespace,
-    /// simulator and token), as a second `helm install` watching the same
-    /// namespace would be. It stops when the returned value is dropped.
+    /// A second operator install (its own name, the same namespace, Coder
+    /// and token), as a second `helm install` watching the same namespace
+    /// would be. It stops when the returned value is dropped.
     pub fn start_other_install(&self, install: &str) -> OtherInstall {
         let credentials = Credentials::new(
             Some((self.coder_url.clone(), SessionToken::new(&self.coder_token).unwrap())),
@@ -231,6 +230,11 @@ impl Operated {
         )))
     }
 
+    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
+    pub async fn grant(&self, owners: Option<&str>) {
+        grant(&self.client, &self.namespace, owners).await;
+    }
+
     /// Kills the operator at once, mid-reconcile if it is in one.
     pub fn kill_operator(&mut self) {
         if let Some(operator) = self.operator.take() {
@@ -244,11 +248,6 @@ impl Operated {
             let _ = operator.stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(20), operator.task).await;
         }
-    }
-
-    /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
-    pub async fn grant(&self, owners: Option<&str>) {
-        grant(&self.client, &self.namespace, owners).await;
     }
 
     pub async fn create(&self, name: &str, spec: serde_json::Value) -> ChatWorkspace {
