@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
+use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
@@ -706,4 +706,43 @@ async fn of_two_root_agents_the_coderd_chat_one_counts() {
     let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), CONVERGE).await;
     assert_eq!(after.status.as_ref().unwrap().agent.as_ref().unwrap().name, "main-coderd-chat");
     assert_eq!(transitions(&coderd.builds(&workspace_id(&after)).await), ["start", "stop", "start"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_probe_of_a_frozen_agent_times_out_before_coderd_sees_it_disconnected() {
+    let coderd = Coderd::shared();
+    let mut env = Operated::without_operator("real-probehang", coderd.url(), &coderd.admin.token).await;
+    // Probe healthy agents every 2 s instead of every 5 min, so a probe
+    // meets the frozen agent while coderd still sees it connected.
+    env.tweak = Some(|settings| settings.index.probe_interval = Duration::from_secs(2));
+    env.start_operator();
+    let (template, spec, workspace) = agent_template(coderd, "probehang").await;
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    let recovery = json!({"mode": "Automatic", "disconnectedThreshold": "5s", "probeTimeout": "3s"});
+    env.create("chat", running_spec(&workspace, &template, recovery)).await;
+    let id = workspace_id(&ready(&env, "chat").await);
+
+    provisioner.signal("STOP").expect("an agent runs");
+    // The probe hangs and the operator's timeout ends it; coderd still
+    // reports the agent connected, so this is a dial timeout, not a death.
+    let hung = env
+        .wait_for("chat", "probe timed out while connected", Duration::from_secs(60), |c| {
+            let conditions = c.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            conditions::find(conditions, AGENT_REACHABLE).is_some_and(|r| r.reason == "ProbeTimedOut")
+                && conditions::is_true(conditions, AGENT_CONNECTED)
+        })
+        .await;
+    println!("while connected: {}", condition_message(&hung, READY));
+    // Retried once, then reported for a person: still no build.
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("DialTimeout"), Duration::from_secs(60)).await;
+    assert!(conditions::is_true(&degraded.status.as_ref().unwrap().conditions, AGENT_CONNECTED));
+    println!("then: {}", condition_message(&degraded, DEGRADED));
+    assert_eq!(transitions(&coderd.builds(&id).await), ["start"], "no build while coderd sees the agent connected");
+
+    // Once coderd marks it disconnected, the recovery follows.
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), Duration::from_secs(180)).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    let builds = coderd.builds(&id).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"]);
+    assert_sequential(&builds);
 }
