@@ -31,7 +31,10 @@ use anyhow::Context as _;
 /// graceful shutdown (what an apiserver restart should look like), then KILL
 /// if the server is still there after 10 s. A bare EOF means the owner died:
 /// KILL at once, since nobody will use the data again and kube-apiserver
-/// shuts down slowly once etcd is gone. A dead server stays a zombie until
+/// shuts down slowly once etcd is gone. The watcher ignores TERM and HUP (a
+/// background job already ignores INT): a signal to the whole process group,
+/// as `timeout`, a cancelled CI job or a closed terminal sends, must not end
+/// it before it has cleaned up. A dead server stays a zombie until
 /// its new parent reaps it, and `kill -0` succeeds on zombies, so `alive`
 /// also reads the process state where /proc exists.
 const WATCHDOG: &str = r#"
@@ -46,6 +49,7 @@ alive() {
 }
 exec 3<&0
 (
+	trap '' TERM HUP
 	signal=KILL
 	while read -r request; do
 		if [ "$request" = stop ]; then signal=TERM; fi

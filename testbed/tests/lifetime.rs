@@ -141,6 +141,31 @@ fn nothing_outlives_a_test_process_that_is_killed() {
 }
 
 #[test]
+fn nothing_outlives_a_signal_to_the_whole_process_group() {
+    // As `timeout`, a cancelled CI job or a closed terminal do: every process
+    // of the group gets TERM, the watchdogs included.
+    let mut child = {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = Command::new(env::current_exe().unwrap());
+        command
+            .args(["--exact", "child", "--ignored", "--nocapture"])
+            .env(CHILD_MODE, "wait-for-kill")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        command.spawn().unwrap()
+    };
+    let (dir, pids) = read_control_plane(&mut child);
+    release(&mut child, &pids);
+    let group = format!("-{}", child.id());
+    let status = Command::new("kill").args(["-TERM", "--", &group]).status().unwrap();
+    assert!(status.success(), "kill -TERM -- {group}");
+    child.wait().unwrap();
+    assert_cleaned_up(&dir, &pids);
+}
+
+#[test]
 fn dropping_a_private_control_plane_stops_it_at_once() {
     let control_plane = ControlPlane::start().unwrap();
     let dir = control_plane.dir().to_owned();
