@@ -507,9 +507,10 @@ async fn a_revoked_or_bad_token_is_reported_without_showing_it() {
 async fn twenty_resources_at_once_never_make_coderd_answer_429() {
     const RESOURCES: usize = 20;
     let (coderd, mut env) = operator("real-twenty").await;
-    // The production default: 20 requests per second, bursts of 40.
+    // The production default (`chatworkspace-operator run`): 5 requests per
+    // second, bursts of 10.
     env.stop_operator().await;
-    env.rate_limit = Some(std::sync::Arc::new(chatworkspace_operator::coder::RateLimit::new(20.0, 40)));
+    env.rate_limit = Some(std::sync::Arc::new(chatworkspace_operator::coder::RateLimit::new(5.0, 10)));
     env.start_operator();
     let template = coderd.template(&unique("twenty"), &TemplateSpec::default()).await;
     let started = Instant::now();
