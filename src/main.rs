@@ -112,6 +112,10 @@ struct RunArgs {
     /// Probes in flight at once.
     #[arg(long, env = "PROBE_CONCURRENCY", default_value_t = 8)]
     probe_concurrency: usize,
+    /// How long a transient failure (Coder's 5xx or a timeout, the
+    /// apiserver) must last before a resource shows it as Degraded.
+    #[arg(long, env = "TRANSIENT_GRACE", default_value = "1m", value_parser = duration)]
+    transient_grace: Duration,
     /// Most Coder requests per second, across every workspace and credential
     /// (0: unlimited). The default stays under 60 % of coderd's default
     /// per-user limit (512 per minute); raise it with coderd's
@@ -210,6 +214,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             ..Requeue::default()
         },
         concurrency: args.concurrency,
+        transient_grace: args.transient_grace,
         namespaces: args.namespaces.clone(),
         template_ttl: args.template_cache_ttl,
         instance: identity,

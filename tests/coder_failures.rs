@@ -66,3 +66,41 @@ async fn a_rate_limited_probe_of_a_connected_agent_is_not_a_dial_timeout() {
     );
     assert!(conditions::is_true(&status.conditions, READY), "the last conclusive probe still stands");
 }
+
+/// Watches `name` until Ready, and says whether Degraded was ever True.
+async fn degraded_before_ready(env: &Env, name: &str) -> bool {
+    let deadline = std::time::Instant::now() + LONG;
+    let mut degraded = false;
+    loop {
+        let cws = env.api.get(name).await.unwrap();
+        let conditions = cws.status.map(|s| s.conditions).unwrap_or_default();
+        degraded |= conditions::is_true(&conditions, DEGRADED);
+        if conditions::is_true(&conditions, READY) {
+            return degraded;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} never became Ready: {conditions:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_coder_blip_shorter_than_the_grace_marks_nothing_a_lasting_one_is_degraded() {
+    let mut env = Env::without_operator("blip", coder_sim::SimConfig::fast()).await;
+    env.tweak = Some(|settings| settings.transient_grace = Duration::from_secs(3));
+    env.start_operator();
+    // Two 503s on the create, then Coder answers: retried after 1 s and 2 s,
+    // inside the grace.
+    env.sim.inject_fault(Fault::new("/api/v2/users/", FaultKind::Status(503)).method("POST").times(2));
+    env.create("chat-1", spec()).await;
+    assert!(!degraded_before_ready(&env, "chat-1").await, "a blip was shown as Degraded");
+    let refused = env.sim.requests().iter().filter(|r| r.method == "POST" && r.status == 503).count();
+    assert_eq!(refused, 2, "the blip happened");
+
+    // Coder keeps failing past the grace: Degraded, once, and it clears when Coder is back.
+    env.sim.inject_fault(Fault::new("/api/v2/users/", FaultKind::Status(503)).method("POST"));
+    env.create("chat-2", spec()).await;
+    env.wait_for_condition("chat-2", DEGRADED, "True", Some("CoderUnavailable"), LONG).await;
+    env.sim.clear_faults();
+    env.wait_for_condition("chat-2", READY, "True", Some("Running"), LONG).await;
+    env.wait_for_condition("chat-2", DEGRADED, "False", None, LONG).await;
+}

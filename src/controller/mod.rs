@@ -16,7 +16,7 @@ mod record;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
@@ -58,6 +58,10 @@ pub struct Settings {
     /// Name of this operator install, claimed on each resource it drives
     /// (see `tenancy::installs`).
     pub install: String,
+    /// How long a transient failure (Coder's 5xx or a timeout, the
+    /// apiserver) must last before it is written as `Degraded`: a blip marks
+    /// nothing.
+    pub transient_grace: Duration,
 }
 
 impl Default for Settings {
@@ -70,6 +74,7 @@ impl Default for Settings {
             instance: "chatworkspace-operator".into(),
             index: IndexSettings::default(),
             install: "chatworkspace-operator".into(),
+            transient_grace: Duration::from_secs(60),
         }
     }
 }
@@ -86,8 +91,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     recorder: Recorder,
-    /// Consecutive transient failures per object, for backoff.
-    failures: Mutex<HashMap<ObjectRef<ChatWorkspace>, u32>>,
+    /// Consecutive transient failures per object, for backoff, and when the
+    /// first of them happened.
+    failures: Mutex<HashMap<ObjectRef<ChatWorkspace>, (u32, Instant)>>,
 }
 
 impl Context {
@@ -105,6 +111,13 @@ impl Context {
             settings,
             failures: Mutex::default(),
         }
+    }
+
+    /// Whether `resource`'s reconciles have failed without a success for at
+    /// least `grace`.
+    fn failing_for(&self, resource: &ChatWorkspace, grace: Duration) -> bool {
+        let failures = self.failures.lock().expect("failures");
+        failures.get(&ObjectRef::from_obj(resource)).is_some_and(|(_, since)| since.elapsed() >= grace)
     }
 
     /// Keeps the claims and the index in step with the watch.
@@ -232,7 +245,7 @@ fn error_policy(resource: Arc<ChatWorkspace>, error: &Error, context: Arc<Contex
     let key = ObjectRef::from_obj(resource.as_ref());
     let failures = {
         let mut failures = context.failures.lock().expect("failures");
-        let count = failures.entry(key).or_insert(0);
+        let (count, _) = failures.entry(key).or_insert((0, Instant::now()));
         *count = count.saturating_add(1);
         *count
     };
@@ -307,6 +320,10 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
             record::write_status(api, resource, &previous, &applied.status).await?;
             record::publish(context, resource, &previous, &applied.status, &applied.events).await;
             Ok(Action::requeue(applied.requeue))
+        }
+        Err(error) if error.is_transient() && !context.failing_for(resource, context.settings.transient_grace) => {
+            // A blip: retried with backoff, not written down (yet).
+            Err(error)
         }
         Err(error) => {
             let status = record::failed_status(resource, &previous, &error);

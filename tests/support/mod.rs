@@ -133,6 +133,8 @@ impl Env {
             instance: "test".into(),
             index: fast_index(),
             install: "test".into(),
+            // Tests of Coder's failures see them at once, unless they ask.
+            transient_grace: Duration::ZERO,
         };
         base.request_timeout = Duration::from_secs(5);
         Env { base, sim }
