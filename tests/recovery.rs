@@ -198,11 +198,7 @@ async fn an_operator_killed_after_the_recovery_stop_resumes_without_a_second_sto
 
     env.sim.kill_agent(id);
     // Kill the operator the moment the recovery's stop build exists.
-    let deadline = std::time::Instant::now() + LONG;
-    while env.transitions(id).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no recovery stop build");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_recovery_stop(&env, id).await;
     env.kill_operator();
     assert_eq!(env.transitions(id), ["start", "stop"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -213,6 +209,15 @@ async fn an_operator_killed_after_the_recovery_stop_resumes_without_a_second_sto
     assert_eq!(env.transitions(id), ["start", "stop", "start"], "the recovery finished with no second stop");
     assert_eq!(env.stacked_builds(), 0);
     assert_eq!(attempts(&env).await, 1, "the attempt was written down before the stop: {:?}", after.status);
+}
+
+/// Returns the moment the recovery's stop build exists in Coder.
+async fn wait_for_recovery_stop(env: &Env, id: uuid::Uuid) {
+    let deadline = std::time::Instant::now() + LONG;
+    while env.transitions(id).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no recovery stop build");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn attempts(env: &Env) -> u32 {
@@ -235,11 +240,7 @@ async fn an_operator_stopped_before_it_learned_of_its_recovery_stop_resumes_the_
             .times(1),
     );
     env.sim.kill_agent(id);
-    let deadline = std::time::Instant::now() + LONG;
-    while env.transitions(id).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no recovery stop build");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_recovery_stop(&env, id).await;
     env.kill_operator();
     let written = env.get("chat-1").await.status.and_then(|s| s.recovery).expect("status.recovery before the stop");
     assert_eq!(written.attempts, 1, "the attempt is written down before the build is requested");
