@@ -261,6 +261,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         create_resources(args, &api).await?;
         sim.clear_requests();
     }
+    let apiserver_at_start = apiserver_requests(&plane.client().await).await?;
     let operator_started = (Timestamp::now(), Instant::now());
     let log = out_dir.join(format!("operator-{}.log", args.resources));
     let mut operator = OperatorProcess::spawn(binary, &command, &env, &log)?;
@@ -272,9 +273,12 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
 
     let memory_idle = procfs::memory(pids.operator)?;
     let before = CpuSample::take(&pids)?;
-    let convergence =
+    let client = api.clone().into_client();
+    let mut convergence =
         converge(args, &api, &sim, &tracker, &mut operator, args.existing.then_some(operator_started)).await?;
     let after_convergence = CpuSample::take(&pids)?;
+    convergence.apiserver_requests = requests_since(&client, &apiserver_at_start).await?;
+    convergence.queue_wait = Some(queue_wait(&admin).await?);
     let memory_converged = procfs::memory(pids.operator)?;
     let (object_json_kib, managed_fields_json_kib) = object_sizes(&api).await?;
 
@@ -468,6 +472,22 @@ struct Convergence {
     /// The most Coder requests that arrived within any one second: the
     /// operator's rate limit (`--coder-max-rps`, `--coder-burst`) bounds it.
     peak_requests_in_1s: usize,
+    /// Requests the apiserver served from the operator's start to the last
+    /// Ready (all clients; the benchmark adds only its watch), by verb and
+    /// resource.
+    apiserver_requests: BTreeMap<String, u64>,
+    /// The operator's `chatworkspace_queue_wait_seconds` at the end of
+    /// convergence: from a resource becoming due to its reconcile's start.
+    queue_wait: Option<QueueWait>,
+}
+
+/// A histogram's count and percentiles, each given as the upper bound of
+/// the bucket it falls in (the histogram keeps no finer detail).
+#[derive(Debug, Default, Serialize)]
+struct QueueWait {
+    count: u64,
+    p50_at_most_s: f64,
+    p99_at_most_s: f64,
 }
 
 async fn converge(
@@ -539,6 +559,8 @@ async fn converge(
         observed_s,
         requests,
         peak_requests_in_1s: peak_in_one_second(&log),
+        apiserver_requests: BTreeMap::new(),
+        queue_wait: None,
         created_s: created.as_secs_f64(),
         all_ready_s,
         time_to_ready_s: Summary::of(ready_after),
@@ -690,6 +712,41 @@ async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<St
     Ok(totals)
 }
 
+/// What the apiserver served since `before` (a reading of
+/// `apiserver_requests`), without the kinds that did not grow.
+async fn requests_since(client: &kube::Client, before: &BTreeMap<String, u64>) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut now = apiserver_requests(client).await?;
+    for (key, count) in &mut now {
+        *count -= before.get(key).copied().unwrap_or(0).min(*count);
+    }
+    now.retain(|_, count| *count > 0);
+    Ok(now)
+}
+
+/// Reads the operator's queue-wait histogram from its admin endpoint.
+async fn queue_wait(admin: &str) -> anyhow::Result<QueueWait> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .context("reading the operator's /metrics")?
+        .text()
+        .await?;
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("chatworkspace_queue_wait_seconds_bucket{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let Some(le) = labels.split("le=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().context("a bucket's le")? };
+        buckets.push((bound, value.parse::<f64>().context("a bucket's count")? as u64));
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last().map_or(0, |b| b.1);
+    let at_most = |q: f64| {
+        let rank = (q * count as f64).ceil() as u64;
+        buckets.iter().find(|b| b.1 >= rank.max(1)).map_or(0.0, |b| b.0)
+    };
+    Ok(QueueWait { count, p50_at_most_s: at_most(0.50), p99_at_most_s: at_most(0.99) })
+}
+
 async fn steady_state(
     args: &Args,
     client: &kube::Client,
@@ -703,11 +760,7 @@ async fn steady_state(
     tokio::time::sleep(args.window).await;
     let end = Timestamp::now();
     let updates = tracker.with(|seen| seen.updates) - updates_before;
-    let mut apiserver = apiserver_requests(client).await?;
-    for (key, count) in &mut apiserver {
-        *count -= apiserver_before.get(key).copied().unwrap_or(0).min(*count);
-    }
-    apiserver.retain(|_, count| *count > 0);
+    let apiserver = requests_since(client, &apiserver_before).await?;
 
     let mut requests = RequestCounts::default();
     // A request in flight at the clear is logged when it ends; count only
@@ -1014,6 +1067,39 @@ impl Report {
             r.other.values().sum::<u64>()
         );
         let _ = writeln!(out, "  {:<44}{:>10}", "peak Coder requests within 1 s", c.peak_requests_in_1s);
+        if let Some(q) = &c.queue_wait {
+            // Every resource due at once drains in about n / throughput: a
+            // fair queue keeps p99 near that, starvation puts it far above.
+            let drain = match c.observed_s {
+                Some(observed) => observed,
+                None => c.all_ready_s,
+            };
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>10}  (p50 <= {:.3} s, p99 <= {:.3} s; 1.2 x n / throughput = {:.1} s)",
+                "queue waits (due -> reconcile start)",
+                q.count,
+                q.p50_at_most_s,
+                q.p99_at_most_s,
+                1.2 * drain
+            );
+        }
+        let writes: u64 = c
+            .apiserver_requests
+            .iter()
+            .filter(|(kind, _)| !kind.starts_with("GET") && !kind.starts_with("LIST") && !kind.starts_with("WATCH"))
+            .map(|(_, count)| count)
+            .sum();
+        let _ = writeln!(
+            out,
+            "  {:<44}{:>10}  ({:.2} per resource)",
+            "apiserver writes meanwhile (all clients)",
+            writes,
+            writes as f64 / n as f64
+        );
+        for (kind, count) in &c.apiserver_requests {
+            let _ = writeln!(out, "    {kind:<40}{count:>10}");
+        }
 
         if let Some(load) = &self.coder_load {
             let r = &load.requests;

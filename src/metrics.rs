@@ -97,7 +97,10 @@ impl Default for Metrics {
         registry.register("index_wakes", "Reconciles asked for by the Coder index", index_wakes.clone());
         let index_probes = Counter::default();
         registry.register("index_probes", "Agent probes completed by the Coder index", index_probes.clone());
-        let queue_wait = latency_histogram();
+        // Finer and longer than the latency buckets: at thousands of due
+        // resources a wait of tens of seconds is expected, and p99 is
+        // judged against it.
+        let queue_wait = Histogram::new(exponential_buckets(0.005, 1.5, 28));
         registry.register(
             "queue_wait_seconds",
             "Time from a resource being woken by the Coder index to the start of its reconcile",
