@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{ProbeTarget, Shared, upgrade};
 use crate::coder::{AgentStatus, ProbeOutcome};
@@ -77,14 +77,30 @@ async fn run(shared: Weak<Shared>) {
     let mut budget = Budget::new();
     loop {
         let Some(index) = upgrade(&shared) else { return };
-        schedule(&index, &permits, &mut budget);
+        // Going through every agent costs O(agents): done once a round,
+        // not once a probe, and the round's probes then start as permits
+        // free up. A round ends after a second, or as soon as a reconcile
+        // asks for a probe, which then goes first.
+        let round = Instant::now() + Duration::from_secs(1);
+        for (priority, target) in due(&index, &mut budget) {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = tokio::time::sleep_until(round.into()) => break,
+            };
+            if priority != Priority::Asked && !index.probes.urgent.lock().expect("urgent probes").is_empty() {
+                break;
+            }
+            start(&index, permit, priority, target);
+        }
         let notify = index.probes.notify.clone();
         drop(index);
         let _ = tokio::time::timeout(Duration::from_secs(1), notify.notified()).await;
     }
 }
 
-fn schedule(index: &Arc<Shared>, permits: &Arc<Semaphore>, budget: &mut Budget) {
+/// The agents to probe now, most urgent first; healthy ones only within
+/// the budget.
+fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)> {
     let settings = index.settings;
     let targets = index.probe_targets();
     let asked: HashSet<String> = std::mem::take(&mut *index.probes.urgent.lock().expect("urgent probes"));
@@ -130,22 +146,27 @@ fn schedule(index: &Arc<Shared>, permits: &Arc<Semaphore>, budget: &mut Budget) 
     }
     // Most urgent first; among equals, the one probed longest ago.
     due.sort_by_key(|a| (a.0, a.1));
+    let mut granted = Vec::with_capacity(due.len());
     for (priority, _, target) in due {
         if priority == Priority::Healthy && !budget.take(settings.probe_budget_per_minute) {
             break;
         }
-        let Ok(permit) = permits.clone().try_acquire_owned() else { break };
-        index.probes.in_flight.lock().expect("probes in flight").insert(target.agent_id.clone());
-        let index = Arc::downgrade(index);
-        let asked = priority == Priority::Asked;
-        tokio::spawn(async move {
-            let outcome = target.client.probe_agent(&target.agent_id, target.timeout).await;
-            drop(permit);
-            if let Some(index) = upgrade(&index) {
-                finish(&index, &target, outcome, asked);
-            }
-        });
+        granted.push((priority, target));
     }
+    granted
+}
+
+fn start(index: &Arc<Shared>, permit: OwnedSemaphorePermit, priority: Priority, target: ProbeTarget) {
+    index.probes.in_flight.lock().expect("probes in flight").insert(target.agent_id.clone());
+    let index = Arc::downgrade(index);
+    let asked = priority == Priority::Asked;
+    tokio::spawn(async move {
+        let outcome = target.client.probe_agent(&target.agent_id, target.timeout).await;
+        drop(permit);
+        if let Some(index) = upgrade(&index) {
+            finish(&index, &target, outcome, asked);
+        }
+    });
 }
 
 fn finish(index: &Shared, target: &ProbeTarget, outcome: ProbeOutcome, asked: bool) {
