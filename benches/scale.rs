@@ -714,7 +714,10 @@ async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<St
 
 /// What the apiserver served since `before` (a reading of
 /// `apiserver_requests`), without the kinds that did not grow.
-async fn requests_since(client: &kube::Client, before: &BTreeMap<String, u64>) -> anyhow::Result<BTreeMap<String, u64>> {
+async fn requests_since(
+    client: &kube::Client,
+    before: &BTreeMap<String, u64>,
+) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut now = apiserver_requests(client).await?;
     for (key, count) in &mut now {
         *count -= before.get(key).copied().unwrap_or(0).min(*count);

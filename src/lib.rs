@@ -20,6 +20,7 @@ pub mod crd;
 pub mod credentials;
 pub mod decision;
 pub mod error;
+pub mod events;
 pub mod index;
 pub mod leader;
 pub mod metrics;

@@ -234,6 +234,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(lease) => format!("{}/{}", lease.namespace, lease.name),
             None => "chatworkspace-operator".into(),
         }),
+        ..Settings::default()
     };
     tracing::info!(install = %settings.install, "claiming ChatWorkspaces for this install");
     let context = Arc::new(Context::new(kube, credentials, metrics.clone(), settings));

@@ -22,7 +22,7 @@ use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -62,6 +62,11 @@ pub struct Settings {
     /// apiserver) must last before it is written as `Degraded`: a blip marks
     /// nothing.
     pub transient_grace: Duration,
+    /// How long a resource's status waits for the index to complete its
+    /// picture (the agent's first probe, the chat lookup) before it is
+    /// written without it: one write per resource on first sight, not two
+    /// or three.
+    pub first_sight_wait: Duration,
 }
 
 impl Default for Settings {
@@ -75,6 +80,7 @@ impl Default for Settings {
             index: IndexSettings::default(),
             install: "chatworkspace-operator".into(),
             transient_grace: Duration::from_secs(60),
+            first_sight_wait: Duration::from_secs(10),
         }
     }
 }
@@ -90,17 +96,21 @@ pub struct Context {
     pub tenancy: Tenancy,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
-    recorder: Recorder,
+    recorder: crate::events::Publisher,
     /// Consecutive transient failures per object, for backoff, and when the
     /// first of them happened.
     failures: Mutex<HashMap<ObjectRef<ChatWorkspace>, (u32, Instant)>>,
+    /// Status writes the watch has not delivered yet.
+    written: record::Written,
+    /// Since when each resource's status has been held back waiting for
+    /// the index's first probe or chat lookup.
+    held: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
 }
 
 impl Context {
     pub fn new(kube: kube::Client, credentials: Credentials, metrics: Arc<Metrics>, settings: Settings) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(settings.instance.clone()) };
         Self {
-            recorder: Recorder::new(kube.clone(), reporter),
+            recorder: crate::events::Publisher::new(kube.clone(), FIELD_MANAGER, settings.instance.clone()),
             templates: Templates::new(settings.template_ttl),
             index: CoderIndex::new(settings.index, Some(metrics.clone())),
             claims: ClaimsIndex::default(),
@@ -110,6 +120,8 @@ impl Context {
             metrics,
             settings,
             failures: Mutex::default(),
+            written: record::Written::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -118,6 +130,22 @@ impl Context {
     fn failing_for(&self, resource: &ChatWorkspace, grace: Duration) -> bool {
         let failures = self.failures.lock().expect("failures");
         failures.get(&ObjectRef::from_obj(resource)).is_some_and(|(_, since)| since.elapsed() >= grace)
+    }
+
+    /// How much longer `resource`'s status waits for the index, if `status`
+    /// still lacks what the index is about to observe for the first time.
+    fn hold(&self, resource: &ChatWorkspace, status: &ChatWorkspaceStatus) -> Option<Duration> {
+        use crate::conditions::{CHAT_CONTEXT_CURRENT, READY};
+        let reason = |type_| crate::conditions::find(&status.conditions, type_).map(|c| c.reason.as_str());
+        let incomplete = reason(READY) == Some("AgentNotProbed") || reason(CHAT_CONTEXT_CURRENT) == Some("NotObserved");
+        let mut held = self.held.lock().expect("held");
+        let key = ObjectRef::from_obj(resource);
+        if !incomplete {
+            held.remove(&key);
+            return None;
+        }
+        let since = *held.entry(key).or_insert_with(Instant::now);
+        self.settings.first_sight_wait.checked_sub(since.elapsed()).filter(|left| !left.is_zero())
     }
 
     /// Keeps the claims and the index in step with the watch.
@@ -129,6 +157,8 @@ impl Context {
             watcher::Event::Delete(resource) => {
                 self.claims.delete(resource);
                 self.index.forget(&ObjectRef::from_obj(resource));
+                self.written.forget(&ObjectRef::from_obj(resource));
+                self.held.lock().expect("held").remove(&ObjectRef::from_obj(resource));
             }
         }
     }
@@ -309,7 +339,7 @@ struct Applied {
 }
 
 async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
-    let previous = resource.status.clone().unwrap_or_default();
+    let previous = context.written.previous(resource);
     match converge(api, resource, &previous, context).await {
         Ok(None) => {
             // The index has not listed this owner's workspaces yet; it wakes
@@ -317,7 +347,7 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
             Ok(Action::requeue(context.settings.requeue.stable))
         }
         Ok(Some(applied)) => {
-            record::write_status(api, resource, &previous, &applied.status).await?;
+            record::write_status(context, api, resource, &previous, &applied.status).await?;
             record::publish(context, resource, &previous, &applied.status, &applied.events).await;
             Ok(Action::requeue(applied.requeue))
         }
@@ -327,7 +357,7 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
         }
         Err(error) => {
             let status = record::failed_status(resource, &previous, &error);
-            record::write_status(api, resource, &previous, &status).await?;
+            record::write_status(context, api, resource, &previous, &status).await?;
             record::publish(context, resource, &previous, &status, &[]).await;
             if error.is_transient() {
                 return Err(error);
@@ -362,6 +392,14 @@ async fn converge(
         // decide on that with the freshest probe.
         gathered.refresh(context).await?;
         decision = gathered.decide();
+    }
+    if decision.action == CoreAction::None
+        && let Some(left) = context.hold(resource, &decision.status)
+    {
+        // The index is about to complete the picture (the agent's first
+        // probe, the chat lookup) and wakes the resource when it has: write
+        // the status once, then, rather than now and again in a moment.
+        return Ok(Some(Applied { status: previous.clone(), requeue: left, events: Vec::new() }));
     }
     if decision.action == CoreAction::Refresh {
         // The core wants a fresher probe than the index has: ask for one;
@@ -462,7 +500,7 @@ async fn converge(
         }
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
-            record::write_create_intent(api, resource).await?;
+            record::write_create_intent(context, api, resource, previous).await?;
             match act::create_workspace(resource, owner, name, template, coder).await {
                 Ok(workspace) => {
                     context.metrics.build("start", "Create");
@@ -496,7 +534,7 @@ async fn converge(
         CoreAction::Build(plan) => {
             let current = gathered.workspace.as_ref().expect("a build is only decided for an observed workspace");
             if plan.reason == BuildReason::Recovery {
-                record::write_intent(api, resource, &decision.status).await?;
+                record::write_intent(context, api, resource, previous, &decision.status).await?;
             }
             match act::issue_build(current, &plan, coder).await {
                 Ok(build) => {

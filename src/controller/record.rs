@@ -1,12 +1,16 @@
 //! Record: what a reconcile leaves behind in Kubernetes (status, Events) and
 //! in the metrics.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Context;
 use crate::conditions::{self, DEGRADED, READY, Verdict};
@@ -37,8 +41,109 @@ pub(super) fn failed_status(
     status
 }
 
+/// The statuses this replica wrote that the watch has not delivered yet,
+/// per resource. A reconcile that starts between a status write and its
+/// watch event (woken by a probe, say) would otherwise decide from the
+/// status before the write, write the same status again and repeat its
+/// Events. Only the operator writes status, so a cached status that is
+/// neither one it replaced nor its latest write was written by someone
+/// else, and is taken as it is.
+#[derive(Default)]
+pub(super) struct Written {
+    by_resource: Mutex<HashMap<ObjectRef<ChatWorkspace>, Unseen>>,
+}
+
+struct Unseen {
+    /// Hashes of the statuses these writes replaced.
+    replaced: Vec<u64>,
+    latest: Arc<ChatWorkspaceStatus>,
+    latest_hash: u64,
+    /// The resourceVersion and generation the latest write produced.
+    version: (Option<String>, Option<i64>),
+}
+
+fn status_hash(status: &ChatWorkspaceStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Written {
+    /// The status to decide from: the cached one, or this replica's latest
+    /// write while the cache has not caught up with it.
+    pub(super) fn previous(&self, resource: &ChatWorkspace) -> ChatWorkspaceStatus {
+        let cached = resource.status.clone().unwrap_or_default();
+        let key = ObjectRef::from_obj(resource);
+        let mut by_resource = self.by_resource.lock().expect("written statuses");
+        let Some(unseen) = by_resource.get(&key) else { return cached };
+        let hash = status_hash(&cached);
+        if unseen.replaced.contains(&hash) {
+            return (*unseen.latest).clone();
+        }
+        // Caught up, or written by someone else: the cache is right.
+        if hash != unseen.latest_hash {
+            debug!(name = %resource.name_any(), "status changed by another writer");
+        }
+        by_resource.remove(&key);
+        cached
+    }
+
+    /// The resourceVersion to make a write conditional on: the cached
+    /// one, or the one this replica's latest write produced while the cache
+    /// has not caught up with it (and the spec is the same generation).
+    pub(super) fn resource_version(&self, resource: &ChatWorkspace) -> Option<String> {
+        let by_resource = self.by_resource.lock().expect("written statuses");
+        let stale = by_resource.get(&ObjectRef::from_obj(resource)).filter(|unseen| {
+            unseen.version.1 == resource.metadata.generation
+                && unseen.replaced.contains(&status_hash(&resource.status.clone().unwrap_or_default()))
+        });
+        match stale {
+            Some(unseen) => unseen.version.0.clone(),
+            None => resource.resource_version(),
+        }
+    }
+
+    /// Remembers that `written` (what the apiserver answered) holds
+    /// `status`, which replaced `replaced`.
+    fn wrote(&self, replaced: &ChatWorkspaceStatus, status: &ChatWorkspaceStatus, written: &ChatWorkspace) {
+        let key = ObjectRef::from_obj(written);
+        let mut by_resource = self.by_resource.lock().expect("written statuses");
+        let latest = Arc::new(status.clone());
+        let latest_hash = status_hash(status);
+        let version = (written.resource_version(), written.metadata.generation);
+        let unseen = by_resource.entry(key).or_insert_with(|| Unseen {
+            replaced: Vec::new(),
+            latest: latest.clone(),
+            latest_hash,
+            version: version.clone(),
+        });
+        // Every status before the latest write is stale now, earlier
+        // writes of this replica included.
+        for stale in [status_hash(replaced), unseen.latest_hash] {
+            if stale != latest_hash && !unseen.replaced.contains(&stale) {
+                unseen.replaced.push(stale);
+            }
+        }
+        unseen.latest = latest;
+        unseen.latest_hash = latest_hash;
+        unseen.version = version;
+    }
+
+    /// Forgets a deleted resource.
+    pub(super) fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
+        self.by_resource.lock().expect("written statuses").remove(resource);
+    }
+
+    #[cfg(test)]
+    fn unseen(&self) -> usize {
+        self.by_resource.lock().expect("written statuses").len()
+    }
+}
+
 /// Writes `status` unless it is what the resource already has.
 pub(super) async fn write_status(
+    context: &Context,
     api: &Api<ChatWorkspace>,
     resource: &ChatWorkspace,
     previous: &ChatWorkspaceStatus,
@@ -52,7 +157,10 @@ pub(super) async fn write_status(
         "kind": ChatWorkspace::kind(&()),
         "status": status,
     });
-    api.patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    let written = api
+        .patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    context.written.wrote(previous, status, &written);
     Ok(())
 }
 
@@ -63,27 +171,40 @@ pub(super) async fn write_status(
 /// if the resource changed since it was read: a decision taken on a stale
 /// spec or status is not acted on.
 pub(super) async fn write_intent(
+    context: &Context,
     api: &Api<ChatWorkspace>,
     resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
     status: &ChatWorkspaceStatus,
 ) -> Result<()> {
     let patch = serde_json::json!({
         "apiVersion": ChatWorkspace::api_version(&()),
         "kind": ChatWorkspace::kind(&()),
-        "metadata": {"resourceVersion": resource.resource_version()},
+        "metadata": {"resourceVersion": context.written.resource_version(resource)},
         "status": status,
     });
-    api.patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    let written = api
+        .patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    context.written.wrote(previous, status, &written);
     Ok(())
 }
 
 /// Records, before a create, that this resource is creating its workspace
 /// (see `tenancy::adoption::made_by_us`). A merge patch of that one field:
 /// the status apply at the end of the reconcile writes the rest.
-pub(super) async fn write_create_intent(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
+pub(super) async fn write_create_intent(
+    context: &Context,
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+) -> Result<()> {
     let intent = crate::tenancy::adoption::create_intent(decision::whole_seconds(Timestamp::now()).0);
     let patch = serde_json::json!({"status": {"ownership": intent}});
-    api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let mut status = previous.clone();
+    status.ownership = Some(intent);
+    context.written.wrote(previous, &status, &written);
     Ok(())
 }
 
@@ -147,4 +268,69 @@ fn flipped_true<'a>(previous: &[Condition], current: &'a [Condition], type_: &st
     let before = conditions::find(previous, type_);
     let same = before.is_some_and(|b| b.status == "True" && b.reason == now.reason);
     (!same).then_some(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Phase;
+
+    fn resource(version: &str, phase: Option<Phase>) -> ChatWorkspace {
+        let mut resource: ChatWorkspace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "chat.coder.com/v1alpha1",
+            "kind": "ChatWorkspace",
+            "metadata": {"name": "a", "namespace": "team", "resourceVersion": version, "generation": 1},
+            "spec": {"desiredState": "Running", "template": {"name": "docker"}},
+        }))
+        .expect("a ChatWorkspace");
+        resource.status = phase.map(|phase| ChatWorkspaceStatus { phase: Some(phase), ..Default::default() });
+        resource
+    }
+
+    fn status(phase: Phase) -> ChatWorkspaceStatus {
+        ChatWorkspaceStatus { phase: Some(phase), ..Default::default() }
+    }
+
+    #[test]
+    fn a_cache_behind_this_replicas_writes_decides_from_the_latest_write() {
+        let written = Written::default();
+        let cached = resource("1", None);
+        assert_eq!(written.previous(&cached), ChatWorkspaceStatus::default(), "nothing written: the cache");
+
+        written.wrote(&ChatWorkspaceStatus::default(), &status(Phase::Starting), &resource("2", Some(Phase::Starting)));
+        assert_eq!(written.previous(&cached).phase, Some(Phase::Starting));
+        assert_eq!(written.resource_version(&cached).as_deref(), Some("2"));
+
+        // A second write before the watch delivered the first.
+        written.wrote(&status(Phase::Starting), &status(Phase::Running), &resource("3", Some(Phase::Running)));
+        assert_eq!(written.previous(&cached).phase, Some(Phase::Running), "the original status is stale");
+        let first_delivered = resource("2", Some(Phase::Starting));
+        assert_eq!(written.previous(&first_delivered).phase, Some(Phase::Running), "so is the first write");
+        assert_eq!(written.resource_version(&first_delivered).as_deref(), Some("3"));
+
+        // The watch caught up: the cache is right, and nothing is kept.
+        let caught_up = resource("3", Some(Phase::Running));
+        assert_eq!(written.previous(&caught_up).phase, Some(Phase::Running));
+        assert_eq!(written.unseen(), 0);
+        assert_eq!(written.resource_version(&caught_up).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_status_written_by_someone_else_is_taken_as_it_is() {
+        let written = Written::default();
+        written.wrote(&ChatWorkspaceStatus::default(), &status(Phase::Starting), &resource("2", Some(Phase::Starting)));
+        let edited = resource("4", Some(Phase::Failed));
+        assert_eq!(written.previous(&edited).phase, Some(Phase::Failed));
+        assert_eq!(written.unseen(), 0);
+        assert_eq!(written.resource_version(&edited).as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn a_new_generation_is_not_conditioned_on_the_version_of_an_older_one() {
+        let written = Written::default();
+        written.wrote(&ChatWorkspaceStatus::default(), &status(Phase::Starting), &resource("2", Some(Phase::Starting)));
+        let mut newer_spec = resource("5", None);
+        newer_spec.metadata.generation = Some(2);
+        assert_eq!(written.resource_version(&newer_spec).as_deref(), Some("5"));
+    }
 }
