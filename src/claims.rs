@@ -3,8 +3,8 @@
 //! conflict. Decided from an index kept up to date from the watch, with no
 //! extra requests and without scanning every resource.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
 
@@ -87,7 +87,7 @@ struct Claim {
 struct Held {
     key: SpecKey,
     id: Option<String>,
-    claim: Claim,
+    claim: Arc<Claim>,
 }
 
 /// Every resource's claim, by what identifies its workspace: the spec's
@@ -97,10 +97,33 @@ pub struct ClaimsIndex {
     inner: Mutex<Claims>,
 }
 
+/// The claims on one workspace, oldest first: nearly always one, so a
+/// vector of shared claims (a pointer each), not a tree whose every node
+/// has room for eleven.
+#[derive(Default)]
+struct ClaimSet(Vec<Arc<Claim>>);
+
+impl ClaimSet {
+    fn insert(&mut self, claim: Arc<Claim>) {
+        let at = self.0.binary_search(&claim).unwrap_or_else(|at| at);
+        self.0.insert(at, claim);
+    }
+
+    /// Removes `claim`; whether the set is empty now.
+    fn remove(&mut self, claim: &Claim) -> bool {
+        self.0.retain(|held| **held != *claim);
+        self.0.is_empty()
+    }
+
+    fn oldest(&self) -> Option<&Claim> {
+        self.0.first().map(Arc::as_ref)
+    }
+}
+
 #[derive(Default)]
 struct Claims {
-    by_key: HashMap<SpecKey, BTreeSet<Claim>>,
-    by_id: HashMap<String, BTreeSet<Claim>>,
+    by_key: HashMap<SpecKey, ClaimSet>,
+    by_id: HashMap<String, ClaimSet>,
     /// uid → what it holds.
     held: HashMap<String, Held>,
     /// A relist under way, per watched namespace (`None`: all): the uids
@@ -111,19 +134,13 @@ struct Claims {
 impl Claims {
     fn remove(&mut self, uid: &str) {
         let Some(held) = self.held.remove(uid) else { return };
-        if let Some(set) = self.by_key.get_mut(&held.key) {
-            set.remove(&held.claim);
-            if set.is_empty() {
-                self.by_key.remove(&held.key);
-            }
+        if self.by_key.get_mut(&held.key).is_some_and(|set| set.remove(&held.claim)) {
+            self.by_key.remove(&held.key);
         }
         if let Some(id) = held.id
-            && let Some(set) = self.by_id.get_mut(&id)
+            && self.by_id.get_mut(&id).is_some_and(|set| set.remove(&held.claim))
         {
-            set.remove(&held.claim);
-            if set.is_empty() {
-                self.by_id.remove(&id);
-            }
+            self.by_id.remove(&id);
         }
     }
 }
@@ -132,14 +149,19 @@ impl ClaimsIndex {
     /// A resource was added or changed.
     pub fn apply(&self, resource: &ChatWorkspace) {
         let uid = resource.uid().unwrap_or_default();
+        let key = spec_key(resource);
+        let id = observed_id(resource);
+        let age = age_key(resource);
         let mut claims = self.inner.lock().expect("claims");
         for seen in claims.relists.values_mut() {
             seen.insert(uid.clone());
         }
+        // Most updates are status writes, which change no claim.
+        if claims.held.get(&uid).is_some_and(|held| held.key == key && held.id == id && held.claim.age == age) {
+            return;
+        }
         claims.remove(&uid);
-        let claim = Claim { age: age_key(resource), uid: uid.clone() };
-        let key = spec_key(resource);
-        let id = observed_id(resource);
+        let claim = Arc::new(Claim { age, uid: uid.clone() });
         claims.by_key.entry(key.clone()).or_default().insert(claim.clone());
         if let Some(id) = &id {
             claims.by_id.entry(id.clone()).or_default().insert(claim.clone());
@@ -177,8 +199,8 @@ impl ClaimsIndex {
     pub fn conflicting(&self, me: &ChatWorkspace, workspace_id: Option<&str>) -> Option<String> {
         let claims = self.inner.lock().expect("claims");
         let mine = Claim { age: age_key(me), uid: me.uid().unwrap_or_default() };
-        let by_key = claims.by_key.get(&spec_key(me)).and_then(|set| set.iter().next());
-        let by_id = workspace_id.and_then(|id| claims.by_id.get(id)).and_then(|set| set.iter().next());
+        let by_key = claims.by_key.get(&spec_key(me)).and_then(ClaimSet::oldest);
+        let by_id = workspace_id.and_then(|id| claims.by_id.get(id)).and_then(ClaimSet::oldest);
         // The oldest claim of each set; the older of the two wins.
         [by_key, by_id].into_iter().flatten().filter(|claim| claim.uid != mine.uid && claim.age < mine.age).min().map(
             |claim| {

@@ -613,6 +613,19 @@ pub struct BuildRequestStatus {
     pub time: Time,
 }
 
+/// A reference to `resource` for the operator's long-lived maps: name and
+/// namespace only. kube-runtime's `ObjectRef::from_obj` also copies the
+/// resourceVersion and uid, which its equality and hash ignore, so they
+/// would only cost memory (about 100 bytes per resource per map).
+pub fn reference(resource: &ChatWorkspace) -> kube::runtime::reflector::ObjectRef<ChatWorkspace> {
+    use kube::ResourceExt;
+    let reference = kube::runtime::reflector::ObjectRef::new(&resource.name_any());
+    match resource.namespace() {
+        Some(namespace) => reference.within(&namespace),
+        None => reference,
+    }
+}
+
 impl ChatWorkspace {
     /// The Coder workspace name: `spec.workspaceName`, else the object's name.
     pub fn workspace_name(&self) -> String {

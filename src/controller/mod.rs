@@ -129,7 +129,7 @@ impl Context {
     /// least `grace`.
     fn failing_for(&self, resource: &ChatWorkspace, grace: Duration) -> bool {
         let failures = self.failures.lock().expect("failures");
-        failures.get(&ObjectRef::from_obj(resource)).is_some_and(|(_, since)| since.elapsed() >= grace)
+        failures.get(&crate::crd::reference(resource)).is_some_and(|(_, since)| since.elapsed() >= grace)
     }
 
     /// How much longer `resource`'s status waits for the index, if `status`
@@ -139,7 +139,7 @@ impl Context {
         let reason = |type_| crate::conditions::find(&status.conditions, type_).map(|c| c.reason.as_str());
         let incomplete = reason(READY) == Some("AgentNotProbed") || reason(CHAT_CONTEXT_CURRENT) == Some("NotObserved");
         let mut held = self.held.lock().expect("held");
-        let key = ObjectRef::from_obj(resource);
+        let key = crate::crd::reference(resource);
         if !incomplete {
             held.remove(&key);
             return None;
@@ -152,13 +152,16 @@ impl Context {
     fn track(&self, scope: Option<&str>, event: &watcher::Event<ChatWorkspace>) {
         match event {
             watcher::Event::Init => self.claims.relist_started(scope),
-            watcher::Event::InitApply(resource) | watcher::Event::Apply(resource) => self.claims.apply(resource),
+            watcher::Event::InitApply(resource) | watcher::Event::Apply(resource) => {
+                self.claims.apply(resource);
+                self.written.delivered(resource);
+            }
             watcher::Event::InitDone => self.claims.relist_done(scope),
             watcher::Event::Delete(resource) => {
                 self.claims.delete(resource);
-                self.index.forget(&ObjectRef::from_obj(resource));
-                self.written.forget(&ObjectRef::from_obj(resource));
-                self.held.lock().expect("held").remove(&ObjectRef::from_obj(resource));
+                self.index.forget(&crate::crd::reference(resource));
+                self.written.forget(&crate::crd::reference(resource));
+                self.held.lock().expect("held").remove(&crate::crd::reference(resource));
             }
         }
     }
@@ -272,7 +275,7 @@ fn spec_or_lifecycle_changed(resource: &ChatWorkspace) -> Option<u64> {
 }
 
 fn error_policy(resource: Arc<ChatWorkspace>, error: &Error, context: Arc<Context>) -> Action {
-    let key = ObjectRef::from_obj(resource.as_ref());
+    let key = crate::crd::reference(resource.as_ref());
     let failures = {
         let mut failures = context.failures.lock().expect("failures");
         let (count, _) = failures.entry(key).or_insert((0, Instant::now()));
@@ -288,7 +291,7 @@ fn error_policy(resource: Arc<ChatWorkspace>, error: &Error, context: Arc<Contex
 
 async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Result<Action> {
     let _timer = context.metrics.reconcile_timer();
-    if let Some(waited) = context.index.reconcile_started(&ObjectRef::from_obj(resource.as_ref())) {
+    if let Some(waited) = context.index.reconcile_started(&crate::crd::reference(resource.as_ref())) {
         context.metrics.queue_wait.observe(waited.as_secs_f64());
     }
     let namespace = resource.namespace().unwrap_or_default();
@@ -324,7 +327,7 @@ async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Resul
     match &result {
         Ok(_) => {
             context.metrics.reconciled("ok");
-            context.failures.lock().expect("failures").remove(&ObjectRef::from_obj(resource.as_ref()));
+            context.failures.lock().expect("failures").remove(&crate::crd::reference(resource.as_ref()));
         }
         Err(error) => context.metrics.failed(error.reason()),
     }

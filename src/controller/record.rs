@@ -74,7 +74,7 @@ impl Written {
     /// write while the cache has not caught up with it.
     pub(super) fn previous(&self, resource: &ChatWorkspace) -> ChatWorkspaceStatus {
         let cached = resource.status.clone().unwrap_or_default();
-        let key = ObjectRef::from_obj(resource);
+        let key = crate::crd::reference(resource);
         let mut by_resource = self.by_resource.lock().expect("written statuses");
         let Some(unseen) = by_resource.get(&key) else { return cached };
         let hash = status_hash(&cached);
@@ -94,7 +94,7 @@ impl Written {
     /// has not caught up with it (and the spec is the same generation).
     pub(super) fn resource_version(&self, resource: &ChatWorkspace) -> Option<String> {
         let by_resource = self.by_resource.lock().expect("written statuses");
-        let stale = by_resource.get(&ObjectRef::from_obj(resource)).filter(|unseen| {
+        let stale = by_resource.get(&crate::crd::reference(resource)).filter(|unseen| {
             unseen.version.1 == resource.metadata.generation
                 && unseen.replaced.contains(&status_hash(&resource.status.clone().unwrap_or_default()))
         });
@@ -107,7 +107,7 @@ impl Written {
     /// Remembers that `written` (what the apiserver answered) holds
     /// `status`, which replaced `replaced`.
     fn wrote(&self, replaced: &ChatWorkspaceStatus, status: &ChatWorkspaceStatus, written: &ChatWorkspace) {
-        let key = ObjectRef::from_obj(written);
+        let key = crate::crd::reference(written);
         let mut by_resource = self.by_resource.lock().expect("written statuses");
         let latest = Arc::new(status.clone());
         let latest_hash = status_hash(status);
@@ -128,6 +128,18 @@ impl Written {
         unseen.latest = latest;
         unseen.latest_hash = latest_hash;
         unseen.version = version;
+    }
+
+    /// The watch delivered `resource`: once it holds this replica's latest
+    /// write (or someone else's), nothing needs remembering.
+    pub(super) fn delivered(&self, resource: &ChatWorkspace) {
+        let key = crate::crd::reference(resource);
+        let mut by_resource = self.by_resource.lock().expect("written statuses");
+        let Some(unseen) = by_resource.get(&key) else { return };
+        let hash = status_hash(&resource.status.clone().unwrap_or_default());
+        if !unseen.replaced.contains(&hash) {
+            by_resource.remove(&key);
+        }
     }
 
     /// Forgets a deleted resource.
@@ -310,8 +322,11 @@ mod tests {
 
         // The watch caught up: the cache is right, and nothing is kept.
         let caught_up = resource("3", Some(Phase::Running));
+        written.delivered(&first_delivered);
+        assert_eq!(written.unseen(), 1, "the latest write is still on its way");
+        written.delivered(&caught_up);
+        assert_eq!(written.unseen(), 0, "delivered: nothing is kept at rest");
         assert_eq!(written.previous(&caught_up).phase, Some(Phase::Running));
-        assert_eq!(written.unseen(), 0);
         assert_eq!(written.resource_version(&caught_up).as_deref(), Some("3"));
     }
 

@@ -138,7 +138,7 @@ struct OwnerState {
     /// Name (lowercase) → workspace, for every workspace of the owner seen.
     workspaces: HashMap<String, Entry>,
     /// Name (lowercase) → the resources that name it.
-    interested: HashMap<String, HashSet<ObjectRef<ChatWorkspace>>>,
+    interested: HashMap<String, Vec<ObjectRef<ChatWorkspace>>>,
     listed_at: Option<Instant>,
     /// Set when the next poll must list everything.
     full_list_due: bool,
@@ -218,7 +218,7 @@ impl CoderIndex {
     /// Registers what `resource` watches (moving it if its spec changed) and
     /// says what the index knows of its workspace.
     pub fn observe(&self, resource: &ChatWorkspace, credentials: &Resolved, owner: &str, name: &str) -> Lookup {
-        let reference = ObjectRef::from_obj(resource);
+        let reference = crate::crd::reference(resource);
         let policy = resource.spec.recovery.policy().ok();
         let interest = Interest {
             owner: OwnerKey::new(credentials, owner),
@@ -239,7 +239,11 @@ impl CoderIndex {
         if state.query_owner.is_empty() {
             state.query_owner = owner.to_string();
         }
-        state.interested.entry(interest.name.clone()).or_default().insert(reference);
+        let interested = state.interested.entry(interest.name.clone()).or_default();
+        if !interested.contains(&reference) {
+            // Nearly always the only one: a vector, not a hash set's buckets.
+            interested.push(reference);
+        }
         if !state.poller_running {
             state.poller_running = true;
             poller::spawn(Arc::downgrade(&self.shared), interest.owner.clone(), state.wake_poller.clone());
@@ -343,7 +347,7 @@ impl CoderIndex {
 
 fn unregister(state: &mut OwnerState, name: &str, resource: &ObjectRef<ChatWorkspace>) {
     if let Some(set) = state.interested.get_mut(name) {
-        set.remove(resource);
+        set.retain(|held| held != resource);
         if set.is_empty() {
             state.interested.remove(name);
         }
