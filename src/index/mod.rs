@@ -592,7 +592,7 @@ impl Shared {
         owners
             .get(key)
             .and_then(|state| state.interested.get(&name.to_lowercase()))
-            .map(|set| set.iter().cloned().collect())
+            .map(|set| set.to_vec())
             .unwrap_or_default()
     }
 }
