@@ -6,9 +6,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use crate::crd::ChatWorkspace;
+use crate::cache::Cached;
+use crate::crd::{ChatWorkspace, ChatWorkspaceSpec};
 
 /// What identifies a workspace before it is observed: the credentials (the
 /// default, or a Secret of the resource's namespace), the owner as written
@@ -16,18 +18,20 @@ use crate::crd::ChatWorkspace;
 type SpecKey = (Option<String>, String, String);
 
 fn spec_key(resource: &ChatWorkspace) -> SpecKey {
-    let credentials = resource
-        .spec
-        .credentials_ref
-        .as_ref()
-        .map(|secret| format!("{}/{}", resource.namespace().unwrap_or_default(), secret.name));
+    key_of(&resource.metadata, &resource.spec)
+}
+
+fn key_of(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec) -> SpecKey {
+    let namespace = metadata.namespace.as_deref().unwrap_or_default();
+    let credentials = spec.credentials_ref.as_ref().map(|secret| format!("{namespace}/{}", secret.name));
     // Coder's usernames and workspace names are case-insensitive, and `me`
     // is the token's user as much as no owner is.
-    let owner = match crate::tenancy::OwnerRef::from_spec(resource.spec.owner.as_deref()) {
+    let owner = match crate::tenancy::OwnerRef::from_spec(spec.owner.as_deref()) {
         crate::tenancy::OwnerRef::TokenUser => String::new(),
         other => other.path_param().to_owned(),
     };
-    (credentials, owner, resource.workspace_name().to_lowercase())
+    let name = spec.workspace_name.as_deref().or(metadata.name.as_deref()).unwrap_or_default();
+    (credentials, owner, name.to_lowercase())
 }
 
 /// Creation time, then namespace and name: a total order, stable over
@@ -35,10 +39,14 @@ fn spec_key(resource: &ChatWorkspace) -> SpecKey {
 type AgeKey = (Option<jiff::Timestamp>, String, String);
 
 fn age_key(resource: &ChatWorkspace) -> AgeKey {
+    age_of(&resource.metadata)
+}
+
+fn age_of(metadata: &ObjectMeta) -> AgeKey {
     (
-        resource.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        resource.namespace().unwrap_or_default(),
-        resource.name_any(),
+        metadata.creation_timestamp.as_ref().map(|t| t.0),
+        metadata.namespace.clone().unwrap_or_default(),
+        metadata.name.clone().unwrap_or_default(),
     )
 }
 
@@ -71,10 +79,6 @@ pub fn conflicting<'a>(
                 "in another namespace".to_owned()
             }
         })
-}
-
-fn observed_id(resource: &ChatWorkspace) -> Option<String> {
-    resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone())
 }
 
 /// One resource's claim, ordered by age.
@@ -147,11 +151,11 @@ impl Claims {
 
 impl ClaimsIndex {
     /// A resource was added or changed.
-    pub fn apply(&self, resource: &ChatWorkspace) {
-        let uid = resource.uid().unwrap_or_default();
-        let key = spec_key(resource);
-        let id = observed_id(resource);
-        let age = age_key(resource);
+    pub fn apply(&self, resource: &Cached) {
+        let uid = resource.metadata.uid.clone().unwrap_or_default();
+        let key = key_of(&resource.metadata, &resource.spec);
+        let id = resource.workspace_id().map(str::to_owned);
+        let age = age_of(&resource.metadata);
         let mut claims = self.inner.lock().expect("claims");
         for seen in claims.relists.values_mut() {
             seen.insert(uid.clone());
@@ -170,8 +174,8 @@ impl ClaimsIndex {
     }
 
     /// A resource is gone.
-    pub fn delete(&self, resource: &ChatWorkspace) {
-        self.inner.lock().expect("claims").remove(&resource.uid().unwrap_or_default());
+    pub fn delete(&self, resource: &Cached) {
+        self.inner.lock().expect("claims").remove(resource.metadata.uid.as_deref().unwrap_or_default());
     }
 
     /// A watch of `namespace` (`None`: all) starts listing everything again.
@@ -292,7 +296,7 @@ mod tests {
         let new = resource("b", "two", 20, Some("ws"));
         let other = resource("a", "three", 5, Some("elsewhere"));
         for r in [&old, &new, &other] {
-            index.apply(r);
+            index.apply(&Cached::pack(r.clone()));
         }
         assert_eq!(index.conflicting(&new, None), conflicting(&new, None, [&old, &new, &other]));
         assert_eq!(index.conflicting(&new, None), Some("in another namespace".into()));
@@ -305,13 +309,13 @@ mod tests {
             ..Default::default()
         });
         old.spec.workspace_name = Some("WS-spelled-otherwise".into());
-        index.apply(&old);
+        index.apply(&Cached::pack(old.clone()));
         assert_eq!(index.conflicting(&new, None), None, "the spec keys differ now");
         assert_eq!(index.conflicting(&new, Some("w-1")), Some("in another namespace".into()));
         let neighbour = resource("a", "four", 40, Some("elsewhere-too"));
         assert_eq!(index.conflicting(&neighbour, Some("w-1")), Some("a/one".into()), "same namespace: named");
 
-        index.delete(&old);
+        index.delete(&Cached::pack(old.clone()));
         assert_eq!(index.conflicting(&new, Some("w-1")), None);
     }
 
@@ -322,10 +326,10 @@ mod tests {
         let kept = resource("b", "two", 12, Some("ws"));
         let new = resource("a", "three", 20, Some("ws"));
         for r in [&gone, &kept, &new] {
-            index.apply(r);
+            index.apply(&Cached::pack(r.clone()));
         }
         index.relist_started(Some("a"));
-        index.apply(&new);
+        index.apply(&Cached::pack(new.clone()));
         index.relist_done(Some("a"));
         // a/one was not listed again; b/two belongs to another watch.
         assert_eq!(index.conflicting(&new, None), Some("in another namespace".into()));

@@ -12,6 +12,7 @@
 //! - [`admin`], [`metrics`], [`telemetry`]: health, metrics and logs.
 
 pub mod admin;
+pub mod cache;
 pub mod claims;
 pub mod coder;
 pub mod conditions;

@@ -29,6 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
+use crate::cache::Cached;
 use crate::claims::ClaimsIndex;
 use crate::coder::{CoderError, WorkspaceTransition};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
@@ -149,31 +150,40 @@ impl Context {
     }
 
     /// Keeps the claims and the index in step with the watch.
-    fn track(&self, scope: Option<&str>, event: &watcher::Event<ChatWorkspace>) {
+    fn track(&self, scope: Option<&str>, event: &watcher::Event<Cached>) {
         match event {
             watcher::Event::Init => self.claims.relist_started(scope),
             watcher::Event::InitApply(resource) | watcher::Event::Apply(resource) => {
                 self.claims.apply(resource);
-                self.written.delivered(resource);
+                self.written.delivered(&reference_of(resource), resource.status_hash());
             }
             watcher::Event::InitDone => self.claims.relist_done(scope),
             watcher::Event::Delete(resource) => {
+                let reference = reference_of(resource);
                 self.claims.delete(resource);
-                self.index.forget(&crate::crd::reference(resource));
-                self.written.forget(&crate::crd::reference(resource));
-                self.held.lock().expect("held").remove(&crate::crd::reference(resource));
+                self.index.forget(&reference);
+                self.written.forget(&reference);
+                self.held.lock().expect("held").remove(&reference);
             }
         }
     }
 }
 
-/// What the cache keeps of a resource: everything but `managedFields` and
-/// kubectl's last-applied copy, which the operator never reads and which
-/// are most of a stored object's size.
-fn slim(resource: &mut ChatWorkspace) {
-    resource.metadata.managed_fields = None;
-    if let Some(annotations) = resource.metadata.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+/// The reference the operator's maps use for a cached resource.
+fn reference_of(resource: &Cached) -> ObjectRef<ChatWorkspace> {
+    let reference = ObjectRef::new(resource.metadata.name.as_deref().unwrap_or_default());
+    match resource.metadata.namespace.as_deref() {
+        Some(namespace) => reference.within(namespace),
+        None => reference,
+    }
+}
+
+/// The controller's reference for one of the index's.
+fn cached_reference(reference: ObjectRef<ChatWorkspace>) -> ObjectRef<Cached> {
+    let cached = ObjectRef::new(&reference.name);
+    match &reference.namespace {
+        Some(namespace) => cached.within(namespace),
+        None => cached,
     }
 }
 
@@ -194,15 +204,15 @@ pub async fn run(
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
     for scope in scopes {
-        let api: Api<ChatWorkspace> = match &scope {
+        let api: Api<Cached> = match &scope {
             Some(namespace) => Api::namespaced(context.kube.clone(), namespace),
             None => Api::all(context.kube.clone()),
         };
         let (reader, writer) = reflector::store();
         let tracker = context.clone();
         let tracked = scope.clone();
+        // The cache keeps each resource packed (`crate::cache`).
         let changes = watcher(api, watcher::Config::default().any_semantic())
-            .modify(slim)
             .default_backoff()
             .reflect(writer)
             .inspect(move |event| {
@@ -213,7 +223,7 @@ pub async fn run(
             .applied_objects()
             .predicate_filter(spec_or_lifecycle_changed, PredicateConfig::default());
         let wakes = futures::stream::unfold(context.index.wakes(scope.clone()), |mut wakes| async move {
-            wakes.recv().await.map(|resource| (resource, wakes))
+            wakes.recv().await.map(|resource| (cached_reference(resource), wakes))
         });
         // A namespace granted (or revoked) an owner reconciles its resources now.
         let granted = context.tenancy.namespaces.triggers(reader.clone());
@@ -258,24 +268,28 @@ pub async fn run(
 
 /// The resource's start-request annotation, if set.
 fn start_request(resource: &ChatWorkspace) -> Option<&str> {
-    resource.annotations().get(crate::crd::START_REQUESTED_AT).map(String::as_str)
+    start_requested(&resource.metadata)
+}
+
+fn start_requested(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
+    metadata.annotations.as_ref()?.get(crate::crd::START_REQUESTED_AT).map(String::as_str)
 }
 
 /// Reconcile on changes of the spec, the finalizers, deletion or the
 /// start-request annotation, but not on the operator's own status writes: each of those would otherwise cost one
 /// more reconcile, and one more Coder read, for nothing.
-fn spec_or_lifecycle_changed(resource: &ChatWorkspace) -> Option<u64> {
+fn spec_or_lifecycle_changed(resource: &Cached) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     resource.metadata.generation.hash(&mut hasher);
     resource.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     resource.finalizers().hash(&mut hasher);
-    start_request(resource).hash(&mut hasher);
+    start_requested(&resource.metadata).hash(&mut hasher);
     Some(hasher.finish())
 }
 
-fn error_policy(resource: Arc<ChatWorkspace>, error: &Error, context: Arc<Context>) -> Action {
-    let key = crate::crd::reference(resource.as_ref());
+fn error_policy(resource: Arc<Cached>, error: &Error, context: Arc<Context>) -> Action {
+    let key = reference_of(resource.as_ref());
     let failures = {
         let mut failures = context.failures.lock().expect("failures");
         let (count, _) = failures.entry(key).or_insert((0, Instant::now()));
@@ -289,9 +303,10 @@ fn error_policy(resource: Arc<ChatWorkspace>, error: &Error, context: Arc<Contex
     Action::requeue(delay)
 }
 
-async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Result<Action> {
+async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action> {
     let _timer = context.metrics.reconcile_timer();
-    if let Some(waited) = context.index.reconcile_started(&crate::crd::reference(resource.as_ref())) {
+    let resource = cached.expand();
+    if let Some(waited) = context.index.reconcile_started(&crate::crd::reference(&resource)) {
         context.metrics.queue_wait.observe(waited.as_secs_f64());
     }
     let namespace = resource.namespace().unwrap_or_default();
@@ -327,7 +342,7 @@ async fn reconcile(resource: Arc<ChatWorkspace>, context: Arc<Context>) -> Resul
     match &result {
         Ok(_) => {
             context.metrics.reconciled("ok");
-            context.failures.lock().expect("failures").remove(&crate::crd::reference(resource.as_ref()));
+            context.failures.lock().expect("failures").remove(&crate::crd::reference(&resource));
         }
         Err(error) => context.metrics.failed(error.reason()),
     }

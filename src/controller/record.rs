@@ -62,12 +62,7 @@ struct Unseen {
     version: (Option<String>, Option<i64>),
 }
 
-fn status_hash(status: &ChatWorkspaceStatus) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_vec(status).unwrap_or_default().hash(&mut hasher);
-    hasher.finish()
-}
+use crate::cache::status_hash;
 
 impl Written {
     /// The status to decide from: the cached one, or this replica's latest
@@ -132,13 +127,11 @@ impl Written {
 
     /// The watch delivered `resource`: once it holds this replica's latest
     /// write (or someone else's), nothing needs remembering.
-    pub(super) fn delivered(&self, resource: &ChatWorkspace) {
-        let key = crate::crd::reference(resource);
+    pub(super) fn delivered(&self, key: &ObjectRef<ChatWorkspace>, hash: u64) {
         let mut by_resource = self.by_resource.lock().expect("written statuses");
-        let Some(unseen) = by_resource.get(&key) else { return };
-        let hash = status_hash(&resource.status.clone().unwrap_or_default());
+        let Some(unseen) = by_resource.get(key) else { return };
         if !unseen.replaced.contains(&hash) {
-            by_resource.remove(&key);
+            by_resource.remove(key);
         }
     }
 
@@ -322,9 +315,12 @@ mod tests {
 
         // The watch caught up: the cache is right, and nothing is kept.
         let caught_up = resource("3", Some(Phase::Running));
-        written.delivered(&first_delivered);
+        let delivered = |r: &ChatWorkspace| {
+            written.delivered(&crate::crd::reference(r), status_hash(&r.status.clone().unwrap_or_default()))
+        };
+        delivered(&first_delivered);
         assert_eq!(written.unseen(), 1, "the latest write is still on its way");
-        written.delivered(&caught_up);
+        delivered(&caught_up);
         assert_eq!(written.unseen(), 0, "delivered: nothing is kept at rest");
         assert_eq!(written.previous(&caught_up).phase, Some(Phase::Running));
         assert_eq!(written.resource_version(&caught_up).as_deref(), Some("3"));

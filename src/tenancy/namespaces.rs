@@ -16,7 +16,6 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use super::{Grant, OWNERS_ANNOTATION};
-use crate::crd::ChatWorkspace;
 use crate::error::Result;
 
 /// The grants the watch has seen: plain data, so what counts as a change is
@@ -108,10 +107,10 @@ impl NamespaceGrants {
 
     /// The ChatWorkspaces of `store` to reconcile when their namespace's
     /// grant changes.
-    pub fn triggers(
-        &self,
-        store: Store<ChatWorkspace>,
-    ) -> impl Stream<Item = ObjectRef<ChatWorkspace>> + Send + 'static {
+    pub fn triggers<K>(&self, store: Store<K>) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
         let changes = self.changes.subscribe();
         futures::stream::unfold(changes, |mut changes| async move {
             loop {
@@ -124,7 +123,7 @@ impl NamespaceGrants {
             }
         })
         .flat_map(move |namespace| {
-            let refs: Vec<ObjectRef<ChatWorkspace>> = store
+            let refs: Vec<ObjectRef<K>> = store
                 .state()
                 .iter()
                 .filter(|resource| resource.namespace().as_deref() == Some(namespace.as_str()))

@@ -1,0 +1,200 @@
+//! What the controller's cache keeps of each `ChatWorkspace`: the metadata
+//! the operator reads, the spec, and the status packed (its JSON,
+//! deflated), because at thousands of resources the status (conditions
+//! with their messages, the template's presets) is most of the cache and a
+//! reconcile needs it only for the one resource it handles. A reconcile
+//! unpacks its resource with [`Cached::expand`].
+
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::{Deserialize, Deserializer};
+
+use crate::crd::{ChatWorkspace, ChatWorkspaceSpec, ChatWorkspaceStatus};
+
+/// Annotations the operator reads; the cache drops the rest (kubectl's
+/// last-applied copy is often the largest part of an object).
+const KEPT_ANNOTATIONS: [&str; 2] = [crate::tenancy::installs::INSTALL_ANNOTATION, crate::crd::START_REQUESTED_AT];
+
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub metadata: ObjectMeta,
+    pub spec: ChatWorkspaceSpec,
+    status: Option<Packed>,
+}
+
+/// A status as deflated JSON, with what is read of it without unpacking.
+#[derive(Clone, Debug)]
+struct Packed {
+    deflated: Box<[u8]>,
+    /// [`status_hash`] of the status.
+    hash: u64,
+    /// `status.workspace.id`, for the claims index.
+    workspace_id: Option<Box<str>>,
+}
+
+/// A hash of a status's JSON: what the controller compares to know whether
+/// the cache holds a status it wrote.
+pub fn status_hash(status: &ChatWorkspaceStatus) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(status).unwrap_or_default().hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Cached {
+    /// Keeps of `resource` what the operator reads.
+    pub fn pack(resource: ChatWorkspace) -> Self {
+        let ChatWorkspace { mut metadata, spec, status } = resource;
+        metadata.managed_fields = None;
+        metadata.labels = None;
+        if let Some(annotations) = metadata.annotations.as_mut() {
+            annotations.retain(|key, _| KEPT_ANNOTATIONS.contains(&key.as_str()));
+        }
+        if metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+            metadata.annotations = None;
+        }
+        let status = status.map(|status| {
+            let json = serde_json::to_vec(&status).unwrap_or_default();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            json.hash(&mut hasher);
+            Packed {
+                deflated: miniz_oxide::deflate::compress_to_vec(&json, 6).into_boxed_slice(),
+                hash: hasher.finish(),
+                workspace_id: status.workspace.map(|w| w.id.into_boxed_str()),
+            }
+        });
+        Self { metadata, spec, status }
+    }
+
+    /// The resource as the reconcile reads it, status unpacked.
+    pub fn expand(&self) -> ChatWorkspace {
+        let status = self.status.as_ref().map(|packed| {
+            miniz_oxide::inflate::decompress_to_vec(&packed.deflated)
+                .ok()
+                .and_then(|json| serde_json::from_slice(&json).ok())
+                .expect("the cache packs only statuses it serialized")
+        });
+        ChatWorkspace { metadata: self.metadata.clone(), spec: self.spec.clone(), status }
+    }
+
+    /// [`status_hash`] of the status (that of an empty status if none).
+    pub fn status_hash(&self) -> u64 {
+        match &self.status {
+            Some(packed) => packed.hash,
+            None => status_hash(&ChatWorkspaceStatus::default()),
+        }
+    }
+
+    /// `status.workspace.id`.
+    pub fn workspace_id(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|packed| packed.workspace_id.as_deref())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cached {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ChatWorkspace::deserialize(deserializer).map(Cached::pack)
+    }
+}
+
+impl Resource for Cached {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        ChatWorkspace::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        ChatWorkspace::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        ChatWorkspace::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        ChatWorkspace::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource() -> ChatWorkspace {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "chat.coder.com/v1alpha1",
+            "kind": "ChatWorkspace",
+            "metadata": {
+                "name": "a", "namespace": "team", "resourceVersion": "7", "generation": 2,
+                "labels": {"team": "blue"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": 1}",
+                    crate::crd::START_REQUESTED_AT: "now",
+                    crate::tenancy::installs::INSTALL_ANNOTATION: "ops",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"desiredState": "Running", "template": {"name": "docker"}},
+            "status": {
+                "phase": "Running",
+                "workspace": {"id": "w-1", "name": "a", "owner": "alice"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "Ready.",
+                                "lastTransitionTime": "2026-12-01T10:00:00Z", "observedGeneration": 2}],
+            },
+        }))
+        .expect("a ChatWorkspace")
+    }
+
+    #[test]
+    fn the_cache_gives_back_the_spec_and_status_and_the_metadata_the_operator_reads() {
+        let original = resource();
+        let cached = Cached::pack(original.clone());
+        let expanded = cached.expand();
+        assert_eq!(expanded.spec, original.spec);
+        assert_eq!(expanded.status, original.status);
+        assert_eq!(expanded.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(expanded.metadata.generation, Some(2));
+        let annotations = expanded.metadata.annotations.expect("kept annotations");
+        assert_eq!(annotations.keys().map(String::as_str).collect::<Vec<_>>(), {
+            let mut kept = KEPT_ANNOTATIONS.to_vec();
+            kept.sort_unstable();
+            kept
+        });
+        assert!(expanded.metadata.managed_fields.is_none());
+        assert!(expanded.metadata.labels.is_none());
+        assert_eq!(cached.workspace_id(), Some("w-1"));
+        assert_eq!(cached.status_hash(), status_hash(original.status.as_ref().expect("status")));
+    }
+
+    #[test]
+    fn a_resource_without_status_has_the_hash_of_an_empty_one() {
+        let mut original = resource();
+        original.status = None;
+        let cached = Cached::pack(original);
+        assert!(cached.expand().status.is_none());
+        assert_eq!(cached.status_hash(), status_hash(&ChatWorkspaceStatus::default()));
+        assert_eq!(cached.workspace_id(), None);
+    }
+
+    #[test]
+    fn the_packed_status_is_smaller_than_its_json() {
+        let original = resource();
+        let json = serde_json::to_vec(&original.status).expect("json").len();
+        let cached = Cached::pack(original);
+        let packed = cached.status.as_ref().expect("packed").deflated.len();
+        assert!(packed < json, "{packed} bytes packed for {json} of JSON");
+    }
+}
