@@ -239,9 +239,10 @@ impl CoderIndex {
         if state.query_owner.is_empty() {
             state.query_owner = owner.to_string();
         }
-        let interested = state.interested.entry(interest.name.clone()).or_default();
+        // Nearly always the only one: a vector of exactly one, not a hash
+        // set's buckets (nor a vector's first growth, which makes room for four).
+        let interested = state.interested.entry(interest.name.clone()).or_insert_with(|| Vec::with_capacity(1));
         if !interested.contains(&reference) {
-            // Nearly always the only one: a vector, not a hash set's buckets.
             interested.push(reference);
         }
         if !state.poller_running {
@@ -601,38 +602,10 @@ impl Shared {
 /// probe timeout and the resources to wake.
 pub(crate) struct ProbeTarget {
     pub agent_id: String,
-    pub status: AgentStatus,
     pub client: CoderClient,
     pub timeout: Duration,
     pub owner: OwnerKey,
     pub name: String,
-}
-
-impl Shared {
-    fn probe_targets(&self) -> Vec<ProbeTarget> {
-        let interests: Vec<Interest> =
-            self.interests.lock().expect("index interests").values().cloned().collect::<Vec<_>>();
-        let owners = self.owners.lock().expect("index owners");
-        let mut targets: HashMap<String, ProbeTarget> = HashMap::new();
-        for interest in interests {
-            let Some(state) = owners.get(&interest.owner) else { continue };
-            let (Some(entry), Some(client)) = (state.workspaces.get(&interest.name), state.client.as_ref()) else {
-                continue;
-            };
-            let Some(agent) = crate::decision::needs_probe(&entry.workspace, interest.agent_name.as_deref()) else {
-                continue;
-            };
-            targets.entry(agent.id.clone()).or_insert_with(|| ProbeTarget {
-                agent_id: agent.id.clone(),
-                status: agent.status,
-                client: client.clone(),
-                timeout: interest.probe_timeout,
-                owner: interest.owner.clone(),
-                name: interest.name.clone(),
-            });
-        }
-        targets.into_values().collect()
-    }
 }
 
 impl ProbeOutcome {

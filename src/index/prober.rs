@@ -99,34 +99,42 @@ async fn run(shared: Weak<Shared>) {
 }
 
 /// The agents to probe now, most urgent first; healthy ones only within
-/// the budget.
+/// the budget. Goes through every watched agent under the index's locks
+/// and copies out only those that are due.
 fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)> {
     let settings = index.settings;
-    let targets = index.probe_targets();
     let asked: HashSet<String> = std::mem::take(&mut *index.probes.urgent.lock().expect("urgent probes"));
     let mut due: Vec<(Priority, Instant, ProbeTarget)> = Vec::new();
     {
+        let interests = index.interests.lock().expect("index interests");
+        let owners = index.owners.lock().expect("index owners");
         let mut records = index.probes.records.lock().expect("probe records");
-        let watched: HashSet<&str> = targets.iter().map(|t| t.agent_id.as_str()).collect();
-        // Agents of old builds, or no longer watched, are never asked about again.
-        records.retain(|id, _| watched.contains(id.as_str()));
         let in_flight = index.probes.in_flight.lock().expect("probes in flight");
         let mut inconclusive = index.probes.inconclusive.lock().expect("inconclusive probes");
-        inconclusive.retain(|id, at| watched.contains(id.as_str()) && at.elapsed() < settings.attention_interval);
-        for target in targets {
-            if in_flight.contains(&target.agent_id) {
+        let mut watched: HashSet<&str> = HashSet::with_capacity(records.len());
+        for interest in interests.values() {
+            let Some(state) = owners.get(&interest.owner) else { continue };
+            let (Some(entry), Some(client)) = (state.workspaces.get(&interest.name), state.client.as_ref()) else {
+                continue;
+            };
+            let Some(agent) = crate::decision::needs_probe(&entry.workspace, interest.agent_name.as_deref()) else {
+                continue;
+            };
+            if !watched.insert(agent.id.as_str()) || in_flight.contains(&agent.id) {
                 continue;
             }
-            if inconclusive.contains_key(&target.agent_id) && !asked.contains(&target.agent_id) {
+            let recently_inconclusive =
+                inconclusive.get(&agent.id).is_some_and(|at| at.elapsed() < settings.attention_interval);
+            if recently_inconclusive && !asked.contains(&agent.id) {
                 continue;
             }
-            let record = records.get(&target.agent_id);
+            let record = records.get(&agent.id);
             let age = record.map(|r| r.at.elapsed());
             let failed = record.is_some_and(|r| !r.outcome.is_reachable());
-            let priority = if asked.contains(&target.agent_id) {
+            let priority = if asked.contains(&agent.id) {
                 Some(Priority::Asked)
             } else {
-                match (target.status, age) {
+                match (agent.status, age) {
                     (_, None) => Some(Priority::Needed),
                     (AgentStatus::Connected, Some(age)) if failed && age >= settings.probe_retry => {
                         Some(Priority::Needed)
@@ -140,9 +148,19 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
             };
             if let Some(priority) = priority {
                 let since = record.map_or_else(Instant::now, |r| r.at);
+                let target = ProbeTarget {
+                    agent_id: agent.id.clone(),
+                    client: client.clone(),
+                    timeout: interest.probe_timeout,
+                    owner: interest.owner.clone(),
+                    name: interest.name.clone(),
+                };
                 due.push((priority, since, target));
             }
         }
+        // Agents of old builds, or no longer watched, are never asked about again.
+        records.retain(|id, _| watched.contains(id.as_str()));
+        inconclusive.retain(|id, at| watched.contains(id.as_str()) && at.elapsed() < settings.attention_interval);
     }
     // Most urgent first; among equals, the one probed longest ago.
     due.sort_by_key(|a| (a.0, a.1));
