@@ -1,5 +1,5 @@
 //! What the controller's cache keeps of each `ChatWorkspace`: the metadata
-//! the operator reads, the spec, and the status packed (its JSON,
+//! the operator reads, and the spec and status packed (their JSON,
 //! deflated), because at thousands of resources the status (conditions
 //! with their messages, the template's presets) is most of the cache and a
 //! reconcile needs it only for the one resource it handles. A reconcile
@@ -21,19 +21,24 @@ const KEPT_ANNOTATIONS: [&str; 2] = [crate::tenancy::installs::INSTALL_ANNOTATIO
 
 #[derive(Clone, Debug)]
 pub struct Cached {
+    /// Without annotations: a map of one entry costs a whole tree node.
     pub metadata: ObjectMeta,
-    pub spec: ChatWorkspaceSpec,
-    status: Option<Packed>,
-}
-
-/// A status as deflated JSON, with what is read of it without unpacking.
-#[derive(Clone, Debug)]
-struct Packed {
-    deflated: Box<[u8]>,
-    /// [`status_hash`] of the status.
-    hash: u64,
+    /// The values of [`KEPT_ANNOTATIONS`], in that order.
+    annotations: [Option<Box<str>>; KEPT_ANNOTATIONS.len()],
+    /// `{"spec": …, "status": …}` as deflated JSON.
+    packed: Box<[u8]>,
+    /// [`status_hash`] of the status (of an empty one if none).
+    status_hash: u64,
     /// `status.workspace.id`, for the claims index.
     workspace_id: Option<Box<str>>,
+}
+
+/// What is packed.
+#[derive(serde::Serialize, Deserialize)]
+struct Body {
+    spec: ChatWorkspaceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<ChatWorkspaceStatus>,
 }
 
 /// A hash of a status's JSON: what the controller compares to know whether
@@ -50,47 +55,54 @@ impl Cached {
         let ChatWorkspace { mut metadata, spec, status } = resource;
         metadata.managed_fields = None;
         metadata.labels = None;
-        if let Some(annotations) = metadata.annotations.as_mut() {
-            annotations.retain(|key, _| KEPT_ANNOTATIONS.contains(&key.as_str()));
-        }
-        if metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
-            metadata.annotations = None;
-        }
-        let status = status.map(|status| {
-            let json = serde_json::to_vec(&status).unwrap_or_default();
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            json.hash(&mut hasher);
-            Packed {
-                deflated: miniz_oxide::deflate::compress_to_vec(&json, 6).into_boxed_slice(),
-                hash: hasher.finish(),
-                workspace_id: status.workspace.map(|w| w.id.into_boxed_str()),
-            }
-        });
-        Self { metadata, spec, status }
+        let mut all = metadata.annotations.take().unwrap_or_default();
+        let annotations = KEPT_ANNOTATIONS.map(|key| all.remove(key).map(String::into_boxed_str));
+        let status_hash = status_hash(status.as_ref().unwrap_or(&ChatWorkspaceStatus::default()));
+        let workspace_id = status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone().into_boxed_str());
+        let json = serde_json::to_vec(&Body { spec, status }).unwrap_or_default();
+        let packed = miniz_oxide::deflate::compress_to_vec(&json, 6).into_boxed_slice();
+        Self { metadata, annotations, packed, status_hash, workspace_id }
     }
 
-    /// The resource as the reconcile reads it, status unpacked.
+    fn body(&self) -> Body {
+        miniz_oxide::inflate::decompress_to_vec(&self.packed)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .expect("the cache unpacks only what it packed")
+    }
+
+    /// The resource as the reconcile reads it, spec and status unpacked.
     pub fn expand(&self) -> ChatWorkspace {
-        let status = self.status.as_ref().map(|packed| {
-            miniz_oxide::inflate::decompress_to_vec(&packed.deflated)
-                .ok()
-                .and_then(|json| serde_json::from_slice(&json).ok())
-                .expect("the cache packs only statuses it serialized")
-        });
-        ChatWorkspace { metadata: self.metadata.clone(), spec: self.spec.clone(), status }
+        let Body { spec, status } = self.body();
+        let mut metadata = self.metadata.clone();
+        let annotations: std::collections::BTreeMap<String, String> = KEPT_ANNOTATIONS
+            .iter()
+            .zip(&self.annotations)
+            .filter_map(|(key, value)| Some(((*key).to_owned(), value.as_deref()?.to_owned())))
+            .collect();
+        metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+        ChatWorkspace { metadata, spec, status }
+    }
+
+    /// The spec, unpacked.
+    pub fn spec(&self) -> ChatWorkspaceSpec {
+        self.body().spec
+    }
+
+    /// A kept annotation's value.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        let index = KEPT_ANNOTATIONS.iter().position(|kept| *kept == key)?;
+        self.annotations[index].as_deref()
     }
 
     /// [`status_hash`] of the status (that of an empty status if none).
     pub fn status_hash(&self) -> u64 {
-        match &self.status {
-            Some(packed) => packed.hash,
-            None => status_hash(&ChatWorkspaceStatus::default()),
-        }
+        self.status_hash
     }
 
     /// `status.workspace.id`.
     pub fn workspace_id(&self) -> Option<&str> {
-        self.status.as_ref().and_then(|packed| packed.workspace_id.as_deref())
+        self.workspace_id.as_deref()
     }
 }
 
@@ -190,11 +202,12 @@ mod tests {
     }
 
     #[test]
-    fn the_packed_status_is_smaller_than_its_json() {
+    fn the_packed_spec_and_status_are_smaller_than_their_json() {
         let original = resource();
-        let json = serde_json::to_vec(&original.status).expect("json").len();
+        let json = serde_json::to_vec(&(&original.spec, &original.status)).expect("json").len();
         let cached = Cached::pack(original);
-        let packed = cached.status.as_ref().expect("packed").deflated.len();
-        assert!(packed < json, "{packed} bytes packed for {json} of JSON");
+        assert!(cached.packed.len() < json, "{} bytes packed for {json} of JSON", cached.packed.len());
+        assert_eq!(cached.annotation(crate::crd::START_REQUESTED_AT), Some("now"));
+        assert_eq!(cached.annotation("kubectl.kubernetes.io/last-applied-configuration"), None);
     }
 }

@@ -153,7 +153,7 @@ impl ClaimsIndex {
     /// A resource was added or changed.
     pub fn apply(&self, resource: &Cached) {
         let uid = resource.metadata.uid.clone().unwrap_or_default();
-        let key = key_of(&resource.metadata, &resource.spec);
+        let key = key_of(&resource.metadata, &resource.spec());
         let id = resource.workspace_id().map(str::to_owned);
         let age = age_of(&resource.metadata);
         let mut claims = self.inner.lock().expect("claims");

@@ -268,11 +268,7 @@ pub async fn run(
 
 /// The resource's start-request annotation, if set.
 fn start_request(resource: &ChatWorkspace) -> Option<&str> {
-    start_requested(&resource.metadata)
-}
-
-fn start_requested(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
-    metadata.annotations.as_ref()?.get(crate::crd::START_REQUESTED_AT).map(String::as_str)
+    resource.annotations().get(crate::crd::START_REQUESTED_AT).map(String::as_str)
 }
 
 /// Reconcile on changes of the spec, the finalizers, deletion or the
@@ -284,7 +280,7 @@ fn spec_or_lifecycle_changed(resource: &Cached) -> Option<u64> {
     resource.metadata.generation.hash(&mut hasher);
     resource.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     resource.finalizers().hash(&mut hasher);
-    start_requested(&resource.metadata).hash(&mut hasher);
+    resource.annotation(crate::crd::START_REQUESTED_AT).hash(&mut hasher);
     Some(hasher.finish())
 }
 
