@@ -366,6 +366,10 @@ pub struct ChatWorkspaceStatus {
     /// retried once per spec change rather than in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build_request: Option<BuildRequestStatus>,
+    /// What deleting the resource met so far, while `deletionPolicy` cannot
+    /// be applied yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupStatus>,
     /// The value of the `chat.coder.com/start-requested-at` annotation the
     /// operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -600,6 +604,24 @@ pub struct ChatContextStatus {
     /// Pinned resources (instruction files, skills, MCP configs).
     #[serde(default)]
     pub resources: u32,
+}
+
+/// Progress of a deletion that could not finish at once. Kept in status so
+/// that a restarted operator keeps counting (and backing off) where it was.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupStatus {
+    /// Cleanup builds (the stop or delete of `deletionPolicy`) that failed
+    /// in Coder so far; each retry waits twice as long as the one before.
+    #[serde(default)]
+    pub failed_builds: u32,
+    /// The id of the last of them, so that each failed build counts once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_build: Option<String>,
+    /// Why the deletion waits, and when the operator gives up and leaves the
+    /// workspace in Coder (`--cleanup-timeout` after the deletion began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -1321,6 +1321,28 @@ pub fn human(duration: Duration) -> String {
     out
 }
 
+/// How long a failed cleanup build waits before it is tried again: `first`,
+/// then twice as long after each further failure, at most `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupBackoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for CleanupBackoff {
+    fn default() -> Self {
+        Self { first: Duration::from_secs(5), max: Duration::from_secs(300) }
+    }
+}
+
+impl CleanupBackoff {
+    /// The wait after `failures` failed builds in a row (at least one).
+    pub fn after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.first.saturating_mul(1 << doublings).min(self.max.max(self.first))
+    }
+}
+
 /// What deleting the resource still has to do to the workspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cleanup {
@@ -1330,24 +1352,72 @@ pub enum Cleanup {
     Wait,
     /// Issue this build, then look again.
     Build(WorkspaceTransition),
+    /// The last cleanup build failed: try again after this long.
+    RetryIn(Duration),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanupDecision {
+    pub cleanup: Cleanup,
+    /// `status.cleanup` with the latest failed build counted.
+    pub status: crd::CleanupStatus,
+    /// A Warning for a failed cleanup build seen for the first time.
+    pub event: Option<Event>,
 }
 
 /// `deletionPolicy` applied to the observed workspace. Like a desired-state
 /// stop, it waits for an active build and treats only a succeeded stop (or
-/// delete) as done.
-pub fn decide_cleanup(policy: crd::DeletionPolicy, workspace: Option<&Workspace>) -> Cleanup {
+/// delete) as done. A failed cleanup build is counted once, reported once,
+/// and retried after `backoff`, measured from the end of its job (Coder's
+/// time, so a restarted operator waits no less).
+pub fn decide_cleanup(
+    policy: crd::DeletionPolicy,
+    workspace: Option<&Workspace>,
+    previous: &crd::CleanupStatus,
+    backoff: CleanupBackoff,
+    now: Timestamp,
+) -> CleanupDecision {
+    let mut status = previous.clone();
+    let decided = |cleanup, status| CleanupDecision { cleanup, status, event: None };
     let wanted = match policy {
-        crd::DeletionPolicy::Orphan => return Cleanup::Done,
+        crd::DeletionPolicy::Orphan => return decided(Cleanup::Done, status),
         crd::DeletionPolicy::Stop => WorkspaceTransition::Stop,
         crd::DeletionPolicy::Delete => WorkspaceTransition::Delete,
     };
-    let Some(workspace) = workspace else { return Cleanup::Done };
+    let Some(workspace) = workspace else { return decided(Cleanup::Done, status) };
     let build = &workspace.latest_build;
     if build.job.status.is_active() {
-        return Cleanup::Wait;
+        return decided(Cleanup::Wait, status);
     }
-    if build.transition == wanted && build.job.status == ProvisionerJobStatus::Succeeded {
-        return Cleanup::Done;
+    if build.transition != wanted {
+        return decided(Cleanup::Build(wanted), status);
     }
-    Cleanup::Build(wanted)
+    match build.job.status {
+        ProvisionerJobStatus::Succeeded => decided(Cleanup::Done, status),
+        ProvisionerJobStatus::Failed => {
+            let mut event = None;
+            if status.last_failed_build.as_deref() != Some(build.id.as_str()) {
+                status.failed_builds = status.failed_builds.saturating_add(1);
+                status.last_failed_build = Some(build.id.clone());
+                event = Some(Event {
+                    warning: true,
+                    reason: "CleanupBuildFailed",
+                    note: format!(
+                        "The {} build #{} of deletionPolicy {policy:?} failed in Coder: {}. Retrying in {} \
+                         (failure {} in a row).",
+                        wanted.as_str(),
+                        build.build_number,
+                        job_error(build),
+                        human(backoff.after(status.failed_builds)),
+                        status.failed_builds
+                    ),
+                });
+            }
+            let wait = backoff.after(status.failed_builds.max(1));
+            let since = elapsed(build.job.completed_at.unwrap_or(build.updated_at), now);
+            let cleanup = if since < wait { Cleanup::RetryIn(wait - since) } else { Cleanup::Build(wanted) };
+            CleanupDecision { cleanup, status, event }
+        }
+        _ => decided(Cleanup::Build(wanted), status),
+    }
 }

@@ -22,6 +22,11 @@ pub enum Error {
     #[error("Coder credentials: {0}")]
     Credentials(String),
 
+    /// The Secret named by `spec.credentialsRef` does not exist (deleted,
+    /// perhaps with its namespace).
+    #[error("Coder credentials: Secret {namespace}/{secret} (spec.credentialsRef) does not exist")]
+    CredentialsSecretMissing { namespace: String, secret: String },
+
     /// The template or preset named in the spec does not exist.
     #[error("{0}")]
     TemplateNotFound(String),
@@ -57,7 +62,7 @@ impl Error {
             ) => "CoderUnavailable",
             Error::Coder(error) => error.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Credentials(_) => "CredentialsInvalid",
+            Error::Credentials(_) | Error::CredentialsSecretMissing { .. } => "CredentialsInvalid",
             Error::TemplateNotFound(_) => "TemplateNotFound",
             Error::PresetNotFound(_) => "PresetNotFound",
             Error::OwnerNotGranted(_) => "OwnerNotGranted",
@@ -100,7 +105,7 @@ impl Error {
             }
             Error::Coder(_) => "Check the spec against Coder; the operator retries slowly.",
             Error::InvalidSpec(_) => "Fix the spec.",
-            Error::Credentials(_) => {
+            Error::Credentials(_) | Error::CredentialsSecretMissing { .. } => {
                 "Create the Secret named by spec.credentialsRef with keys url and token, or configure the operator's default credentials."
             }
             Error::TemplateNotFound(_) => "Fix spec.template (name or id) and spec.organization.",

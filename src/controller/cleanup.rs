@@ -1,15 +1,26 @@
 //! Deletion: applies `deletionPolicy` to the workspace, then lets the
 //! resource go by removing the operator's finalizer.
+//!
+//! A cleanup build that fails in Coder is retried with backoff, counted in
+//! `status.cleanup`. A deletion that cannot finish because the resource's
+//! credentials are gone or its namespace is being deleted waits at most
+//! `--cleanup-timeout` from its `deletionTimestamp`, saying why, and then
+//! leaves the workspace in Coder (as `Orphan` would) so that the namespace
+//! is not held forever.
 
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, ResourceExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Context, act, gather, record};
 use crate::coder::CoderError;
-use crate::crd::{ChatWorkspace, FINALIZER};
+use crate::crd::{ChatWorkspace, CleanupStatus, DeletionPolicy, FINALIZER};
 use crate::decision::{self, BuildPlan, BuildReason, Cleanup};
 use crate::error::{Error, Result};
 use crate::tenancy;
@@ -49,16 +60,152 @@ async fn leave_workspace(
     Ok(Action::await_change())
 }
 
-/// Applies `deletionPolicy`, then lets the resource go.
+/// How far applying the policy got in one pass.
+enum Progress {
+    /// The finalizer is gone.
+    Finished,
+    /// Not done yet; look again after this long.
+    Pending(Duration),
+}
+
+/// Applies `deletionPolicy`, then lets the resource go; gives up (leaving the
+/// workspace in Coder) when a deletion that cannot finish has waited long
+/// enough.
 pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
     let policy = resource.spec.deletion_policy;
     let workspace_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
     // A resource that lost a conflict never drove the workspace, and an
     // orphaned workspace needs no Coder at all.
-    if policy == crate::crd::DeletionPolicy::Orphan || context.claims.conflicting(resource, workspace_id).is_some() {
+    if policy == DeletionPolicy::Orphan || context.claims.conflicting(resource, workspace_id).is_some() {
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
     }
+    let outcome = apply_policy(api, resource, context).await;
+    let blocker = match &outcome {
+        Ok(Progress::Finished) => return Ok(Action::await_change()),
+        Err(error @ Error::CredentialsSecretMissing { .. }) => {
+            format!("its Coder credentials are gone ({})", error.to_string().trim_start_matches("Coder credentials: "))
+        }
+        _ if namespace_terminating(context, resource).await? => {
+            format!("its namespace {} is being deleted", resource.namespace().unwrap_or_default())
+        }
+        Ok(Progress::Pending(after)) => return Ok(Action::requeue(*after)),
+        Err(_) => return outcome.map(|_| Action::await_change()),
+    };
+    let (detail, after) = match &outcome {
+        Ok(Progress::Pending(after)) => ("the cleanup build has not finished".to_string(), *after),
+        Err(error) => (error.to_string(), context.settings.requeue.stable),
+        Ok(Progress::Finished) => unreachable!("returned above"),
+    };
+    wait_or_orphan(api, resource, context, &blocker, &detail, after).await
+}
+
+/// Whether the resource's namespace is being deleted.
+async fn namespace_terminating(context: &Context, resource: &ChatWorkspace) -> Result<bool> {
+    let api: Api<Namespace> = Api::all(context.kube.clone());
+    let namespace = api.get_metadata_opt(&resource.namespace().unwrap_or_default()).await?;
+    Ok(namespace.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+}
+
+/// The workspace a deletion is about, for messages: owner/name and id.
+fn workspace_named(resource: &ChatWorkspace) -> String {
+    match resource.status.as_ref().and_then(|s| s.workspace.as_ref()) {
+        Some(known) => format!("{}/{} (id {})", known.owner, known.name, known.id),
+        None => format!(
+            "{}/{} (id unknown: the operator never saw it)",
+            resource.spec.owner.as_deref().unwrap_or("<the token's user>"),
+            resource.workspace_name()
+        ),
+    }
+}
+
+/// Before the deadline: says once why the deletion waits, and looks again.
+/// After it: leaves the workspace in Coder, says so, and lets the resource go.
+async fn wait_or_orphan(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    blocker: &str,
+    detail: &str,
+    after: Duration,
+) -> Result<Action> {
+    let policy = resource.spec.deletion_policy;
+    let timeout = context.settings.cleanup_timeout;
+    let now = Timestamp::now();
+    let deleted_at = resource.metadata.deletion_timestamp.as_ref().map_or(now, |t| t.0);
+    let deadline = SignedDuration::try_from(timeout).ok().and_then(|t| deleted_at.checked_add(t).ok()).unwrap_or(now);
+    let workspace = workspace_named(resource);
+    if now >= deadline {
+        let last = if blocker.contains(detail.trim_start_matches("Coder credentials: ")) {
+            String::new()
+        } else {
+            format!(" (last: {detail})")
+        };
+        let note = format!(
+            "Left workspace {workspace} in Coder as it is, without applying deletionPolicy {policy:?}: {blocker}, \
+             and {} after the deletion began it still could not be applied{last}. Stop or delete the workspace \
+             in Coder if it is no longer needed.",
+            decision::human(timeout)
+        );
+        warn!(name = %resource.name_any(), namespace = ?resource.namespace(), %note, "giving up on deletionPolicy");
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "WorkspaceOrphaned".into(),
+            note: Some(note),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        record::publish_one(context, resource, event).await;
+        remove_finalizer(api, resource).await?;
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "The deletion waits: {blocker}, so deletionPolicy {policy:?} cannot be applied to workspace {workspace}. \
+         If it still cannot by {} ({} after the deletion began), the workspace is left in Coder as it is and \
+         the resource goes.",
+        deadline.round(jiff::Unit::Second).unwrap_or(deadline),
+        decision::human(timeout)
+    );
+    let mut cleanup = previous_cleanup(resource);
+    if cleanup.waiting.as_deref() != Some(message.as_str()) {
+        // Once per cause, not once per pass.
+        cleanup.waiting = Some(message.clone());
+        write_cleanup_status(api, resource, &cleanup).await?;
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "DeletionBlocked".into(),
+            note: Some(message),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        record::publish_one(context, resource, event).await;
+    }
+    let remaining = Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO);
+    Ok(Action::requeue(after.min(remaining + Duration::from_millis(100))))
+}
+
+fn previous_cleanup(resource: &ChatWorkspace) -> CleanupStatus {
+    resource.status.as_ref().and_then(|s| s.cleanup.clone()).unwrap_or_default()
+}
+
+/// A merge patch of `status.cleanup` alone (a null clears a field).
+async fn write_cleanup_status(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    cleanup: &CleanupStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({"status": {"cleanup": {
+        "failedBuilds": cleanup.failed_builds,
+        "lastFailedBuild": cleanup.last_failed_build,
+        "waiting": cleanup.waiting,
+    }}});
+    api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// One pass of `deletionPolicy` (Stop or Delete) against Coder.
+async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Progress> {
+    let policy = resource.spec.deletion_policy;
     // A resource that may not drive the workspace (any more) leaves it as it is.
     let admitted = match context.credentials.for_resource(&context.kube, resource).await {
         Ok(credentials) => context.tenancy.admit(resource, &credentials).await.map(|owner| (credentials, owner)),
@@ -67,7 +214,8 @@ pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, 
     let (credentials, owner) = match admitted {
         Ok(admitted) => admitted,
         Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
-            return leave_workspace(api, resource, context, &error.to_string()).await;
+            leave_workspace(api, resource, context, &error.to_string()).await?;
+            return Ok(Progress::Finished);
         }
         Err(error) => return Err(error),
     };
@@ -82,35 +230,65 @@ pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, 
             match gather::consent(resource, &status, &None, Some(found), (context, &credentials), &owner).await {
                 Ok(recorded) => recorded.or(status.ownership.clone()),
                 Err(refused @ Error::AdoptionNotConsented(_)) => {
-                    return leave_workspace(api, resource, context, &refused.to_string()).await;
+                    leave_workspace(api, resource, context, &refused.to_string()).await?;
+                    return Ok(Progress::Finished);
                 }
                 Err(error) => return Err(error),
             };
-        if policy == crate::crd::DeletionPolicy::Delete
+        if policy == DeletionPolicy::Delete
             && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
         {
             // Deleting needs explicit consent; stopping is what Stop would do.
-            policy = crate::crd::DeletionPolicy::Stop;
+            policy = DeletionPolicy::Stop;
         }
     }
-    match decision::decide_cleanup(policy, workspace.as_ref()) {
+    let previous = previous_cleanup(resource);
+    let decided = decision::decide_cleanup(
+        policy,
+        workspace.as_ref(),
+        &previous,
+        context.settings.cleanup_backoff,
+        Timestamp::now(),
+    );
+    if decided.status != previous {
+        // Counted before it is reported or retried: a restart keeps the count.
+        write_cleanup_status(api, resource, &decided.status).await?;
+    }
+    if let Some(event) = decided.event {
+        let event = KubeEvent {
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            reason: event.reason.into(),
+            note: Some(event.note),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        record::publish_one(context, resource, event).await;
+    }
+    let active = context.settings.requeue.active;
+    match decided.cleanup {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");
             remove_finalizer(api, resource).await?;
-            Ok(Action::await_change())
+            Ok(Progress::Finished)
         }
-        Cleanup::Wait => Ok(Action::requeue(context.settings.requeue.active)),
+        Cleanup::Wait => Ok(Progress::Pending(active)),
+        Cleanup::RetryIn(after) => Ok(Progress::Pending(after)),
         Cleanup::Build(transition) => {
             let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
             let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
             match act::issue_build(&workspace, &plan, coder).await {
                 Ok(build) => {
                     context.metrics.build(transition.as_str(), "Deletion");
+                    let retry = match previous.failed_builds {
+                        0 => String::new(),
+                        n => format!(" (retry after {n} failed build(s))"),
+                    };
                     let event = KubeEvent {
                         type_: EventType::Normal,
                         reason: "BuildRequested".into(),
                         note: Some(format!(
-                            "Requested {} build #{} because the resource is being deleted (deletionPolicy {policy:?}).",
+                            "Requested {} build #{} because the resource is being deleted (deletionPolicy \
+                             {policy:?}){retry}.",
                             transition.as_str(),
                             build.build_number
                         )),
@@ -122,7 +300,7 @@ pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, 
                 Err(Error::Coder(CoderError::Conflict { .. })) => {}
                 Err(error) => return Err(error),
             }
-            Ok(Action::requeue(context.settings.requeue.active))
+            Ok(Progress::Pending(active))
         }
     }
 }

@@ -61,6 +61,13 @@ pub struct Settings {
     /// apiserver) must last before it is written as `Degraded`: a blip marks
     /// nothing.
     pub transient_grace: Duration,
+    /// How long a deletion may wait, from the resource's
+    /// `deletionTimestamp`, when its credentials are gone or its namespace
+    /// is being deleted; then the workspace is left in Coder (as
+    /// `deletionPolicy: Orphan`) so that the namespace can go.
+    pub cleanup_timeout: Duration,
+    /// Waits between the retries of a cleanup build that failed in Coder.
+    pub cleanup_backoff: decision::CleanupBackoff,
 }
 
 impl Default for Settings {
@@ -74,6 +81,8 @@ impl Default for Settings {
             index: IndexSettings::default(),
             install: "chatworkspace-operator".into(),
             transient_grace: Duration::from_secs(60),
+            cleanup_timeout: Duration::from_secs(300),
+            cleanup_backoff: decision::CleanupBackoff::default(),
         }
     }
 }

@@ -135,6 +135,7 @@ impl Env {
             install: "test".into(),
             // Tests of Coder's failures see them at once, unless they ask.
             transient_grace: Duration::ZERO,
+            ..Settings::default()
         };
         base.request_timeout = Duration::from_secs(5);
         Env { base, sim }
