@@ -102,6 +102,11 @@ pub struct ChatWorkspaceSpec {
     /// (Respect: it stays stopped; Restart: started again, budgeted).
     #[serde(default)]
     pub outside_stops: OutsideStops,
+    /// What the operator does once the workspace it drove was deleted in
+    /// Coder (Recreate: create it again while desiredState is Running;
+    /// Leave: report it and create nothing).
+    #[serde(default)]
+    pub deleted_in_coder: DeletedInCoder,
 
     /// A Secret in this namespace with keys `url` and `token`; default: the
     /// operator's own Coder credentials.
@@ -135,6 +140,19 @@ pub enum OutsideStops {
     /// Start it again, within the recovery budget (`recovery.maxAttempts`
     /// per `recovery.window`), so a person who keeps stopping it wins.
     Restart,
+}
+
+/// What happens after the workspace this resource drove was deleted in
+/// Coder (by a person, or by Coder's dormancy auto-deletion).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletedInCoder {
+    /// Create it again (a new workspace, from the spec) while `desiredState`
+    /// is `Running`, with a Warning Event.
+    #[default]
+    Recreate,
+    /// Report it (`Ready=False`, `DeletedInCoder`) and create nothing until
+    /// this field becomes `Recreate`.
+    Leave,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -347,6 +365,10 @@ pub struct ChatWorkspaceStatus {
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceStatus>,
+    /// The workspace this resource drove until it was deleted in Coder,
+    /// while no other has replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_workspace: Option<WorkspaceStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_build: Option<BuildStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

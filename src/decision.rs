@@ -315,22 +315,28 @@ impl<'a> Outcome<'a> {
     }
 
     fn absent(&mut self) {
+        let leave = self.inputs.spec.deleted_in_coder == crd::DeletedInCoder::Leave;
         if let Some(gone) = &self.inputs.previous.workspace {
-            let what = match self.desired() {
-                DesiredState::Running => "creating it again, since desiredState is Running",
-                DesiredState::Stopped => "it is created again when desiredState becomes Running",
+            let what = match (leave, self.desired()) {
+                (true, _) => "spec.deletedInCoder is Leave, so the operator does not create it again",
+                (false, DesiredState::Running) => "creating it again, since desiredState is Running",
+                (false, DesiredState::Stopped) => "it is created again when desiredState becomes Running",
             };
             self.events.push(Event {
                 warning: true,
                 reason: "WorkspaceDeletedInCoder",
                 note: format!("Workspace {}/{} ({}) was deleted in Coder; {what}.", gone.owner, gone.name, gone.id),
             });
+            self.status.deleted_workspace = Some(gone.clone());
         }
         self.status.workspace = None;
         self.status.latest_build = None;
         self.status.agent = None;
         self.end_recovery();
         self.no_agent_conditions("NoWorkspace", "The workspace does not exist.");
+        if leave && let Some(gone) = self.status.deleted_workspace.clone() {
+            return self.left_deleted(&gone);
+        }
         match self.desired() {
             DesiredState::Running => {
                 self.phase = Phase::Creating;
@@ -354,6 +360,29 @@ impl<'a> Outcome<'a> {
         }
     }
 
+    /// `spec.deletedInCoder: Leave` after the workspace was deleted in Coder.
+    fn left_deleted(&mut self, gone: &crd::WorkspaceStatus) {
+        let message = format!(
+            "Workspace {}/{} ({}) was deleted in Coder, and spec.deletedInCoder is Leave, so the operator does not \
+             create it again. To get a workspace again, set spec.deletedInCoder to Recreate (a new one is created \
+             from spec.template, spec.preset and spec.parameters, which may be changed until then), or delete this \
+             ChatWorkspace.",
+            gone.owner, gone.name, gone.id
+        );
+        match self.desired() {
+            DesiredState::Running => {
+                self.phase = Phase::Failed;
+                self.say(DEGRADED, true, "DeletedInCoder", message.clone());
+                self.say(READY, false, "DeletedInCoder", message);
+            }
+            DesiredState::Stopped => {
+                self.phase = Phase::Stopped;
+                self.say(READY, true, "DeletedInCoder", message);
+            }
+        }
+        self.say(PROGRESSING, false, "DeletedInCoder", "Nothing to do: the workspace was deleted in Coder.");
+    }
+
     /// Copies the observed workspace, latest build and chat agent into status.
     fn observe(&mut self, workspace: &'a Workspace) {
         let build = &workspace.latest_build;
@@ -361,6 +390,7 @@ impl<'a> Outcome<'a> {
         if build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded {
             self.current_agent = chat_agent(build, self.inputs.spec.agent_name.as_deref());
         }
+        self.status.deleted_workspace = None;
         self.status.workspace = Some(crd::WorkspaceStatus {
             id: workspace.id.clone(),
             name: workspace.name.clone(),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use chatworkspace_operator::coder::{ProbeOutcome, Workspace, WorkspaceTransition};
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::{
-    BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, CleanupStatus, DeletionPolicy, DesiredState,
-    RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
+    BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, CleanupStatus, DeletedInCoder, DeletionPolicy,
+    DesiredState, RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
 };
 use chatworkspace_operator::decision::{
     Action, BuildPlan, BuildReason, Cleanup, CleanupBackoff, Decision, Inputs, Observed, ObservedChat, Probe, Requeue,
@@ -38,6 +38,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         chat: Default::default(),
         deletion_policy: DeletionPolicy::Stop,
         outside_stops: Default::default(),
+        deleted_in_coder: Default::default(),
         credentials_ref: None,
         adopt: false,
     }
@@ -151,6 +152,40 @@ fn running_without_a_workspace_creates_one() {
     let d = decide_with(&spec(DesiredState::Running), &Default::default(), None, None);
     assert_eq!(d.action, Action::CreateWorkspace);
     assert_eq!(condition(&d, READY).0, "False");
+}
+
+#[test]
+fn a_workspace_deleted_in_coder_is_recreated_by_default_and_left_when_the_spec_says_leave() {
+    let running = workspace("start", "succeeded", Some(READY_AGENT));
+    let seen =
+        decide_with(&spec(DesiredState::Running), &Default::default(), Some(&running), Some(&ProbeOutcome::Reachable));
+    assert!(seen.status.workspace.is_some());
+
+    // Default (Recreate): one Warning, and a create.
+    let d = decide_with(&spec(DesiredState::Running), &seen.status, None, None);
+    assert_eq!(d.action, Action::CreateWorkspace);
+    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["WorkspaceDeletedInCoder"]);
+    assert!(d.events[0].note.contains("alice/fix-login-bug (ws-1)"), "{}", d.events[0].note);
+
+    // Leave: the same Warning, no create, and the condition says what to do.
+    let mut leave = spec(DesiredState::Running);
+    leave.deleted_in_coder = DeletedInCoder::Leave;
+    let d = decide_with(&leave, &seen.status, None, None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["WorkspaceDeletedInCoder"]);
+    assert_eq!(condition(&d, READY), ("False".into(), "DeletedInCoder".into()));
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "DeletedInCoder".into()));
+    let message = conditions::find(&d.status.conditions, READY).unwrap().message.clone();
+    assert!(message.contains("ws-1") && message.contains("spec.deletedInCoder to Recreate"), "{message}");
+    // It stays so on the next pass (status.workspace is gone by then), with no new Event.
+    let again = decide_with(&leave, &d.status, None, None);
+    assert_eq!((&again.action, again.events.len()), (&Action::None, 0));
+    assert_eq!(condition(&again, READY), ("False".into(), "DeletedInCoder".into()));
+    // Recreate asked for later: created again, and the record of the deleted one goes with the new one.
+    let d = decide_with(&spec(DesiredState::Running), &again.status, None, None);
+    assert_eq!(d.action, Action::CreateWorkspace);
+    let created = decide_with(&spec(DesiredState::Running), &d.status, Some(&running), Some(&ProbeOutcome::Reachable));
+    assert!(created.status.deleted_workspace.is_none());
 }
 
 #[test]
