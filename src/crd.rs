@@ -38,7 +38,7 @@ pub const START_REQUESTED_AT: &str = "chat.coder.com/start-requested-at";
     validation = Rule::new("has(self.spec.workspaceName) || (size(self.metadata.name) <= 32 && self.metadata.name.matches('^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$') && !(self.metadata.name in ['new', 'create']))").message("metadata.name cannot be a Coder workspace name (1 to 32 letters, digits and single hyphens, not new or create): set spec.workspaceName"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || self.spec.template == oldSelf.spec.template").message("spec.template is a creation-time choice and cannot change once the workspace exists; create a new ChatWorkspace instead"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || (has(self.spec.preset) == has(oldSelf.spec.preset) && (!has(self.spec.preset) || self.spec.preset == oldSelf.spec.preset))").message("spec.preset is a creation-time choice and cannot change once the workspace exists; create a new ChatWorkspace instead"),
-    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || self.spec.parameters == oldSelf.spec.parameters").message("spec.parameters are creation-time values and cannot change once the workspace exists; create a new ChatWorkspace instead"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || oldSelf.spec.parameters.all(p, self.spec.parameters.exists(q, q.name == p.name && q.value == p.value))").message("spec.parameters are creation-time values and cannot change or go once the workspace exists (values may only be added, for parameters that a new template version adds); create a new ChatWorkspace instead"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || (has(self.spec.workspaceName) == has(oldSelf.spec.workspaceName) && (!has(self.spec.workspaceName) || self.spec.workspaceName == oldSelf.spec.workspaceName))").message("spec.workspaceName is immutable once the workspace exists")
 )]
 #[x_kube(
@@ -77,6 +77,9 @@ pub struct ChatWorkspaceSpec {
 
     /// Rich parameter values used when the workspace is created; each name
     /// at most once (a list keyed by name, so the API server rejects repeats).
+    /// Once the workspace exists they cannot change, but values may be added
+    /// for parameters that a new template version adds: a start onto that
+    /// version (the template requires its active version) sends them.
     #[serde(default)]
     #[schemars(length(max = 64), schema_with = "parameters_schema")]
     pub parameters: Vec<Parameter>,

@@ -47,6 +47,16 @@ pub enum Error {
     )]
     CoderUrlNotAllowed { namespace: String, secret: String, allowed: String },
 
+    /// A start on the template's active version (the template requires it)
+    /// that Coder refused because that version adds required parameters
+    /// without a default, and `spec.parameters` has no value for them.
+    #[error(
+        "template {template} requires its active version {version}, which adds required parameter(s) {} \
+         without a default, so Coder refused the start ({source})",
+        quoted(parameters)
+    )]
+    NewParameterRequired { template: String, version: String, parameters: Vec<String>, source: Box<CoderError> },
+
     /// The workspace existed before this resource and `spec.adopt` is not set.
     #[error("{0}")]
     AdoptionNotConsented(String),
@@ -68,6 +78,7 @@ impl Error {
             Error::OwnerNotGranted(_) => "OwnerNotGranted",
             Error::CoderUrlNotAllowed { .. } => "CoderUrlNotAllowed",
             Error::AdoptionNotConsented(_) => "AdoptionNotConsented",
+            Error::NewParameterRequired { .. } => "NewParameterRequired",
         }
     }
 
@@ -84,7 +95,13 @@ impl Error {
     /// Errors only a spec change can fix: retrying them unchanged would
     /// get the same answer from Coder.
     pub fn waits_for_spec_change(&self) -> bool {
-        matches!(self, Error::InvalidSpec(_) | Error::PresetNotFound(_) | Error::Coder(CoderError::Validation { .. }))
+        matches!(
+            self,
+            Error::InvalidSpec(_)
+                | Error::PresetNotFound(_)
+                | Error::Coder(CoderError::Validation { .. })
+                | Error::NewParameterRequired { .. }
+        )
     }
 
     /// What a reading agent or person should do about it.
@@ -117,8 +134,16 @@ impl Error {
             Error::AdoptionNotConsented(_) => {
                 "Until spec.adopt is true nothing is sent to that workspace; the operator looks again slowly."
             }
+            Error::NewParameterRequired { .. } => {
+                "Add a value for it to spec.parameters (values for parameters that the template's active version adds may be added after the workspace exists; existing values cannot change), or ask a template admin to give it a default; the operator tries the start again when the spec changes."
+            }
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `"a", "b"`.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+}

@@ -276,7 +276,7 @@ async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, contex
         Cleanup::Build(transition) => {
             let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
             let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
-            match act::issue_build(&workspace, &plan, coder).await {
+            match act::issue_build(&workspace, &plan, &[], coder).await {
                 Ok(build) => {
                     context.metrics.build(transition.as_str(), "Deletion");
                     let retry = match previous.failed_builds {

@@ -506,7 +506,7 @@ async fn converge(
             if plan.reason == BuildReason::Recovery {
                 record::write_intent(api, resource, &decision.status).await?;
             }
-            match act::issue_build(current, &plan, coder).await {
+            match act::issue_build(current, &plan, &resource.spec.parameters, coder).await {
                 Ok(build) => {
                     let transition = plan.transition.as_str();
                     context.metrics.build(transition, plan.reason.as_str());
