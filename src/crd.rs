@@ -643,6 +643,9 @@ pub struct CleanupStatus {
     /// The id of the last of them, so that each failed build counts once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_build: Option<String>,
+    /// The job error of the last of them, as Coder reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// Why the deletion waits, and when the operator gives up and leaves the
     /// workspace in Coder (`--cleanup-timeout` after the deletion began).
     #[serde(default, skip_serializing_if = "Option::is_none")]

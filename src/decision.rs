@@ -1429,6 +1429,7 @@ pub fn decide_cleanup(
             if status.last_failed_build.as_deref() != Some(build.id.as_str()) {
                 status.failed_builds = status.failed_builds.saturating_add(1);
                 status.last_failed_build = Some(build.id.clone());
+                status.last_error = Some(job_error(build));
                 event = Some(Event {
                     warning: true,
                     reason: "CleanupBuildFailed",

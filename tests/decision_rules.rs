@@ -609,6 +609,7 @@ fn a_failed_cleanup_build_is_counted_once_reported_once_and_retried_after_a_back
     );
     assert_eq!(first.cleanup, Cleanup::RetryIn(Duration::from_secs(4)));
     assert_eq!((first.status.failed_builds, first.status.last_failed_build.as_deref()), (1, Some("b1")));
+    assert_eq!(first.status.last_error.as_deref(), Some("boom"));
     let event = first.event.expect("a Warning for the failed build");
     assert!(event.warning && event.reason == "CleanupBuildFailed", "{event:?}");
     assert!(event.note.contains("boom") && event.note.contains("5s"), "{}", event.note);
@@ -879,6 +880,7 @@ proptest! {
         let previous = CleanupStatus {
             failed_builds: failed_before + u32::from(seen_already),
             last_failed_build: seen_already.then(|| "b".to_string()),
+            last_error: None,
             waiting: None,
         };
         let d = decide_cleanup(policy, Some(&failed_at(transition, ago, "b")), &previous, backoff, at(0));

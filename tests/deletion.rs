@@ -53,10 +53,13 @@ async fn a_cleanup_stop_that_keeps_failing_is_retried_with_backoff_and_counted_a
 
     env.delete("chat-1").await;
     // The first failure is counted in status before anything else happens.
-    env.wait_for("chat-1", "one failed cleanup build counted", LONG, |cws| {
-        cws.status.as_ref().and_then(|s| s.cleanup.as_ref()).is_some_and(|c| c.failed_builds == 1)
-    })
-    .await;
+    let counted = env
+        .wait_for("chat-1", "one failed cleanup build counted", LONG, |cws| {
+            cws.status.as_ref().and_then(|s| s.cleanup.as_ref()).is_some_and(|c| c.failed_builds == 1)
+        })
+        .await;
+    let cleanup = counted.status.unwrap().cleanup.unwrap();
+    assert_eq!(cleanup.last_error.as_deref(), Some("terraform destroy: state is locked"), "{cleanup:?}");
     // A restarted operator carries on from the count in status.
     env.kill_operator();
     env.start_operator();

@@ -197,6 +197,7 @@ async fn write_cleanup_status(
     let patch = serde_json::json!({"status": {"cleanup": {
         "failedBuilds": cleanup.failed_builds,
         "lastFailedBuild": cleanup.last_failed_build,
+        "lastError": cleanup.last_error,
         "waiting": cleanup.waiting,
     }}});
     api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
