@@ -81,23 +81,30 @@ pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, 
         return Ok(Action::await_change());
     }
     let outcome = apply_policy(api, resource, context).await;
-    let blocker = match &outcome {
-        Ok(Progress::Finished) => return Ok(Action::await_change()),
-        Err(error @ Error::CredentialsSecretMissing { .. }) => {
-            format!("its Coder credentials are gone ({})", error.to_string().trim_start_matches("Coder credentials: "))
-        }
-        _ if namespace_terminating(context, resource).await? => {
-            format!("its namespace {} is being deleted", resource.namespace().unwrap_or_default())
-        }
-        Ok(Progress::Pending(after)) => return Ok(Action::requeue(*after)),
-        Err(_) => return outcome.map(|_| Action::await_change()),
-    };
     let (detail, after) = match &outcome {
-        Ok(Progress::Pending(after)) => ("the cleanup build has not finished".to_string(), *after),
-        Err(error) => (error.to_string(), context.settings.requeue.stable),
-        Ok(Progress::Finished) => unreachable!("returned above"),
+        Ok(Progress::Finished) => return Ok(Action::await_change()),
+        Ok(Progress::Pending(after)) => (Some("the cleanup build has not finished".to_string()), *after),
+        Err(error) => (Some(error.to_string()), context.settings.requeue.stable),
     };
-    wait_or_orphan(api, resource, context, &blocker, &detail, after).await
+    let (blocker, detail) = match &outcome {
+        Err(Error::CredentialsSecretMissing { namespace, secret }) => (
+            format!(
+                "its Coder credentials are gone (Secret {namespace}/{secret}, named by spec.credentialsRef, does not exist)"
+            ),
+            None,
+        ),
+        _ if namespace_terminating(context, resource).await? => {
+            (format!("its namespace {} is being deleted", resource.namespace().unwrap_or_default()), detail)
+        }
+        // Nothing stands in the way for good: carry on (errors with backoff).
+        _ => {
+            return outcome.map(|progress| match progress {
+                Progress::Pending(after) => Action::requeue(after),
+                Progress::Finished => Action::await_change(),
+            });
+        }
+    };
+    wait_or_orphan(api, resource, context, &blocker, detail.as_deref(), after).await
 }
 
 /// Whether the resource's namespace is being deleted.
@@ -126,7 +133,7 @@ async fn wait_or_orphan(
     resource: &ChatWorkspace,
     context: &Context,
     blocker: &str,
-    detail: &str,
+    detail: Option<&str>,
     after: Duration,
 ) -> Result<Action> {
     let policy = resource.spec.deletion_policy;
@@ -136,11 +143,7 @@ async fn wait_or_orphan(
     let deadline = SignedDuration::try_from(timeout).ok().and_then(|t| deleted_at.checked_add(t).ok()).unwrap_or(now);
     let workspace = workspace_named(resource);
     if now >= deadline {
-        let last = if blocker.contains(detail.trim_start_matches("Coder credentials: ")) {
-            String::new()
-        } else {
-            format!(" (last: {detail})")
-        };
+        let last = detail.map(|detail| format!(" (last: {detail})")).unwrap_or_default();
         let note = format!(
             "Left workspace {workspace} in Coder as it is, without applying deletionPolicy {policy:?}: {blocker}, \
              and {} after the deletion began it still could not be applied{last}. Stop or delete the workspace \
