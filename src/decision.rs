@@ -1351,6 +1351,29 @@ pub fn human(duration: Duration) -> String {
     out
 }
 
+/// Where a deletion that cannot finish stands against `--cleanup-timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CleanupDeadline {
+    /// Keep waiting until `at`, this long from now.
+    WaitUntil { at: Timestamp, remaining: Duration },
+    /// The time is up: leave the workspace in Coder.
+    GiveUp,
+}
+
+/// The deadline of a blocked deletion: `timeout` after its
+/// `deletionTimestamp` (Kubernetes' time, so a restarted operator waits no
+/// longer). A timeout too large to add to it never runs out.
+pub fn cleanup_deadline(deleted_at: Timestamp, timeout: Duration, now: Timestamp) -> CleanupDeadline {
+    let at = SignedDuration::try_from(timeout)
+        .ok()
+        .and_then(|timeout| deleted_at.checked_add(timeout).ok())
+        .unwrap_or(Timestamp::MAX);
+    if now >= at {
+        return CleanupDeadline::GiveUp;
+    }
+    CleanupDeadline::WaitUntil { at, remaining: elapsed(now, at) }
+}
+
 /// How long a failed cleanup build waits before it is tried again: `first`,
 /// then twice as long after each further failure, at most `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

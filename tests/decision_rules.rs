@@ -10,8 +10,8 @@ use chatworkspace_operator::crd::{
     DesiredState, RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
 };
 use chatworkspace_operator::decision::{
-    Action, BuildPlan, BuildReason, Cleanup, CleanupBackoff, Decision, Inputs, Observed, ObservedChat, Probe, Requeue,
-    decide, decide_cleanup, needs_probe,
+    Action, BuildPlan, BuildReason, Cleanup, CleanupBackoff, CleanupDeadline, Decision, Inputs, Observed, ObservedChat,
+    Probe, Requeue, cleanup_deadline, decide, decide_cleanup, needs_probe,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -634,6 +634,18 @@ fn a_failed_cleanup_build_is_counted_once_reported_once_and_retried_after_a_back
         at(0),
     );
     assert_eq!(delete.cleanup, Cleanup::RetryIn(Duration::from_secs(5)));
+}
+
+#[test]
+fn a_blocked_deletion_waits_until_its_timeout_from_the_deletion_timestamp() {
+    let five_minutes = Duration::from_secs(300);
+    assert_eq!(
+        cleanup_deadline(at(-60), five_minutes, at(0)),
+        CleanupDeadline::WaitUntil { at: at(240), remaining: Duration::from_secs(240) }
+    );
+    assert_eq!(cleanup_deadline(at(-300), five_minutes, at(0)), CleanupDeadline::GiveUp);
+    assert_eq!(cleanup_deadline(at(-301), five_minutes, at(0)), CleanupDeadline::GiveUp);
+    assert!(matches!(cleanup_deadline(at(0), Duration::MAX, at(0)), CleanupDeadline::WaitUntil { .. }));
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::{Context, act, gather, record};
 use crate::coder::CoderError;
 use crate::crd::{ChatWorkspace, CleanupStatus, DeletionPolicy, FINALIZER};
-use crate::decision::{self, BuildPlan, BuildReason, Cleanup};
+use crate::decision::{self, BuildPlan, BuildReason, Cleanup, CleanupDeadline};
 use crate::error::{Error, Result};
 use crate::tenancy;
 
@@ -140,9 +140,9 @@ async fn wait_or_orphan(
     let timeout = context.settings.cleanup_timeout;
     let now = Timestamp::now();
     let deleted_at = resource.metadata.deletion_timestamp.as_ref().map_or(now, |t| t.0);
-    let deadline = SignedDuration::try_from(timeout).ok().and_then(|t| deleted_at.checked_add(t).ok()).unwrap_or(now);
+    let deadline = decision::cleanup_deadline(deleted_at, timeout, now);
     let workspace = workspace_named(resource);
-    if now >= deadline {
+    let CleanupDeadline::WaitUntil { at: deadline, remaining } = deadline else {
         let last = detail.map(|detail| format!(" (last: {detail})")).unwrap_or_default();
         let note = format!(
             "Left workspace {workspace} in Coder as it is, without applying deletionPolicy {policy:?}: {blocker}, \
@@ -161,7 +161,7 @@ async fn wait_or_orphan(
         record::publish_one(context, resource, event).await;
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
-    }
+    };
     let message = format!(
         "The deletion waits: {blocker}, so deletionPolicy {policy:?} cannot be applied to workspace {workspace}. \
          If it still cannot by {} ({} after the deletion began), the workspace is left in Coder as it is and \
@@ -183,7 +183,6 @@ async fn wait_or_orphan(
         };
         record::publish_one(context, resource, event).await;
     }
-    let remaining = Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO);
     Ok(Action::requeue(after.min(remaining + Duration::from_millis(100))))
 }
 
