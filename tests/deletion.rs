@@ -74,6 +74,7 @@ async fn a_cleanup_stop_that_keeps_failing_is_retried_with_backoff_and_counted_a
         .windows(2)
         .map(|pair| pair[1].created_at.duration_since(pair[0].created_at).as_secs_f64())
         .collect();
+    eprintln!("seconds between the failed cleanup stops and their retries: {gaps:.1?}");
     for (gap, wait) in gaps.iter().zip([2.0, 4.0, 4.0]) {
         assert!(*gap >= wait, "a retry came {gap:.1}s after the failed stop before it, not after {wait}s: {gaps:?}");
     }
@@ -133,6 +134,7 @@ async fn a_deletion_whose_credentials_are_gone_waits_then_leaves_the_workspace_i
 
     env.wait_gone("chat-1", LONG).await;
     let waited = deleted.elapsed();
+    eprintln!("gave up on the deletion {waited:?} after it began (timeout {timeout:?})");
     // deletionTimestamp has whole seconds: the deadline may come up to 1 s early.
     assert!(waited >= timeout - Duration::from_secs(1), "gave up after {waited:?}, before {timeout:?}");
     let events = env.wait_for_events("chat-1", &["WorkspaceOrphaned"]).await;
