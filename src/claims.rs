@@ -241,6 +241,7 @@ mod tests {
                 chat: Default::default(),
                 deletion_policy: Default::default(),
                 outside_stops: Default::default(),
+                deleted_in_coder: Default::default(),
                 credentials_ref: None,
                 adopt: false,
             },

@@ -38,7 +38,7 @@ pub const START_REQUESTED_AT: &str = "chat.coder.com/start-requested-at";
     validation = Rule::new("has(self.spec.workspaceName) || (size(self.metadata.name) <= 32 && self.metadata.name.matches('^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$') && !(self.metadata.name in ['new', 'create']))").message("metadata.name cannot be a Coder workspace name (1 to 32 letters, digits and single hyphens, not new or create): set spec.workspaceName"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || self.spec.template == oldSelf.spec.template").message("spec.template is a creation-time choice and cannot change once the workspace exists; create a new ChatWorkspace instead"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || (has(self.spec.preset) == has(oldSelf.spec.preset) && (!has(self.spec.preset) || self.spec.preset == oldSelf.spec.preset))").message("spec.preset is a creation-time choice and cannot change once the workspace exists; create a new ChatWorkspace instead"),
-    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || self.spec.parameters == oldSelf.spec.parameters").message("spec.parameters are creation-time values and cannot change once the workspace exists; create a new ChatWorkspace instead"),
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || oldSelf.spec.parameters.all(p, self.spec.parameters.exists(q, q.name == p.name && q.value == p.value))").message("spec.parameters are creation-time values and cannot change or go once the workspace exists (values may only be added, for parameters that a new template version adds); create a new ChatWorkspace instead"),
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.workspace) || (has(self.spec.workspaceName) == has(oldSelf.spec.workspaceName) && (!has(self.spec.workspaceName) || self.spec.workspaceName == oldSelf.spec.workspaceName))").message("spec.workspaceName is immutable once the workspace exists")
 )]
 #[x_kube(
@@ -77,6 +77,9 @@ pub struct ChatWorkspaceSpec {
 
     /// Rich parameter values used when the workspace is created; each name
     /// at most once (a list keyed by name, so the API server rejects repeats).
+    /// Once the workspace exists they cannot change, but values may be added
+    /// for parameters that a new template version adds: a start onto that
+    /// version (the template requires its active version) sends them.
     #[serde(default)]
     #[schemars(length(max = 64), schema_with = "parameters_schema")]
     pub parameters: Vec<Parameter>,
@@ -102,6 +105,11 @@ pub struct ChatWorkspaceSpec {
     /// (Respect: it stays stopped; Restart: started again, budgeted).
     #[serde(default)]
     pub outside_stops: OutsideStops,
+    /// What the operator does once the workspace it drove was deleted in
+    /// Coder (Recreate: create it again while desiredState is Running;
+    /// Leave: report it and create nothing).
+    #[serde(default)]
+    pub deleted_in_coder: DeletedInCoder,
 
     /// A Secret in this namespace with keys `url` and `token`; default: the
     /// operator's own Coder credentials.
@@ -135,6 +143,19 @@ pub enum OutsideStops {
     /// Start it again, within the recovery budget (`recovery.maxAttempts`
     /// per `recovery.window`), so a person who keeps stopping it wins.
     Restart,
+}
+
+/// What happens after the workspace this resource drove was deleted in
+/// Coder (by a person, or by Coder's dormancy auto-deletion).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletedInCoder {
+    /// Create it again (a new workspace, from the spec) while `desiredState`
+    /// is `Running`, with a Warning Event.
+    #[default]
+    Recreate,
+    /// Report it (`Ready=False`, `DeletedInCoder`) and create nothing until
+    /// this field becomes `Recreate`.
+    Leave,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -347,6 +368,10 @@ pub struct ChatWorkspaceStatus {
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceStatus>,
+    /// The workspace this resource drove until it was deleted in Coder,
+    /// while no other has replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_workspace: Option<WorkspaceStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_build: Option<BuildStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -366,6 +391,10 @@ pub struct ChatWorkspaceStatus {
     /// retried once per spec change rather than in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build_request: Option<BuildRequestStatus>,
+    /// What deleting the resource met so far, while `deletionPolicy` cannot
+    /// be applied yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<CleanupStatus>,
     /// The value of the `chat.coder.com/start-requested-at` annotation the
     /// operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -600,6 +629,27 @@ pub struct ChatContextStatus {
     /// Pinned resources (instruction files, skills, MCP configs).
     #[serde(default)]
     pub resources: u32,
+}
+
+/// Progress of a deletion that could not finish at once. Kept in status so
+/// that a restarted operator keeps counting (and backing off) where it was.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupStatus {
+    /// Cleanup builds (the stop or delete of `deletionPolicy`) that failed
+    /// in Coder so far; each retry waits twice as long as the one before.
+    #[serde(default)]
+    pub failed_builds: u32,
+    /// The id of the last of them, so that each failed build counts once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_build: Option<String>,
+    /// The job error of the last of them, as Coder reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Why the deletion waits, and when the operator gives up and leaves the
+    /// workspace in Coder (`--cleanup-timeout` after the deletion began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -145,8 +145,9 @@ impl Credentials {
         };
         let namespace = workspace.namespace().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
-        let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| {
-            Error::Credentials(format!("Secret {namespace}/{} (spec.credentialsRef) does not exist", reference.name))
+        let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::CredentialsSecretMissing {
+            namespace: namespace.clone(),
+            secret: reference.name.clone(),
         })?;
         let version = secret.resource_version().unwrap_or_default();
         let cache_key = (namespace.clone(), reference.name.clone());

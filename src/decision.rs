@@ -315,22 +315,28 @@ impl<'a> Outcome<'a> {
     }
 
     fn absent(&mut self) {
+        let leave = self.inputs.spec.deleted_in_coder == crd::DeletedInCoder::Leave;
         if let Some(gone) = &self.inputs.previous.workspace {
-            let what = match self.desired() {
-                DesiredState::Running => "creating it again, since desiredState is Running",
-                DesiredState::Stopped => "it is created again when desiredState becomes Running",
+            let what = match (leave, self.desired()) {
+                (true, _) => "spec.deletedInCoder is Leave, so the operator does not create it again",
+                (false, DesiredState::Running) => "creating it again, since desiredState is Running",
+                (false, DesiredState::Stopped) => "it is created again when desiredState becomes Running",
             };
             self.events.push(Event {
                 warning: true,
                 reason: "WorkspaceDeletedInCoder",
                 note: format!("Workspace {}/{} ({}) was deleted in Coder; {what}.", gone.owner, gone.name, gone.id),
             });
+            self.status.deleted_workspace = Some(gone.clone());
         }
         self.status.workspace = None;
         self.status.latest_build = None;
         self.status.agent = None;
         self.end_recovery();
         self.no_agent_conditions("NoWorkspace", "The workspace does not exist.");
+        if leave && let Some(gone) = self.status.deleted_workspace.clone() {
+            return self.left_deleted(&gone);
+        }
         match self.desired() {
             DesiredState::Running => {
                 self.phase = Phase::Creating;
@@ -354,6 +360,29 @@ impl<'a> Outcome<'a> {
         }
     }
 
+    /// `spec.deletedInCoder: Leave` after the workspace was deleted in Coder.
+    fn left_deleted(&mut self, gone: &crd::WorkspaceStatus) {
+        let message = format!(
+            "Workspace {}/{} ({}) was deleted in Coder, and spec.deletedInCoder is Leave, so the operator does not \
+             create it again. To get a workspace again, set spec.deletedInCoder to Recreate (a new one is created \
+             from spec.template, spec.preset and spec.parameters, which may be changed until then), or delete this \
+             ChatWorkspace.",
+            gone.owner, gone.name, gone.id
+        );
+        match self.desired() {
+            DesiredState::Running => {
+                self.phase = Phase::Failed;
+                self.say(DEGRADED, true, "DeletedInCoder", message.clone());
+                self.say(READY, false, "DeletedInCoder", message);
+            }
+            DesiredState::Stopped => {
+                self.phase = Phase::Stopped;
+                self.say(READY, true, "DeletedInCoder", message);
+            }
+        }
+        self.say(PROGRESSING, false, "DeletedInCoder", "Nothing to do: the workspace was deleted in Coder.");
+    }
+
     /// Copies the observed workspace, latest build and chat agent into status.
     fn observe(&mut self, workspace: &'a Workspace) {
         let build = &workspace.latest_build;
@@ -361,6 +390,7 @@ impl<'a> Outcome<'a> {
         if build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded {
             self.current_agent = chat_agent(build, self.inputs.spec.agent_name.as_deref());
         }
+        self.status.deleted_workspace = None;
         self.status.workspace = Some(crd::WorkspaceStatus {
             id: workspace.id.clone(),
             name: workspace.name.clone(),
@@ -1321,6 +1351,51 @@ pub fn human(duration: Duration) -> String {
     out
 }
 
+/// Where a deletion that cannot finish stands against `--cleanup-timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CleanupDeadline {
+    /// Keep waiting until `at`, this long from now.
+    WaitUntil { at: Timestamp, remaining: Duration },
+    /// The time is up: leave the workspace in Coder.
+    GiveUp,
+}
+
+/// The deadline of a blocked deletion: `timeout` after its
+/// `deletionTimestamp` (Kubernetes' time, so a restarted operator waits no
+/// longer). A timeout too large to add to it never runs out.
+pub fn cleanup_deadline(deleted_at: Timestamp, timeout: Duration, now: Timestamp) -> CleanupDeadline {
+    let at = SignedDuration::try_from(timeout)
+        .ok()
+        .and_then(|timeout| deleted_at.checked_add(timeout).ok())
+        .unwrap_or(Timestamp::MAX);
+    if now >= at {
+        return CleanupDeadline::GiveUp;
+    }
+    CleanupDeadline::WaitUntil { at, remaining: elapsed(now, at) }
+}
+
+/// How long a failed cleanup build waits before it is tried again: `first`,
+/// then twice as long after each further failure, at most `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupBackoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for CleanupBackoff {
+    fn default() -> Self {
+        Self { first: Duration::from_secs(5), max: Duration::from_secs(300) }
+    }
+}
+
+impl CleanupBackoff {
+    /// The wait after `failures` failed builds in a row (at least one).
+    pub fn after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.first.saturating_mul(1 << doublings).min(self.max.max(self.first))
+    }
+}
+
 /// What deleting the resource still has to do to the workspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cleanup {
@@ -1330,24 +1405,73 @@ pub enum Cleanup {
     Wait,
     /// Issue this build, then look again.
     Build(WorkspaceTransition),
+    /// The last cleanup build failed: try again after this long.
+    RetryIn(Duration),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanupDecision {
+    pub cleanup: Cleanup,
+    /// `status.cleanup` with the latest failed build counted.
+    pub status: crd::CleanupStatus,
+    /// A Warning for a failed cleanup build seen for the first time.
+    pub event: Option<Event>,
 }
 
 /// `deletionPolicy` applied to the observed workspace. Like a desired-state
 /// stop, it waits for an active build and treats only a succeeded stop (or
-/// delete) as done.
-pub fn decide_cleanup(policy: crd::DeletionPolicy, workspace: Option<&Workspace>) -> Cleanup {
+/// delete) as done. A failed cleanup build is counted once, reported once,
+/// and retried after `backoff`, measured from the end of its job (Coder's
+/// time, so a restarted operator waits no less).
+pub fn decide_cleanup(
+    policy: crd::DeletionPolicy,
+    workspace: Option<&Workspace>,
+    previous: &crd::CleanupStatus,
+    backoff: CleanupBackoff,
+    now: Timestamp,
+) -> CleanupDecision {
+    let mut status = previous.clone();
+    let decided = |cleanup, status| CleanupDecision { cleanup, status, event: None };
     let wanted = match policy {
-        crd::DeletionPolicy::Orphan => return Cleanup::Done,
+        crd::DeletionPolicy::Orphan => return decided(Cleanup::Done, status),
         crd::DeletionPolicy::Stop => WorkspaceTransition::Stop,
         crd::DeletionPolicy::Delete => WorkspaceTransition::Delete,
     };
-    let Some(workspace) = workspace else { return Cleanup::Done };
+    let Some(workspace) = workspace else { return decided(Cleanup::Done, status) };
     let build = &workspace.latest_build;
     if build.job.status.is_active() {
-        return Cleanup::Wait;
+        return decided(Cleanup::Wait, status);
     }
-    if build.transition == wanted && build.job.status == ProvisionerJobStatus::Succeeded {
-        return Cleanup::Done;
+    if build.transition != wanted {
+        return decided(Cleanup::Build(wanted), status);
     }
-    Cleanup::Build(wanted)
+    match build.job.status {
+        ProvisionerJobStatus::Succeeded => decided(Cleanup::Done, status),
+        ProvisionerJobStatus::Failed => {
+            let mut event = None;
+            if status.last_failed_build.as_deref() != Some(build.id.as_str()) {
+                status.failed_builds = status.failed_builds.saturating_add(1);
+                status.last_failed_build = Some(build.id.clone());
+                status.last_error = Some(job_error(build));
+                event = Some(Event {
+                    warning: true,
+                    reason: "CleanupBuildFailed",
+                    note: format!(
+                        "The {} build #{} of deletionPolicy {policy:?} failed in Coder: {}. Retrying in {} \
+                         (failure {} in a row).",
+                        wanted.as_str(),
+                        build.build_number,
+                        job_error(build),
+                        human(backoff.after(status.failed_builds)),
+                        status.failed_builds
+                    ),
+                });
+            }
+            let wait = backoff.after(status.failed_builds.max(1));
+            let since = elapsed(build.job.completed_at.unwrap_or(build.updated_at), now);
+            let cleanup = if since < wait { Cleanup::RetryIn(wait - since) } else { Cleanup::Build(wanted) };
+            CleanupDecision { cleanup, status, event }
+        }
+        _ => decided(Cleanup::Build(wanted), status),
+    }
 }

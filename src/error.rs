@@ -22,6 +22,11 @@ pub enum Error {
     #[error("Coder credentials: {0}")]
     Credentials(String),
 
+    /// The Secret named by `spec.credentialsRef` does not exist (deleted,
+    /// perhaps with its namespace).
+    #[error("Coder credentials: Secret {namespace}/{secret} (spec.credentialsRef) does not exist")]
+    CredentialsSecretMissing { namespace: String, secret: String },
+
     /// The template or preset named in the spec does not exist.
     #[error("{0}")]
     TemplateNotFound(String),
@@ -42,6 +47,16 @@ pub enum Error {
     )]
     CoderUrlNotAllowed { namespace: String, secret: String, allowed: String },
 
+    /// A start on the template's active version (the template requires it)
+    /// that Coder refused because that version adds required parameters
+    /// without a default, and `spec.parameters` has no value for them.
+    #[error(
+        "template {template} requires its active version {version}, which adds required parameter(s) {} \
+         without a default, so Coder refused the start ({source})",
+        quoted(parameters)
+    )]
+    NewParameterRequired { template: String, version: String, parameters: Vec<String>, source: Box<CoderError> },
+
     /// The workspace existed before this resource and `spec.adopt` is not set.
     #[error("{0}")]
     AdoptionNotConsented(String),
@@ -57,12 +72,13 @@ impl Error {
             ) => "CoderUnavailable",
             Error::Coder(error) => error.reason(),
             Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Credentials(_) => "CredentialsInvalid",
+            Error::Credentials(_) | Error::CredentialsSecretMissing { .. } => "CredentialsInvalid",
             Error::TemplateNotFound(_) => "TemplateNotFound",
             Error::PresetNotFound(_) => "PresetNotFound",
             Error::OwnerNotGranted(_) => "OwnerNotGranted",
             Error::CoderUrlNotAllowed { .. } => "CoderUrlNotAllowed",
             Error::AdoptionNotConsented(_) => "AdoptionNotConsented",
+            Error::NewParameterRequired { .. } => "NewParameterRequired",
         }
     }
 
@@ -79,7 +95,13 @@ impl Error {
     /// Errors only a spec change can fix: retrying them unchanged would
     /// get the same answer from Coder.
     pub fn waits_for_spec_change(&self) -> bool {
-        matches!(self, Error::InvalidSpec(_) | Error::PresetNotFound(_) | Error::Coder(CoderError::Validation { .. }))
+        matches!(
+            self,
+            Error::InvalidSpec(_)
+                | Error::PresetNotFound(_)
+                | Error::Coder(CoderError::Validation { .. })
+                | Error::NewParameterRequired { .. }
+        )
     }
 
     /// What a reading agent or person should do about it.
@@ -100,7 +122,7 @@ impl Error {
             }
             Error::Coder(_) => "Check the spec against Coder; the operator retries slowly.",
             Error::InvalidSpec(_) => "Fix the spec.",
-            Error::Credentials(_) => {
+            Error::Credentials(_) | Error::CredentialsSecretMissing { .. } => {
                 "Create the Secret named by spec.credentialsRef with keys url and token, or configure the operator's default credentials."
             }
             Error::TemplateNotFound(_) => "Fix spec.template (name or id) and spec.organization.",
@@ -112,8 +134,16 @@ impl Error {
             Error::AdoptionNotConsented(_) => {
                 "Until spec.adopt is true nothing is sent to that workspace; the operator looks again slowly."
             }
+            Error::NewParameterRequired { .. } => {
+                "Add a value for it to spec.parameters (values for parameters that the template's active version adds may be added after the workspace exists; existing values cannot change), or ask a template admin to give it a default; the operator tries the start again when the spec changes."
+            }
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `"a", "b"`.
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+}

@@ -116,6 +116,12 @@ struct RunArgs {
     /// apiserver) must last before a resource shows it as Degraded.
     #[arg(long, env = "TRANSIENT_GRACE", default_value = "1m", value_parser = duration)]
     transient_grace: Duration,
+    /// How long, from a resource's deletionTimestamp, a deletion whose
+    /// credentials Secret is gone or whose namespace is being deleted may
+    /// wait for deletionPolicy; then the workspace is left in Coder (as
+    /// Orphan) with a Warning Event, so the namespace can go.
+    #[arg(long, env = "CLEANUP_TIMEOUT", default_value = "5m", value_parser = duration)]
+    cleanup_timeout: Duration,
     /// Most Coder requests per second, across every workspace and credential
     /// (0: unlimited). The default stays under 60 % of coderd's default
     /// per-user limit (512 per minute); raise it with coderd's
@@ -215,6 +221,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         concurrency: args.concurrency,
         transient_grace: args.transient_grace,
+        cleanup_timeout: args.cleanup_timeout,
+        cleanup_backoff: Default::default(),
         namespaces: args.namespaces.clone(),
         template_ttl: args.template_cache_ttl,
         instance: identity,

@@ -147,3 +147,64 @@ async fn a_dormant_workspace_is_reported_with_its_remedy_and_never_started() {
     ready(&env).await;
     assert_eq!(env.transitions(id), ["start", "stop", "start"]);
 }
+
+/// A delete made in Coder (a person's, or dormancy's auto-deletion).
+async fn delete_in_coder(env: &Env, id: uuid::Uuid) {
+    let coder =
+        CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap();
+    let request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete);
+    coder.create_build(&id.to_string(), &request).await.expect("a delete made in Coder");
+}
+
+fn workspace_of(cws: &ChatWorkspace) -> Option<String> {
+    cws.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone())
+}
+
+#[tokio::test]
+async fn a_workspace_deleted_in_coder_is_created_again_by_default_with_an_event() {
+    let env = Env::start("deleted-recreate").await;
+    env.create("chat-1", json!({"template": {"name": "docker-dev"}})).await;
+    ready(&env).await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    delete_in_coder(&env, id).await;
+    let again = env
+        .wait_for("chat-1", "ready on a new workspace", LONG, |cws| {
+            workspace_of(cws).is_some_and(|w| w != id.to_string())
+                && cws.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, READY))
+        })
+        .await;
+    assert!(again.status.as_ref().unwrap().deleted_workspace.is_none(), "replaced by the new workspace");
+    let events = env.wait_for_events("chat-1", &["WorkspaceDeletedInCoder"]).await;
+    let note = &events.iter().find(|(r, _)| r == "WorkspaceDeletedInCoder").unwrap().1;
+    assert!(note.contains(&format!("admin/chat-1 ({id})")) && note.contains("creating it again"), "{note}");
+}
+
+#[tokio::test]
+async fn a_workspace_deleted_in_coder_is_left_deleted_when_the_spec_says_leave() {
+    let env = Env::start("deleted-leave").await;
+    env.create("chat-1", json!({"template": {"name": "docker-dev"}, "deletedInCoder": "Leave"})).await;
+    ready(&env).await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    delete_in_coder(&env, id).await;
+    let left = env.wait_for_condition("chat-1", READY, "False", Some("DeletedInCoder"), LONG).await;
+    let message = ready_message(&left);
+    assert!(message.contains(&id.to_string()) && message.contains("spec.deletedInCoder to Recreate"), "{message}");
+    let status = left.status.as_ref().unwrap();
+    assert_eq!(status.deleted_workspace.as_ref().map(|w| w.id.clone()), Some(id.to_string()));
+    assert!(conditions::is_true(&status.conditions, DEGRADED));
+    let events = env.wait_for_events("chat-1", &["WorkspaceDeletedInCoder"]).await;
+    assert!(events.iter().any(|(r, n)| r == "WorkspaceDeletedInCoder" && n.contains("Leave")), "{events:?}");
+    // Nothing is created while it says Leave.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.sim.workspace_id("admin", "chat-1").is_none(), "no new workspace");
+    let creates = env.sim.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/workspaces")).count();
+    assert_eq!(creates, 1, "only the first create");
+
+    // Recreate asked for: a new workspace, from the spec.
+    let patch = json!({"spec": {"deletedInCoder": "Recreate"}});
+    env.api.patch("chat-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch deletedInCoder");
+    let again = ready(&env).await;
+    assert!(workspace_of(&again).is_some_and(|w| w != id.to_string()), "a new workspace");
+}

@@ -6,12 +6,12 @@ use std::time::Duration;
 use chatworkspace_operator::coder::{ProbeOutcome, Workspace, WorkspaceTransition};
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::{
-    BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, DeletionPolicy, DesiredState, RecoveryMode,
-    RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
+    BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, CleanupStatus, DeletedInCoder, DeletionPolicy,
+    DesiredState, RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
 };
 use chatworkspace_operator::decision::{
-    Action, BuildPlan, BuildReason, Cleanup, Decision, Inputs, Observed, ObservedChat, Probe, Requeue, decide,
-    decide_cleanup, needs_probe,
+    Action, BuildPlan, BuildReason, Cleanup, CleanupBackoff, CleanupDeadline, Decision, Inputs, Observed, ObservedChat,
+    Probe, Requeue, cleanup_deadline, decide, decide_cleanup, needs_probe,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -38,6 +38,7 @@ fn spec(desired: DesiredState) -> ChatWorkspaceSpec {
         chat: Default::default(),
         deletion_policy: DeletionPolicy::Stop,
         outside_stops: Default::default(),
+        deleted_in_coder: Default::default(),
         credentials_ref: None,
         adopt: false,
     }
@@ -151,6 +152,40 @@ fn running_without_a_workspace_creates_one() {
     let d = decide_with(&spec(DesiredState::Running), &Default::default(), None, None);
     assert_eq!(d.action, Action::CreateWorkspace);
     assert_eq!(condition(&d, READY).0, "False");
+}
+
+#[test]
+fn a_workspace_deleted_in_coder_is_recreated_by_default_and_left_when_the_spec_says_leave() {
+    let running = workspace("start", "succeeded", Some(READY_AGENT));
+    let seen =
+        decide_with(&spec(DesiredState::Running), &Default::default(), Some(&running), Some(&ProbeOutcome::Reachable));
+    assert!(seen.status.workspace.is_some());
+
+    // Default (Recreate): one Warning, and a create.
+    let d = decide_with(&spec(DesiredState::Running), &seen.status, None, None);
+    assert_eq!(d.action, Action::CreateWorkspace);
+    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["WorkspaceDeletedInCoder"]);
+    assert!(d.events[0].note.contains("alice/fix-login-bug (ws-1)"), "{}", d.events[0].note);
+
+    // Leave: the same Warning, no create, and the condition says what to do.
+    let mut leave = spec(DesiredState::Running);
+    leave.deleted_in_coder = DeletedInCoder::Leave;
+    let d = decide_with(&leave, &seen.status, None, None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["WorkspaceDeletedInCoder"]);
+    assert_eq!(condition(&d, READY), ("False".into(), "DeletedInCoder".into()));
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "DeletedInCoder".into()));
+    let message = conditions::find(&d.status.conditions, READY).unwrap().message.clone();
+    assert!(message.contains("ws-1") && message.contains("spec.deletedInCoder to Recreate"), "{message}");
+    // It stays so on the next pass (status.workspace is gone by then), with no new Event.
+    let again = decide_with(&leave, &d.status, None, None);
+    assert_eq!((&again.action, again.events.len()), (&Action::None, 0));
+    assert_eq!(condition(&again, READY), ("False".into(), "DeletedInCoder".into()));
+    // Recreate asked for later: created again, and the record of the deleted one goes with the new one.
+    let d = decide_with(&spec(DesiredState::Running), &again.status, None, None);
+    assert_eq!(d.action, Action::CreateWorkspace);
+    let created = decide_with(&spec(DesiredState::Running), &d.status, Some(&running), Some(&ProbeOutcome::Reachable));
+    assert!(created.status.deleted_workspace.is_none());
 }
 
 #[test]
@@ -533,19 +568,92 @@ fn probes_are_asked_for_only_for_a_judgeable_agent() {
     assert!(needs_probe(&workspace("stop", "succeeded", None), None).is_none());
 }
 
+fn cleanup(policy: DeletionPolicy, workspace: Option<&Workspace>) -> Cleanup {
+    decide_cleanup(policy, workspace, &CleanupStatus::default(), CleanupBackoff::default(), at(0)).cleanup
+}
+
+/// A workspace whose latest build is a `transition` that failed `ago` seconds before NOW.
+fn failed_at(transition: &str, ago: i64, id: &str) -> Workspace {
+    let mut ws = workspace(transition, "failed", None);
+    ws.latest_build.id = id.into();
+    ws.latest_build.job.completed_at = Some(at(-ago));
+    ws
+}
+
 #[test]
 fn cleanup_follows_the_deletion_policy() {
     let running = workspace("start", "succeeded", Some(READY_AGENT));
-    assert_eq!(decide_cleanup(DeletionPolicy::Orphan, Some(&running)), Cleanup::Done);
-    assert_eq!(decide_cleanup(DeletionPolicy::Stop, Some(&running)), Cleanup::Build(WorkspaceTransition::Stop));
-    assert_eq!(decide_cleanup(DeletionPolicy::Delete, Some(&running)), Cleanup::Build(WorkspaceTransition::Delete));
-    assert_eq!(decide_cleanup(DeletionPolicy::Stop, Some(&workspace("start", "running", None))), Cleanup::Wait);
-    assert_eq!(decide_cleanup(DeletionPolicy::Stop, Some(&workspace("stop", "succeeded", None))), Cleanup::Done);
+    assert_eq!(cleanup(DeletionPolicy::Orphan, Some(&running)), Cleanup::Done);
+    assert_eq!(cleanup(DeletionPolicy::Stop, Some(&running)), Cleanup::Build(WorkspaceTransition::Stop));
+    assert_eq!(cleanup(DeletionPolicy::Delete, Some(&running)), Cleanup::Build(WorkspaceTransition::Delete));
+    assert_eq!(cleanup(DeletionPolicy::Stop, Some(&workspace("start", "running", None))), Cleanup::Wait);
+    assert_eq!(cleanup(DeletionPolicy::Stop, Some(&workspace("stop", "succeeded", None))), Cleanup::Done);
+    // A failed start is no cleanup build: the stop is issued at once.
     assert_eq!(
-        decide_cleanup(DeletionPolicy::Stop, Some(&workspace("stop", "failed", None))),
+        cleanup(DeletionPolicy::Stop, Some(&failed_at("start", 0, "b"))),
         Cleanup::Build(WorkspaceTransition::Stop)
     );
-    assert_eq!(decide_cleanup(DeletionPolicy::Delete, None), Cleanup::Done);
+    assert_eq!(cleanup(DeletionPolicy::Delete, None), Cleanup::Done);
+}
+
+#[test]
+fn a_failed_cleanup_build_is_counted_once_reported_once_and_retried_after_a_backoff() {
+    let backoff = CleanupBackoff { first: Duration::from_secs(5), max: Duration::from_secs(60) };
+    // Just failed: counted, reported with the job's error, retried in 5 s.
+    let first = decide_cleanup(
+        DeletionPolicy::Stop,
+        Some(&failed_at("stop", 1, "b1")),
+        &CleanupStatus::default(),
+        backoff,
+        at(0),
+    );
+    assert_eq!(first.cleanup, Cleanup::RetryIn(Duration::from_secs(4)));
+    assert_eq!((first.status.failed_builds, first.status.last_failed_build.as_deref()), (1, Some("b1")));
+    assert_eq!(first.status.last_error.as_deref(), Some("boom"));
+    let event = first.event.expect("a Warning for the failed build");
+    assert!(event.warning && event.reason == "CleanupBuildFailed", "{event:?}");
+    assert!(event.note.contains("boom") && event.note.contains("5s"), "{}", event.note);
+    // The same build seen again: no new count, no new Event.
+    let again = decide_cleanup(DeletionPolicy::Stop, Some(&failed_at("stop", 3, "b1")), &first.status, backoff, at(0));
+    assert_eq!(
+        (again.cleanup, again.status.failed_builds, again.event),
+        (Cleanup::RetryIn(Duration::from_secs(2)), 1, None)
+    );
+    // Once the wait is over, the stop is tried again.
+    let due = decide_cleanup(DeletionPolicy::Stop, Some(&failed_at("stop", 5, "b1")), &first.status, backoff, at(0));
+    assert_eq!(due.cleanup, Cleanup::Build(WorkspaceTransition::Stop));
+    // The retry fails too: it waits twice as long.
+    let second = decide_cleanup(DeletionPolicy::Stop, Some(&failed_at("stop", 9, "b2")), &first.status, backoff, at(0));
+    assert_eq!((second.cleanup, second.status.failed_builds), (Cleanup::RetryIn(Duration::from_secs(1)), 2));
+    // A delete policy backs off its failed deletes the same way.
+    let delete = decide_cleanup(
+        DeletionPolicy::Delete,
+        Some(&failed_at("delete", 0, "d1")),
+        &CleanupStatus::default(),
+        backoff,
+        at(0),
+    );
+    assert_eq!(delete.cleanup, Cleanup::RetryIn(Duration::from_secs(5)));
+}
+
+#[test]
+fn a_blocked_deletion_waits_until_its_timeout_from_the_deletion_timestamp() {
+    let five_minutes = Duration::from_secs(300);
+    assert_eq!(
+        cleanup_deadline(at(-60), five_minutes, at(0)),
+        CleanupDeadline::WaitUntil { at: at(240), remaining: Duration::from_secs(240) }
+    );
+    assert_eq!(cleanup_deadline(at(-300), five_minutes, at(0)), CleanupDeadline::GiveUp);
+    assert_eq!(cleanup_deadline(at(-301), five_minutes, at(0)), CleanupDeadline::GiveUp);
+    assert!(matches!(cleanup_deadline(at(0), Duration::MAX, at(0)), CleanupDeadline::WaitUntil { .. }));
+}
+
+#[test]
+fn the_cleanup_backoff_doubles_up_to_its_cap() {
+    let backoff = CleanupBackoff { first: Duration::from_secs(5), max: Duration::from_secs(30) };
+    let waits: Vec<u64> = (1..=6).map(|n| backoff.after(n).as_secs()).collect();
+    assert_eq!(waits, [5, 10, 20, 30, 30, 30]);
+    assert_eq!(backoff.after(u32::MAX), Duration::from_secs(30));
 }
 
 #[test]
@@ -768,4 +876,36 @@ fn a_stop_seen_while_stopped_is_desired_is_started_when_running_is_desired_again
     assert_eq!(seen.status.last_build_request.as_ref().and_then(|r| r.build_id.as_deref()), Some("build-7"));
     let d = decide_with(&spec(DesiredState::Running), &seen.status, Some(&stopped), None);
     assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::DesiredState));
+}
+
+proptest! {
+    #[test]
+    fn a_failed_cleanup_build_is_never_retried_before_its_backoff(
+        failed_before in 0u32..12,
+        seen_already in any::<bool>(),
+        ago in 0i64..700,
+        delete in any::<bool>(),
+    ) {
+        let policy = if delete { DeletionPolicy::Delete } else { DeletionPolicy::Stop };
+        let transition = if delete { "delete" } else { "stop" };
+        let backoff = CleanupBackoff::default();
+        let previous = CleanupStatus {
+            failed_builds: failed_before + u32::from(seen_already),
+            last_failed_build: seen_already.then(|| "b".to_string()),
+            last_error: None,
+            waiting: None,
+        };
+        let d = decide_cleanup(policy, Some(&failed_at(transition, ago, "b")), &previous, backoff, at(0));
+        // Counted exactly once, whatever the operator remembered.
+        prop_assert_eq!(d.status.failed_builds, failed_before + 1);
+        prop_assert_eq!(d.event.is_some(), !seen_already);
+        let wait = backoff.after(d.status.failed_builds);
+        prop_assert!(wait >= backoff.first && wait <= backoff.max);
+        let since = Duration::from_secs(ago as u64);
+        match d.cleanup {
+            Cleanup::Build(_) => prop_assert!(since >= wait, "rebuilt {since:?} after a failure, backoff {wait:?}"),
+            Cleanup::RetryIn(left) => prop_assert_eq!(left, wait - since),
+            other => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
 }

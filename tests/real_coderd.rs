@@ -751,3 +751,201 @@ async fn the_operators_probe_of_a_frozen_agent_times_out_before_coderd_sees_it_d
     assert_eq!(transitions(&builds), ["start", "stop", "start"]);
     assert_sequential(&builds);
 }
+
+/// A resource on an agentless template, once its first build is running.
+async fn running_workspace(coderd: &Coderd, env: &Operated, name: &str, extra: Value) -> (ChatWorkspace, String) {
+    let template = coderd.template(&unique(name), &TemplateSpec::default()).await;
+    let mut spec = running_spec(&unique(name), &template, fast_recovery());
+    spec.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+    env.create(name, spec).await;
+    let running = env
+        .wait_for(name, "running", CONVERGE, |c| {
+            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+        })
+        .await;
+    let id = workspace_id(&running);
+    (running, id)
+}
+
+/// Issue 12: a stop made through coderd's API (what a person's Stop does)
+/// while Running is desired is respected; a new start-request annotation
+/// starts it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_made_through_coderds_api_is_respected_until_a_start_is_asked_for() {
+    let (coderd, env) = operator("real-outside").await;
+    let (_, id) = running_workspace(coderd, &env, "outside", json!({})).await;
+
+    let _: Value = coderd
+        .admin_api()
+        .post(&format!("/workspaces/{id}/builds"), &json!({"transition": "stop"}))
+        .await
+        .expect("a stop through coderd's API");
+    let stopped = env.wait_for_condition("outside", READY, "False", Some("StoppedOutside"), CONVERGE).await;
+    let build = stopped.status.as_ref().and_then(|s| s.latest_build.clone()).unwrap();
+    assert_eq!((build.reason.as_deref(), build.initiator.as_deref()), (Some("initiator"), Some("admin")), "{build:?}");
+    let message = condition_message(&stopped, READY);
+    assert!(message.contains("by admin") && message.contains("start-requested-at"), "{message}");
+    // The operator's production intervals pass several times: no restart.
+    assert_builds_stay(coderd, &id, &["start", "stop"], Duration::from_secs(20)).await;
+
+    let patch = json!({"metadata": {"annotations": {"chat.coder.com/start-requested-at": "2026-12-01T12:00:00Z"}}});
+    env.api
+        .patch("outside", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("ask for a start");
+    env.wait_for("outside", "running again", CONVERGE, |c| {
+        c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running" && b.number == 3)
+    })
+    .await;
+    // One start for one new value.
+    assert_builds_stay(coderd, &id, &["start", "stop", "start"], Duration::from_secs(10)).await;
+    assert_sequential(&coderd.builds(&id).await);
+    let events = env.wait_for_events("outside", &["StartRequested"]).await;
+    assert!(events.iter().any(|(r, n)| r == "StartRequested" && n.contains("initiator")), "{events:?}");
+}
+
+/// Issue 12: a workspace deleted through coderd's API is reported and, by
+/// default, created again; with `deletedInCoder: Leave` it stays deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_deleted_through_coderds_api_is_reported_and_created_again_unless_left() {
+    let (coderd, env) = operator("real-deleted").await;
+    let (first, id) = running_workspace(coderd, &env, "recreate", json!({})).await;
+    let (left, left_id) = running_workspace(coderd, &env, "leave", json!({"deletedInCoder": "Leave"})).await;
+    for id in [&id, &left_id] {
+        let _: Value = coderd
+            .admin_api()
+            .post(&format!("/workspaces/{id}/builds"), &json!({"transition": "delete"}))
+            .await
+            .expect("a delete through coderd's API");
+    }
+
+    let again = env
+        .wait_for("recreate", "on a new workspace", CONVERGE, |c| {
+            c.status.as_ref().and_then(|s| s.workspace.as_ref()).is_some_and(|w| w.id != id)
+                && c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+        })
+        .await;
+    let name = str_field(&created_workspace(&first), "name");
+    let now = coderd.workspace("admin", &name).await.expect("a workspace of that name again");
+    assert_eq!(str_field(&now, "id"), workspace_id(&again), "the resource follows the new workspace");
+    let events = env.wait_for_events("recreate", &["WorkspaceDeletedInCoder"]).await;
+    let note = &events.iter().find(|(r, _)| r == "WorkspaceDeletedInCoder").unwrap().1;
+    assert!(note.contains(&id) && note.contains("creating it again"), "{note}");
+
+    let reported = env.wait_for_condition("leave", READY, "False", Some("DeletedInCoder"), CONVERGE).await;
+    assert!(condition_message(&reported, READY).contains(&left_id), "{}", condition_message(&reported, READY));
+    let left_name = str_field(&created_workspace(&left), "name");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        assert!(coderd.workspace("admin", &left_name).await.is_none(), "Leave created a workspace again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Issue 12: a deletion whose credentials Secret is gone leaves the
+/// workspace in coderd after --cleanup-timeout, instead of holding the
+/// namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_whose_credentials_are_gone_leaves_the_workspace_in_coderd_after_the_timeout() {
+    let coderd = Coderd::shared();
+    let mut env = Operated::without_operator("real-nocreds", coderd.url(), &coderd.admin.token).await;
+    env.settings.cleanup_timeout = Duration::from_secs(5);
+    env.start_operator();
+    credentials_secret(&env, "team-coder", coderd.url(), &coderd.admin.token).await;
+    let (cws, id) = running_workspace(coderd, &env, "nocreds", json!({"credentialsRef": {"name": "team-coder"}})).await;
+    assert_eq!(transitions(&coderd.builds(&id).await), ["start"]);
+
+    kube::Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
+        .delete("team-coder", &Default::default())
+        .await
+        .expect("delete the Secret");
+    env.delete("nocreds").await;
+    env.wait_gone("nocreds", CONVERGE).await;
+    let events = env.wait_for_events("nocreds", &["DeletionBlocked", "WorkspaceOrphaned"]).await;
+    let note = &events.iter().find(|(r, _)| r == "WorkspaceOrphaned").unwrap().1;
+    assert!(note.contains(&id) && note.contains("team-coder"), "{note}");
+    assert!(!note.contains(&coderd.admin.token), "never the token");
+    let name = str_field(&created_workspace(&cws), "name");
+    assert!(coderd.workspace("admin", &name).await.is_some(), "the workspace is left in coderd");
+    assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(3)).await;
+}
+
+/// Issue 12: what coderd v2.36.1 answers to a start onto a version that adds
+/// a required parameter without a default, in both parameter flows: the
+/// shapes the operator (and the simulator) rely on. AGPL coderd ignores
+/// require_active_version, so the operator itself never moves a workspace
+/// to a new version at start here; the request is made directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coderd_refuses_a_start_onto_a_version_with_a_new_required_parameter_naming_it() {
+    use chatworkspace_operator::coder::{CoderClient, CoderError, CreateWorkspaceBuildRequest, SessionToken};
+    use chatworkspace_operator::coder::{ParameterValue, WorkspaceTransition};
+    let coderd = Coderd::shared();
+    let client =
+        CoderClient::new(coderd.url(), SessionToken::new(&coderd.admin.token).unwrap(), Duration::from_secs(30))
+            .unwrap();
+    let zone = json!({"name": "zone", "type": "string", "required": true, "mutable": true});
+    for classic in [false, true] {
+        let plain = TemplateSpec { classic_parameter_flow: classic, ..TemplateSpec::default() };
+        let template = coderd.template(&unique("newparam"), &plain).await;
+        let newer =
+            TemplateSpec { parameters: vec![zone.clone()], classic_parameter_flow: classic, ..TemplateSpec::default() };
+        let created: Value = coderd
+            .admin_api()
+            .post(
+                "/users/admin/workspaces",
+                &json!({"name": unique("newparam"), "template_version_id": template.active_version_id}),
+            )
+            .await
+            .expect("a workspace on the first version");
+        let id = str_field(&created, "id");
+        let second = coderd.add_version(&template, &newer, true).await;
+        wait_for_job(coderd, &id).await;
+        let stop = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop);
+        client.create_build(&id, &stop).await.expect("a stop");
+        wait_for_job(coderd, &id).await;
+
+        let start = CreateWorkspaceBuildRequest {
+            template_version_id: Some(second.clone()),
+            ..CreateWorkspaceBuildRequest::new(WorkspaceTransition::Start)
+        };
+        let refused = client.create_build(&id, &start).await.expect_err("coderd refuses the start");
+        match (&refused, classic) {
+            (CoderError::Validation { validations, .. }, false) => {
+                assert_eq!(validations.len(), 1, "{refused}");
+                assert_eq!(validations[0].field, "zone", "{refused}");
+                assert!(validations[0].detail.contains("Required parameter not provided"), "{refused}");
+            }
+            (CoderError::BadRequest { status: 400, message, detail }, true) => {
+                assert_eq!(message, "Unable to validate parameter \"zone\"", "{refused}");
+                assert!(detail.contains("is required but not provided"), "{refused}");
+            }
+            _ => panic!("classic flow {classic}: unexpected answer {refused:?}"),
+        }
+        // The new value alone is enough.
+        let start = CreateWorkspaceBuildRequest {
+            rich_parameter_values: vec![ParameterValue { name: "zone".into(), value: "z1".into() }],
+            ..start
+        };
+        client.create_build(&id, &start).await.expect("the start with the new value");
+        wait_for_job(coderd, &id).await;
+        let builds = coderd.builds(&id).await;
+        assert_eq!(builds.last().unwrap().job.status, "succeeded", "{builds:?}");
+        assert_eq!(
+            coderd.build_parameters(&builds.last().unwrap().id).await.get("zone").map(String::as_str),
+            Some("z1")
+        );
+    }
+}
+
+/// Waits until the latest build of `workspace_id` has ended.
+async fn wait_for_job(coderd: &Coderd, workspace_id: &str) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let builds = coderd.builds(workspace_id).await;
+        if builds.last().is_some_and(|b| !matches!(b.job.status.as_str(), "pending" | "running" | "canceling")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the build never ended: {builds:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -110,6 +110,45 @@ async fn a_start_on_a_template_that_requires_its_active_version_builds_it_and_sa
     assert!(events.iter().any(|(reason, note)| reason == "ActiveVersionRequired" && note.contains(DOCKER_DEV_V2)));
 }
 
+const STRICT_DEV_V2: &str = "2e000000-0000-4000-8000-0000000002a1";
+
+#[tokio::test]
+async fn a_new_required_parameter_at_start_is_named_and_its_value_alone_is_sent_once_given() {
+    let env = Env::start("newparam").await;
+    let region = json!({"name": "region", "value": "eu-west"});
+    env.create("chat-1", json!({"template": {"name": "strict-dev"}, "parameters": [region]})).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    env.set_desired_state("chat-1", "Stopped").await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Stopped"), LONG).await;
+
+    // The template admin activates v2, which adds `zone` (required, no default).
+    env.sim.set_active_version("strict-dev", "v2");
+    env.set_desired_state("chat-1", "Running").await;
+    let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("NewParameterRequired"), LONG).await;
+    let message = conditions::find(&degraded.status.unwrap().conditions, DEGRADED).unwrap().message.clone();
+    assert!(message.contains("\"zone\"") && message.contains(STRICT_DEV_V2), "names the parameter: {message}");
+    assert!(message.contains("Add a value for it to spec.parameters"), "says what to do: {message}");
+    let refused = || env.sim.requests().iter().filter(|r| r.path.ends_with("/builds") && r.status == 400).count();
+    let before = refused();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(refused(), before, "not retried until the spec changes");
+
+    // The value is added (the CRD allows adding one): the start sends it alone.
+    let patch = json!({"spec": {"parameters": [region, {"name": "zone", "value": "z1"}]}});
+    env.api.patch("chat-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("add the new value");
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let start = request_bodies(&env, "POST", "/builds").pop().unwrap();
+    assert_eq!(start["template_version_id"], STRICT_DEV_V2);
+    assert_eq!(start["rich_parameter_values"], json!([{"name": "zone", "value": "z1"}]), "never the old ones");
+    let id = env.workspace_id("admin", "chat-1");
+    let parameters = env.sim.builds(id).pop().unwrap().parameters;
+    assert!(
+        parameters.contains(&("region".into(), "eu-west".into())),
+        "the immutable one carried over: {parameters:?}"
+    );
+    assert!(parameters.contains(&("zone".into(), "z1".into())), "{parameters:?}");
+}
+
 #[tokio::test]
 async fn parameter_validation_errors_name_each_field_and_are_not_retried() {
     let env = Env::start("validation").await;
@@ -248,10 +287,18 @@ async fn the_crd_rejects_bad_input() {
     env.set_desired_state("good", "Running").await;
     env.wait_for("good", "with a workspace", LONG, |cws| cws.status.as_ref().is_some_and(|s| s.workspace.is_some()))
         .await;
+    // A value may still be added, for a parameter a new template version adds…
+    let added = json!({"spec": {"parameters": [{"name": "zone", "value": "eu"}]}});
+    raw.patch("good", &PatchParams::default(), &Patch::Merge(&added)).await.expect("a value added after creation");
     for (patch, needle) in [
         (json!({"spec": {"template": {"name": "chat-dev"}}}), "spec.template is a creation-time choice"),
         (json!({"spec": {"preset": {"name": "large"}}}), "spec.preset is a creation-time choice"),
-        (json!({"spec": {"parameters": [{"name": "cpu", "value": "4"}]}}), "spec.parameters are creation-time values"),
+        // …but none changes or goes.
+        (
+            json!({"spec": {"parameters": [{"name": "zone", "value": "us"}]}}),
+            "spec.parameters are creation-time values",
+        ),
+        (json!({"spec": {"parameters": []}}), "spec.parameters are creation-time values"),
         (json!({"spec": {"workspaceName": "other"}}), "spec.workspaceName is immutable"),
     ] {
         let result = raw.patch("good", &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ());

@@ -301,6 +301,35 @@ async fn require_active_version_gates_starts_but_not_stops() {
 }
 
 #[tokio::test]
+async fn a_start_onto_a_version_that_adds_a_required_parameter_needs_its_value() {
+    let (sim, client) = start().await;
+    let id = id_of(&client.create_workspace("strict", STRICT_DEV).await);
+    client.wait_for_build(&id, "running").await;
+    client.build(&id, json!({ "transition": "stop" })).await.expect(201);
+    client.wait_for_build(&id, "stopped").await;
+    sim.set_active_version("strict-dev", "v2");
+
+    // coderd v2.36.1's dynamic parameter flow: 400, one validation per parameter.
+    let err =
+        client.build(&id, json!({ "transition": "start", "template_version_id": STRICT_DEV_V2 })).await.expect(400);
+    assert_eq!(err["message"], "Unable to validate parameters");
+    assert_eq!(
+        err["validations"],
+        json!([{"field": "zone", "detail": "Required parameter not provided; parameter value is null"}])
+    );
+    // Its value alone is enough: the immutable region carries over.
+    let start = client
+        .build(
+            &id,
+            json!({ "transition": "start", "template_version_id": STRICT_DEV_V2,
+                    "rich_parameter_values": [{"name": "zone", "value": "z1"}] }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(start["template_version_id"], STRICT_DEV_V2);
+}
+
+#[tokio::test]
 async fn immutable_parameters_cannot_change_on_a_rebuild() {
     let (_sim, client) = start().await;
     let id = id_of(&client.create_workspace("immutable", DOCKER_DEV).await);

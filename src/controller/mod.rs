@@ -11,6 +11,7 @@
 //! periodic resync is only a safety net.
 
 mod act;
+mod cleanup;
 mod gather;
 mod record;
 
@@ -34,9 +35,7 @@ use crate::claims::ClaimsIndex;
 use crate::coder::{CoderError, WorkspaceTransition};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
 use crate::credentials::Credentials;
-use crate::decision::{
-    self, Action as CoreAction, BuildPlan, BuildReason, Cleanup, Inputs, Observed, ObservedChat, Requeue,
-};
+use crate::decision::{self, Action as CoreAction, BuildReason, Inputs, Observed, ObservedChat, Requeue};
 use crate::error::{Error, Result};
 use crate::index::{CoderIndex, IndexSettings};
 use crate::metrics::Metrics;
@@ -68,6 +67,13 @@ pub struct Settings {
     /// written without it: one write per resource on first sight, not two
     /// or three.
     pub first_sight_wait: Duration,
+    /// How long a deletion may wait, from the resource's
+    /// `deletionTimestamp`, when its credentials are gone or its namespace
+    /// is being deleted; then the workspace is left in Coder (as
+    /// `deletionPolicy: Orphan`) so that the namespace can go.
+    pub cleanup_timeout: Duration,
+    /// Waits between the retries of a cleanup build that failed in Coder.
+    pub cleanup_backoff: decision::CleanupBackoff,
 }
 
 impl Default for Settings {
@@ -82,6 +88,8 @@ impl Default for Settings {
             install: "chatworkspace-operator".into(),
             transient_grace: Duration::from_secs(60),
             first_sight_wait: Duration::from_secs(10),
+            cleanup_timeout: Duration::from_secs(300),
+            cleanup_backoff: decision::CleanupBackoff::default(),
         }
     }
 }
@@ -325,7 +333,7 @@ async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action>
         Ok(Action::requeue(Duration::from_secs(300)))
     } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
-            cleanup(&api, &resource, &context).await
+            cleanup::cleanup(&api, &resource, &context).await
         } else {
             Ok(Action::await_change())
         }
@@ -550,7 +558,7 @@ async fn converge(
             if plan.reason == BuildReason::Recovery {
                 record::write_intent(context, api, resource, previous, &decision.status).await?;
             }
-            match act::issue_build(current, &plan, coder).await {
+            match act::issue_build(current, &plan, &resource.spec.parameters, coder).await {
                 Ok(build) => {
                     let transition = plan.transition.as_str();
                     context.metrics.build(transition, plan.reason.as_str());
@@ -639,117 +647,4 @@ async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, insta
     });
     api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
-}
-
-async fn remove_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
-    let finalizers = resource.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    set_finalizers(api, resource, finalizers).await
-}
-
-/// A merge patch that carries the resourceVersion it was computed from, so
-/// it fails (and the reconcile retries) instead of dropping another
-/// controller's finalizer written meanwhile.
-async fn set_finalizers(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, finalizers: Vec<String>) -> Result<()> {
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": resource.resource_version()},
-    });
-    api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
-}
-
-/// Lets a resource go without touching its workspace in Coder, saying why.
-async fn leave_workspace(
-    api: &Api<ChatWorkspace>,
-    resource: &ChatWorkspace,
-    context: &Context,
-    why: &str,
-) -> Result<Action> {
-    let event = KubeEvent {
-        type_: EventType::Warning,
-        reason: "WorkspaceLeftAsIs".into(),
-        note: Some(format!("deletionPolicy was not applied: {why}")),
-        action: "Delete".into(),
-        secondary: None,
-    };
-    record::publish_one(context, resource, event).await;
-    remove_finalizer(api, resource).await?;
-    Ok(Action::await_change())
-}
-
-/// Applies `deletionPolicy`, then lets the resource go.
-async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
-    let policy = resource.spec.deletion_policy;
-    let workspace_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
-    // A resource that lost a conflict never drove the workspace, and an
-    // orphaned workspace needs no Coder at all.
-    if policy == crate::crd::DeletionPolicy::Orphan || context.claims.conflicting(resource, workspace_id).is_some() {
-        remove_finalizer(api, resource).await?;
-        return Ok(Action::await_change());
-    }
-    // A resource that may not drive the workspace (any more) leaves it as it is.
-    let admitted = match context.credentials.for_resource(&context.kube, resource).await {
-        Ok(credentials) => context.tenancy.admit(resource, &credentials).await.map(|owner| (credentials, owner)),
-        Err(error) => Err(error),
-    };
-    let (credentials, owner) = match admitted {
-        Ok(admitted) => admitted,
-        Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
-            return leave_workspace(api, resource, context, &error.to_string()).await;
-        }
-        Err(error) => return Err(error),
-    };
-    let coder = &credentials.client;
-    let owner = owner.username;
-    let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
-    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name(), known_id).await?;
-    let status = resource.status.clone().unwrap_or_default();
-    let mut policy = policy;
-    if let Some(found) = &workspace {
-        let ownership =
-            match gather::consent(resource, &status, &None, Some(found), (context, &credentials), &owner).await {
-                Ok(recorded) => recorded.or(status.ownership.clone()),
-                Err(refused @ Error::AdoptionNotConsented(_)) => {
-                    return leave_workspace(api, resource, context, &refused.to_string()).await;
-                }
-                Err(error) => return Err(error),
-            };
-        if policy == crate::crd::DeletionPolicy::Delete
-            && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
-        {
-            // Deleting needs explicit consent; stopping is what Stop would do.
-            policy = crate::crd::DeletionPolicy::Stop;
-        }
-    }
-    match decision::decide_cleanup(policy, workspace.as_ref()) {
-        Cleanup::Done => {
-            info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");
-            remove_finalizer(api, resource).await?;
-            Ok(Action::await_change())
-        }
-        Cleanup::Wait => Ok(Action::requeue(context.settings.requeue.active)),
-        Cleanup::Build(transition) => {
-            let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
-            let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
-            match act::issue_build(&workspace, &plan, coder).await {
-                Ok(build) => {
-                    context.metrics.build(transition.as_str(), "Deletion");
-                    let event = KubeEvent {
-                        type_: EventType::Normal,
-                        reason: "BuildRequested".into(),
-                        note: Some(format!(
-                            "Requested {} build #{} because the resource is being deleted (deletionPolicy {policy:?}).",
-                            transition.as_str(),
-                            build.build_number
-                        )),
-                        action: "Delete".into(),
-                        secondary: None,
-                    };
-                    record::publish_one(context, resource, event).await;
-                }
-                Err(Error::Coder(CoderError::Conflict { .. })) => {}
-                Err(error) => return Err(error),
-            }
-            Ok(Action::requeue(context.settings.requeue.active))
-        }
-    }
 }

@@ -1,0 +1,309 @@
+//! Deletion: applies `deletionPolicy` to the workspace, then lets the
+//! resource go by removing the operator's finalizer.
+//!
+//! A cleanup build that fails in Coder is retried with backoff, counted in
+//! `status.cleanup`. A deletion that cannot finish because the resource's
+//! credentials are gone or its namespace is being deleted waits at most
+//! `--cleanup-timeout` from its `deletionTimestamp`, saying why, and then
+//! leaves the workspace in Coder (as `Orphan` would) so that the namespace
+//! is not held forever.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::{Context, act, gather, record};
+use crate::coder::CoderError;
+use crate::crd::{ChatWorkspace, CleanupStatus, DeletionPolicy, FINALIZER};
+use crate::decision::{self, BuildPlan, BuildReason, Cleanup, CleanupDeadline};
+use crate::error::{Error, Result};
+use crate::tenancy;
+
+async fn remove_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace) -> Result<()> {
+    let finalizers = resource.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    set_finalizers(api, resource, finalizers).await
+}
+
+/// A merge patch that carries the resourceVersion it was computed from, so
+/// it fails (and the reconcile retries) instead of dropping another
+/// controller's finalizer written meanwhile.
+async fn set_finalizers(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, finalizers: Vec<String>) -> Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": resource.resource_version()},
+    });
+    api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Lets a resource go without touching its workspace in Coder, saying why.
+async fn leave_workspace(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    why: &str,
+) -> Result<Action> {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "WorkspaceLeftAsIs".into(),
+        note: Some(format!("deletionPolicy was not applied: {why}")),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    record::publish_one(context, resource, event).await;
+    remove_finalizer(api, resource).await?;
+    Ok(Action::await_change())
+}
+
+/// How far applying the policy got in one pass.
+enum Progress {
+    /// The finalizer is gone.
+    Finished,
+    /// Not done yet; look again after this long.
+    Pending(Duration),
+}
+
+/// Applies `deletionPolicy`, then lets the resource go; gives up (leaving the
+/// workspace in Coder) when a deletion that cannot finish has waited long
+/// enough.
+pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
+    let policy = resource.spec.deletion_policy;
+    let workspace_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
+    // A resource that lost a conflict never drove the workspace, and an
+    // orphaned workspace needs no Coder at all.
+    if policy == DeletionPolicy::Orphan || context.claims.conflicting(resource, workspace_id).is_some() {
+        remove_finalizer(api, resource).await?;
+        return Ok(Action::await_change());
+    }
+    let outcome = apply_policy(api, resource, context).await;
+    let (detail, after) = match &outcome {
+        Ok(Progress::Finished) => return Ok(Action::await_change()),
+        Ok(Progress::Pending(after)) => (Some("the cleanup build has not finished".to_string()), *after),
+        Err(error) => (Some(error.to_string()), context.settings.requeue.stable),
+    };
+    let (blocker, detail) = match &outcome {
+        Err(Error::CredentialsSecretMissing { namespace, secret }) => (
+            format!(
+                "its Coder credentials are gone (Secret {namespace}/{secret}, named by spec.credentialsRef, does not exist)"
+            ),
+            None,
+        ),
+        _ if namespace_terminating(context, resource).await? => {
+            (format!("its namespace {} is being deleted", resource.namespace().unwrap_or_default()), detail)
+        }
+        // Nothing stands in the way for good: carry on (errors with backoff).
+        _ => {
+            return outcome.map(|progress| match progress {
+                Progress::Pending(after) => Action::requeue(after),
+                Progress::Finished => Action::await_change(),
+            });
+        }
+    };
+    wait_or_orphan(api, resource, context, &blocker, detail.as_deref(), after).await
+}
+
+/// Whether the resource's namespace is being deleted.
+async fn namespace_terminating(context: &Context, resource: &ChatWorkspace) -> Result<bool> {
+    let api: Api<Namespace> = Api::all(context.kube.clone());
+    let namespace = api.get_metadata_opt(&resource.namespace().unwrap_or_default()).await?;
+    Ok(namespace.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+}
+
+/// The workspace a deletion is about, for messages: owner/name and id.
+fn workspace_named(resource: &ChatWorkspace) -> String {
+    match resource.status.as_ref().and_then(|s| s.workspace.as_ref()) {
+        Some(known) => format!("{}/{} (id {})", known.owner, known.name, known.id),
+        None => format!(
+            "{}/{} (id unknown: the operator never saw it)",
+            resource.spec.owner.as_deref().unwrap_or("<the token's user>"),
+            resource.workspace_name()
+        ),
+    }
+}
+
+/// Before the deadline: says once why the deletion waits, and looks again.
+/// After it: leaves the workspace in Coder, says so, and lets the resource go.
+async fn wait_or_orphan(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    blocker: &str,
+    detail: Option<&str>,
+    after: Duration,
+) -> Result<Action> {
+    let policy = resource.spec.deletion_policy;
+    let timeout = context.settings.cleanup_timeout;
+    let now = Timestamp::now();
+    let deleted_at = resource.metadata.deletion_timestamp.as_ref().map_or(now, |t| t.0);
+    let deadline = decision::cleanup_deadline(deleted_at, timeout, now);
+    let workspace = workspace_named(resource);
+    let CleanupDeadline::WaitUntil { at: deadline, remaining } = deadline else {
+        let last = detail.map(|detail| format!(" (last: {detail})")).unwrap_or_default();
+        let note = format!(
+            "Left workspace {workspace} in Coder as it is, without applying deletionPolicy {policy:?}: {blocker}, \
+             and {} after the deletion began it still could not be applied{last}. Stop or delete the workspace \
+             in Coder if it is no longer needed.",
+            decision::human(timeout)
+        );
+        warn!(name = %resource.name_any(), namespace = ?resource.namespace(), %note, "giving up on deletionPolicy");
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "WorkspaceOrphaned".into(),
+            note: Some(note),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        record::publish_one(context, resource, event).await;
+        remove_finalizer(api, resource).await?;
+        return Ok(Action::await_change());
+    };
+    let message = format!(
+        "The deletion waits: {blocker}, so deletionPolicy {policy:?} cannot be applied to workspace {workspace}. \
+         If it still cannot by {} ({} after the deletion began), the workspace is left in Coder as it is and \
+         the resource goes.",
+        deadline.round(jiff::Unit::Second).unwrap_or(deadline),
+        decision::human(timeout)
+    );
+    let mut cleanup = previous_cleanup(resource);
+    if cleanup.waiting.as_deref() != Some(message.as_str()) {
+        // Once per cause, not once per pass.
+        cleanup.waiting = Some(message.clone());
+        write_cleanup_status(api, resource, &cleanup).await?;
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: "DeletionBlocked".into(),
+            note: Some(message),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        record::publish_one(context, resource, event).await;
+    }
+    Ok(Action::requeue(after.min(remaining + Duration::from_millis(100))))
+}
+
+fn previous_cleanup(resource: &ChatWorkspace) -> CleanupStatus {
+    resource.status.as_ref().and_then(|s| s.cleanup.clone()).unwrap_or_default()
+}
+
+/// A merge patch of `status.cleanup` alone (a null clears a field).
+async fn write_cleanup_status(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    cleanup: &CleanupStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({"status": {"cleanup": {
+        "failedBuilds": cleanup.failed_builds,
+        "lastFailedBuild": cleanup.last_failed_build,
+        "lastError": cleanup.last_error,
+        "waiting": cleanup.waiting,
+    }}});
+    api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// One pass of `deletionPolicy` (Stop or Delete) against Coder.
+async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Progress> {
+    let policy = resource.spec.deletion_policy;
+    // A resource that may not drive the workspace (any more) leaves it as it is.
+    let admitted = match context.credentials.for_resource(&context.kube, resource).await {
+        Ok(credentials) => context.tenancy.admit(resource, &credentials).await.map(|owner| (credentials, owner)),
+        Err(error) => Err(error),
+    };
+    let (credentials, owner) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
+            leave_workspace(api, resource, context, &error.to_string()).await?;
+            return Ok(Progress::Finished);
+        }
+        Err(error) => return Err(error),
+    };
+    let coder = &credentials.client;
+    let owner = owner.username;
+    let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
+    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name(), known_id).await?;
+    let status = resource.status.clone().unwrap_or_default();
+    let mut policy = policy;
+    if let Some(found) = &workspace {
+        let ownership =
+            match gather::consent(resource, &status, &None, Some(found), (context, &credentials), &owner).await {
+                Ok(recorded) => recorded.or(status.ownership.clone()),
+                Err(refused @ Error::AdoptionNotConsented(_)) => {
+                    leave_workspace(api, resource, context, &refused.to_string()).await?;
+                    return Ok(Progress::Finished);
+                }
+                Err(error) => return Err(error),
+            };
+        if policy == DeletionPolicy::Delete
+            && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
+        {
+            // Deleting needs explicit consent; stopping is what Stop would do.
+            policy = DeletionPolicy::Stop;
+        }
+    }
+    let previous = previous_cleanup(resource);
+    let decided = decision::decide_cleanup(
+        policy,
+        workspace.as_ref(),
+        &previous,
+        context.settings.cleanup_backoff,
+        Timestamp::now(),
+    );
+    if decided.status != previous {
+        // Counted before it is reported or retried: a restart keeps the count.
+        write_cleanup_status(api, resource, &decided.status).await?;
+    }
+    if let Some(event) = decided.event {
+        let event = KubeEvent {
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            reason: event.reason.into(),
+            note: Some(event.note),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        record::publish_one(context, resource, event).await;
+    }
+    let active = context.settings.requeue.active;
+    match decided.cleanup {
+        Cleanup::Done => {
+            info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");
+            remove_finalizer(api, resource).await?;
+            Ok(Progress::Finished)
+        }
+        Cleanup::Wait => Ok(Progress::Pending(active)),
+        Cleanup::RetryIn(after) => Ok(Progress::Pending(after)),
+        Cleanup::Build(transition) => {
+            let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
+            let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
+            match act::issue_build(&workspace, &plan, &[], coder).await {
+                Ok(build) => {
+                    context.metrics.build(transition.as_str(), "Deletion");
+                    let retry = match previous.failed_builds {
+                        0 => String::new(),
+                        n => format!(" (retry after {n} failed build(s))"),
+                    };
+                    let event = KubeEvent {
+                        type_: EventType::Normal,
+                        reason: "BuildRequested".into(),
+                        note: Some(format!(
+                            "Requested {} build #{} because the resource is being deleted (deletionPolicy \
+                             {policy:?}){retry}.",
+                            transition.as_str(),
+                            build.build_number
+                        )),
+                        action: "Delete".into(),
+                        secondary: None,
+                    };
+                    record::publish_one(context, resource, event).await;
+                }
+                Err(Error::Coder(CoderError::Conflict { .. })) => {}
+                Err(error) => return Err(error),
+            }
+            Ok(Progress::Pending(active))
+        }
+    }
+}
