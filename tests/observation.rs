@@ -163,3 +163,64 @@ async fn a_workspace_renamed_in_coder_is_followed_by_id_not_duplicated() {
     assert_eq!(env.transitions(id), ["start", "stop"]);
     assert!(env.sim.workspace_id("admin", "chat-1").is_none(), "no second workspace under the old name");
 }
+
+/// Issue: 10,000 resources observed soon after a start. Each resource's
+/// first status already holds what the index completes a moment after
+/// first sight (the agent's first probe, the chat lookup): one status write
+/// per resource, not two or three.
+#[tokio::test]
+async fn a_resource_seen_for_the_first_time_is_written_once_with_the_whole_picture() {
+    use chatworkspace_operator::conditions::{AGENT_REACHABLE, CHAT_CONTEXT_CURRENT};
+    use chatworkspace_operator::crd::ChatWorkspace;
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let mut env = Env::without_operator("first-sight", SimConfig::fast()).await;
+    env.tweak = Some(without_resync);
+    // A running workspace with a ready agent before the operator sees it.
+    let id = env.sim.create_workspace("admin", "chat-1", "docker-dev");
+    let client = coder(&env);
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let workspace = client.workspace(&id.to_string()).await.expect("read the workspace");
+        let ready = workspace.latest_build.agents().any(|a| a.lifecycle_state.as_str() == "ready");
+        if ready {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the simulator's workspace never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut adopting = spec();
+    adopting["adopt"] = json!(true);
+    env.create("chat-1", adopting).await;
+    // The chat lookup answers after the probe, so both must be waited for.
+    let slow = Fault::new("/api/experimental/chats/by-workspace", FaultKind::Latency(Duration::from_millis(1500)));
+    env.sim.inject_fault(slow.times(1));
+
+    // Every status the apiserver stores for it, in order.
+    let api: kube::Api<ChatWorkspace> = kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = statuses.clone();
+    let watch = tokio::spawn(async move {
+        let mut changes = watcher(api, watcher::Config::default()).applied_objects().boxed();
+        while let Some(Ok(cws)) = changes.next().await {
+            let mut seen = seen.lock().unwrap();
+            if cws.status.is_some() && seen.last() != Some(&cws.status) {
+                seen.push(cws.status);
+            }
+        }
+    });
+    env.start_operator();
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    watch.abort();
+
+    let statuses = statuses.lock().unwrap().clone();
+    let first = statuses.first().and_then(Option::as_ref).expect("a status was written");
+    let reason = |type_| {
+        chatworkspace_operator::conditions::find(&first.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    assert_eq!(reason(READY), Some(("True".into(), "Running".into())), "the first status is already Ready");
+    assert_eq!(reason(AGENT_REACHABLE), Some(("True".into(), "Reachable".into())), "with the first probe");
+    assert_ne!(reason(CHAT_CONTEXT_CURRENT).map(|r| r.1), Some("NotObserved".into()), "and the chat lookup");
+    assert_eq!(statuses.len(), 1, "one status write, not {}: {statuses:#?}", statuses.len());
+}
