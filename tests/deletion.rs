@@ -14,7 +14,7 @@ use chatworkspace_operator::decision::CleanupBackoff;
 use coder_sim::SimConfig;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use serde_json::json;
 use support::{Env, LONG};
 
@@ -92,25 +92,13 @@ async fn a_cleanup_stop_that_keeps_failing_is_retried_with_backoff_and_counted_a
     }
 }
 
-async fn create_secret(env: &Env, name: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": env.namespace},
-        "stringData": {"url": env.sim.url(), "token": env.sim.token()},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_deletion_whose_credentials_are_gone_waits_then_leaves_the_workspace_in_coder() {
     let timeout = Duration::from_secs(5);
     let mut env = Env::without_operator("cleanup-nocreds", SimConfig::fast()).await;
     env.settings.cleanup_timeout = timeout;
     env.start_operator();
-    create_secret(&env, "team-coder").await;
+    env.credentials_secret("team-coder", &env.sim.url(), &env.sim.token()).await;
     env.create("chat-1", json!({"template": {"name": "docker-dev"}, "credentialsRef": {"name": "team-coder"}})).await;
     ready(&env, "chat-1").await;
     let id = env.workspace_id("admin", "chat-1");

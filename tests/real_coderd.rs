@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
 use serde_json::{Value, json};
 use support::Operated;
 use support::coderd::{AgentSpec, Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions};
@@ -394,19 +393,6 @@ async fn a_failed_start_is_reported_with_the_jobs_error_and_not_retried() {
     assert_builds_stay(coderd, &workspace_id(&degraded), &["start"], Duration::from_secs(10)).await;
 }
 
-/// A Secret `name` with a Coder URL and token, for `spec.credentialsRef`.
-async fn credentials_secret(env: &Operated, name: &str, url: &str, token: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "stringData": {"url": url, "token": token},
-    }))
-    .unwrap();
-    kube::Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create the credentials Secret");
-}
-
 /// The operator's Coder requests so far that got `code`, from its metrics.
 fn requests_with_code(env: &Operated, code: &str) -> f64 {
     let exposition = parse_exposition(&env.metrics.render()).expect("the operator's metrics parse");
@@ -439,7 +425,7 @@ async fn a_members_token_on_another_users_workspace_is_reported_not_retried_in_a
     assert_eq!(read.err().map(|e| e.status), Some(404));
     let read = member.get::<Value>("/users/admin").await;
     assert_eq!(read.err().map(|e| e.status), Some(404));
-    credentials_secret(&env, "member", coderd.url(), &member_token).await;
+    env.credentials_secret("member", coderd.url(), &member_token).await;
     env.create(
         "chat",
         json!({"desiredState": "Running", "owner": "admin", "workspaceName": workspace,
@@ -479,7 +465,7 @@ async fn a_revoked_or_bad_token_is_reported_without_showing_it() {
     // Well-formed (`<id>-<secret>`) but never issued.
     let bad = format!("{}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10], uuid::Uuid::new_v4().simple());
     for (name, token) in [("revoked", &revoked), ("bad", &bad)] {
-        credentials_secret(&env, name, coderd.url(), token).await;
+        env.credentials_secret(name, coderd.url(), token).await;
         let workspace = unique(name);
         env.create(
             name,
@@ -851,7 +837,7 @@ async fn a_deletion_whose_credentials_are_gone_leaves_the_workspace_in_coderd_af
     let mut env = Operated::without_operator("real-nocreds", coderd.url(), &coderd.admin.token).await;
     env.settings.cleanup_timeout = Duration::from_secs(5);
     env.start_operator();
-    credentials_secret(&env, "team-coder", coderd.url(), &coderd.admin.token).await;
+    env.credentials_secret("team-coder", coderd.url(), &coderd.admin.token).await;
     let (cws, id) = running_workspace(coderd, &env, "nocreds", json!({"credentialsRef": {"name": "team-coder"}})).await;
     assert_eq!(transitions(&coderd.builds(&id).await), ["start"]);
 

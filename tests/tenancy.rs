@@ -16,7 +16,6 @@ use chatworkspace_operator::crd::ChatWorkspace;
 use chatworkspace_operator::tenancy::OWNERS_ANNOTATION;
 use chatworkspace_operator::tenancy::installs::INSTALL_ANNOTATION;
 use coder_sim::{Fault, FaultKind, SimConfig};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -173,24 +172,12 @@ async fn counting_listener() -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
-async fn create_secret(env: &Env, name: &str, url: &str, token: &str) {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": env.namespace},
-        "stringData": {"url": url, "token": token},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(env.client.clone(), &env.namespace)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_secret_naming_a_url_outside_the_allow_list_is_never_called() {
     let env = Env::start("urls").await;
     let (url, connections) = counting_listener().await;
-    create_secret(&env, "elsewhere", &url, "some-token").await;
-    create_secret(&env, "coder", &env.sim.url(), &env.sim.token()).await;
+    env.credentials_secret("elsewhere", &url, "some-token").await;
+    env.credentials_secret("coder", &env.sim.url(), &env.sim.token()).await;
 
     env.create("outside", json!({"template": {"name": "docker-dev"}, "credentialsRef": {"name": "elsewhere"}})).await;
     let refused = env.wait_for_condition("outside", DEGRADED, "True", Some("CoderUrlNotAllowed"), LONG).await;
@@ -208,7 +195,7 @@ async fn a_secret_naming_a_url_outside_the_allow_list_is_never_called() {
 async fn a_403_with_a_namespaces_own_token_is_reported_not_retried_in_a_storm() {
     let env = Env::start("forbidden").await;
     env.grant(None).await;
-    create_secret(&env, "coder", &env.sim.url(), &env.sim.token()).await;
+    env.credentials_secret("coder", &env.sim.url(), &env.sim.token()).await;
     env.sim.inject_fault(Fault::new("/api/v2/", FaultKind::Status(403)));
     env.create("mine", json!({"template": {"name": "docker-dev"}, "credentialsRef": {"name": "coder"}})).await;
     env.wait_for_condition("mine", DEGRADED, "True", Some("Forbidden"), LONG).await;

@@ -362,6 +362,20 @@ impl Env {
 }
 
 impl Operated {
+    /// Creates a Secret `name` with a Coder URL and token, for
+    /// `spec.credentialsRef`.
+    pub async fn credentials_secret(&self, name: &str, url: &str, token: &str) {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": self.namespace},
+            "stringData": {"url": url, "token": token},
+        }))
+        .expect("a Secret");
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create the credentials Secret");
+    }
+
     /// Waits until Events with every one of `reasons` exist for `name`
     /// (they are published right after the status write a test waits on),
     /// and returns all of them as (reason, note).
