@@ -157,16 +157,7 @@ pub(super) async fn write_status(
     if status == previous {
         return Ok(());
     }
-    let patch = serde_json::json!({
-        "apiVersion": ChatWorkspace::api_version(&()),
-        "kind": ChatWorkspace::kind(&()),
-        "status": status,
-    });
-    let written = api
-        .patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    context.written.wrote(previous, status, &written);
-    Ok(())
+    apply_status(context, api, resource, previous, status, Precondition::None).await
 }
 
 /// Persists what is about to be done (a recovery's stage and attempt, the
@@ -182,12 +173,35 @@ pub(super) async fn write_intent(
     previous: &ChatWorkspaceStatus,
     status: &ChatWorkspaceStatus,
 ) -> Result<()> {
-    let patch = serde_json::json!({
+    apply_status(context, api, resource, previous, status, Precondition::Version).await
+}
+
+/// Whether a status apply fails if the resource changed since it was read.
+enum Precondition {
+    None,
+    /// The resourceVersion the decision was made on (see
+    /// [`Written::resource_version`]).
+    Version,
+}
+
+/// Applies `status` as the operator's field manager and remembers the write
+/// until the watch delivers it.
+async fn apply_status(
+    context: &Context,
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+    status: &ChatWorkspaceStatus,
+    precondition: Precondition,
+) -> Result<()> {
+    let mut patch = serde_json::json!({
         "apiVersion": ChatWorkspace::api_version(&()),
         "kind": ChatWorkspace::kind(&()),
-        "metadata": {"resourceVersion": context.written.resource_version(resource)},
         "status": status,
     });
+    if let Precondition::Version = precondition {
+        patch["metadata"] = serde_json::json!({"resourceVersion": context.written.resource_version(resource)});
+    }
     let written = api
         .patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
