@@ -1169,9 +1169,13 @@ impl Report {
         }
 
         let m = &self.memory;
-        let _ = writeln!(out, "\nOperator memory (MiB)                       VmRSS    VmHWM (peak)");
+        let _ = writeln!(out, "\nOperator memory (MiB)                       VmRSS    VmHWM (peak)  RssAnon");
         for (label, memory) in [("after convergence", &m.after_convergence), ("at the end", &m.end)] {
-            let _ = writeln!(out, "  {label:<40}{:>9.1}{:>9.1}", memory.rss_mib, memory.peak_rss_mib);
+            let _ = writeln!(
+                out,
+                "  {label:<40}{:>9.1}{:>9.1}{:>15.1}",
+                memory.rss_mib, memory.peak_rss_mib, memory.anon_mib
+            );
         }
         let _ = writeln!(out, "  {:<40}{:>9.1} KiB", "RSS growth per resource", m.per_resource_kib);
         let _ = writeln!(

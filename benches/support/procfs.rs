@@ -19,6 +19,9 @@ pub struct Memory {
     pub rss_mib: f64,
     /// `VmHWM`: the highest resident size so far.
     pub peak_rss_mib: f64,
+    /// `RssAnon`: the part of `VmRSS` that is the heap, stacks and other
+    /// private memory (the rest is mostly the binary's own pages).
+    pub anon_mib: f64,
 }
 
 pub fn memory(pid: u32) -> anyhow::Result<Memory> {
@@ -31,7 +34,7 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
             line.trim().trim_end_matches("kB").trim().parse().with_context(|| format!("{name} in {path}"))?;
         Ok(kib / KIB_PER_MIB)
     };
-    Ok(Memory { rss_mib: field("VmRSS:")?, peak_rss_mib: field("VmHWM:")? })
+    Ok(Memory { rss_mib: field("VmRSS:")?, peak_rss_mib: field("VmHWM:")?, anon_mib: field("RssAnon:")? })
 }
 
 /// User plus system CPU seconds a process (all its threads) has used.
