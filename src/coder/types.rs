@@ -310,7 +310,7 @@ pub struct ParameterOption {
 
 /// `GET /workspaces/{id}`, `GET /users/{user}/workspace/{name}`, and the
 /// items of `GET /workspaces`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Workspace {
     pub id: String,
     #[serde(default)]
@@ -348,7 +348,7 @@ pub struct Workspace {
     pub dormant_at: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WorkspaceHealth {
     #[serde(default)]
     pub healthy: bool,
@@ -368,7 +368,7 @@ pub struct WorkspacesResponse {
 }
 
 /// One build of a workspace, with the resources and agents it made.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WorkspaceBuild {
     pub id: String,
     #[serde(default)]
@@ -411,7 +411,7 @@ impl WorkspaceBuild {
 }
 
 /// The provisioner job that carries out a build.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ProvisionerJob {
     pub id: String,
     #[serde(default)]
@@ -433,7 +433,7 @@ pub struct ProvisionerJob {
 }
 
 /// Something a build provisioned (a container, a VM); may host agents.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WorkspaceResource {
     pub id: String,
     #[serde(default)]
@@ -445,7 +445,7 @@ pub struct WorkspaceResource {
 }
 
 /// `GET /workspaceagents/{id}`, and the agents of a build's resources.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WorkspaceAgent {
     pub id: String,
     #[serde(default)]
@@ -481,7 +481,7 @@ impl WorkspaceAgent {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct AgentHealth {
     #[serde(default)]
     pub healthy: bool,

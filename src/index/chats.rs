@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::{OwnerKey, Shared, in_transition};
+use super::{OwnerKey, Shared};
 use crate::coder::{Chat, CoderClient, CoderError, MAX_WORKSPACES_PER_CHAT_LOOKUP};
 
 /// How long a Coder without chat routes (or that refuses them) is left
@@ -186,7 +186,7 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
         .keys()
         .filter_map(|name| {
             let entry = state.workspaces.get(name)?;
-            Some((entry.workspace.id.clone(), name.clone(), in_transition(&entry.workspace)))
+            Some((entry.id.to_string(), name.clone(), entry.in_transition))
         })
         .collect();
     let chats = &mut state.chats;

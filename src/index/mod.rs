@@ -15,25 +15,24 @@
 //! again (the decision core insists on it).
 
 mod chats;
+mod entry;
 mod poller;
 mod prober;
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, mpsc};
 
-use crate::coder::{
-    AgentStatus, Chat, CoderClient, CoderError, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceTransition,
-};
+use crate::coder::{Chat, CoderClient, CoderError, ProbeOutcome, Workspace};
 use crate::crd::ChatWorkspace;
 use crate::credentials::Resolved;
 use crate::metrics::Metrics;
 
 pub use chats::ChatLookup;
+use entry::Entry;
 pub use prober::ProbeRecord;
 
 #[derive(Clone, Copy, Debug)]
@@ -155,13 +154,6 @@ struct OwnerState {
     chats: chats::OwnerChats,
 }
 
-#[derive(Clone, Debug)]
-struct Entry {
-    workspace: Arc<Workspace>,
-    /// When what it holds was read from Coder.
-    read_at: Instant,
-}
-
 /// The shared index. Cheap to clone.
 #[derive(Clone)]
 pub struct CoderIndex {
@@ -261,7 +253,7 @@ impl CoderIndex {
             return Lookup::Unknown;
         }
         match state.workspaces.get(&interest.name) {
-            Some(entry) => Lookup::Present(entry.workspace.clone()),
+            Some(entry) => Lookup::Present(entry.workspace()),
             None => Lookup::Absent,
         }
     }
@@ -271,7 +263,7 @@ impl CoderIndex {
     pub fn by_id(&self, credentials: &Resolved, owner: &str, id: &str) -> Option<Arc<Workspace>> {
         let owners = self.shared.owners.lock().expect("index owners");
         let state = owners.get(&OwnerKey::new(credentials, owner))?;
-        state.workspaces.values().find(|entry| entry.workspace.id == id).map(|entry| entry.workspace.clone())
+        state.workspaces.values().find(|entry| &*entry.id == id).map(Entry::workspace)
     }
 
     /// The resource is gone: stop watching for it.
@@ -293,14 +285,15 @@ impl CoderIndex {
         let name = name.to_lowercase();
         match workspace {
             Some(workspace) => {
-                if in_transition(&workspace) {
-                    state.read_soon.insert(workspace.id.clone());
+                let entry = Entry::new(workspace);
+                if entry.in_transition {
+                    state.read_soon.insert(entry.id.to_string());
                     // The chat's binding and context are read again once
                     // the build (and its agent's start) is over.
-                    state.chats.after_build(&workspace.id);
+                    state.chats.after_build(&entry.id);
                     state.wake_poller.notify_one();
                 }
-                state.workspaces.insert(name, Entry { workspace: Arc::new(slim(workspace)), read_at: Instant::now() });
+                state.workspaces.insert(name, entry);
             }
             None => {
                 state.workspaces.remove(&name);
@@ -381,55 +374,64 @@ impl Shared {
     /// resources whose workspace changed in a way the decision core sees.
     /// Entries recorded after `read_started` are newer than this read and
     /// are kept.
-    fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant, complete: bool) {
+    fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant) {
         let mut to_wake = Vec::new();
         {
             let mut owners = self.owners.lock().expect("index owners");
             let Some(state) = owners.get_mut(key) else { return };
-            let mut seen = HashSet::new();
             for workspace in read {
                 let name = workspace.name.to_lowercase();
-                seen.insert(name.clone());
                 if let Some(existing) = state.workspaces.get(&name)
                     && existing.read_at > read_started
                 {
                     continue;
                 }
-                let workspace = slim(workspace);
-                let changed =
-                    state.workspaces.get(&name).is_none_or(|old| digest(&old.workspace) != digest(&workspace));
-                if in_transition(&workspace) {
-                    state.read_soon.insert(workspace.id.clone());
+                let entry = Entry::new(workspace);
+                let changed = state.workspaces.get(&name).is_none_or(|old| old.digest != entry.digest);
+                if entry.in_transition {
+                    state.read_soon.insert(entry.id.to_string());
                 }
-                state
-                    .workspaces
-                    .insert(name.clone(), Entry { workspace: Arc::new(workspace), read_at: Instant::now() });
-                if changed && let Some(resources) = state.interested.get(&name) {
+                state.workspaces.insert(name.clone(), entry);
+                // Before the first complete list, the resources wait for
+                // its end ([`Shared::listed`]), not for each of its pages.
+                if changed
+                    && state.listed_at.is_some()
+                    && let Some(resources) = state.interested.get(&name)
+                {
                     to_wake.extend(resources.iter().cloned());
                 }
             }
-            if complete {
-                // Gone from a complete list: deleted (or renamed).
-                let gone: Vec<String> = state
-                    .workspaces
-                    .iter()
-                    .filter(|(name, entry)| !seen.contains(*name) && entry.read_at <= read_started)
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                for name in gone {
-                    state.workspaces.remove(&name);
-                    if let Some(resources) = state.interested.get(&name) {
-                        to_wake.extend(resources.iter().cloned());
-                    }
+        }
+        self.wake(to_wake);
+    }
+
+    /// A complete list (merged page by page) has ended: the workspaces it
+    /// did not have (`seen`: their lowercase names) and that were not read
+    /// since it began are gone, deleted or renamed.
+    fn listed(&self, key: &OwnerKey, seen: &HashSet<String>, read_started: Instant) {
+        let mut to_wake = Vec::new();
+        {
+            let mut owners = self.owners.lock().expect("index owners");
+            let Some(state) = owners.get_mut(key) else { return };
+            let gone: Vec<String> = state
+                .workspaces
+                .iter()
+                .filter(|(name, entry)| !seen.contains(*name) && entry.read_at <= read_started)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                state.workspaces.remove(&name);
+                if let Some(resources) = state.interested.get(&name) {
+                    to_wake.extend(resources.iter().cloned());
                 }
-                let first = state.listed_at.is_none();
-                state.listed_at = Some(Instant::now());
-                state.full_list_due = false;
-                if first {
-                    // Everything that registered before the first list waits
-                    // for it.
-                    to_wake.extend(state.interested.values().flatten().cloned());
-                }
+            }
+            let first = state.listed_at.is_none();
+            state.listed_at = Some(Instant::now());
+            state.full_list_due = false;
+            if first {
+                // Everything that registered before the first list waits
+                // for it.
+                to_wake = state.interested.values().flatten().cloned().collect();
             }
         }
         self.wake(to_wake);
@@ -443,7 +445,7 @@ impl Shared {
             let mut owners = self.owners.lock().expect("index owners");
             let Some(state) = owners.get_mut(key) else { return };
             let names: Vec<String> =
-                state.workspaces.iter().filter(|(_, e)| e.workspace.id == id).map(|(n, _)| n.clone()).collect();
+                state.workspaces.iter().filter(|(_, e)| &*e.id == id).map(|(n, _)| n.clone()).collect();
             for name in names {
                 state.workspaces.remove(&name);
                 if let Some(resources) = state.interested.get(&name) {
@@ -453,70 +455,6 @@ impl Shared {
         }
         self.wake(to_wake);
     }
-}
-
-/// A build under way, or an agent still coming up: the workspace is read
-/// again at the active interval until it settles.
-fn in_transition(workspace: &Workspace) -> bool {
-    let build = &workspace.latest_build;
-    if build.job.status.is_active() {
-        return true;
-    }
-    build.transition == WorkspaceTransition::Start
-        && build.job.status == ProvisionerJobStatus::Succeeded
-        && build.agents().any(|agent| {
-            agent.status == AgentStatus::Connecting
-                || (agent.status == AgentStatus::Connected && !agent.lifecycle_state.is_settled())
-        })
-}
-
-/// What the decision core reads of a workspace, hashed: a change of any of
-/// it wakes the workspace's resources; a heartbeat (`last_connected_at` of
-/// a connected agent) does not.
-fn digest(workspace: &Workspace) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    workspace.id.hash(&mut hasher);
-    workspace.name.hash(&mut hasher);
-    workspace.template_active_version_id.hash(&mut hasher);
-    workspace.template_require_active_version.hash(&mut hasher);
-    workspace.dormant_at.map(|t| t.as_second()).hash(&mut hasher);
-    workspace.deleting_at.map(|t| t.as_second()).hash(&mut hasher);
-    let build = &workspace.latest_build;
-    build.id.hash(&mut hasher);
-    build.transition.as_str().hash(&mut hasher);
-    build.job.status.as_str().hash(&mut hasher);
-    build.template_version_id.hash(&mut hasher);
-    for agent in build.agents() {
-        agent.id.hash(&mut hasher);
-        agent.status.as_str().hash(&mut hasher);
-        agent.lifecycle_state.as_str().hash(&mut hasher);
-        agent.disconnected_at.map(|t| t.as_second()).hash(&mut hasher);
-        if agent.status != AgentStatus::Connected {
-            agent.last_connected_at.map(|t| t.as_second()).hash(&mut hasher);
-        }
-    }
-    hasher.finish()
-}
-
-/// The workspace without what the operator never reads, so that an entry
-/// stays small at 10,000 workspaces.
-fn slim(mut workspace: Workspace) -> Workspace {
-    workspace.health.failing_agents = Vec::new();
-    workspace.organization_id = String::new();
-    let build = &mut workspace.latest_build;
-    build.workspace_name = String::new();
-    build.workspace_owner_name = String::new();
-    for resource in &mut build.resources {
-        resource.id = String::new();
-        resource.name = String::new();
-        resource.resource_type = String::new();
-        for agent in &mut resource.agents {
-            agent.health.reason = String::new();
-        }
-    }
-    build.resources.retain(|resource| !resource.agents.is_empty());
-    build.resources.shrink_to_fit();
-    workspace
 }
 
 impl Shared {
@@ -562,14 +500,7 @@ impl Shared {
         let client = state.client.clone()?;
         let full = full_due || state.full_list_due || state.listed_at.is_none();
         let read_ids: Vec<String> = state.read_soon.drain().collect();
-        let expected_running = state
-            .workspaces
-            .values()
-            .filter(|e| {
-                let build = &e.workspace.latest_build;
-                build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded
-            })
-            .count();
+        let expected_running = state.workspaces.values().filter(|e| e.running).count();
         Some(PollPlan {
             client,
             query_owner: state.query_owner.clone(),

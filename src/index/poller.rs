@@ -16,6 +16,7 @@
 //! limit like every other, and one owner has at most one in flight, so
 //! polling can slow down but never crowd out the builds.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -93,9 +94,16 @@ fn requeue_reads(index: &Shared, key: &OwnerKey, ids: Vec<String>) {
 async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bool) -> Result<(), CoderError> {
     let owner = quote(&plan.query_owner);
     if plan.full {
+        // Merged page by page: at 10,000 workspaces the whole list, decoded,
+        // would be tens of megabytes held at once.
         let started = Instant::now();
-        let all = list_all(plan, &format!("owner:{owner}"), index.settings.page_size).await?;
-        index.merge(key, all, started, true);
+        let mut seen = HashSet::new();
+        for_each_page(plan, &format!("owner:{owner}"), index.settings.page_size, |page| {
+            seen.extend(page.iter().map(|workspace| workspace.name.to_lowercase()));
+            index.merge(key, page, started);
+        })
+        .await?;
+        index.listed(key, &seen, started);
         return Ok(());
     }
     if !plan.read_ids.is_empty() {
@@ -106,8 +114,8 @@ async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bo
     }
     let started = Instant::now();
     let unhealthy = list_all(plan, &format!("owner:{owner} healthy:false"), index.settings.page_size).await?;
-    let now_unhealthy: std::collections::HashSet<String> = unhealthy.iter().map(|w| w.id.clone()).collect();
-    index.merge(key, unhealthy, started, false);
+    let now_unhealthy: HashSet<String> = unhealthy.iter().map(|w| w.id.clone()).collect();
+    index.merge(key, unhealthy, started);
     {
         let mut owners = index.owners.lock().expect("index owners");
         if let Some(state) = owners.get_mut(key) {
@@ -151,22 +159,33 @@ async fn read_ids(index: &Shared, key: &OwnerKey, plan: &PollPlan) -> Result<(),
                 index.remove_id(key, id);
             }
         }
-        index.merge(key, found, started, false);
+        index.merge(key, found, started);
     }
     Ok(())
 }
 
-/// Every workspace matching `query`, page by page.
+/// Every workspace matching `query`.
 async fn list_all(plan: &PollPlan, query: &str, page_size: u32) -> Result<Vec<Workspace>, CoderError> {
     let mut workspaces = Vec::new();
+    for_each_page(plan, query, page_size, |page| workspaces.extend(page)).await?;
+    Ok(workspaces)
+}
+
+/// Hands each page of the workspaces matching `query` to `each`, in order.
+async fn for_each_page(
+    plan: &PollPlan,
+    query: &str,
+    page_size: u32,
+    mut each: impl FnMut(Vec<Workspace>),
+) -> Result<(), CoderError> {
     let mut offset = 0u32;
     loop {
         let page = plan.client.list_workspaces(query, page_size, offset).await?;
         let received = page.workspaces.len() as u32;
-        workspaces.extend(page.workspaces);
+        each(page.workspaces);
         offset += received;
         if received == 0 || i64::from(offset) >= page.count {
-            return Ok(workspaces);
+            return Ok(());
         }
     }
 }

@@ -117,24 +117,24 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
             let (Some(entry), Some(client)) = (state.workspaces.get(&interest.name), state.client.as_ref()) else {
                 continue;
             };
-            let Some(agent) = crate::decision::needs_probe(&entry.workspace, interest.agent_name.as_deref()) else {
+            let Some((agent_id, agent_status)) = entry.needs_probe(interest.agent_name.as_deref()) else {
                 continue;
             };
-            if !watched.insert(agent.id.as_str()) || in_flight.contains(&agent.id) {
+            if !watched.insert(agent_id) || in_flight.contains(agent_id) {
                 continue;
             }
             let recently_inconclusive =
-                inconclusive.get(&agent.id).is_some_and(|at| at.elapsed() < settings.attention_interval);
-            if recently_inconclusive && !asked.contains(&agent.id) {
+                inconclusive.get(agent_id).is_some_and(|at| at.elapsed() < settings.attention_interval);
+            if recently_inconclusive && !asked.contains(agent_id) {
                 continue;
             }
-            let record = records.get(&agent.id);
+            let record = records.get(agent_id);
             let age = record.map(|r| r.at.elapsed());
             let failed = record.is_some_and(|r| !r.outcome.is_reachable());
-            let priority = if asked.contains(&agent.id) {
+            let priority = if asked.contains(agent_id) {
                 Some(Priority::Asked)
             } else {
-                match (agent.status, age) {
+                match (agent_status, age) {
                     (_, None) => Some(Priority::Needed),
                     (AgentStatus::Connected, Some(age)) if failed && age >= settings.probe_retry => {
                         Some(Priority::Needed)
@@ -149,7 +149,7 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
             if let Some(priority) = priority {
                 let since = record.map_or_else(Instant::now, |r| r.at);
                 let target = ProbeTarget {
-                    agent_id: agent.id.clone(),
+                    agent_id: agent_id.to_owned(),
                     client: client.clone(),
                     timeout: interest.probe_timeout,
                     owner: interest.owner.clone(),
