@@ -14,6 +14,7 @@ mod act;
 mod cleanup;
 mod gather;
 mod record;
+mod resync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -114,6 +115,14 @@ pub struct Context {
     /// Since when each resource's status has been held back waiting for
     /// the index's first probe or chat lookup.
     held: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
+    /// Resources that asked not to be looked at again before a time later
+    /// than the resync's sweep would: the sweep passes them by.
+    resting: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
+    /// Resources whose finalizer and claim this replica has just patched,
+    /// until the watch delivers them: a reconcile that starts meanwhile,
+    /// from the cache's older copy, must not patch them again (its patch,
+    /// conditional on that copy's resourceVersion, would only conflict).
+    claiming: Mutex<std::collections::HashSet<ObjectRef<ChatWorkspace>>>,
 }
 
 impl Context {
@@ -131,7 +140,28 @@ impl Context {
             failures: Mutex::default(),
             written: record::Written::default(),
             held: Mutex::default(),
+            resting: Mutex::default(),
+            claiming: Mutex::default(),
         }
+    }
+
+    /// Looks at `resource` again after `delay` and not before, whatever the
+    /// resync's sweep does meanwhile.
+    fn rest(&self, resource: &ChatWorkspace, delay: Duration) -> Action {
+        let until = Instant::now() + delay;
+        self.resting.lock().expect("resting").insert(crate::crd::reference(resource), until);
+        Action::requeue(delay)
+    }
+
+    /// Whether the resync's sweep passes `resource` by: it is on its own
+    /// timer, backing off after failures or resting after an error that
+    /// waiting fixes only slowly.
+    fn resync_skips(&self, resource: &Cached) -> bool {
+        let key = reference_of(resource);
+        if self.failures.lock().expect("failures").contains_key(&key) {
+            return true;
+        }
+        self.resting.lock().expect("resting").get(&key).is_some_and(|until| *until > Instant::now())
     }
 
     /// Whether `resource`'s reconciles have failed without a success for at
@@ -163,7 +193,14 @@ impl Context {
             watcher::Event::Init => self.claims.relist_started(scope),
             watcher::Event::InitApply(resource) | watcher::Event::Apply(resource) => {
                 self.claims.apply(resource);
-                self.written.delivered(&reference_of(resource), resource.status_hash());
+                let reference = reference_of(resource);
+                self.written.delivered(&reference, resource.status_hash());
+                if resource.finalizers().iter().any(|f| f == FINALIZER) {
+                    let mut claiming = self.claiming.lock().expect("claiming");
+                    if !claiming.is_empty() {
+                        claiming.remove(&reference);
+                    }
+                }
             }
             watcher::Event::InitDone => self.claims.relist_done(scope),
             watcher::Event::Delete(resource) => {
@@ -172,6 +209,9 @@ impl Context {
                 self.index.forget(&reference);
                 self.written.forget(&reference);
                 self.held.lock().expect("held").remove(&reference);
+                self.resting.lock().expect("resting").remove(&reference);
+                self.failures.lock().expect("failures").remove(&reference);
+                self.claiming.lock().expect("claiming").remove(&reference);
             }
         }
     }
@@ -235,9 +275,14 @@ pub async fn run(
         });
         // A namespace granted (or revoked) an owner reconciles its resources now.
         let granted = context.tenancy.namespaces.triggers(reader.clone());
+        let sweeping = context.clone();
+        let resync = resync::sweep(reader.clone(), context.settings.requeue.stable, move |resource| {
+            !sweeping.resync_skips(resource)
+        });
         let controller = Controller::for_stream(changes, reader)
             .reconcile_on(wakes)
             .reconcile_on(granted)
+            .reconcile_on(resync)
             .with_config(controller::Config::default().concurrency(context.settings.concurrency))
             .graceful_shutdown_on(shutdown.clone());
         stores.push(controller.store());
@@ -310,6 +355,7 @@ fn error_policy(resource: Arc<Cached>, error: &Error, context: Arc<Context>) -> 
 async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action> {
     let _timer = context.metrics.reconcile_timer();
     let resource = cached.expand();
+    context.resting.lock().expect("resting").remove(&crate::crd::reference(&resource));
     if let Some(waited) = context.index.reconcile_started(&crate::crd::reference(&resource)) {
         context.metrics.queue_wait.observe(waited.as_secs_f64());
     }
@@ -330,7 +376,7 @@ async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action>
             secondary: None,
         };
         record::publish_one(&context, &resource, event).await;
-        Ok(Action::requeue(Duration::from_secs(300)))
+        Ok(context.rest(&resource, Duration::from_secs(300)))
     } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup::cleanup(&api, &resource, &context).await
@@ -338,8 +384,15 @@ async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action>
             Ok(Action::await_change())
         }
     } else {
-        if !resource.finalizers().iter().any(|f| f == FINALIZER) || claim == tenancy::installs::Claim::Unclaimed {
-            add_finalizer(&api, &resource, install).await?;
+        let unclaimed =
+            !resource.finalizers().iter().any(|f| f == FINALIZER) || claim == tenancy::installs::Claim::Unclaimed;
+        let reference = crate::crd::reference(&resource);
+        // Marked before the patch is sent, so that the watch's delivery of
+        // its result, however soon, finds the mark to clear.
+        let patch = unclaimed && context.claiming.lock().expect("claiming").insert(reference.clone());
+        if patch && let Err(error) = add_finalizer(&api, &resource, install).await {
+            context.claiming.lock().expect("claiming").remove(&reference);
+            return Err(error);
         }
         apply(&api, &resource, &context).await
     };
@@ -353,11 +406,21 @@ async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action>
     result
 }
 
+/// Looks at the resource again after `delay`; a settled one (nothing
+/// expected before the resync) waits for a change, a wake of the Coder
+/// index, or the resync's sweep (`resync`), instead of a timer of its own.
+fn requeue(delay: Duration, context: &Context) -> Action {
+    if delay >= context.settings.requeue.stable { Action::await_change() } else { Action::requeue(delay) }
+}
+
 /// What one pass of `apply` produced.
 struct Applied {
     status: ChatWorkspaceStatus,
     requeue: Duration,
     events: Vec<decision::Event>,
+    /// Decided with the whole picture; not a status held back for the
+    /// index's first probe or chat lookup.
+    complete: bool,
 }
 
 async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
@@ -366,12 +429,15 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
         Ok(None) => {
             // The index has not listed this owner's workspaces yet; it wakes
             // the resource when it has.
-            Ok(Action::requeue(context.settings.requeue.stable))
+            Ok(Action::await_change())
         }
         Ok(Some(applied)) => {
             record::write_status(context, api, resource, &previous, &applied.status).await?;
             record::publish(context, resource, &previous, &applied.status, &applied.events).await;
-            Ok(Action::requeue(applied.requeue))
+            if applied.complete {
+                context.index.observed(&crate::crd::reference(resource));
+            }
+            Ok(requeue(applied.requeue, context))
         }
         Err(error) if error.is_transient() && !context.failing_for(resource, context.settings.transient_grace) => {
             // A blip: retried with backoff, not written down (yet).
@@ -392,7 +458,7 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
             } else {
                 // A token, template or Secret may be fixed outside Kubernetes'
                 // view of this resource: look again slowly, never in a storm.
-                Ok(Action::requeue(context.settings.requeue.stable.max(Duration::from_secs(60))))
+                Ok(context.rest(resource, context.settings.requeue.stable.max(Duration::from_secs(60))))
             }
         }
     }
@@ -421,7 +487,7 @@ async fn converge(
         // The index is about to complete the picture (the agent's first
         // probe, the chat lookup) and wakes the resource when it has: write
         // the status once, then, rather than now and again in a moment.
-        return Ok(Some(Applied { status: previous.clone(), requeue: left, events: Vec::new() }));
+        return Ok(Some(Applied { status: previous.clone(), requeue: left, events: Vec::new(), complete: false }));
     }
     if decision.action == CoreAction::Refresh {
         // The core wants a fresher probe than the index has: ask for one;
@@ -627,7 +693,7 @@ async fn converge(
     if gathered.ownership.is_some() {
         status.ownership = gathered.ownership.clone();
     }
-    Ok(Some(Applied { status, requeue, events }))
+    Ok(Some(Applied { status, requeue, events, complete: true }))
 }
 
 /// Adds the finalizer and claims the resource for this install, in one
@@ -645,6 +711,18 @@ async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, insta
             "resourceVersion": resource.resource_version(),
         },
     });
-    api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    match api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            // The cached copy is older than the resource: this replica's own
+            // patch may have landed already (a reconcile that began just
+            // before the watch delivered it). Read it once to tell.
+            let current = api.get(&resource.name_any()).await?;
+            let done = current.finalizers().iter().any(|f| f == FINALIZER)
+                && current.annotations().get(tenancy::installs::INSTALL_ANNOTATION).map(String::as_str)
+                    == Some(install);
+            if done { Ok(()) } else { Err(kube::Error::Api(status).into()) }
+        }
+        Err(error) => Err(error.into()),
+    }
 }

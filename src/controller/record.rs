@@ -245,18 +245,7 @@ pub(super) async fn publish(
             secondary: None,
         })
         .collect();
-    if status.phase != previous.phase
-        && let Some(phase) = status.phase
-    {
-        let ready = conditions::find(&status.conditions, READY).map(|c| c.message.clone());
-        all.push(KubeEvent {
-            type_: if phase == Phase::Failed { EventType::Warning } else { EventType::Normal },
-            reason: format!("{phase:?}"),
-            note: ready,
-            action: "Reconcile".into(),
-            secondary: None,
-        });
-    }
+    all.extend(phase_event(previous, status));
     if let Some(degraded) = flipped_true(&previous.conditions, &status.conditions, DEGRADED) {
         all.push(KubeEvent {
             type_: EventType::Warning,
@@ -280,6 +269,24 @@ pub(super) async fn publish_one(context: &Context, resource: &ChatWorkspace, mut
     if let Err(error) = context.recorder.publish(&event, &resource.object_ref(&())).await {
         warn!(%error, reason = %event.reason, "cannot publish event");
     }
+}
+
+/// The Event of a new phase. The first phase a resource is given is not a
+/// change and has none: an install over 10,000 running workspaces would
+/// otherwise post 10,000 Events that say nothing happened (the status says
+/// what was found). A first phase of `Failed` is a warning, and is told.
+fn phase_event(previous: &ChatWorkspaceStatus, status: &ChatWorkspaceStatus) -> Option<KubeEvent> {
+    let phase = status.phase.filter(|_| status.phase != previous.phase)?;
+    if previous.phase.is_none() && phase != Phase::Failed {
+        return None;
+    }
+    Some(KubeEvent {
+        type_: if phase == Phase::Failed { EventType::Warning } else { EventType::Normal },
+        reason: format!("{phase:?}"),
+        note: conditions::find(&status.conditions, READY).map(|c| c.message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    })
 }
 
 fn flipped_true<'a>(previous: &[Condition], current: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -348,6 +355,18 @@ mod tests {
         assert_eq!(written.previous(&edited).phase, Some(Phase::Failed));
         assert_eq!(written.unseen(), 0);
         assert_eq!(written.resource_version(&edited).as_deref(), Some("4"));
+    }
+
+    #[test]
+    fn a_phase_event_tells_of_a_change_of_phase_not_of_the_first_one_found() {
+        let none = ChatWorkspaceStatus::default();
+        let reason = |previous: &ChatWorkspaceStatus, now: Phase| phase_event(previous, &status(now)).map(|e| e.reason);
+        assert_eq!(reason(&none, Phase::Running), None, "found running: nothing happened");
+        assert_eq!(reason(&none, Phase::Creating), None);
+        assert_eq!(reason(&status(Phase::Starting), Phase::Running).as_deref(), Some("Running"));
+        assert_eq!(reason(&status(Phase::Running), Phase::Running), None, "no change");
+        let failed = phase_event(&none, &status(Phase::Failed)).expect("a first Failed is told");
+        assert_eq!((failed.reason.as_str(), failed.type_), ("Failed", EventType::Warning));
     }
 
     #[test]
