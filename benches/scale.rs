@@ -82,6 +82,11 @@ struct Args {
     /// Leave out the reaction latency phase (e.g. for a memory-only run).
     #[arg(long)]
     skip_latency: bool,
+    /// At the end, restart the operator (every status is current then) and
+    /// measure how soon the new process has observed every resource, by its
+    /// `chatworkspace_observed_resources` gauge, and what it wrote meanwhile.
+    #[arg(long)]
+    restart: bool,
     /// Longest wait for every resource to become Ready.
     #[arg(long, default_value = "10m", value_parser = duration)]
     timeout: Duration,
@@ -301,6 +306,12 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         (Some(reaction), Some(CpuSample::take(&pids)?.since(&start)))
     };
     let memory_end = procfs::memory(pids.operator)?;
+    let restart = if args.restart {
+        drop(operator);
+        Some(restart(args, plane, binary, &command, &env, &log, &admin, &sim).await?)
+    } else {
+        None
+    };
 
     Ok(Report {
         command: std::env::args().skip(1).filter(|a| a != "--bench").collect::<Vec<_>>().join(" "),
@@ -321,6 +332,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         convergence,
         coder_load,
         reaction,
+        restart,
         memory: MemoryReport {
             after_convergence: memory_converged,
             end: memory_end,
@@ -612,6 +624,82 @@ fn seconds_between(earlier: Timestamp, later: Timestamp) -> f64 {
 }
 
 // ---------------------------------------------------------------------------
+// The restart (`--restart`)
+
+#[derive(Debug, Serialize)]
+struct Restart {
+    /// From the new process's start until its `observed_resources` gauge
+    /// counted every resource.
+    observed_s: f64,
+    /// What the apiserver served meanwhile (all clients), by verb and resource.
+    apiserver_requests: BTreeMap<String, u64>,
+    /// Coder requests meanwhile.
+    requests: RequestCounts,
+    /// The new process's memory once it had observed everything.
+    memory: Memory,
+}
+
+/// Starts a new operator over resources whose statuses are all current, and
+/// waits until it has decided on each one with the whole picture.
+#[allow(clippy::too_many_arguments)]
+async fn restart(
+    args: &Args,
+    plane: &ControlPlane,
+    binary: &Path,
+    command: &[String],
+    env: &[(&str, String)],
+    log: &Path,
+    admin: &str,
+    sim: &Simulator,
+) -> anyhow::Result<Restart> {
+    eprintln!("scale: restarting the operator");
+    let client = plane.client().await;
+    let apiserver_before = apiserver_requests(&client).await?;
+    sim.clear_requests();
+    let started = (Timestamp::now(), Instant::now());
+    let mut operator = OperatorProcess::spawn(binary, command, env, &log.with_extension("restart.log"))?;
+    operator.wait_ready(admin, OPERATOR_READY_TIMEOUT).await?;
+    let deadline = started.1 + args.timeout;
+    let mut last_progress = Instant::now();
+    loop {
+        operator.ensure_running()?;
+        let observed = gauge(admin, "chatworkspace_observed_resources").await?;
+        if observed >= args.resources as f64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the restarted operator had observed {observed} of {} after {:?}", args.resources, args.timeout);
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            eprintln!("scale: {observed}/{} observed after the restart", args.resources);
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let observed_s = started.1.elapsed().as_secs_f64();
+    let memory = procfs::memory(operator.pid())?;
+    let apiserver_requests = requests_since(&client, &apiserver_before).await?;
+    let mut requests = RequestCounts::default();
+    for request in sim.requests().iter().filter(|r| r.at >= started.0) {
+        requests.count(request);
+    }
+    Ok(Restart { observed_s, apiserver_requests, requests, memory })
+}
+
+/// One unlabelled gauge or counter from the operator's /metrics.
+async fn gauge(admin: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .context("reading the operator's /metrics")?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("{name} in the operator's /metrics"))
+}
+
+// ---------------------------------------------------------------------------
 // Phase 2: Coder load at steady state
 
 #[derive(Debug, Default, Serialize)]
@@ -710,6 +798,15 @@ async fn apiserver_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<St
         *totals.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0) as u64;
     }
     Ok(totals)
+}
+
+/// The writes among the apiserver's requests: neither reads nor watches.
+fn writes_among(requests: &BTreeMap<String, u64>) -> u64 {
+    requests
+        .iter()
+        .filter(|(kind, _)| !kind.starts_with("GET") && !kind.starts_with("LIST") && !kind.starts_with("WATCH"))
+        .map(|(_, count)| count)
+        .sum()
 }
 
 /// What the apiserver served since `before` (a reading of
@@ -1027,6 +1124,7 @@ struct Report {
     convergence: Convergence,
     coder_load: Option<CoderLoad>,
     reaction: Option<Reaction>,
+    restart: Option<Restart>,
     memory: MemoryReport,
 }
 
@@ -1087,12 +1185,7 @@ impl Report {
                 1.2 * drain
             );
         }
-        let writes: u64 = c
-            .apiserver_requests
-            .iter()
-            .filter(|(kind, _)| !kind.starts_with("GET") && !kind.starts_with("LIST") && !kind.starts_with("WATCH"))
-            .map(|(_, count)| count)
-            .sum();
+        let writes = writes_among(&c.apiserver_requests);
         let _ = writeln!(
             out,
             "  {:<44}{:>10}  ({:.2} per resource)",
@@ -1165,6 +1258,36 @@ impl Report {
                 out,
                 "  Coder requests meanwhile: {} ({:.1}/s; the operator's limit: --coder-max-rps)",
                 r.coder_requests, r.coder_requests_per_s
+            );
+        }
+
+        if let Some(r) = &self.restart {
+            let _ = writeln!(out, "\nRestart (a new operator process; every status is current)");
+            let _ = writeln!(out, "  {:<44}{:>8.1} s", "start -> every resource observed", r.observed_s);
+            let q = &r.requests;
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>10}  ({} lists, {} reads, {} probes, {} builds)",
+                "Coder requests meanwhile",
+                q.total(),
+                q.lists,
+                q.reads,
+                q.probes,
+                q.builds
+            );
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>10}",
+                "apiserver writes meanwhile (all clients)",
+                writes_among(&r.apiserver_requests)
+            );
+            for (kind, count) in r.apiserver_requests.iter().filter(|(kind, _)| !kind.starts_with("WATCH")) {
+                let _ = writeln!(out, "    {kind:<40}{count:>10}");
+            }
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>8.1} MiB (VmHWM {:.1}, RssAnon {:.1})",
+                "memory of the new process then", r.memory.rss_mib, r.memory.peak_rss_mib, r.memory.anon_mib
             );
         }
 

@@ -64,6 +64,11 @@ pub struct Metrics {
     /// From the moment a resource is woken or becomes due to the start of
     /// its reconcile: how long the queue makes it wait.
     pub queue_wait: Histogram,
+    /// Resources this process has decided on with the whole picture of
+    /// their workspace (the status written, or found current), at least
+    /// once since it started: how soon a restarted operator has looked at
+    /// everything, which its writes alone do not tell.
+    pub observed_resources: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -106,8 +111,15 @@ impl Default for Metrics {
             "Time from a resource being woken by the Coder index to the start of its reconcile",
             queue_wait.clone(),
         );
+        let observed_resources = Gauge::default();
+        registry.register(
+            "observed_resources",
+            "Resources decided on with the whole picture of their workspace since this process started",
+            observed_resources.clone(),
+        );
         Self {
             registry,
+            observed_resources,
             reconciles,
             reconcile_errors,
             reconcile_duration,

@@ -111,6 +111,9 @@ pub struct Interest {
     pub name: String,
     pub agent_name: Option<String>,
     pub probe_timeout: Duration,
+    /// The resource was decided on with the whole picture since this
+    /// process started ([`CoderIndex::observed`]).
+    pub observed: bool,
 }
 
 /// What the index knows of one workspace, for a reconcile.
@@ -217,9 +220,13 @@ impl CoderIndex {
             name: name.to_lowercase(),
             agent_name: resource.spec.agent_name.clone(),
             probe_timeout: policy.map_or(Duration::from_secs(30), |p| p.probe_timeout),
+            observed: false,
         };
-        let previous =
-            self.shared.interests.lock().expect("index interests").insert(reference.clone(), interest.clone());
+        let previous = {
+            let mut interests = self.shared.interests.lock().expect("index interests");
+            let observed = interests.get(&reference).is_some_and(|held| held.observed);
+            interests.insert(reference.clone(), Interest { observed, ..interest.clone() })
+        };
         let mut owners = self.shared.owners.lock().expect("index owners");
         if let Some(previous) = previous.filter(|p| p.owner != interest.owner || p.name != interest.name)
             && let Some(state) = owners.get_mut(&previous.owner)
@@ -266,9 +273,28 @@ impl CoderIndex {
         state.workspaces.values().find(|entry| &*entry.id == id).map(Entry::workspace)
     }
 
+    /// `resource` was decided on with the whole picture of its workspace:
+    /// counted once in the `observed_resources` gauge.
+    pub fn observed(&self, resource: &ObjectRef<ChatWorkspace>) {
+        let mut interests = self.shared.interests.lock().expect("index interests");
+        if let Some(interest) = interests.get_mut(resource)
+            && !interest.observed
+        {
+            interest.observed = true;
+            if let Some(metrics) = &self.shared.metrics {
+                metrics.observed_resources.inc();
+            }
+        }
+    }
+
     /// The resource is gone: stop watching for it.
     pub fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
         let Some(interest) = self.shared.interests.lock().expect("index interests").remove(resource) else { return };
+        if interest.observed
+            && let Some(metrics) = &self.shared.metrics
+        {
+            metrics.observed_resources.dec();
+        }
         if let Some(state) = self.shared.owners.lock().expect("index owners").get_mut(&interest.owner) {
             unregister(state, &interest.name, resource);
         }
