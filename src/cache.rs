@@ -29,8 +29,8 @@ pub struct Cached {
     packed: Box<[u8]>,
     /// [`status_hash`] of the status (of an empty one if none).
     status_hash: u64,
-    /// `status.workspace.id`, for the claims index.
-    workspace_id: Option<Box<str>>,
+    /// What the claims index files the resource under.
+    claim_keys: crate::claims::ClaimKeys,
 }
 
 /// What is packed.
@@ -58,10 +58,11 @@ impl Cached {
         let mut all = metadata.annotations.take().unwrap_or_default();
         let annotations = KEPT_ANNOTATIONS.map(|key| all.remove(key).map(String::into_boxed_str));
         let status_hash = status_hash(status.as_ref().unwrap_or(&ChatWorkspaceStatus::default()));
-        let workspace_id = status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone().into_boxed_str());
+        let workspace_id = status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
+        let claim_keys = crate::claims::ClaimKeys::of(&metadata, &spec, workspace_id);
         let json = serde_json::to_vec(&Body { spec, status }).unwrap_or_default();
         let packed = miniz_oxide::deflate::compress_to_vec(&json, 6).into_boxed_slice();
-        Self { metadata, annotations, packed, status_hash, workspace_id }
+        Self { metadata, annotations, packed, status_hash, claim_keys }
     }
 
     fn body(&self) -> Body {
@@ -84,11 +85,6 @@ impl Cached {
         ChatWorkspace { metadata, spec, status }
     }
 
-    /// The spec, unpacked.
-    pub fn spec(&self) -> ChatWorkspaceSpec {
-        self.body().spec
-    }
-
     /// A kept annotation's value.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         let index = KEPT_ANNOTATIONS.iter().position(|kept| *kept == key)?;
@@ -100,9 +96,9 @@ impl Cached {
         self.status_hash
     }
 
-    /// `status.workspace.id`.
-    pub fn workspace_id(&self) -> Option<&str> {
-        self.workspace_id.as_deref()
+    /// What the claims index files the resource under.
+    pub fn claim_keys(&self) -> crate::claims::ClaimKeys {
+        self.claim_keys
     }
 }
 
@@ -187,7 +183,8 @@ mod tests {
         });
         assert!(expanded.metadata.managed_fields.is_none());
         assert!(expanded.metadata.labels.is_none());
-        assert_eq!(cached.workspace_id(), Some("w-1"));
+        let claim_keys = crate::claims::ClaimKeys::of(&original.metadata, &original.spec, Some("w-1"));
+        assert_eq!(cached.claim_keys(), claim_keys);
         assert_eq!(cached.status_hash(), status_hash(original.status.as_ref().expect("status")));
     }
 
@@ -195,10 +192,10 @@ mod tests {
     fn a_resource_without_status_has_the_hash_of_an_empty_one() {
         let mut original = resource();
         original.status = None;
-        let cached = Cached::pack(original);
+        let cached = Cached::pack(original.clone());
         assert!(cached.expand().status.is_none());
         assert_eq!(cached.status_hash(), status_hash(&ChatWorkspaceStatus::default()));
-        assert_eq!(cached.workspace_id(), None);
+        assert_eq!(cached.claim_keys(), crate::claims::ClaimKeys::of(&original.metadata, &original.spec, None));
     }
 
     #[test]

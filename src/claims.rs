@@ -81,16 +81,43 @@ pub fn conflicting<'a>(
         })
 }
 
+/// What a resource's claims are filed under: its [`SpecKey`] and the
+/// workspace id it observed, each hashed with this process's random key.
+/// The index keeps no copy of the keys themselves; two keys that hash alike
+/// (one chance in 2^64 for a pair) would be taken for one workspace, which
+/// errs on the safe side: a conflict reported, never two actors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimKeys {
+    key: u64,
+    id: Option<u64>,
+}
+
+/// The hasher of [`ClaimKeys`]: random per process, so no resource can be
+/// named to collide with another's on purpose.
+static HASHER: std::sync::LazyLock<std::hash::RandomState> = std::sync::LazyLock::new(Default::default);
+
+fn hashed(value: impl std::hash::Hash) -> u64 {
+    use std::hash::BuildHasher;
+    HASHER.hash_one(value)
+}
+
+impl ClaimKeys {
+    /// The keys of a resource with this metadata and spec, that observed
+    /// workspace `id`.
+    pub fn of(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec, id: Option<&str>) -> Self {
+        Self { key: hashed(key_of(metadata, spec)), id: id.map(hashed) }
+    }
+}
+
 /// One resource's claim, ordered by age.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Claim {
-    age: AgeKey,
-    uid: String,
+    age: (Option<jiff::Timestamp>, Box<str>, Box<str>),
+    uid: Arc<str>,
 }
 
 struct Held {
-    key: SpecKey,
-    id: Option<String>,
+    keys: ClaimKeys,
     claim: Arc<Claim>,
 }
 
@@ -126,22 +153,22 @@ impl ClaimSet {
 
 #[derive(Default)]
 struct Claims {
-    by_key: HashMap<SpecKey, ClaimSet>,
-    by_id: HashMap<String, ClaimSet>,
+    by_key: HashMap<u64, ClaimSet>,
+    by_id: HashMap<u64, ClaimSet>,
     /// uid → what it holds.
-    held: HashMap<String, Held>,
+    held: HashMap<Arc<str>, Held>,
     /// A relist under way, per watched namespace (`None`: all): the uids
     /// it has seen so far.
-    relists: HashMap<Option<String>, HashSet<String>>,
+    relists: HashMap<Option<String>, HashSet<Arc<str>>>,
 }
 
 impl Claims {
     fn remove(&mut self, uid: &str) {
         let Some(held) = self.held.remove(uid) else { return };
-        if self.by_key.get_mut(&held.key).is_some_and(|set| set.remove(&held.claim)) {
-            self.by_key.remove(&held.key);
+        if self.by_key.get_mut(&held.keys.key).is_some_and(|set| set.remove(&held.claim)) {
+            self.by_key.remove(&held.keys.key);
         }
-        if let Some(id) = held.id
+        if let Some(id) = held.keys.id
             && self.by_id.get_mut(&id).is_some_and(|set| set.remove(&held.claim))
         {
             self.by_id.remove(&id);
@@ -152,25 +179,31 @@ impl Claims {
 impl ClaimsIndex {
     /// A resource was added or changed.
     pub fn apply(&self, resource: &Cached) {
-        let uid = resource.metadata.uid.clone().unwrap_or_default();
-        let key = key_of(&resource.metadata, &resource.spec());
-        let id = resource.workspace_id().map(str::to_owned);
-        let age = age_of(&resource.metadata);
+        let uid = resource.metadata.uid.as_deref().unwrap_or_default();
+        let keys = resource.claim_keys();
+        let (created, namespace, name) = age_of(&resource.metadata);
         let mut claims = self.inner.lock().expect("claims");
+        let uid: Arc<str> = claims.held.get_key_value(uid).map_or_else(|| uid.into(), |(held, _)| held.clone());
         for seen in claims.relists.values_mut() {
             seen.insert(uid.clone());
         }
         // Most updates are status writes, which change no claim.
-        if claims.held.get(&uid).is_some_and(|held| held.key == key && held.id == id && held.claim.age == age) {
+        let unchanged = claims.held.get(&uid).is_some_and(|held| {
+            held.keys == keys
+                && held.claim.age.0 == created
+                && *held.claim.age.1 == namespace
+                && *held.claim.age.2 == name
+        });
+        if unchanged {
             return;
         }
         claims.remove(&uid);
-        let claim = Arc::new(Claim { age, uid: uid.clone() });
-        claims.by_key.entry(key.clone()).or_default().insert(claim.clone());
-        if let Some(id) = &id {
-            claims.by_id.entry(id.clone()).or_default().insert(claim.clone());
+        let claim = Arc::new(Claim { age: (created, namespace.into(), name.into()), uid: uid.clone() });
+        claims.by_key.entry(keys.key).or_default().insert(claim.clone());
+        if let Some(id) = keys.id {
+            claims.by_id.entry(id).or_default().insert(claim.clone());
         }
-        claims.held.insert(uid, Held { key, id, claim });
+        claims.held.insert(uid, Held { keys, claim });
     }
 
     /// A resource is gone.
@@ -187,10 +220,10 @@ impl ClaimsIndex {
     pub fn relist_done(&self, namespace: Option<&str>) {
         let mut claims = self.inner.lock().expect("claims");
         let Some(seen) = claims.relists.remove(&namespace.map(str::to_string)) else { return };
-        let gone: Vec<String> = claims
+        let gone: Vec<Arc<str>> = claims
             .held
             .iter()
-            .filter(|(uid, held)| !seen.contains(*uid) && namespace.is_none_or(|ns| held.claim.age.1 == ns))
+            .filter(|(uid, held)| !seen.contains(*uid) && namespace.is_none_or(|ns| *held.claim.age.1 == *ns))
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in gone {
@@ -202,14 +235,17 @@ impl ClaimsIndex {
     /// the same workspace as `me`, if any, as `namespace/name`.
     pub fn conflicting(&self, me: &ChatWorkspace, workspace_id: Option<&str>) -> Option<String> {
         let claims = self.inner.lock().expect("claims");
-        let mine = Claim { age: age_key(me), uid: me.uid().unwrap_or_default() };
-        let by_key = claims.by_key.get(&spec_key(me)).and_then(ClaimSet::oldest);
-        let by_id = workspace_id.and_then(|id| claims.by_id.get(id)).and_then(ClaimSet::oldest);
+        let keys = ClaimKeys::of(&me.metadata, &me.spec, workspace_id);
+        let (created, namespace, name) = age_key(me);
+        let my_age = (created, namespace.into_boxed_str(), name.into_boxed_str());
+        let my_uid = me.uid().unwrap_or_default();
+        let by_key = claims.by_key.get(&keys.key).and_then(ClaimSet::oldest);
+        let by_id = keys.id.and_then(|id| claims.by_id.get(&id)).and_then(ClaimSet::oldest);
         // The oldest claim of each set; the older of the two wins.
-        [by_key, by_id].into_iter().flatten().filter(|claim| claim.uid != mine.uid && claim.age < mine.age).min().map(
+        [by_key, by_id].into_iter().flatten().filter(|claim| *claim.uid != *my_uid && claim.age < my_age).min().map(
             |claim| {
                 // As `conflicting`: only a resource of the same namespace is named.
-                if claim.age.1 == mine.age.1 {
+                if claim.age.1 == my_age.1 {
                     format!("{}/{}", claim.age.1, claim.age.2)
                 } else {
                     "in another namespace".to_owned()
