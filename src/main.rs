@@ -27,7 +27,10 @@ use chatworkspace_operator::tenancy::urls::AllowedUrls;
 /// 10,000 resources it keeps less memory than glibc's malloc after the
 /// start's burst of lists and writes, and the release image is built for
 /// musl, whose own allocator is slow under many threads. Only the binary
-/// uses it; the library and its tests keep the system allocator.
+/// uses it; the library and its tests keep the system allocator, and so
+/// does a binary built with `--features system-allocator`, for heap
+/// profilers that see only malloc (heaptrack; docs/performance.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -35,6 +38,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// `_RJEM_MALLOC_CONF` environment variable overrides them). Freed pages go
 /// back to the system within a second instead of ten, so the resident size
 /// follows what is in use: the start's burst leaves no plateau behind.
+#[cfg(not(feature = "system-allocator"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
