@@ -285,7 +285,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
     convergence.apiserver_requests = requests_since(&client, &apiserver_at_start).await?;
     convergence.queue_wait = Some(queue_wait(&admin).await?);
     let memory_converged = procfs::memory(pids.operator)?;
-    let (object_json_kib, managed_fields_json_kib) = object_sizes(&api).await?;
+    let (object_json_kib, managed_fields_json_kib, packed_bytes) = object_sizes(&api, out_dir).await?;
 
     let (coder_load, window_cpu) = if args.window.is_zero() {
         (None, None)
@@ -339,6 +339,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
             per_resource_kib: (memory_converged.rss_mib - memory_idle.rss_mib) * 1024.0 / args.resources as f64,
             object_json_kib,
             managed_fields_json_kib,
+            packed_bytes,
         },
     })
 }
@@ -1096,19 +1097,28 @@ struct MemoryReport {
     object_json_kib: f64,
     /// The part of that which is `metadata.managedFields`.
     managed_fields_json_kib: f64,
+    /// Its spec and status as the operator's cache packs them, in bytes.
+    packed_bytes: f64,
 }
 
 /// The average JSON size of the namespace's ChatWorkspaces, and of their
 /// managedFields, in KiB.
-async fn object_sizes(api: &Api<ChatWorkspace>) -> anyhow::Result<(f64, f64)> {
+async fn object_sizes(api: &Api<ChatWorkspace>, out_dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
     let list = api.list(&kube::api::ListParams::default()).await?;
     let count = list.items.len().max(1) as f64;
-    let (mut total, mut managed) = (0usize, 0usize);
+    let (mut total, mut managed, mut packed) = (0usize, 0usize, 0usize);
     for object in &list.items {
         total += serde_json::to_vec(object)?.len();
         managed += serde_json::to_vec(&object.metadata.managed_fields)?.len();
+        packed += chatworkspace_operator::cache::Cached::pack(object.clone()).packed_len();
     }
-    Ok((total as f64 / count / 1024.0, managed as f64 / count / 1024.0))
+    // One object as the apiserver serves it, to look at.
+    if let Some(object) = list.items.first() {
+        let path = out_dir.join("object-sample.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(object)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok((total as f64 / count / 1024.0, managed as f64 / count / 1024.0, packed as f64 / count))
 }
 
 #[derive(Debug, Serialize)]
@@ -1306,6 +1316,7 @@ impl Report {
             "  {:<40}{:>9.1} KiB  (managedFields {:.1} KiB)",
             "one ChatWorkspace as JSON", m.object_json_kib, m.managed_fields_json_kib
         );
+        let _ = writeln!(out, "  {:<40}{:>9.0} bytes", "its spec and status, packed in the cache", m.packed_bytes);
 
         let machine = &self.machine;
         let _ = writeln!(

@@ -91,6 +91,12 @@ impl Cached {
         self.annotations[index].as_deref()
     }
 
+    /// The size of the packed spec and status, in bytes (the benchmark
+    /// reports it).
+    pub fn packed_len(&self) -> usize {
+        self.packed.len()
+    }
+
     /// [`status_hash`] of the status (that of an empty status if none).
     pub fn status_hash(&self) -> u64 {
         self.status_hash
