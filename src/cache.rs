@@ -19,14 +19,17 @@ use crate::crd::{ChatWorkspace, ChatWorkspaceSpec, ChatWorkspaceStatus};
 /// last-applied copy is often the largest part of an object).
 const KEPT_ANNOTATIONS: [&str; 2] = [crate::tenancy::installs::INSTALL_ANNOTATION, crate::crd::START_REQUESTED_AT];
 
+/// The cache's dictionary: learned from the first resource with conditions.
+static PACKER: crate::pack::Packer = crate::pack::Packer::new();
+
 #[derive(Clone, Debug)]
 pub struct Cached {
     /// Without annotations: a map of one entry costs a whole tree node.
     pub metadata: ObjectMeta,
     /// The values of [`KEPT_ANNOTATIONS`], in that order.
     annotations: [Option<Box<str>>; KEPT_ANNOTATIONS.len()],
-    /// `{"spec": …, "status": …}` as deflated JSON.
-    packed: Box<[u8]>,
+    /// `{"spec": …, "status": …}` as deflated JSON ([`crate::pack`]).
+    packed: crate::pack::Packed,
     /// [`status_hash`] of the status (of an empty one if none).
     status_hash: u64,
     /// What the claims index files the resource under.
@@ -60,16 +63,16 @@ impl Cached {
         let status_hash = status_hash(status.as_ref().unwrap_or(&ChatWorkspaceStatus::default()));
         let workspace_id = status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
         let claim_keys = crate::claims::ClaimKeys::of(&metadata, &spec, workspace_id);
+        // A resource with conditions is like the others to come; one with no
+        // status yet would make a poor dictionary.
+        let typical = status.as_ref().is_some_and(|s| !s.conditions.is_empty());
         let json = serde_json::to_vec(&Body { spec, status }).unwrap_or_default();
-        let packed = miniz_oxide::deflate::compress_to_vec(&json, 6).into_boxed_slice();
+        let packed = PACKER.pack(&json, typical);
         Self { metadata, annotations, packed, status_hash, claim_keys }
     }
 
     fn body(&self) -> Body {
-        miniz_oxide::inflate::decompress_to_vec(&self.packed)
-            .ok()
-            .and_then(|json| serde_json::from_slice(&json).ok())
-            .expect("the cache unpacks only what it packed")
+        serde_json::from_slice(&PACKER.unpack(&self.packed)).expect("the cache unpacks only what it packed")
     }
 
     /// The resource as the reconcile reads it, spec and status unpacked.

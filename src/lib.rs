@@ -25,6 +25,7 @@ pub mod events;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod pack;
 pub mod telemetry;
 pub mod templates;
 pub mod tenancy;

@@ -13,9 +13,12 @@ use std::time::Instant;
 
 use crate::coder::{AgentStatus, ProvisionerJobStatus, Workspace, WorkspaceTransition};
 
+/// The index's dictionary: learned from the first workspace it keeps.
+static PACKER: crate::pack::Packer = crate::pack::Packer::new();
+
 pub(super) struct Entry {
-    /// [`slim`]'s workspace as deflated JSON.
-    packed: Box<[u8]>,
+    /// [`slim`]'s workspace as deflated JSON ([`crate::pack`]).
+    packed: crate::pack::Packed,
     pub id: Box<str>,
     /// [`digest`] of the workspace: what the decision core reads of it.
     pub digest: u64,
@@ -62,7 +65,8 @@ impl Entry {
         };
         let json = serde_json::to_vec(&workspace).unwrap_or_default();
         Self {
-            packed: miniz_oxide::deflate::compress_to_vec(&json, 6).into_boxed_slice(),
+            // Any workspace is like the others of its owner.
+            packed: PACKER.pack(&json, true),
             id: workspace.id.as_str().into(),
             digest: digest(&workspace),
             in_transition: in_transition(&workspace),
@@ -74,10 +78,8 @@ impl Entry {
 
     /// The workspace, unpacked.
     pub fn workspace(&self) -> Arc<Workspace> {
-        let workspace = miniz_oxide::inflate::decompress_to_vec(&self.packed)
-            .ok()
-            .and_then(|json| serde_json::from_slice(&json).ok())
-            .expect("the index unpacks only what it packed");
+        let workspace =
+            serde_json::from_slice(&PACKER.unpack(&self.packed)).expect("the index unpacks only what it packed");
         Arc::new(workspace)
     }
 
