@@ -116,8 +116,9 @@ pub struct Context {
     /// the index's first probe or chat lookup.
     held: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
     /// Resources that asked not to be looked at again before a time later
-    /// than the resync's sweep would: the sweep passes them by.
-    resting: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
+    /// than the resync's sweep would (`None`: before a change of their
+    /// own): the sweep passes them by.
+    resting: Mutex<HashMap<ObjectRef<ChatWorkspace>, Option<Instant>>>,
     /// Resources whose finalizer and claim this replica has just patched,
     /// until the watch delivers them: a reconcile that starts meanwhile,
     /// from the cache's older copy, must not patch them again (its patch,
@@ -149,19 +150,29 @@ impl Context {
     /// resync's sweep does meanwhile.
     fn rest(&self, resource: &ChatWorkspace, delay: Duration) -> Action {
         let until = Instant::now() + delay;
-        self.resting.lock().expect("resting").insert(crate::crd::reference(resource), until);
+        self.resting.lock().expect("resting").insert(crate::crd::reference(resource), Some(until));
         Action::requeue(delay)
     }
 
+    /// Looks at `resource` again only when it changes: what failed needs a
+    /// new spec, and the resync's sweep must not retry it meanwhile.
+    fn rest_until_changed(&self, resource: &ChatWorkspace) -> Action {
+        self.resting.lock().expect("resting").insert(crate::crd::reference(resource), None);
+        Action::await_change()
+    }
+
     /// Whether the resync's sweep passes `resource` by: it is on its own
-    /// timer, backing off after failures or resting after an error that
-    /// waiting fixes only slowly.
+    /// timer (being deleted, or backing off after failures), or resting
+    /// after an error that waiting fixes only slowly or not at all.
     fn resync_skips(&self, resource: &Cached) -> bool {
+        if resource.metadata.deletion_timestamp.is_some() {
+            return true;
+        }
         let key = reference_of(resource);
         if self.failures.lock().expect("failures").contains_key(&key) {
             return true;
         }
-        self.resting.lock().expect("resting").get(&key).is_some_and(|until| *until > Instant::now())
+        self.resting.lock().expect("resting").get(&key).is_some_and(|until| until.is_none_or(|at| at > Instant::now()))
     }
 
     /// Whether `resource`'s reconciles have failed without a success for at
@@ -406,11 +417,13 @@ async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action>
     result
 }
 
-/// Looks at the resource again after `delay`; a settled one (nothing
-/// expected before the resync) waits for a change, a wake of the Coder
-/// index, or the resync's sweep (`resync`), instead of a timer of its own.
+/// Looks at the resource again after `delay`. A settled one (the decision
+/// core's "nothing expected", the resync interval itself) waits for a
+/// change, a wake of the Coder index, or the resync's sweep (`resync`),
+/// instead of a timer of its own; any other delay is a moment something is
+/// due (a threshold, a budget's window) and keeps its timer.
 fn requeue(delay: Duration, context: &Context) -> Action {
-    if delay >= context.settings.requeue.stable { Action::await_change() } else { Action::requeue(delay) }
+    if delay == context.settings.requeue.stable { Action::await_change() } else { Action::requeue(delay) }
 }
 
 /// What one pass of `apply` produced.
@@ -454,7 +467,7 @@ async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Con
             context.metrics.error_kind(error.reason());
             if error.waits_for_spec_change() {
                 // Only a new spec can fix it; a spec change triggers a reconcile.
-                Ok(Action::await_change())
+                Ok(context.rest_until_changed(resource))
             } else {
                 // A token, template or Secret may be fixed outside Kubernetes'
                 // view of this resource: look again slowly, never in a storm.
