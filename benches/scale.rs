@@ -687,14 +687,19 @@ async fn restart(
     Ok(Restart { observed_s, apiserver_requests, requests, memory })
 }
 
-/// One unlabelled gauge or counter from the operator's /metrics.
-async fn gauge(admin: &str, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+/// The operator's /metrics, as text.
+async fn operator_metrics(admin: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://{admin}/metrics"))
         .await
         .and_then(reqwest::Response::error_for_status)
         .context("reading the operator's /metrics")?
         .text()
-        .await?;
+        .await?)
+}
+
+/// One unlabelled gauge or counter from the operator's /metrics.
+async fn gauge(admin: &str, name: &str) -> anyhow::Result<f64> {
+    let text = operator_metrics(admin).await?;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .with_context(|| format!("{name} in the operator's /metrics"))
@@ -724,6 +729,19 @@ struct RequestCounts {
 impl RequestCounts {
     fn total(&self) -> u64 {
         self.lists + self.reads + self.probes + self.builds + self.creates + self.other.values().sum::<u64>()
+    }
+
+    /// The counts by kind, for the report.
+    fn breakdown(&self) -> String {
+        format!(
+            "{} lists, {} reads, {} probes, {} creates, {} builds, {} other",
+            self.lists,
+            self.reads,
+            self.probes,
+            self.creates,
+            self.builds,
+            self.other.values().sum::<u64>()
+        )
     }
 
     fn count(&mut self, request: &RequestRecord) {
@@ -826,12 +844,7 @@ async fn requests_since(
 
 /// Reads the operator's queue-wait histogram from its admin endpoint.
 async fn queue_wait(admin: &str) -> anyhow::Result<QueueWait> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .context("reading the operator's /metrics")?
-        .text()
-        .await?;
+    let text = operator_metrics(admin).await?;
     let mut buckets: Vec<(f64, u64)> = Vec::new();
     for line in text.lines().filter(|l| l.starts_with("chatworkspace_queue_wait_seconds_bucket{")) {
         let Some((labels, value)) = line.rsplit_once(' ') else { continue };
@@ -1166,16 +1179,11 @@ impl Report {
         let r = &c.requests;
         let _ = writeln!(
             out,
-            "  {:<44}{:>10}  ({:.1} per workspace: {} lists, {} reads, {} probes, {} creates, {} builds, {} other)",
+            "  {:<44}{:>10}  ({:.1} per workspace: {})",
             "Coder requests",
             r.total(),
             r.total() as f64 / n as f64,
-            r.lists,
-            r.reads,
-            r.probes,
-            r.creates,
-            r.builds,
-            r.other.values().sum::<u64>()
+            r.breakdown()
         );
         let _ = writeln!(out, "  {:<44}{:>10}", "peak Coder requests within 1 s", c.peak_requests_in_1s);
         if let Some(q) = &c.queue_wait {
@@ -1275,16 +1283,7 @@ impl Report {
             let _ = writeln!(out, "\nRestart (a new operator process; every status is current)");
             let _ = writeln!(out, "  {:<44}{:>8.1} s", "start -> every resource observed", r.observed_s);
             let q = &r.requests;
-            let _ = writeln!(
-                out,
-                "  {:<44}{:>10}  ({} lists, {} reads, {} probes, {} builds)",
-                "Coder requests meanwhile",
-                q.total(),
-                q.lists,
-                q.reads,
-                q.probes,
-                q.builds
-            );
+            let _ = writeln!(out, "  {:<44}{:>10}  ({})", "Coder requests meanwhile", q.total(), q.breakdown());
             let _ = writeln!(
                 out,
                 "  {:<44}{:>10}",
