@@ -82,6 +82,11 @@ struct Args {
     /// Leave out the reaction latency phase (e.g. for a memory-only run).
     #[arg(long)]
     skip_latency: bool,
+    /// After convergence, restart the kube-apiserver under the operator and,
+    /// if its watch lists everything again, report the operator's peak
+    /// memory during that relist.
+    #[arg(long)]
+    relist: bool,
     /// At the end, restart the operator (every status is current then) and
     /// measure how soon the new process has observed every resource, by its
     /// `chatworkspace_observed_resources` gauge, and what it wrote meanwhile.
@@ -305,6 +310,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         operator.ensure_running()?;
         (Some(reaction), Some(CpuSample::take(&pids)?.since(&start)))
     };
+    let relist = if args.relist { Some(relist(plane, &admin, pids.operator).await?) } else { None };
     let memory_end = procfs::memory(pids.operator)?;
     let restart = if args.restart {
         drop(operator);
@@ -332,6 +338,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         convergence,
         coder_load,
         reaction,
+        relist,
         restart,
         memory: MemoryReport {
             after_convergence: memory_converged,
@@ -622,6 +629,44 @@ fn peak_in_one_second(requests: &[RequestRecord]) -> usize {
 
 fn seconds_between(earlier: Timestamp, later: Timestamp) -> f64 {
     later.duration_since(earlier).as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------
+// A relist (`--relist`)
+
+#[derive(Debug, Serialize)]
+struct Relist {
+    /// Whether the operator's watch listed everything again after the
+    /// apiserver's restart (it may resume its watch instead).
+    relisted: bool,
+    /// From the apiserver's restart to the end of the relist.
+    relist_s: Option<f64>,
+    /// The operator's memory then; `peak_rss_mib` is its peak since just
+    /// before the restart (the peak was reset then).
+    memory: Memory,
+}
+
+/// How long the operator's watch may take to list again after the restart.
+const RELIST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Restarts the apiserver under the operator and, if its watch lists
+/// everything again, measures its peak memory across the relist.
+async fn relist(plane: &ControlPlane, admin: &str, operator: u32) -> anyhow::Result<Relist> {
+    eprintln!("scale: restarting the kube-apiserver under the operator");
+    let before = gauge(admin, "chatworkspace_relists_total").await?;
+    procfs::reset_peak(operator)?;
+    let started = Instant::now();
+    tokio::task::block_in_place(|| plane.restart_apiserver())?;
+    let mut relisted = false;
+    while started.elapsed() < RELIST_TIMEOUT {
+        if gauge(admin, "chatworkspace_relists_total").await? > before {
+            relisted = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let relist_s = relisted.then(|| started.elapsed().as_secs_f64());
+    Ok(Relist { relisted, relist_s, memory: procfs::memory(operator)? })
 }
 
 // ---------------------------------------------------------------------------
@@ -1147,6 +1192,7 @@ struct Report {
     convergence: Convergence,
     coder_load: Option<CoderLoad>,
     reaction: Option<Reaction>,
+    relist: Option<Relist>,
     restart: Option<Restart>,
     memory: MemoryReport,
 }
@@ -1277,6 +1323,23 @@ impl Report {
                 "  Coder requests meanwhile: {} ({:.1}/s; the operator's limit: --coder-max-rps)",
                 r.coder_requests, r.coder_requests_per_s
             );
+        }
+
+        if let Some(r) = &self.relist {
+            let _ = writeln!(out, "\nRelist (the kube-apiserver restarted under the operator)");
+            match r.relist_s {
+                Some(seconds) => {
+                    let _ = writeln!(out, "  {:<44}{:>8.1} s", "apiserver restart -> relist complete", seconds);
+                    let _ = writeln!(
+                        out,
+                        "  {:<44}{:>8.1} MiB (VmRSS now {:.1}, RssAnon {:.1})",
+                        "operator peak across the relist", r.memory.peak_rss_mib, r.memory.rss_mib, r.memory.anon_mib
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  the operator's watch resumed without listing again: no relist to measure");
+                }
+            }
         }
 
         if let Some(r) = &self.restart {

@@ -69,6 +69,10 @@ pub struct Metrics {
     /// once since it started: how soon a restarted operator has looked at
     /// everything, which its writes alone do not tell.
     pub observed_resources: Gauge,
+    /// Complete lists of the ChatWorkspaces by the watch, the first one
+    /// included: a relist (after the watch fell too far behind) holds the
+    /// old cache and the new one at once.
+    pub relists: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -117,9 +121,16 @@ impl Default for Metrics {
             "Resources decided on with the whole picture of their workspace since this process started",
             observed_resources.clone(),
         );
+        let relists = Counter::default();
+        registry.register(
+            "relists",
+            "Complete lists of the ChatWorkspaces by the watch, the first one included",
+            relists.clone(),
+        );
         Self {
             registry,
             observed_resources,
+            relists,
             reconciles,
             reconcile_errors,
             reconcile_duration,

@@ -37,6 +37,13 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory { rss_mib: field("VmRSS:")?, peak_rss_mib: field("VmHWM:")?, anon_mib: field("RssAnon:")? })
 }
 
+/// Resets a process's `VmHWM` to its resident size now (Linux's
+/// `clear_refs`, value 5), so that the next reading is the peak since.
+pub fn reset_peak(pid: u32) -> anyhow::Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    fs::write(&path, "5").with_context(|| format!("writing 5 to {path} (needs to own the process)"))
+}
+
 /// User plus system CPU seconds a process (all its threads) has used.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");

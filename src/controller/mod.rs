@@ -213,7 +213,10 @@ impl Context {
                     }
                 }
             }
-            watcher::Event::InitDone => self.claims.relist_done(scope),
+            watcher::Event::InitDone => {
+                self.claims.relist_done(scope);
+                self.metrics.relists.inc();
+            }
             watcher::Event::Delete(resource) => {
                 let reference = reference_of(resource);
                 self.claims.delete(resource);
