@@ -28,6 +28,16 @@ fn notes(events: &[(String, String)], reason: &str) -> Vec<String> {
 
 /// How often Events of `reason` were published for `name`: the operator
 /// folds an Event repeated word for word into one Event's series.
+/// Waits until `name`'s cleanup reports that it waits, and says why.
+async fn cleanup_waiting(env: &Env, name: &str, what: &str) -> String {
+    let waiting = env
+        .wait_for(name, what, LONG, |cws| {
+            cws.status.as_ref().and_then(|s| s.cleanup.as_ref()).is_some_and(|c| c.waiting.is_some())
+        })
+        .await;
+    waiting.status.and_then(|s| s.cleanup).and_then(|c| c.waiting).expect("the cleanup waits")
+}
+
 async fn published(env: &Env, name: &str, reason: &str) -> i32 {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.namespace);
     let list = events.list(&Default::default()).await.expect("list events");
@@ -110,12 +120,7 @@ async fn a_deletion_whose_credentials_are_gone_waits_then_leaves_the_workspace_i
         .unwrap();
     let deleted = Instant::now();
     env.delete("chat-1").await;
-    let waiting = env
-        .wait_for("chat-1", "waiting for its credentials", LONG, |cws| {
-            cws.status.as_ref().and_then(|s| s.cleanup.as_ref()).is_some_and(|c| c.waiting.is_some())
-        })
-        .await;
-    let message = waiting.status.unwrap().cleanup.unwrap().waiting.unwrap();
+    let message = cleanup_waiting(&env, "chat-1", "waiting for its credentials").await;
     assert!(message.contains("team-coder") && message.contains("credentials are gone"), "{message}");
     assert!(message.contains(&format!("admin/chat-1 (id {id})")), "the message names the workspace: {message}");
     env.wait_for_events("chat-1", &["DeletionBlocked"]).await;
@@ -155,12 +160,7 @@ async fn a_deletion_in_a_terminating_namespace_gives_up_after_the_timeout() {
     Api::<Namespace>::all(env.client.clone()).delete(&env.namespace, &DeleteParams::default()).await.unwrap();
     let deleted = Instant::now();
     env.delete("chat-1").await;
-    let waiting = env
-        .wait_for("chat-1", "waiting in a terminating namespace", LONG, |cws| {
-            cws.status.as_ref().and_then(|s| s.cleanup.as_ref()).is_some_and(|c| c.waiting.is_some())
-        })
-        .await;
-    let message = waiting.status.unwrap().cleanup.unwrap().waiting.unwrap();
+    let message = cleanup_waiting(&env, "chat-1", "waiting in a terminating namespace").await;
     assert!(message.contains("is being deleted") && message.contains(&env.namespace), "{message}");
     env.wait_gone("chat-1", LONG).await;
     let waited = deleted.elapsed();
