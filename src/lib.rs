@@ -23,6 +23,7 @@ pub mod decision;
 pub mod error;
 pub mod events;
 pub mod index;
+pub mod key;
 pub mod leader;
 pub mod metrics;
 pub mod pack;

@@ -240,15 +240,6 @@ fn reference_of(resource: &Cached) -> ObjectRef<ChatWorkspace> {
     }
 }
 
-/// The controller's reference for one of the index's.
-fn cached_reference(reference: ObjectRef<ChatWorkspace>) -> ObjectRef<Cached> {
-    let cached = ObjectRef::new(&reference.name);
-    match &reference.namespace {
-        Some(namespace) => cached.within(namespace),
-        None => cached,
-    }
-}
-
 /// Runs the controller until `shutdown` resolves; the reconcile in flight
 /// finishes first.
 /// `readiness` turns true once every watch has listed its resources.
@@ -285,7 +276,7 @@ pub async fn run(
             .applied_objects()
             .predicate_filter(spec_or_lifecycle_changed, PredicateConfig::default());
         let wakes = futures::stream::unfold(context.index.wakes(scope.clone()), |mut wakes| async move {
-            wakes.recv().await.map(|resource| (cached_reference(resource), wakes))
+            wakes.recv().await.map(|resource| (resource.reference::<Cached>(), wakes))
         });
         // A namespace granted (or revoked) an owner reconciles its resources now.
         let granted = context.tenancy.namespaces.triggers(reader.clone());

@@ -181,22 +181,22 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
         return None;
     }
     state.chats.planned_at = Some(Instant::now());
-    let watched: Vec<(String, String, bool)> = state
-        .interested
+    // Borrowed, not copied: this runs every second over every workspace.
+    let super::OwnerState { interested, workspaces, chats, .. } = state;
+    let watched: Vec<(&str, &str, bool)> = interested
         .keys()
         .filter_map(|name| {
-            let entry = state.workspaces.get(name)?;
-            Some((entry.id.to_string(), name.clone(), entry.in_transition))
+            let entry = workspaces.get(name)?;
+            Some((&*entry.id, name.as_str(), entry.in_transition))
         })
         .collect();
-    let chats = &mut state.chats;
-    let ids: HashSet<&str> = watched.iter().map(|(id, _, _)| id.as_str()).collect();
+    let ids: HashSet<&str> = watched.iter().map(|(id, _, _)| *id).collect();
     chats.entries.retain(|id, _| ids.contains(id.as_str()));
     chats.after_build.retain(|id| ids.contains(id.as_str()));
     let round_due = chats.looked_up_at.is_none_or(|at| at.elapsed() >= settings.chat_interval);
     if round_due && chats.round_left.is_empty() {
         // A new round, spread over half the interval at one plan a second.
-        chats.round_left = watched.iter().map(|(id, _, _)| id.clone()).collect();
+        chats.round_left = watched.iter().map(|(id, _, _)| (*id).to_owned()).collect();
         let plans = (settings.chat_interval.as_secs_f64() / 2.0 / PLAN_EVERY.as_secs_f64()).max(1.0);
         let lookups = chats.round_left.len().div_ceil(MAX_WORKSPACES_PER_CHAT_LOOKUP) as f64;
         chats.round_pace = (lookups / plans).ceil().max(1.0) as usize;
@@ -204,11 +204,11 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     }
     let mut details = Vec::new();
     let mut slow = Vec::new();
-    for (id, name, busy) in &watched {
+    for &(id, name, busy) in &watched {
         let settled_after_build = !busy && chats.after_build.contains(id);
         let Some(entry) = chats.entries.get_mut(id) else { continue };
         let Some(chat_id) = entry.looked_up.clone() else { continue };
-        let read = (id.clone(), name.clone(), entry.chat.as_ref().map_or(chat_id, |c| c.id.clone()));
+        let read = (id.to_owned(), name.to_owned(), entry.chat.as_ref().map_or(chat_id, |c| c.id.clone()));
         if entry.chat.is_none() || entry.details_due || settled_after_build {
             chats.after_build.remove(id);
             details.push(read);
@@ -227,9 +227,14 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     // forty lookups, not forty a second.
     let take = (chats.round_pace * MAX_WORKSPACES_PER_CHAT_LOOKUP).min(chats.round_left.len());
     let mut wanted: HashSet<String> = chats.round_left.drain(..take).collect();
-    wanted.extend(watched.iter().filter(|(id, _, _)| !chats.entries.contains_key(id)).map(|(id, _, _)| id.clone()));
-    let lookup: Vec<(String, String)> =
-        watched.into_iter().filter(|(id, _, _)| wanted.contains(id)).map(|(id, name, _)| (id, name)).collect();
+    wanted.extend(
+        watched.iter().filter(|(id, _, _)| !chats.entries.contains_key(*id)).map(|(id, _, _)| (*id).to_owned()),
+    );
+    let lookup: Vec<(String, String)> = watched
+        .into_iter()
+        .filter(|(id, _, _)| wanted.contains(*id))
+        .map(|(id, name, _)| (id.to_owned(), name.to_owned()))
+        .collect();
     if lookup.is_empty() && details.is_empty() {
         return None;
     }

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, mpsc};
 
+use crate::key::ResourceKey;
+
 use crate::coder::{Chat, CoderClient, CoderError, ProbeOutcome, Workspace};
 use crate::crd::ChatWorkspace;
 use crate::credentials::Resolved;
@@ -103,13 +105,14 @@ impl OwnerKey {
     }
 }
 
-/// What a resource asks the index to watch.
+/// What a resource asks the index to watch: one per resource, so its owner
+/// is shared with the owner's state rather than copied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interest {
-    pub owner: OwnerKey,
+    pub owner: Arc<OwnerKey>,
     /// The workspace name, lowercased (Coder's names are case-insensitive).
-    pub name: String,
-    pub agent_name: Option<String>,
+    pub name: Box<str>,
+    pub agent_name: Option<Box<str>>,
     pub probe_timeout: Duration,
     /// The resource was decided on with the whole picture since this
     /// process started ([`CoderIndex::observed`]).
@@ -140,7 +143,7 @@ struct OwnerState {
     /// Name (lowercase) → workspace, for every workspace of the owner seen.
     workspaces: HashMap<String, Entry>,
     /// Name (lowercase) → the resources that name it.
-    interested: HashMap<String, Vec<ObjectRef<ChatWorkspace>>>,
+    interested: HashMap<String, Vec<ResourceKey>>,
     listed_at: Option<Instant>,
     /// Set when the next poll must list everything.
     full_list_due: bool,
@@ -165,21 +168,21 @@ pub struct CoderIndex {
 
 struct Shared {
     settings: IndexSettings,
-    owners: Mutex<HashMap<OwnerKey, OwnerState>>,
+    owners: Mutex<HashMap<Arc<OwnerKey>, OwnerState>>,
     /// Resource → what it watches.
-    interests: Mutex<HashMap<ObjectRef<ChatWorkspace>, Interest>>,
+    interests: Mutex<HashMap<ResourceKey, Interest>>,
     probes: prober::Probes,
     chat_budget: Mutex<chats::DetailBudget>,
     wakers: Mutex<Vec<Waker>>,
     /// Resource → when it was first woken since its last reconcile began.
-    woken: Mutex<HashMap<ObjectRef<ChatWorkspace>, Instant>>,
+    woken: Mutex<HashMap<ResourceKey, Instant>>,
     metrics: Option<Arc<Metrics>>,
 }
 
 /// Where wakes for resources of one namespace (or all) go.
 struct Waker {
     namespace: Option<String>,
-    sender: mpsc::UnboundedSender<ObjectRef<ChatWorkspace>>,
+    sender: mpsc::UnboundedSender<ResourceKey>,
 }
 
 impl CoderIndex {
@@ -204,7 +207,7 @@ impl CoderIndex {
 
     /// A stream of the resources to reconcile because what the index holds
     /// for them changed; for the controller of `namespace` (`None`: all).
-    pub fn wakes(&self, namespace: Option<String>) -> mpsc::UnboundedReceiver<ObjectRef<ChatWorkspace>> {
+    pub fn wakes(&self, namespace: Option<String>) -> mpsc::UnboundedReceiver<ResourceKey> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.shared.wakers.lock().expect("index wakers").push(Waker { namespace, sender });
         receiver
@@ -213,40 +216,62 @@ impl CoderIndex {
     /// Registers what `resource` watches (moving it if its spec changed) and
     /// says what the index knows of its workspace.
     pub fn observe(&self, resource: &ChatWorkspace, credentials: &Resolved, owner: &str, name: &str) -> Lookup {
-        let reference = crate::crd::reference(resource);
+        let text = ResourceKey::text(
+            resource.metadata.namespace.as_deref().unwrap_or_default(),
+            resource.metadata.name.as_deref().unwrap_or_default(),
+        );
         let policy = resource.spec.recovery.policy().ok();
-        let interest = Interest {
-            owner: OwnerKey::new(credentials, owner),
-            name: name.to_lowercase(),
-            agent_name: resource.spec.agent_name.clone(),
-            probe_timeout: policy.map_or(Duration::from_secs(30), |p| p.probe_timeout),
-            observed: false,
-        };
-        let previous = {
-            let mut interests = self.shared.interests.lock().expect("index interests");
-            let observed = interests.get(&reference).is_some_and(|held| held.observed);
-            interests.insert(reference.clone(), Interest { observed, ..interest.clone() })
-        };
+        let owner_key = OwnerKey::new(credentials, owner);
+        let name = name.to_lowercase();
+        // Locked in the prober's order: interests, then owners.
+        let mut interests = self.shared.interests.lock().expect("index interests");
         let mut owners = self.shared.owners.lock().expect("index owners");
-        if let Some(previous) = previous.filter(|p| p.owner != interest.owner || p.name != interest.name)
+        let owner_key = match owners.get_key_value(&owner_key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(owner_key),
+        };
+        let (reference, previous) = match interests.get_key_value(text.as_str()) {
+            Some((reference, held)) => (reference.clone(), Some(held.clone())),
+            None => (ResourceKey::from_text(text), None),
+        };
+        let probe_timeout = policy.map_or(Duration::from_secs(30), |p| p.probe_timeout);
+        let agent_name = resource.spec.agent_name.as_deref();
+        let unchanged = previous.as_ref().is_some_and(|p| {
+            p.owner == owner_key
+                && *p.name == *name
+                && p.agent_name.as_deref() == agent_name
+                && p.probe_timeout == probe_timeout
+        });
+        if !unchanged {
+            let interest = Interest {
+                owner: owner_key.clone(),
+                name: name.as_str().into(),
+                agent_name: agent_name.map(Into::into),
+                probe_timeout,
+                observed: previous.as_ref().is_some_and(|held| held.observed),
+            };
+            interests.insert(reference.clone(), interest);
+        }
+        drop(interests);
+        if let Some(previous) = previous.filter(|p| p.owner != owner_key || *p.name != *name)
             && let Some(state) = owners.get_mut(&previous.owner)
         {
             unregister(state, &previous.name, &reference);
         }
-        let state = owners.entry(interest.owner.clone()).or_default();
+        let state = owners.entry(owner_key.clone()).or_default();
         state.client = Some(credentials.client.clone());
         if state.query_owner.is_empty() {
             state.query_owner = owner.to_string();
         }
         // Nearly always the only one: a vector of exactly one, not a hash
         // set's buckets (nor a vector's first growth, which makes room for four).
-        let interested = state.interested.entry(interest.name.clone()).or_insert_with(|| Vec::with_capacity(1));
+        let interested = state.interested.entry(name.clone()).or_insert_with(|| Vec::with_capacity(1));
         if !interested.contains(&reference) {
             interested.push(reference);
         }
         if !state.poller_running {
             state.poller_running = true;
-            poller::spawn(Arc::downgrade(&self.shared), interest.owner.clone(), state.wake_poller.clone());
+            poller::spawn(Arc::downgrade(&self.shared), OwnerKey::clone(&owner_key), state.wake_poller.clone());
         }
         if let Some(error) = &state.last_error
             && (state.listed_at.is_none() || !error.is_retryable())
@@ -259,7 +284,7 @@ impl CoderIndex {
         if state.listed_at.is_none() {
             return Lookup::Unknown;
         }
-        match state.workspaces.get(&interest.name) {
+        match state.workspaces.get(&name) {
             Some(entry) => Lookup::Present(entry.workspace()),
             None => Lookup::Absent,
         }
@@ -277,7 +302,7 @@ impl CoderIndex {
     /// counted once in the `observed_resources` gauge.
     pub fn observed(&self, resource: &ObjectRef<ChatWorkspace>) {
         let mut interests = self.shared.interests.lock().expect("index interests");
-        if let Some(interest) = interests.get_mut(resource)
+        if let Some(interest) = interests.get_mut(ResourceKey::text_of(resource).as_str())
             && !interest.observed
         {
             interest.observed = true;
@@ -289,14 +314,18 @@ impl CoderIndex {
 
     /// The resource is gone: stop watching for it.
     pub fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
-        let Some(interest) = self.shared.interests.lock().expect("index interests").remove(resource) else { return };
+        let text = ResourceKey::text_of(resource);
+        let Some((key, interest)) = self.shared.interests.lock().expect("index interests").remove_entry(text.as_str())
+        else {
+            return;
+        };
         if interest.observed
             && let Some(metrics) = &self.shared.metrics
         {
             metrics.observed_resources.dec();
         }
         if let Some(state) = self.shared.owners.lock().expect("index owners").get_mut(&interest.owner) {
-            unregister(state, &interest.name, resource);
+            unregister(state, &interest.name, &key);
         }
     }
 
@@ -307,7 +336,7 @@ impl CoderIndex {
     pub fn record(&self, credentials: &Resolved, owner: &str, name: &str, workspace: Option<Workspace>) {
         let key = OwnerKey::new(credentials, owner);
         let mut owners = self.shared.owners.lock().expect("index owners");
-        let state = owners.entry(key).or_default();
+        let state = owners.entry(Arc::new(key)).or_default();
         let name = name.to_lowercase();
         match workspace {
             Some(workspace) => {
@@ -356,7 +385,8 @@ impl CoderIndex {
     /// A reconcile of `resource` begins: how long ago the index woke it, if
     /// it did (the queue's wait, for the metric).
     pub fn reconcile_started(&self, resource: &ObjectRef<ChatWorkspace>) -> Option<Duration> {
-        self.shared.woken.lock().expect("index woken").remove(resource).map(|at| at.elapsed())
+        let text = ResourceKey::text_of(resource);
+        self.shared.woken.lock().expect("index woken").remove(text.as_str()).map(|at| at.elapsed())
     }
 
     /// Every interest, for tests and the benchmark's report.
@@ -365,7 +395,7 @@ impl CoderIndex {
     }
 }
 
-fn unregister(state: &mut OwnerState, name: &str, resource: &ObjectRef<ChatWorkspace>) {
+fn unregister(state: &mut OwnerState, name: &str, resource: &ResourceKey) {
     if let Some(set) = state.interested.get_mut(name) {
         set.retain(|held| held != resource);
         if set.is_empty() {
@@ -376,7 +406,7 @@ fn unregister(state: &mut OwnerState, name: &str, resource: &ObjectRef<ChatWorks
 
 impl Shared {
     /// Wakes every resource in `resources`.
-    fn wake(&self, resources: impl IntoIterator<Item = ObjectRef<ChatWorkspace>>) {
+    fn wake(&self, resources: impl IntoIterator<Item = ResourceKey>) {
         let mut wakers = self.wakers.lock().expect("index wakers");
         wakers.retain(|waker| !waker.sender.is_closed());
         let mut woken = 0u64;
@@ -385,7 +415,7 @@ impl Shared {
         for resource in resources {
             since.entry(resource.clone()).or_insert(now);
             for waker in wakers.iter() {
-                if waker.namespace.is_none() || waker.namespace == resource.namespace {
+                if waker.namespace.as_deref().is_none_or(|namespace| namespace == resource.namespace()) {
                     let _ = waker.sender.send(resource.clone());
                     woken += 1;
                 }
@@ -545,7 +575,7 @@ fn upgrade(shared: &Weak<Shared>) -> Option<Arc<Shared>> {
 
 /// The resources that watch workspace `name` of `key`.
 impl Shared {
-    fn interested_in(&self, key: &OwnerKey, name: &str) -> Vec<ObjectRef<ChatWorkspace>> {
+    fn interested_in(&self, key: &OwnerKey, name: &str) -> Vec<ResourceKey> {
         let owners = self.owners.lock().expect("index owners");
         owners
             .get(key)
@@ -561,8 +591,8 @@ pub(crate) struct ProbeTarget {
     pub agent_id: String,
     pub client: CoderClient,
     pub timeout: Duration,
-    pub owner: OwnerKey,
-    pub name: String,
+    pub owner: Arc<OwnerKey>,
+    pub name: Box<str>,
 }
 
 impl ProbeOutcome {

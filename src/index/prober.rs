@@ -114,7 +114,7 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
         let mut watched: HashSet<&str> = HashSet::with_capacity(records.len());
         for interest in interests.values() {
             let Some(state) = owners.get(&interest.owner) else { continue };
-            let (Some(entry), Some(client)) = (state.workspaces.get(&interest.name), state.client.as_ref()) else {
+            let (Some(entry), Some(client)) = (state.workspaces.get(&*interest.name), state.client.as_ref()) else {
                 continue;
             };
             let Some((agent_id, agent_status)) = entry.needs_probe(interest.agent_name.as_deref()) else {
