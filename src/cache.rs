@@ -1,9 +1,14 @@
-//! What the controller's cache keeps of each `ChatWorkspace`: the metadata
-//! the operator reads, and the spec and status packed (their JSON,
-//! deflated), because at thousands of resources the status (conditions
-//! with their messages, the template's presets) is most of the cache and a
-//! reconcile needs it only for the one resource it handles. A reconcile
-//! unpacks its resource with [`Cached::expand`].
+//! What the controller's cache keeps of each `ChatWorkspace`.
+//!
+//! The watch decodes each resource into a [`Cached`]: the metadata the
+//! watch and the claims read, and the rest packed (the metadata the operator
+//! keeps, the spec and the status, as deflated JSON), because at thousands
+//! of resources the status (conditions with their messages, the template's
+//! presets) is most of the cache and a reconcile needs it only for the one
+//! resource it handles. The controller's store keeps less still, a
+//! [`Slim`]: the resource's key and the packed rest, about 250 bytes where
+//! kube-runtime's metadata alone is 360. A reconcile unpacks its resource
+//! with [`Slim::expand`].
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
@@ -14,6 +19,7 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
 use crate::crd::{ChatWorkspace, ChatWorkspaceSpec, ChatWorkspaceStatus};
+use crate::key::ResourceKey;
 
 /// Annotations the operator reads; the cache drops the rest (kubectl's
 /// last-applied copy is often the largest part of an object).
@@ -39,6 +45,10 @@ pub struct Cached {
 /// What is packed.
 #[derive(serde::Serialize, Deserialize)]
 struct Body {
+    /// All but the name and namespace (the key has them), with only the
+    /// kept annotations.
+    #[serde(default)]
+    metadata: ObjectMeta,
     spec: ChatWorkspaceSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<ChatWorkspaceStatus>,
@@ -66,26 +76,38 @@ impl Cached {
         // A resource with conditions is like the others to come; one with no
         // status yet would make a poor dictionary.
         let typical = status.as_ref().is_some_and(|s| !s.conditions.is_empty());
-        let json = serde_json::to_vec(&Body { spec, status }).unwrap_or_default();
+        let kept: std::collections::BTreeMap<String, String> = KEPT_ANNOTATIONS
+            .iter()
+            .zip(&annotations)
+            .filter_map(|(key, value)| Some(((*key).to_owned(), value.as_deref()?.to_owned())))
+            .collect();
+        let packed_metadata = ObjectMeta {
+            name: None,
+            namespace: None,
+            annotations: (!kept.is_empty()).then_some(kept),
+            ..metadata.clone()
+        };
+        let json = serde_json::to_vec(&Body { metadata: packed_metadata, spec, status }).unwrap_or_default();
         let packed = PACKER.pack(&json, typical);
         Self { metadata, annotations, packed, status_hash, claim_keys }
     }
 
-    fn body(&self) -> Body {
-        serde_json::from_slice(&PACKER.unpack(&self.packed)).expect("the cache unpacks only what it packed")
+    /// The resource as the reconcile reads it, unpacked.
+    pub fn expand(&self) -> ChatWorkspace {
+        expand(
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default(),
+            &self.packed,
+        )
     }
 
-    /// The resource as the reconcile reads it, spec and status unpacked.
-    pub fn expand(&self) -> ChatWorkspace {
-        let Body { spec, status } = self.body();
-        let mut metadata = self.metadata.clone();
-        let annotations: std::collections::BTreeMap<String, String> = KEPT_ANNOTATIONS
-            .iter()
-            .zip(&self.annotations)
-            .filter_map(|(key, value)| Some(((*key).to_owned(), value.as_deref()?.to_owned())))
-            .collect();
-        metadata.annotations = (!annotations.is_empty()).then_some(annotations);
-        ChatWorkspace { metadata, spec, status }
+    /// The controller store's form of it.
+    pub fn slim(self, lifecycle: u64) -> Slim {
+        let key = ResourceKey::new(
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            self.metadata.name.as_deref().unwrap_or_default(),
+        );
+        Slim { key, deleting: self.metadata.deletion_timestamp.is_some(), lifecycle, packed: self.packed }
     }
 
     /// A kept annotation's value.
@@ -108,6 +130,46 @@ impl Cached {
     /// What the claims index files the resource under.
     pub fn claim_keys(&self) -> crate::claims::ClaimKeys {
         self.claim_keys
+    }
+}
+
+fn expand(namespace: &str, name: &str, packed: &crate::pack::Packed) -> ChatWorkspace {
+    let Body { mut metadata, spec, status } =
+        serde_json::from_slice(&PACKER.unpack(packed)).expect("the cache unpacks only what it packed");
+    metadata.name = Some(name.to_owned());
+    metadata.namespace = Some(namespace.to_owned());
+    ChatWorkspace { metadata, spec, status }
+}
+
+/// What the controller's store keeps of a resource: its key, whether it is
+/// being deleted (the resync passes those by), a hash of what a reconcile
+/// is triggered by (`lifecycle`), and the rest packed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Slim {
+    key: ResourceKey,
+    deleting: bool,
+    lifecycle: u64,
+    packed: crate::pack::Packed,
+}
+
+impl Slim {
+    pub fn key(&self) -> &ResourceKey {
+        &self.key
+    }
+
+    pub fn deleting(&self) -> bool {
+        self.deleting
+    }
+
+    /// What the controller compares to know whether a change of the
+    /// resource calls for a reconcile.
+    pub fn lifecycle(&self) -> u64 {
+        self.lifecycle
+    }
+
+    /// The resource as the reconcile reads it, unpacked.
+    pub fn expand(&self) -> ChatWorkspace {
+        expand(self.key.namespace(), self.key.name(), &self.packed)
     }
 }
 

@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn keys_sort_by_namespace_then_name() {
-        let mut keys = vec![ResourceKey::new("a-b", "x"), ResourceKey::new("a", "y"), ResourceKey::new("a", "b")];
+        let mut keys = [ResourceKey::new("a-b", "x"), ResourceKey::new("a", "y"), ResourceKey::new("a", "b")];
         keys.sort();
         let sorted: Vec<String> = keys.iter().map(ToString::to_string).collect();
         assert_eq!(sorted, ["a/b", "a/y", "a-b/x"]);

@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
+use super::Action;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};

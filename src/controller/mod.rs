@@ -15,6 +15,7 @@ mod cleanup;
 mod gather;
 mod record;
 mod resync;
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,15 +24,13 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::utils::PredicateConfig;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::cache::Cached;
+use crate::cache::{Cached, Slim};
 use crate::claims::ClaimsIndex;
 use crate::coder::{CoderError, WorkspaceTransition};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
@@ -39,9 +38,11 @@ use crate::credentials::Credentials;
 use crate::decision::{self, Action as CoreAction, BuildReason, Inputs, Observed, ObservedChat, Requeue};
 use crate::error::{Error, Result};
 use crate::index::{CoderIndex, IndexSettings};
+use crate::key::ResourceKey;
 use crate::metrics::Metrics;
 use crate::templates::Templates;
 use crate::tenancy::{self, Tenancy};
+pub use runtime::Action;
 
 /// Settings of the controller itself (flags of `chatworkspace-operator run`).
 #[derive(Clone, Debug)]
@@ -164,11 +165,11 @@ impl Context {
     /// Whether the resync's sweep passes `resource` by: it is on its own
     /// timer (being deleted, or backing off after failures), or resting
     /// after an error that waiting fixes only slowly or not at all.
-    fn resync_skips(&self, resource: &Cached) -> bool {
-        if resource.metadata.deletion_timestamp.is_some() {
+    fn resync_skips(&self, resource: &Slim) -> bool {
+        if resource.deleting() {
             return true;
         }
-        let key = reference_of(resource);
+        let key: ObjectRef<ChatWorkspace> = resource.key().reference();
         if self.failures.lock().expect("failures").contains_key(&key) {
             return true;
         }
@@ -217,17 +218,20 @@ impl Context {
                 self.claims.relist_done(scope);
                 self.metrics.relists.inc();
             }
-            watcher::Event::Delete(resource) => {
-                let reference = reference_of(resource);
-                self.claims.delete(resource);
-                self.index.forget(&reference);
-                self.written.forget(&reference);
-                self.held.lock().expect("held").remove(&reference);
-                self.resting.lock().expect("resting").remove(&reference);
-                self.failures.lock().expect("failures").remove(&reference);
-                self.claiming.lock().expect("claiming").remove(&reference);
-            }
+            watcher::Event::Delete(resource) => self.claims.delete(resource),
         }
+    }
+
+    /// `key` is gone (deleted, or missing from a relist): nothing is kept
+    /// of it.
+    fn forget(&self, key: &ResourceKey) {
+        let reference: ObjectRef<ChatWorkspace> = key.reference();
+        self.index.forget(&reference);
+        self.written.forget(&reference);
+        self.held.lock().expect("held").remove(&reference);
+        self.resting.lock().expect("resting").remove(&reference);
+        self.failures.lock().expect("failures").remove(&reference);
+        self.claiming.lock().expect("claiming").remove(&reference);
     }
 }
 
@@ -240,8 +244,8 @@ fn reference_of(resource: &Cached) -> ObjectRef<ChatWorkspace> {
     }
 }
 
-/// Runs the controller until `shutdown` resolves; the reconcile in flight
-/// finishes first.
+/// Runs the controller until `shutdown` resolves; the reconciles in flight
+/// finish first.
 /// `readiness` turns true once every watch has listed its resources.
 pub async fn run(
     context: Arc<Context>,
@@ -254,76 +258,103 @@ pub async fn run(
     } else {
         context.settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let mut controllers = Vec::new();
+    let mut dispatchers = Vec::new();
+    let mut sources = tokio::task::JoinSet::new();
     let mut stores = Vec::new();
     for scope in scopes {
+        let store = Arc::new(runtime::Store::default());
+        let queue = Arc::new(runtime::Queue::default());
+        stores.push(store.clone());
+
+        // The watch: the store, the claims, and a reconcile for what is new
+        // or changed in what triggers one (`lifecycle`).
         let api: Api<Cached> = match &scope {
             Some(namespace) => Api::namespaced(context.kube.clone(), namespace),
             None => Api::all(context.kube.clone()),
         };
-        let (reader, writer) = reflector::store();
-        let tracker = context.clone();
+        let mut events = Box::pin(watcher(api, watcher::Config::default().any_semantic()).default_backoff());
+        let (watching, into) = (context.clone(), (store.clone(), queue.clone()));
         let tracked = scope.clone();
-        // The cache keeps each resource packed (`crate::cache`).
-        let changes = watcher(api, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .reflect(writer)
-            .inspect(move |event| {
-                if let Ok(event) = event {
-                    tracker.track(tracked.as_deref(), event);
+        sources.spawn(async move {
+            let (store, queue) = into;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        watching.track(tracked.as_deref(), &event);
+                        let applied = store.apply(event, lifecycle);
+                        for key in applied.gone {
+                            queue.forget(&key);
+                            watching.forget(&key);
+                        }
+                        if let Some(key) = applied.trigger {
+                            queue.push(key);
+                        }
+                    }
+                    Err(error) => warn!(%error, "watching ChatWorkspaces failed; retrying"),
                 }
-            })
-            .applied_objects()
-            .predicate_filter(spec_or_lifecycle_changed, PredicateConfig::default());
-        let wakes = futures::stream::unfold(context.index.wakes(scope.clone()), |mut wakes| async move {
-            wakes.recv().await.map(|resource| (resource.reference::<Cached>(), wakes))
+            }
+        });
+        // The Coder index's wakes.
+        let mut wakes = context.index.wakes(scope.clone());
+        let woken = queue.clone();
+        sources.spawn(async move {
+            while let Some(key) = wakes.recv().await {
+                woken.push(key);
+            }
         });
         // A namespace granted (or revoked) an owner reconciles its resources now.
-        let granted = context.tenancy.namespaces.triggers(reader.clone());
+        let mut granted = Box::pin(context.tenancy.namespaces.changes());
+        let (grants, granting) = (store.clone(), queue.clone());
+        sources.spawn(async move {
+            while let Some(namespace) = granted.next().await {
+                for key in grants.keys_in(&namespace) {
+                    granting.push(key);
+                }
+            }
+        });
         // A resync shorter than SWEPT_AT_LEAST keeps every resource on its
         // own timer (`requeue`), and needs no sweep.
         let sweeping = context.clone();
         let swept = context.settings.requeue.stable >= SWEPT_AT_LEAST;
-        let resync = resync::sweep(reader.clone(), context.settings.requeue.stable, move |resource| {
+        let mut resync = Box::pin(resync::sweep(store.clone(), context.settings.requeue.stable, move |resource| {
             swept && !sweeping.resync_skips(resource)
+        }));
+        let resyncing = queue.clone();
+        sources.spawn(async move {
+            while let Some(key) = resync.next().await {
+                resyncing.push(key);
+            }
         });
-        let controller = Controller::for_stream(changes, reader)
-            .reconcile_on(wakes)
-            .reconcile_on(granted)
-            .reconcile_on(resync)
-            .with_config(controller::Config::default().concurrency(context.settings.concurrency))
-            .graceful_shutdown_on(shutdown.clone());
-        stores.push(controller.store());
-        let context = context.clone();
-        controllers.push(
-            controller
-                .run(reconcile, error_policy, context)
-                .for_each(|result| async move {
-                    if let Err(error) = result {
-                        debug!(%error, "reconcile did not complete");
-                    }
-                })
-                .boxed(),
-        );
+
+        let reconciling = context.clone();
+        dispatchers.push(runtime::dispatch(
+            store,
+            queue,
+            usize::from(context.settings.concurrency),
+            shutdown.clone(),
+            move |resource| {
+                let context = reconciling.clone();
+                async move {
+                    let action = match reconcile(resource.clone(), context.clone()).await {
+                        Ok(action) => action,
+                        Err(error) => error_policy(&resource, &error, &context),
+                    };
+                    action.requeue_after()
+                }
+            },
+        ));
     }
     let namespace_watch = tokio::spawn(context.tenancy.namespaces.clone().watch(context.settings.namespaces.clone()));
+    let watched = stores.clone();
     tokio::spawn(async move {
-        for store in stores {
-            // kube-runtime wakes only the latest of several waiters on a
-            // store, and the controller waits on it too: look again until
-            // it is ready.
-            loop {
-                match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(_)) => return,
-                    Err(_) => continue,
-                }
-            }
+        for store in &watched {
+            store.ready().await;
         }
         info!("caches synced; ready");
         readiness.set(true);
     });
-    futures::future::join_all(controllers).await;
+    futures::future::join_all(dispatchers).await;
+    sources.shutdown().await;
     namespace_watch.abort();
 }
 
@@ -335,18 +366,20 @@ fn start_request(resource: &ChatWorkspace) -> Option<&str> {
 /// Reconcile on changes of the spec, the finalizers, deletion or the
 /// start-request annotation, but not on the operator's own status writes: each of those would otherwise cost one
 /// more reconcile, and one more Coder read, for nothing.
-fn spec_or_lifecycle_changed(resource: &Cached) -> Option<u64> {
+fn lifecycle(resource: &Cached) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // A resource deleted and created again under its name is a new one.
+    resource.metadata.uid.hash(&mut hasher);
     resource.metadata.generation.hash(&mut hasher);
     resource.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     resource.finalizers().hash(&mut hasher);
     resource.annotation(crate::crd::START_REQUESTED_AT).hash(&mut hasher);
-    Some(hasher.finish())
+    hasher.finish()
 }
 
-fn error_policy(resource: Arc<Cached>, error: &Error, context: Arc<Context>) -> Action {
-    let key = reference_of(resource.as_ref());
+fn error_policy(resource: &Slim, error: &Error, context: &Context) -> Action {
+    let key: ObjectRef<ChatWorkspace> = resource.key().reference();
     let failures = {
         let mut failures = context.failures.lock().expect("failures");
         let (count, _) = failures.entry(key).or_insert((0, Instant::now()));
@@ -356,11 +389,11 @@ fn error_policy(resource: Arc<Cached>, error: &Error, context: Arc<Context>) -> 
     // 1s, 2s, 4s … capped at five minutes: converge soon after a blip,
     // never hammer a Coder that is down.
     let delay = Duration::from_secs(1u64 << failures.min(9).saturating_sub(1)).min(Duration::from_secs(300));
-    warn!(name = %resource.name_any(), namespace = ?resource.namespace(), %error, retry_in = ?delay, "reconcile failed");
+    warn!(name = %resource.key().name(), namespace = %resource.key().namespace(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-async fn reconcile(cached: Arc<Cached>, context: Arc<Context>) -> Result<Action> {
+async fn reconcile(cached: Arc<Slim>, context: Arc<Context>) -> Result<Action> {
     let _timer = context.metrics.reconcile_timer();
     let resource = cached.expand();
     context.resting.lock().expect("resting").remove(&crate::crd::reference(&resource));

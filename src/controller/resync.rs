@@ -1,9 +1,7 @@
 //! The periodic resync: the safety net under the Coder index's wakes.
 //!
-//! A settled resource is not requeued on its own timer. Each timer would sit
-//! in kube-runtime's scheduler with two copies of the resource's reference
-//! (the resource version and uid included), 4.5 MiB at 10,000 resources,
-//! for nothing but the safety net. Instead one sweep per watched scope goes
+//! A settled resource is not requeued on its own timer: 10,000 timers would
+//! be kept for nothing but the safety net. Instead one sweep per watched scope goes
 //! through the cache once every interval, spread evenly over it, so that
 //! 10,000 resources under a 5-minute resync are about 33 reconciles a second,
 //! never a burst.
@@ -12,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
-use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::cache::Cached;
+use super::runtime::Store;
+use crate::cache::Slim;
+use crate::key::ResourceKey;
 
 /// How often the sweep hands over its next share of a round.
 const TICK: Duration = Duration::from_millis(100);
@@ -24,16 +23,16 @@ const TICK: Duration = Duration::from_millis(100);
 /// `interval`: the first round begins one interval after the start (the
 /// first list reconciles everything).
 pub fn sweep(
-    store: Store<Cached>,
+    store: Arc<Store>,
     interval: Duration,
-    wanted: impl Fn(&Cached) -> bool + Send + 'static,
-) -> impl Stream<Item = ObjectRef<Cached>> + Send {
+    wanted: impl Fn(&Slim) -> bool + Send + 'static,
+) -> impl Stream<Item = ResourceKey> + Send {
     let interval = interval.max(Duration::from_secs(1));
     let tick = TICK.min(interval / 10).max(Duration::from_millis(1));
     let ticks = usize::try_from(interval.as_nanos() / tick.as_nanos().max(1)).unwrap_or(usize::MAX).max(1);
     let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let wanted: Box<dyn Fn(&Cached) -> bool + Send> = Box::new(wanted);
+    let wanted: Box<dyn Fn(&Slim) -> bool + Send> = Box::new(wanted);
     let state = Sweep { store, wanted, ticker, ticks, round: Vec::new(), total: 0, ticks_left: ticks };
     stream::unfold(state, |mut state| async move {
         let batch = state.next_batch().await;
@@ -43,14 +42,14 @@ pub fn sweep(
 }
 
 struct Sweep {
-    store: Store<Cached>,
-    wanted: Box<dyn Fn(&Cached) -> bool + Send>,
+    store: Arc<Store>,
+    wanted: Box<dyn Fn(&Slim) -> bool + Send>,
     ticker: Interval,
     /// Ticks per round.
     ticks: usize,
     /// What this round has still to hand over, last first. Shared pointers
     /// into the cache, not references: a round holds 8 bytes per resource.
-    round: Vec<Arc<Cached>>,
+    round: Vec<Arc<Slim>>,
     /// How many this round began with.
     total: usize,
     ticks_left: usize,
@@ -58,7 +57,7 @@ struct Sweep {
 
 impl Sweep {
     /// The next non-empty share of a round, waiting for its tick.
-    async fn next_batch(&mut self) -> Vec<ObjectRef<Cached>> {
+    async fn next_batch(&mut self) -> Vec<ResourceKey> {
         loop {
             self.ticker.tick().await;
             if self.ticks_left == 0 {
@@ -73,8 +72,8 @@ impl Sweep {
             let due = (self.total as u128 * ticks_done as u128 / self.ticks as u128) as usize;
             let handed_over = self.total - self.round.len();
             let keep = self.round.len().saturating_sub(due.saturating_sub(handed_over));
-            let batch: Vec<ObjectRef<Cached>> =
-                self.round.drain(keep..).rev().filter(|r| (self.wanted)(r)).map(|r| reference(&r)).collect();
+            let batch: Vec<ResourceKey> =
+                self.round.drain(keep..).rev().filter(|r| (self.wanted)(r)).map(|r| r.key().clone()).collect();
             if !batch.is_empty() {
                 return batch;
             }
@@ -82,18 +81,10 @@ impl Sweep {
     }
 }
 
-/// The controller's reference: name and namespace only.
-fn reference(resource: &Cached) -> ObjectRef<Cached> {
-    let reference = ObjectRef::new(resource.metadata.name.as_deref().unwrap_or_default());
-    match resource.metadata.namespace.as_deref() {
-        Some(namespace) => reference.within(namespace),
-        None => reference,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Cached;
     use kube::runtime::watcher;
 
     fn resource(name: &str) -> Cached {
@@ -109,21 +100,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_resource_not_passed_by_is_handed_over_once_per_interval_spread_over_it() {
-        let (reader, mut writer) = kube::runtime::reflector::store::<Cached>();
-        writer.apply_watcher_event(&watcher::Event::Init);
+        let reader = Arc::new(Store::default());
+        reader.apply(watcher::Event::Init, |_| 0);
         for index in 0..50 {
-            writer.apply_watcher_event(&watcher::Event::InitApply(resource(&format!("r-{index}"))));
+            reader.apply(watcher::Event::InitApply(resource(&format!("r-{index}"))), |_| 0);
         }
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        reader.apply(watcher::Event::InitDone, |_| 0);
         let interval = Duration::from_secs(10);
         let start = Instant::now();
-        let mut sweep = Box::pin(sweep(reader, interval, |resource| resource.metadata.name.as_deref() != Some("r-7")));
+        let mut sweep = Box::pin(sweep(reader, interval, |resource| resource.key().name() != "r-7"));
 
         let mut first_round = Vec::new();
         for _ in 0..49 {
             let next = tokio::time::timeout(interval * 3, sweep.next()).await;
             let reference = next.expect("a reference within a round").expect("a reference");
-            first_round.push((reference.name.clone(), start.elapsed()));
+            first_round.push((reference.name().to_owned(), start.elapsed()));
         }
         let mut names: Vec<&str> = first_round.iter().map(|(name, _)| name.as_str()).collect();
         names.sort_unstable();
@@ -138,6 +129,6 @@ mod tests {
         let next = tokio::time::timeout(interval * 2, sweep.next()).await;
         let next = next.expect("a next round").expect("a reference");
         assert!(start.elapsed() >= interval * 2, "one round per interval: {:?}", start.elapsed());
-        assert!(names.contains(&next.name.as_str()));
+        assert!(names.contains(&next.name()));
     }
 }

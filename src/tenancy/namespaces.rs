@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::broadcast;
@@ -105,12 +104,9 @@ impl NamespaceGrants {
         }
     }
 
-    /// The ChatWorkspaces of `store` to reconcile when their namespace's
-    /// grant changes.
-    pub fn triggers<K>(&self, store: Store<K>) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    {
+    /// The namespaces whose grant changed, as they change: their
+    /// ChatWorkspaces are reconciled then.
+    pub fn changes(&self) -> impl Stream<Item = String> + Send + 'static {
         let changes = self.changes.subscribe();
         futures::stream::unfold(changes, |mut changes| async move {
             loop {
@@ -121,15 +117,6 @@ impl NamespaceGrants {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }
-        })
-        .flat_map(move |namespace| {
-            let refs: Vec<ObjectRef<K>> = store
-                .state()
-                .iter()
-                .filter(|resource| resource.namespace().as_deref() == Some(namespace.as_str()))
-                .map(|resource| ObjectRef::from_obj(resource.as_ref()))
-                .collect();
-            futures::stream::iter(refs)
         })
     }
 }
