@@ -290,6 +290,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
     convergence.apiserver_requests = requests_since(&client, &apiserver_at_start).await?;
     convergence.queue_wait = Some(queue_wait(&admin).await?);
     let memory_converged = procfs::memory(pids.operator)?;
+    let converged_settled = settle(pids.operator).await?;
     let (object_json_kib, managed_fields_json_kib, packed_bytes) = object_sizes(&api, out_dir).await?;
 
     let (coder_load, window_cpu) = if args.window.is_zero() {
@@ -342,6 +343,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         restart,
         memory: MemoryReport {
             after_convergence: memory_converged,
+            settled: converged_settled,
             end: memory_end,
             per_resource_kib: (memory_converged.rss_mib - memory_idle.rss_mib) * 1024.0 / args.resources as f64,
             object_json_kib,
@@ -644,6 +646,49 @@ struct Relist {
     /// The operator's memory then; `peak_rss_mib` is its peak since just
     /// before the restart (the peak was reset then).
     memory: Memory,
+    /// Its memory once the resident size stopped falling after the relist
+    /// (see `settle`), and how long after the relist's end that was.
+    settled: Settled,
+}
+
+/// A process's memory once it has settled.
+#[derive(Debug, Serialize)]
+struct Settled {
+    memory: Memory,
+    after_s: f64,
+    /// False if it was still moving when `SETTLE_TIMEOUT` ran out (then
+    /// `memory` is the last reading).
+    settled: bool,
+}
+
+/// How long the resident size must stay within `SETTLE_SPAN_MIB` of itself
+/// to count as settled, and how long to wait for that at most.
+const SETTLE_FOR: Duration = Duration::from_secs(10);
+const SETTLE_SPAN_MIB: f64 = 0.5;
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Reads a process's memory every second until its `VmRSS` has stayed
+/// within `SETTLE_SPAN_MIB` for `SETTLE_FOR`: what it keeps once the work
+/// of a burst is over and the allocator has returned what it freed.
+async fn settle(pid: u32) -> anyhow::Result<Settled> {
+    let started = Instant::now();
+    let mut readings: std::collections::VecDeque<Memory> = std::collections::VecDeque::new();
+    let window = SETTLE_FOR.as_secs() as usize + 1;
+    loop {
+        let memory = procfs::memory(pid)?;
+        readings.push_back(memory);
+        if readings.len() > window {
+            readings.pop_front();
+        }
+        let (low, high) =
+            readings.iter().fold((f64::MAX, f64::MIN), |(low, high), m| (low.min(m.rss_mib), high.max(m.rss_mib)));
+        let settled = readings.len() == window && high - low <= SETTLE_SPAN_MIB;
+        if settled || started.elapsed() >= SETTLE_TIMEOUT {
+            let memory = readings.pop_back().expect("one reading at least");
+            return Ok(Settled { memory, after_s: started.elapsed().as_secs_f64(), settled });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// How long the operator's watch may take to list again after the restart.
@@ -666,7 +711,8 @@ async fn relist(plane: &ControlPlane, admin: &str, operator: u32) -> anyhow::Res
         tokio::time::sleep(POLL).await;
     }
     let relist_s = relisted.then(|| started.elapsed().as_secs_f64());
-    Ok(Relist { relisted, relist_s, memory: procfs::memory(operator)? })
+    let memory = procfs::memory(operator)?;
+    Ok(Relist { relisted, relist_s, memory, settled: settle(operator).await? })
 }
 
 // ---------------------------------------------------------------------------
@@ -1147,6 +1193,9 @@ struct MachineInfo {
 #[derive(Debug, Serialize)]
 struct MemoryReport {
     after_convergence: Memory,
+    /// Once its resident size stopped falling after convergence: what it
+    /// keeps at rest (the steady state the memory bar is about).
+    settled: Settled,
     end: Memory,
     /// Operator RSS growth per resource, from its RSS just before the burst.
     per_resource_kib: f64,
@@ -1261,6 +1310,19 @@ impl Report {
         for (kind, count) in c.apiserver_requests.iter().filter(|(kind, _)| !kind.starts_with("WATCH")) {
             let _ = writeln!(out, "    {kind:<40}{count:>10}");
         }
+        // What the apiserver's own work allows on this machine: its CPU for
+        // the phase (reads and watches included), spread over every core.
+        let apiserver_cpu_s = self.machine.convergence.apiserver_cpu_s;
+        if writes > 0 {
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>8.1} ms  (its CPU for the phase over {} cores: {:.1} s)",
+                "apiserver CPU per write",
+                1000.0 * apiserver_cpu_s / writes as f64,
+                self.machine.cores,
+                apiserver_cpu_s / self.machine.cores.max(1) as f64
+            );
+        }
 
         if let Some(load) = &self.coder_load {
             let r = &load.requests;
@@ -1335,6 +1397,16 @@ impl Report {
                         "  {:<44}{:>8.1} MiB (VmRSS now {:.1}, RssAnon {:.1})",
                         "operator peak across the relist", r.memory.peak_rss_mib, r.memory.rss_mib, r.memory.anon_mib
                     );
+                    let s = &r.settled;
+                    let _ = writeln!(
+                        out,
+                        "  {:<44}{:>8.1} MiB (RssAnon {:.1}; {:.0} s after the relist{})",
+                        "operator once settled",
+                        s.memory.rss_mib,
+                        s.memory.anon_mib,
+                        s.after_s,
+                        if s.settled { "" } else { ", still moving" }
+                    );
                 }
                 None => {
                     let _ = writeln!(out, "  the operator's watch resumed without listing again: no relist to measure");
@@ -1365,7 +1437,14 @@ impl Report {
 
         let m = &self.memory;
         let _ = writeln!(out, "\nOperator memory (MiB)                       VmRSS    VmHWM (peak)  RssAnon");
-        for (label, memory) in [("after convergence", &m.after_convergence), ("at the end", &m.end)] {
+        let settled = format!(
+            "settled ({:.0} s later{})",
+            m.settled.after_s,
+            if m.settled.settled { "" } else { ", still moving" }
+        );
+        for (label, memory) in
+            [("after convergence", &m.after_convergence), (settled.as_str(), &m.settled.memory), ("at the end", &m.end)]
+        {
             let _ = writeln!(
                 out,
                 "  {label:<40}{:>9.1}{:>9.1}{:>15.1}",
