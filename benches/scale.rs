@@ -1,7 +1,7 @@
 //! The scale benchmark: the quality bars of DESIGN.md (convergence, Coder
-//! load at steady state, reaction latency, memory) measured against a real
-//! etcd + kube-apiserver, the Coder simulator with coderd's own timings, and
-//! the release operator binary running as its own process.
+//! load at steady state, reaction and recovery latency, memory) measured
+//! against a real etcd + kube-apiserver, the Coder simulator with coderd's
+//! own timings, and the release operator binary running as its own process.
 //!
 //! ```sh
 //! make bench                                   # N = 1000
@@ -59,7 +59,7 @@ const POLL: Duration = Duration::from_millis(200);
 #[derive(Parser, Debug)]
 #[command(
     name = "scale",
-    about = "Measures convergence, Coder load, reaction latency and memory of the operator at scale"
+    about = "Measures convergence, Coder load, reaction and recovery latency and memory of the operator at scale"
 )]
 struct Args {
     /// ChatWorkspaces created at once, with desiredState Running.
@@ -82,6 +82,11 @@ struct Args {
     /// Leave out the reaction latency phase (e.g. for a memory-only run).
     #[arg(long)]
     skip_latency: bool,
+    /// Agents killed in the simulator after the reaction phase, to measure
+    /// agent death -> the recovery's stop build with coderd's timings (the
+    /// last resources, never those of the reaction phase; 0 skips it).
+    #[arg(long, default_value_t = 10)]
+    recovery_agents: usize,
     /// After convergence, restart the kube-apiserver under the operator and,
     /// if its watch lists everything again, report the operator's peak
     /// memory during that relist.
@@ -311,6 +316,13 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         operator.ensure_running()?;
         (Some(reaction), Some(CpuSample::take(&pids)?.since(&start)))
     };
+    let recovery = if args.recovery_agents == 0 {
+        None
+    } else {
+        let recovery = recover(args, &api, &sim).await?;
+        operator.ensure_running()?;
+        Some(recovery)
+    };
     let relist = if args.relist { Some(relist(plane, &admin, pids.operator).await?) } else { None };
     let memory_end = procfs::memory(pids.operator)?;
     let restart = if args.restart {
@@ -339,6 +351,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         convergence,
         coder_load,
         reaction,
+        recovery,
         relist,
         restart,
         memory: MemoryReport {
@@ -1109,17 +1122,96 @@ fn builds_at_latest(requests: &[RequestRecord], patched: &[Patched]) -> Option<T
 /// For each patch, when the simulator received the first successful stop
 /// build request for its workspace after the patch was sent.
 fn first_stop_builds(requests: &[RequestRecord], patched: &[Patched]) -> Vec<Option<Timestamp>> {
+    let after: Vec<(String, Timestamp)> = patched.iter().map(|p| (p.workspace_id.clone(), p.sent)).collect();
+    first_stop_builds_after(requests, &after)
+}
+
+/// For each (workspace id, time), when the simulator received the first
+/// successful stop build request for that workspace at or after that time.
+fn first_stop_builds_after(requests: &[RequestRecord], after: &[(String, Timestamp)]) -> Vec<Option<Timestamp>> {
+    let since: HashMap<&str, Timestamp> = after.iter().map(|(id, at)| (id.as_str(), *at)).collect();
     let mut first: HashMap<&str, Timestamp> = HashMap::new();
     for request in requests {
         let is_stop = request.method == "POST"
             && request.status < 300
             && request.body.as_ref().and_then(|b| b.get("transition")).and_then(|t| t.as_str()) == Some("stop");
         let workspace = request.path.strip_prefix("/api/v2/workspaces/").and_then(|rest| rest.strip_suffix("/builds"));
-        if let (true, Some(workspace)) = (is_stop, workspace) {
-            first.entry(workspace).and_modify(|at| *at = (*at).min(request.at)).or_insert(request.at);
+        let (true, Some(workspace)) = (is_stop, workspace) else { continue };
+        if since.get(workspace).is_some_and(|at| request.at >= *at) {
+            first.entry(workspace).and_modify(|seen| *seen = (*seen).min(request.at)).or_insert(request.at);
         }
     }
-    patched.iter().map(|p| first.get(p.workspace_id.as_str()).copied().filter(|at| *at >= p.sent)).collect()
+    after.iter().map(|(id, _)| first.get(id.as_str()).copied()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Phase 3b: recovery latency
+
+#[derive(Debug, Serialize)]
+struct Recovery {
+    agents: usize,
+    /// The resources' `disconnectedThreshold` and `probeTimeout` (the CRD's
+    /// defaults unless the benchmark set them), and the operator's
+    /// `--attention-interval`.
+    disconnected_threshold_s: f64,
+    probe_timeout_s: f64,
+    attention_interval_s: f64,
+    /// The design's bar: threshold + probe timeout + attention interval + 2 s.
+    bar_s: f64,
+    /// Agent killed -> the simulator received the recovery's stop build for
+    /// its workspace.
+    kill_to_stop_build_s: Summary,
+}
+
+/// Kills the agents of the last `--recovery-agents` resources at once and
+/// waits for each one's recovery to request its stop build.
+async fn recover(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator) -> anyhow::Result<Recovery> {
+    let reacted = if args.skip_latency { 0 } else { args.latency_resources.min(args.resources) };
+    let k = args.recovery_agents.min(args.resources - reacted);
+    if k == 0 {
+        bail!("--recovery-agents needs resources the reaction phase did not stop (--resources {})", args.resources);
+    }
+    let names: Vec<String> = (args.resources - k..args.resources).map(resource_name).collect();
+    let first = api.get(&names[0]).await.with_context(|| format!("reading {}", names[0]))?;
+    let recovery = &first.spec.recovery;
+    let threshold = parse_duration(&recovery.disconnected_threshold).context("the resource's disconnectedThreshold")?;
+    let probe_timeout = parse_duration(&recovery.probe_timeout).context("the resource's probeTimeout")?;
+    let bar = threshold + probe_timeout + args.attention_interval + Duration::from_secs(2);
+    eprintln!(
+        "scale: killing the agents of {k} workspaces (disconnectedThreshold {threshold:?}, probeTimeout \
+         {probe_timeout:?}: the bar is {bar:?})"
+    );
+
+    let mut killed = Vec::with_capacity(k);
+    for name in names {
+        let id = sim.workspace_id(OWNER, &name).with_context(|| format!("no workspace {OWNER}/{name} in Coder"))?;
+        let at = Timestamp::now();
+        sim.kill_agent(id);
+        killed.push((id.to_string(), at));
+    }
+    // Past the bar the recovery is late, not lost: wait a while longer to
+    // report how late.
+    let deadline = Instant::now() + bar * 2;
+    let stops = loop {
+        let stops = first_stop_builds_after(&sim.requests(), &killed);
+        let built = stops.iter().flatten().count();
+        if built == k {
+            break stops;
+        }
+        if Instant::now() > deadline {
+            bail!("{:?} after the kills, {built} of {k} recoveries had requested their stop build", bar * 2);
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let seconds = killed.iter().zip(stops.into_iter().flatten()).map(|((_, at), stop)| seconds_between(*at, stop));
+    Ok(Recovery {
+        agents: k,
+        disconnected_threshold_s: threshold.as_secs_f64(),
+        probe_timeout_s: probe_timeout.as_secs_f64(),
+        attention_interval_s: args.attention_interval.as_secs_f64(),
+        bar_s: bar.as_secs_f64(),
+        kill_to_stop_build_s: Summary::of(seconds.collect()),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1241,6 +1333,7 @@ struct Report {
     convergence: Convergence,
     coder_load: Option<CoderLoad>,
     reaction: Option<Reaction>,
+    recovery: Option<Recovery>,
     relist: Option<Relist>,
     restart: Option<Restart>,
     memory: MemoryReport,
@@ -1384,6 +1477,30 @@ impl Report {
                 out,
                 "  Coder requests meanwhile: {} ({:.1}/s; the operator's limit: --coder-max-rps)",
                 r.coder_requests, r.coder_requests_per_s
+            );
+        }
+
+        if let Some(r) = &self.recovery {
+            let _ = writeln!(
+                out,
+                "\nRecovery ({} agents killed at once; coderd's timings: heartbeats every 15 s, disconnected after 30 s)",
+                r.agents
+            );
+            let _ = writeln!(out, "  {:<36}{:>9}{:>9}{:>9}{:>9}", "in s", "p50", "p90", "p99", "max");
+            let s = &r.kill_to_stop_build_s;
+            let _ = writeln!(
+                out,
+                "  {:<36}{:>9.1}{:>9.1}{:>9.1}{:>9.1}",
+                "agent killed -> stop build request", s.p50, s.p90, s.p99, s.max
+            );
+            let _ = writeln!(
+                out,
+                "  bar: threshold {:.0} s + probe timeout {:.0} s + attention interval {:.0} s + 2 s = {:.0} s ({})",
+                r.disconnected_threshold_s,
+                r.probe_timeout_s,
+                r.attention_interval_s,
+                r.bar_s,
+                if s.max <= r.bar_s { "met" } else { "not met" }
             );
         }
 
