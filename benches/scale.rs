@@ -87,6 +87,11 @@ struct Args {
     /// last resources, never those of the reaction phase; 0 skips it).
     #[arg(long, default_value_t = 10)]
     recovery_agents: usize,
+    /// At the end, time the apiserver's CPU for the two smallest writes a
+    /// first sight needs (a finalizer, a one-field status) on this many
+    /// resources that no operator watches (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    write_floor: usize,
     /// After convergence, restart the kube-apiserver under the operator and,
     /// if its watch lists everything again, report the operator's peak
     /// memory during that relist.
@@ -323,6 +328,11 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         operator.ensure_running()?;
         Some(recovery)
     };
+    let write_floor = if args.write_floor == 0 {
+        None
+    } else {
+        Some(write_floor(args, plane, pids.apiserver, procfs::cores()).await?)
+    };
     let relist = if args.relist { Some(relist(plane, &admin, pids.operator).await?) } else { None };
     let memory_end = procfs::memory(pids.operator)?;
     let restart = if args.restart {
@@ -352,6 +362,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         coder_load,
         reaction,
         recovery,
+        write_floor,
         relist,
         restart,
         memory: MemoryReport {
@@ -1215,6 +1226,73 @@ async fn recover(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator) -> anyh
 }
 
 // ---------------------------------------------------------------------------
+// The apiserver's share (`--write-floor`)
+
+/// What the apiserver's CPU allows on this machine for a first sight of
+/// `--resources` resources, with the smallest writes it needs.
+#[derive(Debug, Serialize)]
+struct WriteFloor {
+    resources: usize,
+    /// Apiserver CPU per merge patch that adds the finalizer and the install
+    /// claim's annotation.
+    finalizer_patch_ms: f64,
+    /// Apiserver CPU per merge patch of a one-field status.
+    one_field_status_ms: f64,
+    /// `--resources` × both ÷ cores: how long the apiserver's own work for
+    /// those writes alone keeps every core busy.
+    floor_s: f64,
+}
+
+/// Creates `--write-floor` resources in a namespace no operator watches and
+/// times the apiserver's CPU for the two writes, one request at a time.
+async fn write_floor(args: &Args, plane: &ControlPlane, apiserver: u32, cores: usize) -> anyhow::Result<WriteFloor> {
+    let k = args.write_floor;
+    eprintln!("scale: timing the apiserver's smallest writes on {k} resources no operator watches");
+    let namespace = plane.namespace("floor").await;
+    let api: Api<ChatWorkspace> = Api::namespaced(plane.client().await, &namespace);
+    let names: Vec<String> = (0..k).map(resource_name).collect();
+    futures::stream::iter(names.iter())
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let object: ChatWorkspace = serde_json::from_value(json!({
+                    "apiVersion": "chat.coder.com/v1alpha1",
+                    "kind": "ChatWorkspace",
+                    "metadata": {"name": name},
+                    "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}, "adopt": true},
+                }))?;
+                api.create(&PostParams::default(), &object).await.with_context(|| format!("creating {name}"))?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CREATE_PARALLELISM)
+        .try_collect::<()>()
+        .await?;
+    let params = PatchParams::default();
+    let claim = json!({"metadata": {
+        "finalizers": [chatworkspace_operator::crd::FINALIZER],
+        "annotations": {chatworkspace_operator::tenancy::installs::INSTALL_ANNOTATION: "write-floor"},
+    }});
+    let status = json!({"status": {"phase": "Running"}});
+    let before = procfs::cpu_seconds(apiserver)?;
+    for name in &names {
+        api.patch(name, &params, &Patch::Merge(&claim)).await.with_context(|| format!("patching {name}"))?;
+    }
+    let between = procfs::cpu_seconds(apiserver)?;
+    for name in &names {
+        api.patch_status(name, &params, &Patch::Merge(&status)).await.with_context(|| format!("patching {name}"))?;
+    }
+    let after = procfs::cpu_seconds(apiserver)?;
+    let (finalizer, one_field) = ((between - before) / k as f64, (after - between) / k as f64);
+    Ok(WriteFloor {
+        resources: args.resources,
+        finalizer_patch_ms: finalizer * 1000.0,
+        one_field_status_ms: one_field * 1000.0,
+        floor_s: args.resources as f64 * (finalizer + one_field) / cores.max(1) as f64,
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Phase 4: memory and CPU, and the report
 
 struct Pids {
@@ -1334,6 +1412,7 @@ struct Report {
     coder_load: Option<CoderLoad>,
     reaction: Option<Reaction>,
     recovery: Option<Recovery>,
+    write_floor: Option<WriteFloor>,
     relist: Option<Relist>,
     restart: Option<Restart>,
     memory: MemoryReport,
@@ -1501,6 +1580,24 @@ impl Report {
                 r.attention_interval_s,
                 r.bar_s,
                 if s.max <= r.bar_s { "met" } else { "not met" }
+            );
+        }
+
+        if let Some(w) = &self.write_floor {
+            let _ = writeln!(
+                out,
+                "\nThe apiserver's smallest writes (resources no operator watches, one request at a time)"
+            );
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>8.2} ms of apiserver CPU",
+                "finalizer + claim merge patch", w.finalizer_patch_ms
+            );
+            let _ = writeln!(out, "  {:<44}{:>8.2} ms", "one-field status merge patch", w.one_field_status_ms);
+            let _ = writeln!(
+                out,
+                "  {:<44}{:>8.1} s  (both for {} resources over {} cores)",
+                "the apiserver's CPU alone for a first sight", w.floor_s, w.resources, self.machine.cores
             );
         }
 
