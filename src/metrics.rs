@@ -108,8 +108,9 @@ impl Default for Metrics {
         registry.register("index_probes", "Agent probes completed by the Coder index", index_probes.clone());
         // Finer and longer than the latency buckets: at thousands of due
         // resources a wait of tens of seconds is expected, and p99 is
-        // judged against it.
-        let queue_wait = Histogram::new(exponential_buckets(0.005, 1.5, 28));
+        // judged against it. Up to 36 minutes: behind 10,000 creates under
+        // a 50/s cap, a build's wake waits about ten (docs/performance.md).
+        let queue_wait = Histogram::new(exponential_buckets(0.005, 1.5, 33));
         registry.register(
             "queue_wait_seconds",
             "Time from a resource being woken by the Coder index to the start of its reconcile",
