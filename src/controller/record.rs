@@ -48,9 +48,36 @@ pub(super) fn failed_status(
 /// Events. Only the operator writes status, so a cached status that is
 /// neither one it replaced nor its latest write was written by someone
 /// else, and is taken as it is.
+///
+/// The watch may deliver a write before its request returns. A write in
+/// flight therefore notes what the watch delivers meanwhile
+/// ([`Written::sending`]), and a write the watch has already delivered
+/// leaves nothing behind: it would otherwise be remembered until the
+/// resource's next reconcile, which for a settled resource is the resync.
 #[derive(Default)]
 pub(super) struct Written {
-    by_resource: Mutex<HashMap<ObjectRef<ChatWorkspace>, Unseen>>,
+    inner: Mutex<WrittenInner>,
+}
+
+#[derive(Default)]
+struct WrittenInner {
+    by_resource: HashMap<ObjectRef<ChatWorkspace>, Unseen>,
+    /// Resources with a status write in flight, and the hashes of the
+    /// statuses the watch delivered for them meanwhile.
+    in_flight: HashMap<ObjectRef<ChatWorkspace>, Vec<u64>>,
+}
+
+/// A status write in flight (see [`Written::sending`]); dropping it ends
+/// the flight, whether or not the write succeeded.
+pub(super) struct Sending<'a> {
+    written: &'a Written,
+    key: ObjectRef<ChatWorkspace>,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.written.inner.lock().expect("written statuses").in_flight.remove(&self.key);
+    }
 }
 
 struct Unseen {
@@ -70,7 +97,8 @@ impl Written {
     pub(super) fn previous(&self, resource: &ChatWorkspace) -> ChatWorkspaceStatus {
         let cached = resource.status.clone().unwrap_or_default();
         let key = crate::crd::reference(resource);
-        let mut by_resource = self.by_resource.lock().expect("written statuses");
+        let mut inner = self.inner.lock().expect("written statuses");
+        let by_resource = &mut inner.by_resource;
         let Some(unseen) = by_resource.get(&key) else { return cached };
         let hash = status_hash(&cached);
         if unseen.replaced.contains(&hash) {
@@ -88,8 +116,8 @@ impl Written {
     /// one, or the one this replica's latest write produced while the cache
     /// has not caught up with it (and the spec is the same generation).
     pub(super) fn resource_version(&self, resource: &ChatWorkspace) -> Option<String> {
-        let by_resource = self.by_resource.lock().expect("written statuses");
-        let stale = by_resource.get(&crate::crd::reference(resource)).filter(|unseen| {
+        let inner = self.inner.lock().expect("written statuses");
+        let stale = inner.by_resource.get(&crate::crd::reference(resource)).filter(|unseen| {
             unseen.version.1 == resource.metadata.generation
                 && unseen.replaced.contains(&status_hash(&resource.status.clone().unwrap_or_default()))
         });
@@ -99,15 +127,31 @@ impl Written {
         }
     }
 
+    /// A status write of `resource` is about to be sent: until the returned
+    /// guard is dropped, what the watch delivers for it is noted.
+    pub(super) fn sending(&self, resource: &ChatWorkspace) -> Sending<'_> {
+        let key = crate::crd::reference(resource);
+        self.inner.lock().expect("written statuses").in_flight.insert(key.clone(), Vec::new());
+        Sending { written: self, key }
+    }
+
     /// Remembers that `written` (what the apiserver answered) holds
-    /// `status`, which replaced `replaced`.
+    /// `status`, which replaced `replaced`, unless the watch has delivered
+    /// it already.
     fn wrote(&self, replaced: &ChatWorkspaceStatus, status: &ChatWorkspaceStatus, written: &ChatWorkspace) {
         let key = crate::crd::reference(written);
-        let mut by_resource = self.by_resource.lock().expect("written statuses");
-        let latest = Arc::new(status.clone());
+        let mut inner = self.inner.lock().expect("written statuses");
         let latest_hash = status_hash(status);
+        let delivered = inner.in_flight.get_mut(&key).map(std::mem::take).unwrap_or_default();
+        if delivered.contains(&latest_hash) {
+            // The cache holds this write already: earlier writes are
+            // superseded, and nothing is on its way.
+            inner.by_resource.remove(&key);
+            return;
+        }
+        let latest = Arc::new(status.clone());
         let version = (written.resource_version(), written.metadata.generation);
-        let unseen = by_resource.entry(key).or_insert_with(|| Unseen {
+        let unseen = inner.by_resource.entry(key).or_insert_with(|| Unseen {
             replaced: Vec::new(),
             latest: latest.clone(),
             latest_hash,
@@ -128,21 +172,24 @@ impl Written {
     /// The watch delivered `resource`: once it holds this replica's latest
     /// write (or someone else's), nothing needs remembering.
     pub(super) fn delivered(&self, key: &ObjectRef<ChatWorkspace>, hash: u64) {
-        let mut by_resource = self.by_resource.lock().expect("written statuses");
-        let Some(unseen) = by_resource.get(key) else { return };
+        let mut inner = self.inner.lock().expect("written statuses");
+        if let Some(delivered) = inner.in_flight.get_mut(key) {
+            delivered.push(hash);
+        }
+        let Some(unseen) = inner.by_resource.get(key) else { return };
         if !unseen.replaced.contains(&hash) {
-            by_resource.remove(key);
+            inner.by_resource.remove(key);
         }
     }
 
     /// Forgets a deleted resource.
     pub(super) fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
-        self.by_resource.lock().expect("written statuses").remove(resource);
+        self.inner.lock().expect("written statuses").by_resource.remove(resource);
     }
 
     #[cfg(test)]
     fn unseen(&self) -> usize {
-        self.by_resource.lock().expect("written statuses").len()
+        self.inner.lock().expect("written statuses").by_resource.len()
     }
 }
 
@@ -202,10 +249,12 @@ async fn apply_status(
     if let Precondition::Version = precondition {
         patch["metadata"] = serde_json::json!({"resourceVersion": context.written.resource_version(resource)});
     }
+    let sending = context.written.sending(resource);
     let written = api
         .patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
     context.written.wrote(previous, status, &written);
+    drop(sending);
     Ok(())
 }
 
@@ -220,10 +269,12 @@ pub(super) async fn write_create_intent(
 ) -> Result<()> {
     let intent = crate::tenancy::adoption::create_intent(decision::whole_seconds(Timestamp::now()).0);
     let patch = serde_json::json!({"status": {"ownership": intent}});
+    let sending = context.written.sending(resource);
     let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     let mut status = previous.clone();
     status.ownership = Some(intent);
     context.written.wrote(previous, &status, &written);
+    drop(sending);
     Ok(())
 }
 
@@ -345,6 +396,42 @@ mod tests {
         assert_eq!(written.unseen(), 0, "delivered: nothing is kept at rest");
         assert_eq!(written.previous(&caught_up).phase, Some(Phase::Running));
         assert_eq!(written.resource_version(&caught_up).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_write_the_watch_delivered_before_its_answer_leaves_nothing_behind() {
+        let written = Written::default();
+        let key = crate::crd::reference(&resource("1", None));
+        let delivered = |r: &ChatWorkspace| written.delivered(&key, status_hash(&r.status.clone().unwrap_or_default()));
+        {
+            let _sending = written.sending(&resource("1", None));
+            // The watch brings the write's own result before the request
+            // returns.
+            delivered(&resource("2", Some(Phase::Starting)));
+            written.wrote(
+                &ChatWorkspaceStatus::default(),
+                &status(Phase::Starting),
+                &resource("2", Some(Phase::Starting)),
+            );
+        }
+        assert_eq!(written.unseen(), 0, "the cache holds the write: nothing is waited for");
+        assert_eq!(written.previous(&resource("2", Some(Phase::Starting))).phase, Some(Phase::Starting));
+
+        // An event of an older state during the flight keeps the write
+        // remembered until its own event comes.
+        {
+            let _sending = written.sending(&resource("2", Some(Phase::Starting)));
+            delivered(&resource("2", Some(Phase::Starting)));
+            written.wrote(&status(Phase::Starting), &status(Phase::Running), &resource("3", Some(Phase::Running)));
+        }
+        assert_eq!(written.unseen(), 1, "the write is still on its way");
+        assert_eq!(written.previous(&resource("2", Some(Phase::Starting))).phase, Some(Phase::Running));
+        delivered(&resource("3", Some(Phase::Running)));
+        assert_eq!(written.unseen(), 0);
+
+        // Outside a flight, deliveries are not noted.
+        delivered(&resource("3", Some(Phase::Running)));
+        assert!(written.inner.lock().expect("written").in_flight.is_empty(), "a flight ends with its guard");
     }
 
     #[test]
