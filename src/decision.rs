@@ -19,8 +19,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::coder::{
-    AgentLifecycle, AgentStatus, Chat, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent, WorkspaceBuild,
-    WorkspaceTransition, chat_agent,
+    API_BUILD_REASON, AgentLifecycle, AgentStatus, Chat, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent,
+    WorkspaceBuild, WorkspaceTransition, chat_agent,
 };
 use crate::conditions::{
     self, AGENT_CONNECTED, AGENT_REACHABLE, CHAT_CONTEXT_CURRENT, DEGRADED, PROGRESSING, READY, RECOVERING, Verdict,
@@ -545,7 +545,9 @@ impl<'a> Outcome<'a> {
             WorkspaceTransition::Start if build.job.status == ProvisionerJobStatus::Failed => {
                 self.start_failed(workspace)
             }
-            WorkspaceTransition::Stop if self.recovery_stage() == Some(RecoveryStage::Stopping) => {
+            WorkspaceTransition::Stop
+                if self.recovery_stage() == Some(RecoveryStage::Stopping) && self.recovery_stop(build) =>
+            {
                 if succeeded {
                     self.recovery().stage = Some(RecoveryStage::Starting);
                     self.start(workspace, BuildReason::Recovery);
@@ -588,15 +590,37 @@ impl<'a> Outcome<'a> {
     /// this resource had already seen in an earlier build: Coder or a person
     /// stopped it. (A workspace adopted while stopped is simply started.)
     fn stopped_outside(&self, build: &WorkspaceBuild) -> bool {
-        let previous = self.inputs.previous;
-        let ours = previous.last_build_request.as_ref().is_some_and(|request| {
-            request.build_id.as_deref() == Some(build.id.as_str())
-                || (request.build_id.is_none()
-                    && request.transition == WorkspaceTransition::Stop.as_str()
-                    && request.time.0 <= build.created_at)
-        });
-        let seen_before = previous.latest_build.as_ref().is_some_and(|seen| seen.number <= build.build_number);
-        !ours && seen_before
+        let seen_before =
+            self.inputs.previous.latest_build.as_ref().is_some_and(|seen| seen.number <= build.build_number);
+        !self.requested_by_us(build) && seen_before
+    }
+
+    /// Whether `build`, a stop seen while a recovery is stopping, is the
+    /// recovery's own (see [`Self::requested_by_us`]). A stage recorded
+    /// without its request (by an earlier version of the operator) takes
+    /// any stop made through the API for it, and still none of Coder's.
+    fn recovery_stop(&self, build: &WorkspaceBuild) -> bool {
+        match &self.inputs.previous.last_build_request {
+            Some(_) => self.requested_by_us(build),
+            None => build.reason == API_BUILD_REASON,
+        }
+    }
+
+    /// Whether `build` is the one the operator last requested: the build
+    /// whose id it recorded or, when the request's answer was never
+    /// recorded (the operator stopped in between, or Coder refused it), a
+    /// build of that transition made through the API (coderd's reason
+    /// `initiator`) no earlier than the request. An autostop, a dormancy
+    /// stop or a stop from the dashboard is never taken for the operator's.
+    fn requested_by_us(&self, build: &WorkspaceBuild) -> bool {
+        self.inputs.previous.last_build_request.as_ref().is_some_and(|request| match request.build_id.as_deref() {
+            Some(id) => id == build.id,
+            None => {
+                request.transition == build.transition.as_str()
+                    && build.reason == API_BUILD_REASON
+                    && request.time.0 <= build.created_at
+            }
+        })
     }
 
     fn outside_stop(&mut self, workspace: &Workspace) {

@@ -859,6 +859,53 @@ fn an_unconfirmed_recovery_stop_is_issued_again_as_the_same_attempt() {
 }
 
 #[test]
+fn a_stop_made_by_coder_or_a_person_is_never_taken_for_an_unconfirmed_recovery_stop() {
+    // The recovery's stop was decided and written down, but Coder never
+    // made it (it answered 409, or the operator stopped first); then
+    // Coder's autostop stopped the workspace.
+    let previous = ChatWorkspaceStatus {
+        latest_build: Some(chatworkspace_operator::crd::BuildStatus {
+            id: "build-6".into(),
+            number: 6,
+            transition: "start".into(),
+            status: "running".into(),
+            job_status: "succeeded".into(),
+            ..Default::default()
+        }),
+        recovery: Some(RecoveryStatus {
+            stage: Some(RecoveryStage::Stopping),
+            attempts: 1,
+            window_start: Some(Time(at(-20))),
+            generation: Some(1),
+            ..Default::default()
+        }),
+        last_build_request: Some(BuildRequestStatus {
+            build_id: None,
+            transition: "stop".into(),
+            reason: "Recovery".into(),
+            generation: 1,
+            time: Time(at(-20)),
+        }),
+        ..Default::default()
+    };
+    let stopped_by = |reason: &str| {
+        let mut ws = workspace("stop", "succeeded", None);
+        ws.latest_build.reason = reason.into();
+        ws.latest_build.created_at = at(-10);
+        ws
+    };
+    for reason in ["autostop", "dormancy", "dashboard"] {
+        let d = decide_with(&spec(DesiredState::Running), &previous, Some(&stopped_by(reason)), None);
+        assert_eq!(d.action, Action::None, "{reason}: the outside stop is respected");
+        assert!(d.status.recovery.as_ref().is_none_or(|r| r.stage.is_none()), "{reason}: the recovery is over");
+    }
+    // A stop made through the API after the request is the recovery's own,
+    // whose answer was lost: the recovery goes on with its start.
+    let d = decide_with(&spec(DesiredState::Running), &previous, Some(&stopped_by("initiator")), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Start, BuildReason::Recovery));
+}
+
+#[test]
 fn a_stop_seen_while_stopped_is_desired_is_started_when_running_is_desired_again() {
     // The operator's record of its own stop was lost (its status write
     // failed): the stop it then saw while Stopped was desired is accounted

@@ -292,3 +292,35 @@ async fn recovery_disabled_reports_and_never_builds() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.transitions(id), ["start"]);
 }
+
+#[tokio::test]
+async fn a_recovery_stop_refused_with_409_does_not_take_a_later_autostop_for_its_own() {
+    let env = Env::start("phantom").await;
+    env.create("chat-1", fast_recovery(3)).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    // Coder refuses every build with 409 (a build became active), so the
+    // recovery's stop, once decided and written down, is never made.
+    env.sim.inject_fault(Fault::new(format!("/api/v2/workspaces/{id}/builds"), FaultKind::Status(409)).method("POST"));
+    env.sim.kill_agent(id);
+    env.wait_for("chat-1", "refused its recovery's stop with 409", LONG, |_| {
+        env.sim.requests().iter().any(|r| r.method == "POST" && r.path.ends_with("/builds") && r.status == 409)
+    })
+    .await;
+
+    // Then Coder's own autostop stops the workspace.
+    env.sim.stop_by_coder(id, "autostop");
+    env.sim.clear_faults();
+    let stopped = env.wait_for_condition("chat-1", READY, "False", Some("StoppedByCoder"), LONG).await;
+    let status = stopped.status.unwrap();
+    assert!(
+        status.recovery.as_ref().is_none_or(|r| r.stage.is_none()),
+        "no recovery stage left: {:?}",
+        status.recovery
+    );
+    assert_eq!(env.transitions(id), ["start", "stop"], "the autostop is respected: no start");
+    let builds: Vec<_> =
+        env.sim.requests().into_iter().filter(|r| r.method == "POST" && r.path.ends_with("/builds")).collect();
+    assert!(builds.iter().all(|r| r.status == 409), "the operator made no build: {builds:?}");
+}

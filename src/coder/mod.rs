@@ -14,9 +14,9 @@ pub use error::{CoderError, FieldError};
 pub use rate::RateLimit;
 pub use token::{SessionToken, TokenError};
 pub use types::{
-    AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, Chat, ChatContext, ChatContextResource, ChatError,
-    CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ListeningPort, ListeningPorts, Organization, ParameterOption,
-    ParameterValue, Preset, PresetParameter, ProvisionerJob, ProvisionerJobStatus, Template, TemplateVersion,
-    TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild, WorkspaceHealth, WorkspaceResource,
-    WorkspaceStatus, WorkspaceTransition, WorkspacesResponse,
+    API_BUILD_REASON, AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, Chat, ChatContext,
+    ChatContextResource, ChatError, CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ListeningPort, ListeningPorts,
+    Organization, ParameterOption, ParameterValue, Preset, PresetParameter, ProvisionerJob, ProvisionerJobStatus,
+    Template, TemplateVersion, TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild,
+    WorkspaceHealth, WorkspaceResource, WorkspaceStatus, WorkspaceTransition, WorkspacesResponse,
 };

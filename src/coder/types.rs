@@ -367,6 +367,11 @@ pub struct WorkspacesResponse {
     pub count: i64,
 }
 
+/// coderd's build `reason` for a build requested through the API without
+/// one of its own, as the operator's builds are (a person's from the
+/// dashboard is `dashboard`, Coder's own `autostop`, `dormancy`, ...).
+pub const API_BUILD_REASON: &str = "initiator";
+
 /// One build of a workspace, with the resources and agents it made.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct WorkspaceBuild {

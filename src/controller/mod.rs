@@ -701,6 +701,12 @@ async fn converge(
                 // A build became active between our read and our request:
                 // never stack a second one; decide again on a fresh read.
                 Err(Error::Coder(CoderError::Conflict { .. })) => {
+                    if plan.reason == BuildReason::Recovery {
+                        // The recovery's intent is written, but Coder made no
+                        // build: take it back, or a stop that someone else
+                        // makes next would pass for the recovery's own.
+                        record::write_status(context, api, resource, &decision.status, previous).await?;
+                    }
                     decision.status = previous.clone();
                     decision.requeue = context.settings.requeue.active;
                     None
