@@ -664,9 +664,20 @@ async fn converge(
                     Some(workspace)
                 }
                 // The name is taken: someone created it meanwhile. Adopt it
-                // on the next pass rather than guessing now.
-                Err(Error::Coder(CoderError::Conflict { .. })) => None,
-                Err(error) => return Err(error),
+                // on the next pass (with consent) rather than guessing now.
+                Err(Error::Coder(CoderError::Conflict { .. })) => {
+                    record::clear_create_intent(context, api, resource, previous).await?;
+                    None
+                }
+                Err(error) => {
+                    // A create that may have been made (a timeout, a 5xx)
+                    // keeps its intent, which covers only the create's own
+                    // request (`adoption::made_by_us`); one refused made nothing.
+                    if !error.is_transient() {
+                        record::clear_create_intent(context, api, resource, previous).await?;
+                    }
+                    return Err(error);
+                }
             }
         }
         CoreAction::Build(plan) => {

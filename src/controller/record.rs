@@ -278,6 +278,25 @@ pub(super) async fn write_create_intent(
     Ok(())
 }
 
+/// Takes back a create's intent when Coder answered that it made nothing
+/// (it refused the request, or the name was taken meanwhile): a workspace
+/// someone makes later under that name is not this resource's.
+pub(super) async fn clear_create_intent(
+    context: &Context,
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+) -> Result<()> {
+    let patch = serde_json::json!({"status": {"ownership": previous.ownership}});
+    let mut intended = previous.clone();
+    intended.ownership = Some(crate::tenancy::adoption::create_intent(Timestamp::now()));
+    let sending = context.written.sending(resource);
+    let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    context.written.wrote(&intended, previous, &written);
+    drop(sending);
+    Ok(())
+}
+
 /// Events for what the decision reported, and for every state reached.
 pub(super) async fn publish(
     context: &Context,

@@ -46,13 +46,21 @@ pub fn consent(
 /// How far Coder's clock may be behind the operator's.
 const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(2);
 
+/// How long after its intent a create can have made its workspace: its
+/// request waits for the token's budget, then for its answer (the request
+/// timeout). A workspace made later is someone else's; a create that
+/// waited longer is taken for someone else's too, which asks a person for
+/// consent rather than adopting a stranger.
+pub const CREATE_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
+
 /// Whether the workspace is the one this resource's create made, when the
 /// answer to that create was lost (the operator stopped, or the status
 /// write failed, right after it). Before a create, the operator records
 /// its intent in `status.ownership` with no workspace id; a workspace made
-/// then (not before), still at its first build, by the token's own user,
-/// is that create's. A workspace someone made before would have refused
-/// the create (409) and is older.
+/// then (not before, and within [`CREATE_WINDOW`]), still at its first
+/// build, by the token's own user, is that create's. A workspace someone
+/// made before would have refused the create (409) and is older; a create
+/// that Coder refused takes its intent back.
 pub fn made_by_us(
     recorded: Option<&OwnershipStatus>,
     workspace_created: Option<jiff::Timestamp>,
@@ -66,6 +74,7 @@ pub fn made_by_us(
     match (requested.time.as_ref(), workspace_created) {
         (Some(requested), Some(created)) => {
             created >= requested.0 - CLOCK_SKEW
+                && created <= requested.0 + CREATE_WINDOW + CLOCK_SKEW
                 && build_number == 1
                 && !initiator_id.is_empty()
                 && initiator_id.eq_ignore_ascii_case(token_user_id)
@@ -145,6 +154,8 @@ mod tests {
         assert!(made_by_us(Some(&intent), Some(t(101)), 1, "u-1", "U-1"));
         assert!(made_by_us(Some(&intent), Some(t(99)), 1, "u-1", "u-1"), "within the clock skew");
         assert!(!made_by_us(Some(&intent), Some(t(90)), 1, "u-1", "u-1"), "made before the create");
+        assert!(made_by_us(Some(&intent), Some(t(100 + 120)), 1, "u-1", "u-1"), "within the create's window");
+        assert!(!made_by_us(Some(&intent), Some(t(100 + 200)), 1, "u-1", "u-1"), "made long after the create");
         assert!(!made_by_us(Some(&intent), Some(t(101)), 2, "u-1", "u-1"), "built since");
         assert!(!made_by_us(Some(&intent), Some(t(101)), 1, "u-2", "u-1"), "made by someone else");
         assert!(!made_by_us(Some(&intent), None, 1, "u-1", "u-1"));
