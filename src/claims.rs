@@ -1,7 +1,18 @@
 //! One actor per workspace: when two `ChatWorkspace`s point at the same
-//! Coder workspace, the older one drives it and the other reports a
-//! conflict. Decided from an index kept up to date from the watch, with no
+//! Coder workspace, the older one drives it and the others report a
+//! conflict, in their reconcile and in their deletion alike. Decided from an
+//! index kept from the watch and from each resource's admission, with no
 //! extra requests and without scanning every resource.
+//!
+//! The watch files each resource under the workspace name its spec names and
+//! the workspace id its status records. Only a reconcile knows which
+//! workspace that name is (Coder resolves the owner: `alice`, `ALICE`, `me`
+//! and alice's user id are one user) and whether the resource may drive it
+//! at all (tenancy). So a resource's [`Standing`] starts pending, and its
+//! reconcile settles it: admitted, for a [`WorkspaceKey`] of the resolved
+//! owner's id, or idle (refused, or not this install's), which claims
+//! nothing and blocks nobody. A younger resource that may name the same
+//! workspace as an older pending one waits until the older is settled.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,16 +23,10 @@ use kube::ResourceExt;
 use crate::cache::Cached;
 use crate::crd::{ChatWorkspace, ChatWorkspaceSpec};
 
-/// What identifies a workspace before it is observed: the credentials (the
-/// default, or a Secret of the resource's namespace), the owner as written
-/// and the workspace name.
-type SpecKey = (Option<String>, String, String);
-
-fn spec_key(resource: &ChatWorkspace) -> SpecKey {
-    key_of(&resource.metadata, &resource.spec)
-}
-
-fn key_of(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec) -> SpecKey {
+/// What a resource's spec names, as written: its credentials (the default,
+/// or a Secret of its namespace), its owner as spelled and the workspace
+/// name. Two resources that agree on all three name one workspace.
+fn spelled(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec) -> (Option<String>, String, String) {
     let namespace = metadata.namespace.as_deref().unwrap_or_default();
     let credentials = spec.credentials_ref.as_ref().map(|secret| format!("{namespace}/{}", secret.name));
     // Coder's usernames and workspace names are case-insensitive, and `me`
@@ -30,19 +35,16 @@ fn key_of(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec) -> SpecKey {
         crate::tenancy::OwnerRef::TokenUser => String::new(),
         other => other.path_param().to_owned(),
     };
-    let name = spec.workspace_name.as_deref().or(metadata.name.as_deref()).unwrap_or_default();
-    (credentials, owner, name.to_lowercase())
+    (credentials, owner, workspace_name(metadata, spec))
+}
+
+fn workspace_name(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec) -> String {
+    spec.workspace_name.as_deref().or(metadata.name.as_deref()).unwrap_or_default().to_lowercase()
 }
 
 /// Creation time, then namespace and name: a total order, stable over
 /// restarts, so every replica and every reconcile agrees on who is older.
-type AgeKey = (Option<jiff::Timestamp>, String, String);
-
-fn age_key(resource: &ChatWorkspace) -> AgeKey {
-    age_of(&resource.metadata)
-}
-
-fn age_of(metadata: &ObjectMeta) -> AgeKey {
+fn age_of(metadata: &ObjectMeta) -> (Option<jiff::Timestamp>, String, String) {
     (
         metadata.creation_timestamp.as_ref().map(|t| t.0),
         metadata.namespace.clone().unwrap_or_default(),
@@ -50,50 +52,11 @@ fn age_of(metadata: &ObjectMeta) -> AgeKey {
     )
 }
 
-/// The older resource that drives the same workspace as `me`, if any, as
-/// `namespace/name`. `workspace_id` is the id `me` observed, which catches
-/// two spellings of one workspace (e.g. owner `me` and the user's name).
-pub fn conflicting<'a>(
-    me: &ChatWorkspace,
-    workspace_id: Option<&str>,
-    others: impl IntoIterator<Item = &'a ChatWorkspace>,
-) -> Option<String> {
-    let my_key = spec_key(me);
-    let my_age = age_key(me);
-    others
-        .into_iter()
-        .filter(|other| other.uid() != me.uid())
-        .filter(|other| {
-            let same_id = workspace_id
-                .is_some_and(|id| other.status.as_ref().and_then(|s| s.workspace.as_ref()).is_some_and(|w| w.id == id));
-            same_id || spec_key(other) == my_key
-        })
-        .filter(|other| age_key(other) < my_age)
-        .min_by_key(|other| age_key(other))
-        .map(|other| {
-            // Only a resource of the same namespace is named: the others'
-            // names are not this namespace's users' business.
-            if other.namespace() == me.namespace() {
-                format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any())
-            } else {
-                "in another namespace".to_owned()
-            }
-        })
-}
-
-/// What a resource's claims are filed under: its [`SpecKey`] and the
-/// workspace id it observed, each hashed with this process's random key.
-/// The index keeps no copy of the keys themselves; two keys that hash alike
-/// (one chance in 2^64 for a pair) would be taken for one workspace, which
-/// errs on the safe side: a conflict reported, never two actors.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClaimKeys {
-    key: u64,
-    id: Option<u64>,
-}
-
-/// The hasher of [`ClaimKeys`]: random per process, so no resource can be
-/// named to collide with another's on purpose.
+/// The hasher of the claims' keys: random per process, so no resource can
+/// be named to collide with another's on purpose. The index keeps no copy
+/// of the keys themselves; two keys that hash alike (one chance in 2^64 for
+/// a pair) would be taken for one workspace, which errs on the safe side: a
+/// conflict reported, never two actors.
 static HASHER: std::sync::LazyLock<std::hash::RandomState> = std::sync::LazyLock::new(Default::default);
 
 fn hashed(value: impl std::hash::Hash) -> u64 {
@@ -101,12 +64,67 @@ fn hashed(value: impl std::hash::Hash) -> u64 {
     HASHER.hash_one(value)
 }
 
+/// What the watch files a resource under, computed as it decodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimKeys {
+    /// The spec as written (see [`spelled`]): when it changes, the
+    /// resource's standing must be settled again.
+    spelled: u64,
+    /// The workspace name alone: every workspace it may be.
+    name: u64,
+    /// The workspace id its status records.
+    id: Option<u64>,
+}
+
 impl ClaimKeys {
-    /// The keys of a resource with this metadata and spec, that observed
-    /// workspace `id`.
+    /// The keys of a resource with this metadata and spec, whose status
+    /// records workspace `id`.
     pub fn of(metadata: &ObjectMeta, spec: &ChatWorkspaceSpec, id: Option<&str>) -> Self {
-        Self { key: hashed(key_of(metadata, spec)), id: id.map(hashed) }
+        Self {
+            spelled: hashed(spelled(metadata, spec)),
+            name: hashed(workspace_name(metadata, spec)),
+            id: id.map(|id| hashed(id.to_lowercase())),
+        }
     }
+}
+
+/// One workspace as Coder knows it: its deployment, its owner's user id
+/// and its name, whatever the spec's spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkspaceKey(u64);
+
+impl WorkspaceKey {
+    pub fn new(coder_url: &str, owner_id: &str, name: &str) -> Self {
+        Self(hashed((coder_url.trim_end_matches('/').to_lowercase(), owner_id.to_lowercase(), name.to_lowercase())))
+    }
+}
+
+/// What a resource claims, as its latest reconcile settled it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Standing {
+    /// Not settled since the watch saw its spec: it may drive the
+    /// workspace its spec names.
+    #[default]
+    Pending,
+    /// Admitted to drive this workspace.
+    Admitted(WorkspaceKey),
+    /// Drives nothing: tenancy refused it, its spec or credentials cannot
+    /// be used, or another install drives it.
+    Idle,
+}
+
+/// The one-actor rule's answer for one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No older resource drives the workspace: this one may.
+    Drives,
+    /// An older resource that may name the same workspace is not settled
+    /// yet: look again shortly, touching nothing meanwhile.
+    Waits,
+    /// An older resource drives it, named `namespace/name` when it is in
+    /// the same namespace (the others' names are not this namespace's
+    /// users' business).
+    Conflict(String),
 }
 
 /// One resource's claim, ordered by age.
@@ -119,16 +137,17 @@ struct Claim {
 struct Held {
     keys: ClaimKeys,
     claim: Arc<Claim>,
+    standing: Standing,
 }
 
-/// Every resource's claim, by what identifies its workspace: the spec's
-/// (credentials, owner, name) and the workspace id it observed.
+/// Every resource's claim, by the workspace name it names and the
+/// workspace id it observed.
 #[derive(Default)]
 pub struct ClaimsIndex {
     inner: Mutex<Claims>,
 }
 
-/// The claims on one workspace, oldest first: nearly always one, so a
+/// The claims on one name or id, oldest first: nearly always one, so a
 /// vector of shared claims (a pointer each), not a tree whose every node
 /// has room for eleven.
 #[derive(Default)]
@@ -145,15 +164,11 @@ impl ClaimSet {
         self.0.retain(|held| **held != *claim);
         self.0.is_empty()
     }
-
-    fn oldest(&self) -> Option<&Claim> {
-        self.0.first().map(Arc::as_ref)
-    }
 }
 
 #[derive(Default)]
 struct Claims {
-    by_key: HashMap<u64, ClaimSet>,
+    by_name: HashMap<u64, ClaimSet>,
     by_id: HashMap<u64, ClaimSet>,
     /// uid → what it holds.
     held: HashMap<Arc<str>, Held>,
@@ -165,8 +180,8 @@ struct Claims {
 impl Claims {
     fn remove(&mut self, uid: &str) {
         let Some(held) = self.held.remove(uid) else { return };
-        if self.by_key.get_mut(&held.keys.key).is_some_and(|set| set.remove(&held.claim)) {
-            self.by_key.remove(&held.keys.key);
+        if self.by_name.get_mut(&held.keys.name).is_some_and(|set| set.remove(&held.claim)) {
+            self.by_name.remove(&held.keys.name);
         }
         if let Some(id) = held.keys.id
             && self.by_id.get_mut(&id).is_some_and(|set| set.remove(&held.claim))
@@ -187,23 +202,28 @@ impl ClaimsIndex {
         for seen in claims.relists.values_mut() {
             seen.insert(uid.clone());
         }
+        let (unchanged, standing) = match claims.held.get(&uid) {
+            Some(held) => (
+                held.keys == keys
+                    && held.claim.age.0 == created
+                    && *held.claim.age.1 == namespace
+                    && *held.claim.age.2 == name,
+                // A new spelling is a new question for tenancy.
+                if held.keys.spelled == keys.spelled { held.standing } else { Standing::Pending },
+            ),
+            None => (false, Standing::Pending),
+        };
         // Most updates are status writes, which change no claim.
-        let unchanged = claims.held.get(&uid).is_some_and(|held| {
-            held.keys == keys
-                && held.claim.age.0 == created
-                && *held.claim.age.1 == namespace
-                && *held.claim.age.2 == name
-        });
         if unchanged {
             return;
         }
         claims.remove(&uid);
         let claim = Arc::new(Claim { age: (created, namespace.into(), name.into()), uid: uid.clone() });
-        claims.by_key.entry(keys.key).or_default().insert(claim.clone());
+        claims.by_name.entry(keys.name).or_default().insert(claim.clone());
         if let Some(id) = keys.id {
             claims.by_id.entry(id).or_default().insert(claim.clone());
         }
-        claims.held.insert(uid, Held { keys, claim });
+        claims.held.insert(uid, Held { keys, claim, standing });
     }
 
     /// A resource is gone.
@@ -231,27 +251,56 @@ impl ClaimsIndex {
         }
     }
 
-    /// Like [`conflicting`], from the index: the older resource that drives
-    /// the same workspace as `me`, if any, as `namespace/name`.
-    pub fn conflicting(&self, me: &ChatWorkspace, workspace_id: Option<&str>) -> Option<String> {
+    /// Records what `resource`'s reconcile settled: the workspace it was
+    /// admitted to drive, or that it drives nothing.
+    pub fn settle(&self, resource: &ChatWorkspace, standing: Standing) {
+        let mut claims = self.inner.lock().expect("claims");
+        if let Some(held) = claims.held.get_mut(resource.uid().unwrap_or_default().as_str()) {
+            held.standing = standing;
+        }
+    }
+
+    /// The one-actor rule for `me`, admitted to drive workspace `key`,
+    /// which it observed as `workspace_id` (if it did): the oldest resource
+    /// that drives the same workspace wins.
+    pub fn verdict(&self, me: &ChatWorkspace, key: WorkspaceKey, workspace_id: Option<&str>) -> Verdict {
         let claims = self.inner.lock().expect("claims");
-        let keys = ClaimKeys::of(&me.metadata, &me.spec, workspace_id);
-        let (created, namespace, name) = age_key(me);
+        let mine = ClaimKeys::of(&me.metadata, &me.spec, workspace_id);
+        let (created, namespace, name) = age_of(&me.metadata);
         let my_age = (created, namespace.into_boxed_str(), name.into_boxed_str());
         let my_uid = me.uid().unwrap_or_default();
-        let by_key = claims.by_key.get(&keys.key).and_then(ClaimSet::oldest);
-        let by_id = keys.id.and_then(|id| claims.by_id.get(&id)).and_then(ClaimSet::oldest);
-        // The oldest claim of each set; the older of the two wins.
-        [by_key, by_id].into_iter().flatten().filter(|claim| *claim.uid != *my_uid && claim.age < my_age).min().map(
-            |claim| {
-                // As `conflicting`: only a resource of the same namespace is named.
-                if claim.age.1 == my_age.1 {
-                    format!("{}/{}", claim.age.1, claim.age.2)
-                } else {
-                    "in another namespace".to_owned()
-                }
+        let older = |claim: &&Arc<Claim>| *claim.uid != *my_uid && claim.age < my_age;
+        let standing = |claim: &Claim| claims.held.get(&claim.uid).map(|held| held.standing);
+        let by_name =
+            claims.by_name.get(&mine.name).into_iter().flat_map(|set| &set.0).filter(older).map(
+                |claim| match standing(claim) {
+                    Some(Standing::Admitted(theirs)) if theirs == key => (Some(claim), false),
+                    Some(Standing::Pending) => (None, true),
+                    _ => (None, false),
+                },
+            );
+        let by_id = mine.id.and_then(|id| claims.by_id.get(&id)).into_iter().flat_map(|set| &set.0).filter(older).map(
+            |claim| match standing(claim) {
+                Some(Standing::Admitted(_)) => (Some(claim), false),
+                Some(Standing::Pending) => (None, true),
+                _ => (None, false),
             },
-        )
+        );
+        let (mut winner, mut unsettled): (Option<&Arc<Claim>>, bool) = (None, false);
+        for (beats, pending) in by_name.chain(by_id) {
+            unsettled |= pending;
+            if let Some(claim) = beats
+                && winner.is_none_or(|w| claim < w)
+            {
+                winner = Some(claim);
+            }
+        }
+        match winner {
+            Some(claim) if claim.age.1 == my_age.1 => Verdict::Conflict(format!("{}/{}", claim.age.1, claim.age.2)),
+            Some(_) => Verdict::Conflict("in another namespace".to_owned()),
+            None if unsettled => Verdict::Waits,
+            None => Verdict::Drives,
+        }
     }
 }
 
@@ -261,14 +310,16 @@ mod tests {
     use crate::crd::{ChatWorkspaceSpec, ChatWorkspaceStatus, TemplateRef, WorkspaceStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn resource(namespace: &str, name: &str, created: i64, workspace: Option<&str>) -> ChatWorkspace {
+    const URL: &str = "https://coder.example.com";
+
+    fn resource(namespace: &str, name: &str, created: i64, owner: Option<&str>, workspace: &str) -> ChatWorkspace {
         let mut cws = ChatWorkspace::new(
             name,
             ChatWorkspaceSpec {
                 desired_state: Default::default(),
-                owner: None,
+                owner: owner.map(str::to_string),
                 organization: None,
-                workspace_name: workspace.map(str::to_string),
+                workspace_name: Some(workspace.to_owned()),
                 template: TemplateRef { name: Some("docker".into()), ..Default::default() },
                 preset: None,
                 parameters: vec![],
@@ -288,87 +339,128 @@ mod tests {
         cws
     }
 
-    #[test]
-    fn the_older_resource_wins() {
-        let old = resource("a", "one", 10, Some("ws"));
-        let new = resource("b", "two", 20, Some("ws"));
-        assert_eq!(conflicting(&new, None, [&old, &new]), Some("in another namespace".into()));
-        assert_eq!(conflicting(&old, None, [&old, &new]), None);
-        let same_namespace = resource("a", "three", 30, Some("ws"));
-        assert_eq!(conflicting(&same_namespace, None, [&old, &same_namespace]), Some("a/one".into()));
-    }
-
-    #[test]
-    fn different_workspaces_do_not_conflict() {
-        let one = resource("a", "one", 10, None);
-        let two = resource("a", "two", 20, None);
-        assert_eq!(conflicting(&two, None, [&one, &two]), None);
-    }
-
-    #[test]
-    fn the_same_observed_id_conflicts_across_spellings() {
-        let mut old = resource("a", "one", 10, None);
-        old.status = Some(ChatWorkspaceStatus {
-            workspace: Some(WorkspaceStatus { id: "w-1".into(), ..Default::default() }),
+    fn observed(mut cws: ChatWorkspace, id: &str) -> ChatWorkspace {
+        cws.status = Some(ChatWorkspaceStatus {
+            workspace: Some(WorkspaceStatus { id: id.into(), ..Default::default() }),
             ..Default::default()
         });
-        let new = resource("a", "two", 20, None);
-        assert_eq!(conflicting(&new, Some("w-1"), [&old]), Some("a/one".into()));
-        assert_eq!(conflicting(&new, Some("w-2"), [&old]), None);
+        cws
+    }
+
+    fn index(resources: &[&ChatWorkspace]) -> ClaimsIndex {
+        let index = ClaimsIndex::default();
+        for r in resources {
+            index.apply(&Cached::pack((*r).clone()));
+        }
+        index
+    }
+
+    fn alices(name: &str) -> WorkspaceKey {
+        WorkspaceKey::new(URL, "u-alice", name)
+    }
+
+    #[test]
+    fn the_older_admitted_resource_wins_and_is_named_only_in_its_own_namespace() {
+        let old = resource("a", "one", 10, Some("alice"), "ws");
+        let new = resource("b", "two", 20, Some("alice"), "ws");
+        let neighbour = resource("a", "three", 30, Some("alice"), "ws");
+        let claims = index(&[&old, &new, &neighbour]);
+        claims.settle(&old, Standing::Admitted(alices("ws")));
+        assert_eq!(claims.verdict(&old, alices("ws"), None), Verdict::Drives);
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("in another namespace".into()));
+        claims.settle(&new, Standing::Admitted(alices("ws")));
+        assert_eq!(claims.verdict(&neighbour, alices("ws"), None), Verdict::Conflict("a/one".into()));
+    }
+
+    #[test]
+    fn every_spelling_of_one_owner_is_one_workspace() {
+        // The owner's username, its id and `me` resolve to one user.
+        let by_name = resource("a", "one", 10, Some("alice"), "ws");
+        let by_id = resource("b", "two", 20, Some("0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02"), "WS");
+        let claims = index(&[&by_name, &by_id]);
+        claims.settle(&by_name, Standing::Admitted(alices("ws")));
+        assert_eq!(claims.verdict(&by_id, alices("WS"), None), Verdict::Conflict("in another namespace".into()));
+        // Another owner's workspace of the same name is another workspace.
+        let bobs = WorkspaceKey::new(URL, "u-bob", "ws");
+        assert_eq!(claims.verdict(&by_id, bobs, None), Verdict::Drives);
+        // So is one of another Coder deployment.
+        assert_eq!(claims.verdict(&by_id, WorkspaceKey::new("https://other", "u-alice", "ws"), None), Verdict::Drives);
+    }
+
+    #[test]
+    fn a_refused_resource_claims_nothing_and_blocks_nobody() {
+        let refused = observed(resource("a", "one", 10, Some("alice"), "ws"), "w-1");
+        let granted = resource("b", "two", 20, Some("alice"), "ws");
+        let claims = index(&[&refused, &granted]);
+        claims.settle(&refused, Standing::Idle);
+        assert_eq!(claims.verdict(&granted, alices("ws"), Some("w-1")), Verdict::Drives);
+    }
+
+    #[test]
+    fn an_older_unsettled_resource_makes_a_younger_one_wait_until_it_is_settled() {
+        let old = resource("a", "one", 10, Some("0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02"), "ws");
+        let new = resource("b", "two", 20, Some("alice"), "ws");
+        let claims = index(&[&old, &new]);
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Waits);
+        assert_eq!(claims.verdict(&old, alices("ws"), None), Verdict::Drives, "the older one never waits");
+        claims.settle(&old, Standing::Idle);
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Drives);
+        claims.settle(&old, Standing::Admitted(alices("ws")));
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("in another namespace".into()));
+    }
+
+    #[test]
+    fn a_new_spelling_must_be_settled_again() {
+        let mut old = resource("a", "one", 10, Some("alice"), "ws");
+        let new = resource("a", "two", 20, Some("alice"), "ws");
+        let claims = index(&[&old, &new]);
+        claims.settle(&old, Standing::Admitted(alices("ws")));
+        // A status write keeps the standing.
+        claims.apply(&Cached::pack(observed(old.clone(), "w-1")));
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("a/one".into()));
+        // Other credentials are a new question for tenancy.
+        old.spec.credentials_ref = Some(crate::crd::SecretRef { name: "mine".into() });
+        claims.apply(&Cached::pack(old));
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Waits);
+    }
+
+    #[test]
+    fn the_same_observed_id_conflicts_across_names() {
+        // A workspace renamed in Coder is followed by id.
+        let old = observed(resource("a", "one", 10, Some("alice"), "old-name"), "w-1");
+        let new = resource("a", "two", 20, Some("alice"), "new-name");
+        let claims = index(&[&old, &new]);
+        claims.settle(&old, Standing::Admitted(alices("old-name")));
+        assert_eq!(claims.verdict(&new, alices("new-name"), Some("w-1")), Verdict::Conflict("a/one".into()));
+        assert_eq!(claims.verdict(&new, alices("new-name"), Some("w-2")), Verdict::Drives);
+        assert_eq!(claims.verdict(&new, alices("new-name"), None), Verdict::Drives);
     }
 
     #[test]
     fn a_resource_being_deleted_keeps_its_claim_until_it_is_gone() {
         // Its cleanup may still be stopping the workspace.
-        let mut old = resource("a", "one", 10, Some("ws"));
+        let mut old = resource("a", "one", 10, Some("alice"), "ws");
         old.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(30).unwrap()));
-        let new = resource("a", "two", 20, Some("ws"));
-        assert_eq!(conflicting(&new, None, [&old]), Some("a/one".into()));
-    }
-
-    #[test]
-    fn the_index_agrees_with_the_scan() {
-        let index = ClaimsIndex::default();
-        let mut old = resource("a", "one", 10, Some("ws"));
-        let new = resource("b", "two", 20, Some("ws"));
-        let other = resource("a", "three", 5, Some("elsewhere"));
-        for r in [&old, &new, &other] {
-            index.apply(&Cached::pack(r.clone()));
-        }
-        assert_eq!(index.conflicting(&new, None), conflicting(&new, None, [&old, &new, &other]));
-        assert_eq!(index.conflicting(&new, None), Some("in another namespace".into()));
-        assert_eq!(index.conflicting(&old, None), None);
-        assert_eq!(index.conflicting(&other, None), None);
-
-        // Two spellings of one workspace meet through its observed id.
-        old.status = Some(ChatWorkspaceStatus {
-            workspace: Some(WorkspaceStatus { id: "w-1".into(), ..Default::default() }),
-            ..Default::default()
-        });
-        old.spec.workspace_name = Some("WS-spelled-otherwise".into());
-        index.apply(&Cached::pack(old.clone()));
-        assert_eq!(index.conflicting(&new, None), None, "the spec keys differ now");
-        assert_eq!(index.conflicting(&new, Some("w-1")), Some("in another namespace".into()));
-        let neighbour = resource("a", "four", 40, Some("elsewhere-too"));
-        assert_eq!(index.conflicting(&neighbour, Some("w-1")), Some("a/one".into()), "same namespace: named");
-
-        index.delete(&Cached::pack(old.clone()));
-        assert_eq!(index.conflicting(&new, Some("w-1")), None);
+        let new = resource("a", "two", 20, Some("alice"), "ws");
+        let claims = index(&[&old, &new]);
+        claims.settle(&old, Standing::Admitted(alices("ws")));
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("a/one".into()));
+        claims.delete(&Cached::pack(old));
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Drives);
     }
 
     #[test]
     fn a_relist_forgets_what_it_did_not_list_in_its_own_namespace_only() {
-        let index = ClaimsIndex::default();
-        let gone = resource("a", "one", 10, Some("ws"));
-        let kept = resource("b", "two", 12, Some("ws"));
-        let new = resource("a", "three", 20, Some("ws"));
-        for r in [&gone, &kept, &new] {
-            index.apply(&Cached::pack(r.clone()));
-        }
-        index.relist_started(Some("a"));
-        index.apply(&Cached::pack(new.clone()));
-        index.relist_done(Some("a"));
+        let gone = resource("a", "one", 10, Some("alice"), "ws");
+        let kept = resource("b", "two", 12, Some("alice"), "ws");
+        let new = resource("a", "three", 20, Some("alice"), "ws");
+        let claims = index(&[&gone, &kept, &new]);
+        claims.settle(&gone, Standing::Admitted(alices("ws")));
+        claims.settle(&kept, Standing::Admitted(alices("ws")));
+        claims.relist_started(Some("a"));
+        claims.apply(&Cached::pack(new.clone()));
+        claims.relist_done(Some("a"));
         // a/one was not listed again; b/two belongs to another watch.
-        assert_eq!(index.conflicting(&new, None), Some("in another namespace".into()));
+        assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("in another namespace".into()));
     }
 }

@@ -57,6 +57,14 @@ pub enum Error {
     )]
     NewParameterRequired { template: String, version: String, parameters: Vec<String>, source: Box<CoderError> },
 
+    /// The workspace this resource followed by id belongs to another Coder
+    /// user than the one it drives now (its credentials changed).
+    #[error(
+        "workspace {id}, which this resource drove, does not belong to Coder user {owner}, whom it drives with its \
+         current credentials; nothing was sent to it"
+    )]
+    WorkspaceOfAnotherOwner { id: String, owner: String },
+
     /// The workspace existed before this resource and `spec.adopt` is not set.
     #[error("{0}")]
     AdoptionNotConsented(String),
@@ -78,6 +86,7 @@ impl Error {
             Error::OwnerNotGranted(_) => "OwnerNotGranted",
             Error::CoderUrlNotAllowed { .. } => "CoderUrlNotAllowed",
             Error::AdoptionNotConsented(_) => "AdoptionNotConsented",
+            Error::WorkspaceOfAnotherOwner { .. } => "WorkspaceOfAnotherOwner",
             Error::NewParameterRequired { .. } => "NewParameterRequired",
         }
     }
@@ -101,6 +110,7 @@ impl Error {
                 | Error::PresetNotFound(_)
                 | Error::Coder(CoderError::Validation { .. })
                 | Error::NewParameterRequired { .. }
+                | Error::WorkspaceOfAnotherOwner { .. }
         )
     }
 
@@ -133,6 +143,9 @@ impl Error {
             }
             Error::AdoptionNotConsented(_) => {
                 "Until spec.adopt is true nothing is sent to that workspace; the operator looks again slowly."
+            }
+            Error::WorkspaceOfAnotherOwner { .. } => {
+                "Set spec.credentialsRef back to credentials of the workspace's owner, or create a new ChatWorkspace for this owner; the operator looks again when the spec changes."
             }
             Error::NewParameterRequired { .. } => {
                 "Add a value for it to spec.parameters (values for parameters that the template's active version adds may be added after the workspace exists; existing values cannot change), or ask a template admin to give it a default; the operator tries the start again when the spec changes."

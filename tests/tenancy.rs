@@ -150,11 +150,121 @@ async fn me_the_username_in_another_case_and_the_user_id_are_one_owner() {
     assert!(message(&second, DEGRADED).contains("by-id"), "{}", message(&second, DEGRADED));
     assert_eq!(env.transitions(id), ["start"], "the second spelling did not stop alice's workspace");
 
-    // `me` is the token's user (admin), who is not granted.
+    // `me` is the token's user (admin), who is not granted; the refusal
+    // does not tell the namespace who that is.
     env.create("by-me", docker_dev("me")).await;
     let refused = env.wait_for_condition("by-me", DEGRADED, "True", Some("OwnerNotGranted"), LONG).await;
-    assert!(message(&refused, DEGRADED).contains("\"admin\""), "{}", message(&refused, DEGRADED));
+    let text = message(&refused, DEGRADED);
+    assert!(text.contains("the default token's own user") && !text.contains("\"admin\""), "{text}");
     assert!(env.sim.workspace_id("admin", "by-me").is_none());
+}
+
+#[tokio::test]
+async fn a_resource_that_lost_the_claim_leaves_the_winners_workspace_alone_even_when_deleted() {
+    // Two namespaces granted alice; the older resource drives alice/ws.
+    let mut env = Env::without_operator("claim-a", SimConfig::fast()).await;
+    let other = env.neighbour("claim-b").await;
+    env.grant(Some("alice")).await;
+    other.grant(Some("alice")).await;
+    env.start_operator();
+    env.create("winner", json!({"owner": "alice", "template": {"name": "docker-dev"}, "workspaceName": "ws"})).await;
+    env.wait_for_condition("winner", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("alice", "ws");
+
+    // The younger one names the same workspace by alice's user id, with
+    // every consent to adopt and delete it.
+    other
+        .create(
+            "loser",
+            json!({"owner": ALICE_ID, "template": {"name": "docker-dev"}, "workspaceName": "ws",
+                   "adopt": true, "deletionPolicy": "Delete", "desiredState": "Stopped"}),
+        )
+        .await;
+    let lost = other.wait_for_condition("loser", DEGRADED, "True", Some("Conflict"), LONG).await;
+    assert!(message(&lost, DEGRADED).contains("in another namespace"), "{}", message(&lost, DEGRADED));
+    assert_eq!(env.transitions(id), ["start"], "the loser did not stop the winner's workspace");
+
+    other.delete("loser").await;
+    other.wait_gone("loser", LONG).await;
+    let events = other.wait_for_events("loser", &["WorkspaceLeftAsIs"]).await;
+    assert!(events.iter().any(|(_, note)| note.contains("another ChatWorkspace")), "{events:?}");
+    assert_eq!(env.transitions(id), ["start"], "deleting the loser sent no build to the winner's workspace");
+    assert!(env.sim.workspace_id("alice", "ws").is_some());
+    env.wait_for_condition("winner", READY, "True", Some("Running"), LONG).await;
+}
+
+#[tokio::test]
+async fn a_refused_resource_blocks_nobody() {
+    // The older resource names alice/ws from a namespace granted only bob.
+    let mut env = Env::without_operator("refused-a", SimConfig::fast()).await;
+    let granted = env.neighbour("refused-b").await;
+    env.grant(Some("bob")).await;
+    granted.grant(Some("alice")).await;
+    env.start_operator();
+    env.create("squatter", json!({"owner": "alice", "template": {"name": "docker-dev"}, "workspaceName": "ws"})).await;
+    env.wait_for_condition("squatter", DEGRADED, "True", Some("OwnerNotGranted"), LONG).await;
+
+    granted
+        .create("rightful", json!({"owner": "alice", "template": {"name": "docker-dev"}, "workspaceName": "ws"}))
+        .await;
+    granted.wait_for_condition("rightful", READY, "True", Some("Running"), LONG).await;
+    assert_eq!(env.transitions(env.workspace_id("alice", "ws")), ["start"]);
+}
+
+#[tokio::test]
+async fn a_create_that_coder_refused_does_not_adopt_a_workspace_made_later_under_its_name() {
+    let env = Env::start("intent").await;
+    env.sim.inject_fault(Fault::new("/api/v2/users/admin/workspaces", FaultKind::Status(403)).method("POST").times(1));
+    env.create("late", json!({"template": {"name": "docker-dev"}, "deletionPolicy": "Delete"})).await;
+    let refused = env.wait_for_condition("late", DEGRADED, "True", Some("Forbidden"), LONG).await;
+    assert!(refused.status.unwrap().ownership.is_none(), "the refused create's intent is taken back");
+
+    // Someone makes a workspace of that name through Coder's API, with the
+    // operator's own token; the index sees it and wakes the resource.
+    let id = env.sim.create_workspace("admin", "late", "docker-dev");
+    let found = env.wait_for_condition("late", DEGRADED, "True", Some("AdoptionNotConsented"), LONG).await;
+    assert!(found.status.unwrap().ownership.is_none(), "not recorded as created by this resource");
+
+    env.delete("late").await;
+    env.wait_gone("late", LONG).await;
+    assert_eq!(env.transitions(id), ["start"], "neither driven nor deleted");
+}
+
+#[tokio::test]
+async fn a_workspace_followed_by_id_is_not_driven_for_another_owner_after_the_credentials_change() {
+    // The token's user is bob, who owns the seeded workspace `existing-dev`.
+    let mut config = SimConfig::fast();
+    config.seed.token_user = "bob".into();
+    let mut env = Env::without_operator("switch", config).await;
+    // Another Coder (with the same seed) whose token is alice's, where that
+    // workspace id is bob's too.
+    let mut config = SimConfig::fast();
+    config.seed.token_user = "alice".into();
+    config.token = "alices-token".into();
+    let other = coder_sim::Simulator::start(config).await.unwrap();
+    env.also_allowed_urls.push(other.url());
+    env.start_operator();
+    let spec = json!({"template": {"name": "docker-dev"}, "workspaceName": "existing-dev", "adopt": true,
+                      "outsideStops": "Restart"});
+    env.create("mine", spec).await;
+    let ready = env.wait_for_condition("mine", READY, "True", Some("Running"), LONG).await;
+    let id = ready.status.unwrap().workspace.unwrap().id;
+
+    // There, bob's workspace is stopped: with the new credentials' owner
+    // (alice) the resource would start it again.
+    let seeded = other.workspace_id("bob", "existing-dev").unwrap();
+    assert_eq!(seeded.to_string(), id);
+    other.stop_by_coder(seeded, "initiator");
+    other.clear_requests();
+    env.credentials_secret("alices", &other.url(), &other.token()).await;
+    let patch = json!({"spec": {"credentialsRef": {"name": "alices"}}});
+    env.api.patch("mine", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+
+    let refused = env.wait_for_condition("mine", DEGRADED, "True", Some("WorkspaceOfAnotherOwner"), LONG).await;
+    assert!(message(&refused, DEGRADED).contains(&id), "{}", message(&refused, DEGRADED));
+    let writes: Vec<_> = other.requests().into_iter().filter(|r| r.method != "GET").collect();
+    assert!(writes.is_empty(), "nothing was sent to bob's workspace with alice's token: {writes:?}");
+    assert_eq!(other.builds(seeded).len(), 2, "the seeded start and the stop only");
 }
 
 /// A loopback listener that counts the connections made to it.

@@ -19,6 +19,7 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::{Context, act, gather, record};
+use crate::claims::Verdict;
 use crate::coder::CoderError;
 use crate::crd::{ChatWorkspace, CleanupStatus, DeletionPolicy, FINALIZER};
 use crate::decision::{self, BuildPlan, BuildReason, Cleanup, CleanupDeadline};
@@ -60,6 +61,19 @@ async fn leave_workspace(
     Ok(Action::await_change())
 }
 
+/// Lets a resource that does not hold its workspace's claim go: the older
+/// resource `other` drives the workspace, and this one never did.
+async fn leave_claimed(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    other: &str,
+) -> Result<Progress> {
+    let why = format!("another ChatWorkspace ({other}) drives workspace {}", workspace_named(resource));
+    leave_workspace(api, resource, context, &why).await?;
+    Ok(Progress::Finished)
+}
+
 /// How far applying the policy got in one pass.
 enum Progress {
     /// The finalizer is gone.
@@ -72,11 +86,8 @@ enum Progress {
 /// workspace in Coder) when a deletion that cannot finish has waited long
 /// enough.
 pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
-    let policy = resource.spec.deletion_policy;
-    let workspace_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
-    // A resource that lost a conflict never drove the workspace, and an
-    // orphaned workspace needs no Coder at all.
-    if policy == DeletionPolicy::Orphan || context.claims.conflicting(resource, workspace_id).is_some() {
+    // An orphaned workspace needs no Coder at all.
+    if resource.spec.deletion_policy == DeletionPolicy::Orphan {
         remove_finalizer(api, resource).await?;
         return Ok(Action::await_change());
     }
@@ -209,23 +220,45 @@ async fn write_cleanup_status(
 /// One pass of `deletionPolicy` (Stop or Delete) against Coder.
 async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Progress> {
     let policy = resource.spec.deletion_policy;
-    // A resource that may not drive the workspace (any more) leaves it as it is.
-    let admitted = match context.credentials.for_resource(&context.kube, resource).await {
-        Ok(credentials) => context.tenancy.admit(resource, &credentials).await.map(|owner| (credentials, owner)),
-        Err(error) => Err(error),
-    };
-    let (credentials, owner) = match admitted {
-        Ok(admitted) => admitted,
+    // A resource that may not drive the workspace (any more) leaves it as it
+    // is, and so does one that does not hold its claim: the one-actor rule
+    // is the reconcile's (`gather::admit`, `ClaimsIndex::verdict`).
+    let (credentials, owner, key) = match gather::admit(resource, context).await {
+        Ok(gather::Admitted { credentials, owner, key }) => (credentials, owner, key),
         Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
             leave_workspace(api, resource, context, &error.to_string()).await?;
             return Ok(Progress::Finished);
         }
         Err(error) => return Err(error),
     };
-    let coder = &credentials.client;
-    let owner = owner.username;
+    let active = context.settings.requeue.active;
     let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
-    let workspace = act::fresh_read(&context.index, &credentials, &owner, &resource.workspace_name(), known_id).await?;
+    match context.claims.verdict(resource, key, known_id) {
+        Verdict::Drives => {}
+        Verdict::Waits => return Ok(Progress::Pending(active)),
+        Verdict::Conflict(other) => return leave_claimed(api, resource, context, &other).await,
+    }
+    let coder = &credentials.client;
+    let workspace =
+        act::fresh_read(&context.index, &credentials, &owner.username, &resource.workspace_name(), known_id)
+            .await
+            .and_then(|workspace| gather::owned_by(workspace, &owner));
+    let workspace = match workspace {
+        Ok(workspace) => workspace,
+        Err(error @ Error::WorkspaceOfAnotherOwner { .. }) => {
+            leave_workspace(api, resource, context, &error.to_string()).await?;
+            return Ok(Progress::Finished);
+        }
+        Err(error) => return Err(error),
+    };
+    if let Some(found) = &workspace {
+        match context.claims.verdict(resource, key, Some(&found.id)) {
+            Verdict::Drives => {}
+            Verdict::Waits => return Ok(Progress::Pending(active)),
+            Verdict::Conflict(other) => return leave_claimed(api, resource, context, &other).await,
+        }
+    }
+    let owner = owner.username;
     let status = resource.status.clone().unwrap_or_default();
     let mut policy = policy;
     if let Some(found) = &workspace {
@@ -267,7 +300,6 @@ async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, contex
         };
         record::publish_one(context, resource, event).await;
     }
-    let active = context.settings.requeue.active;
     match decided.cleanup {
         Cleanup::Done => {
             info!(name = %resource.name_any(), ?policy, "deletion policy applied; removing finalizer");

@@ -2,12 +2,16 @@
 //! (except `refresh`, the fresh read before an action): the credentials, the
 //! template (cached), what the index holds for the workspace and its agent's
 //! latest probe, and whether another resource claims the workspace.
+//!
+//! [`admit`] is shared with the deletion path: the one-actor rule is the
+//! same for a reconcile and a cleanup.
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
 
 use super::{Context, act};
+use crate::claims::{Standing, Verdict, WorkspaceKey};
 use crate::coder::{AgentStatus, Chat, Workspace, chat_agent};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, OwnershipStatus, RecoveryPolicy};
 use crate::credentials::Resolved;
@@ -15,7 +19,7 @@ use crate::decision::{self, Decision, Inputs, Observed, ObservedChat, Probe};
 use crate::error::{Error, Result};
 use crate::index::{ChatLookup, Lookup};
 use crate::templates::TemplateInfo;
-use crate::tenancy;
+use crate::tenancy::{self, ResolvedOwner};
 
 /// One resource's inputs to the decision core.
 pub(super) struct Gathered<'a> {
@@ -25,8 +29,12 @@ pub(super) struct Gathered<'a> {
     pub policy: RecoveryPolicy,
     pub generation: i64,
     pub credentials: Resolved,
+    /// The owner's username, which the index searches.
     pub owner: String,
+    pub owner_id: String,
     pub name: String,
+    /// The workspace this resource was admitted to drive, for the claims.
+    pub key: WorkspaceKey,
     /// Taken by the act step.
     pub template: Option<Result<Arc<TemplateInfo>>>,
     pub workspace: Option<Workspace>,
@@ -34,6 +42,9 @@ pub(super) struct Gathered<'a> {
     pub fresh: bool,
     pub probe: Option<Probe>,
     pub conflict: Option<String>,
+    /// An older resource that may drive the same workspace is not settled
+    /// yet: nothing is decided until it is.
+    pub claim_waits: bool,
     /// What to record in `status.ownership` (`None`: nothing new).
     pub ownership: Option<OwnershipStatus>,
     /// The chat bound to the workspace, as the index holds it.
@@ -42,21 +53,79 @@ pub(super) struct Gathered<'a> {
     pub chat_fresh: bool,
 }
 
-/// `None` while the index has not listed the owner's workspaces yet.
+/// What a resource's tenancy admitted it to drive.
+pub(super) struct Admitted {
+    pub credentials: Resolved,
+    pub owner: ResolvedOwner,
+    pub key: WorkspaceKey,
+}
+
+/// The credentials and the owner `resource` drives, once tenancy admits it,
+/// recorded as its standing in the claims index. A resource refused for
+/// good (tenancy, an unusable Secret or spec) claims nothing and so blocks
+/// nobody; one that failed for a moment keeps the standing it had.
+pub(super) async fn admit(resource: &ChatWorkspace, context: &Context) -> Result<Admitted> {
+    let admitted = async {
+        let credentials = context.credentials.for_resource(&context.kube, resource).await?;
+        // Before anything is sent to Coder for this resource.
+        let owner = context.tenancy.admit(resource, &credentials).await?;
+        Ok::<_, Error>((credentials, owner))
+    }
+    .await;
+    match admitted {
+        Ok((credentials, owner)) => {
+            let key = WorkspaceKey::new(credentials.client.base_url(), &owner.id, &resource.workspace_name());
+            context.claims.settle(resource, Standing::Admitted(key));
+            Ok(Admitted { credentials, owner, key })
+        }
+        Err(error) => {
+            if !error.is_transient() {
+                context.claims.settle(resource, Standing::Idle);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// A workspace read by id must still be the resolved owner's: a resource
+/// whose credentials changed must not drive a workspace its new owner does
+/// not own, whatever its status remembers.
+pub(super) fn owned_by(workspace: Option<Workspace>, owner: &ResolvedOwner) -> Result<Option<Workspace>> {
+    match workspace {
+        Some(found) if !found.owner_id.eq_ignore_ascii_case(&owner.id) => {
+            Err(Error::WorkspaceOfAnotherOwner { id: found.id, owner: owner.username.clone() })
+        }
+        workspace => Ok(workspace),
+    }
+}
+
+/// What gathering found.
+pub(super) enum Found<'a> {
+    Gathered(Box<Gathered<'a>>),
+    /// The index has not listed the owner's workspaces yet.
+    NotListed,
+    /// An older resource that may drive the same workspace is not settled.
+    ClaimWaits,
+}
+
 pub(super) async fn gather<'a>(
     resource: &'a ChatWorkspace,
     previous: &'a ChatWorkspaceStatus,
     context: &'a Context,
-) -> Result<Option<Gathered<'a>>> {
-    let policy = resource.spec.recovery.policy().map_err(Error::InvalidSpec)?;
-    let credentials = context.credentials.for_resource(&context.kube, resource).await?;
-    // Before anything is sent to Coder for this resource. The owner is the
-    // username Coder resolved, which its `owner:` search matches.
-    let owner = context.tenancy.admit(resource, &credentials).await?.username;
+) -> Result<Found<'a>> {
+    let policy = match resource.spec.recovery.policy() {
+        Ok(policy) => policy,
+        Err(invalid) => {
+            context.claims.settle(resource, Standing::Idle);
+            return Err(Error::InvalidSpec(invalid));
+        }
+    };
+    let Admitted { credentials, owner, key } = admit(resource, context).await?;
     let name = resource.workspace_name();
     let known_id = previous.workspace.as_ref().map(|w| w.id.clone());
-    let by_name = match context.index.observe(resource, &credentials, &owner, &name) {
-        Lookup::Unknown => return Ok(None),
+    // The index searches by username: coderd's `owner:` matches no id.
+    let by_name = match context.index.observe(resource, &credentials, &owner.username, &name) {
+        Lookup::Unknown => return Ok(Found::NotListed),
         Lookup::Failing(error) => return Err(error.into()),
         Lookup::Absent => None,
         Lookup::Present(workspace) => Some(workspace),
@@ -64,13 +133,19 @@ pub(super) async fn gather<'a>(
     // Once its id is known, the workspace is followed by id: one renamed in
     // Coder is still this resource's, and a new one of the old name is not.
     let workspace = match known_id {
-        Some(id) if by_name.as_ref().is_none_or(|w| w.id != id) => context.index.by_id(&credentials, &owner, &id),
+        Some(id) if by_name.as_ref().is_none_or(|w| w.id != id) => {
+            context.index.by_id(&credentials, &owner.username, &id)
+        }
         _ => by_name,
     };
-    let workspace = workspace.map(Arc::unwrap_or_clone);
+    let workspace = owned_by(workspace.map(Arc::unwrap_or_clone), &owner)?;
+    let conflict = match context.claims.verdict(resource, key, workspace.as_ref().map(|w| w.id.as_str())) {
+        Verdict::Drives => None,
+        Verdict::Waits => return Ok(Found::ClaimWaits),
+        Verdict::Conflict(other) => Some(other),
+    };
     let template =
         context.templates.resolve(&credentials, resource.spec.organization.as_deref(), &resource.spec.template).await;
-    let conflict = context.claims.conflicting(resource, workspace.as_ref().map(|w| w.id.as_str()));
     let mut gathered = Gathered {
         resource,
         previous,
@@ -78,13 +153,16 @@ pub(super) async fn gather<'a>(
         policy,
         generation: resource.metadata.generation.unwrap_or_default(),
         credentials,
-        owner,
+        owner: owner.username,
+        owner_id: owner.id,
         name,
+        key,
         template: Some(template),
         workspace,
         fresh: false,
         probe: None,
         conflict,
+        claim_waits: false,
         ownership: None,
         chat: ChatLookup::Unknown,
         chat_fresh: false,
@@ -92,7 +170,7 @@ pub(super) async fn gather<'a>(
     gathered.probe = gathered.latest_probe();
     gathered.chat = gathered.indexed_chat();
     gathered.consent().await?;
-    Ok(Some(gathered))
+    Ok(Found::Gathered(Box::new(gathered)))
 }
 
 /// Whether this resource may drive the observed workspace: refused for one
@@ -172,9 +250,16 @@ impl Gathered<'_> {
     /// Reads the workspace again, on its own, and takes the freshest probe.
     pub async fn refresh(&mut self, context: &Context) -> Result<()> {
         let known_id = self.previous.workspace.as_ref().map(|w| w.id.as_str());
-        self.workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name, known_id).await?;
+        let workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name, known_id).await?;
+        let owner = ResolvedOwner { id: self.owner_id.clone(), username: self.owner.clone() };
+        self.workspace = owned_by(workspace, &owner)?;
         self.fresh = true;
-        self.conflict = context.claims.conflicting(self.resource, self.workspace.as_ref().map(|w| w.id.as_str()));
+        (self.conflict, self.claim_waits) =
+            match context.claims.verdict(self.resource, self.key, self.workspace.as_ref().map(|w| w.id.as_str())) {
+                Verdict::Drives => (None, false),
+                Verdict::Waits => (None, true),
+                Verdict::Conflict(other) => (Some(other), false),
+            };
         self.probe = self.latest_probe();
         self.chat = self.indexed_chat();
         if self.resource.spec.chat.interrupt_on_recovery && self.agent_disconnected() {

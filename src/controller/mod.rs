@@ -31,7 +31,7 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use crate::cache::{Cached, Slim};
-use crate::claims::ClaimsIndex;
+use crate::claims::{ClaimsIndex, Standing};
 use crate::coder::{CoderError, WorkspaceTransition};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, FINALIZER};
 use crate::credentials::Credentials;
@@ -416,12 +416,14 @@ async fn reconcile(cached: Arc<Slim>, context: Arc<Context>) -> Result<Action> {
             action: "Reconcile".into(),
             secondary: None,
         };
+        context.claims.settle(&resource, Standing::Idle);
         record::publish_one(&context, &resource, event).await;
         Ok(context.rest(&resource, Duration::from_secs(300)))
     } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup::cleanup(&api, &resource, &context).await
         } else {
+            context.claims.settle(&resource, Standing::Idle);
             Ok(Action::await_change())
         }
     } else {
@@ -522,13 +524,27 @@ async fn converge(
     previous: &ChatWorkspaceStatus,
     context: &Context,
 ) -> Result<Option<Applied>> {
-    let Some(gathered) = gather::gather(resource, previous, context).await? else { return Ok(None) };
+    // An older resource that may drive the same workspace is settled first:
+    // until then this one touches nothing and writes nothing.
+    let claim_waits = || Applied {
+        status: previous.clone(),
+        requeue: context.settings.requeue.active,
+        events: Vec::new(),
+        complete: false,
+    };
+    let mut gathered = match gather::gather(resource, previous, context).await? {
+        gather::Found::Gathered(gathered) => *gathered,
+        gather::Found::NotListed => return Ok(None),
+        gather::Found::ClaimWaits => return Ok(Some(claim_waits())),
+    };
     let mut decision = gathered.decide();
-    let mut gathered = gathered;
     if decision.action != CoreAction::None && !gathered.fresh {
         // Never act on the index's view: read this workspace again, and
         // decide on that with the freshest probe.
         gathered.refresh(context).await?;
+        if gathered.claim_waits {
+            return Ok(Some(claim_waits()));
+        }
         decision = gathered.decide();
     }
     if decision.action == CoreAction::None

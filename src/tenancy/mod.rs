@@ -101,8 +101,10 @@ impl OwnerRef {
     pub fn from_spec(owner: Option<&str>) -> OwnerRef {
         match owner.map(str::trim) {
             None | Some("" | "me") => OwnerRef::TokenUser,
-            Some(value) if is_uuid(value) => OwnerRef::Id(value.to_lowercase()),
-            Some(value) => OwnerRef::Username(value.to_lowercase()),
+            Some(value) => match canonical_uuid(value) {
+                Some(id) => OwnerRef::Id(id),
+                None => OwnerRef::Username(value.to_lowercase()),
+            },
         }
     }
 
@@ -126,12 +128,29 @@ impl fmt::Display for OwnerRef {
     }
 }
 
-/// The textual form of a UUID, as Coder writes user ids.
-fn is_uuid(text: &str) -> bool {
-    text.len() == 36
-        && text
-            .char_indices()
-            .all(|(at, c)| if matches!(at, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
+/// The user id `text` names, in the form Coder writes ids (lowercase, with
+/// hyphens), if coderd's `{user}` parameter reads it as an id: coderd tries
+/// Go's `uuid.Parse` first, which also takes 32 hex digits, braces and a
+/// `urn:uuid:` prefix. Such a text is never taken for a username, whatever
+/// a grant lists: coderd would look up a user by that id instead.
+pub fn canonical_uuid(text: &str) -> Option<String> {
+    let hyphenated = |text: &str| {
+        text.len() == 36
+            && text
+                .char_indices()
+                .all(|(at, c)| if matches!(at, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
+    };
+    let digits: String = match text.len() {
+        36 if hyphenated(text) => text.replace('-', ""),
+        38 if text.starts_with('{') && text.ends_with('}') && hyphenated(&text[1..37]) => text[1..37].replace('-', ""),
+        45 if text.is_char_boundary(9) && text[..9].eq_ignore_ascii_case("urn:uuid:") && hyphenated(&text[9..]) => {
+            text[9..].replace('-', "")
+        }
+        32 if text.chars().all(|c| c.is_ascii_hexdigit()) => text.to_owned(),
+        _ => return None,
+    };
+    let digits = digits.to_lowercase();
+    Some(format!("{}-{}-{}-{}-{}", &digits[..8], &digits[8..12], &digits[12..16], &digits[16..20], &digits[20..]))
 }
 
 /// A Coder user as Coder resolved it.
@@ -199,24 +218,27 @@ impl fmt::Display for Refusal {
 /// The grant decision for the default credentials. `resolved` is the owner
 /// as Coder resolved it, when already known.
 pub fn admit(namespace: &str, grant: &Grant, owner: &OwnerRef, resolved: Option<&ResolvedOwner>) -> Admission {
-    let refuse = |username: Option<&str>| {
+    let spelled = match owner {
+        OwnerRef::Username(name) => Some(name.as_str()),
+        _ => None,
+    };
+    // A refusal names the owner only as the spec spelled it: a user id or
+    // `me` is never turned into a username for a namespace that was not
+    // granted that user.
+    let refuse = || {
         Admission::Refused(Refusal {
             namespace: namespace.to_owned(),
-            username: username.map(str::to_owned),
+            username: spelled.map(str::to_owned),
             owner: owner.clone(),
             grant: grant.clone(),
         })
     };
-    let username = resolved.map(|r| r.username.as_str()).or(match owner {
-        OwnerRef::Username(name) => Some(name.as_str()),
-        _ => None,
-    });
-    match (grant, username) {
+    match (grant, resolved.map(|r| r.username.as_str()).or(spelled)) {
         (Grant::Anyone, _) => Admission::Granted,
         // Refused whoever it is: no need to ask Coder.
-        (Grant::Nothing, username) => refuse(username),
+        (Grant::Nothing, _) => refuse(),
         (Grant::Users(_), Some(name)) if grant.allows(name) => Admission::Granted,
-        (Grant::Users(_), Some(name)) => refuse(Some(name)),
+        (Grant::Users(_), Some(_)) => refuse(),
         (Grant::Users(_), None) => Admission::Resolve,
     }
 }
@@ -240,19 +262,24 @@ impl Tenancy {
     /// usernames, a user read shared by every resource).
     pub async fn admit(&self, resource: &ChatWorkspace, credentials: &Resolved) -> Result<ResolvedOwner> {
         let owner = OwnerRef::from_spec(resource.spec.owner.as_deref());
-        if resource.spec.credentials_ref.is_none() {
-            let namespace = resource.namespace().unwrap_or_default();
-            let grant = self.namespaces.grant(&namespace).await?;
-            let mut known = self.owners.cached(credentials, &owner);
-            loop {
-                match admit(&namespace, &grant, &owner, known.as_ref()) {
-                    Admission::Granted => break,
-                    Admission::Refused(refusal) => return Err(Error::OwnerNotGranted(refusal)),
-                    Admission::Resolve => known = Some(self.owners.resolve(credentials, &owner).await?),
-                }
-            }
+        let Some(namespace) = resource.namespace().filter(|_| resource.spec.credentials_ref.is_none()) else {
+            return self.owners.resolve(credentials, &owner).await;
+        };
+        let grant = self.namespaces.grant(&namespace).await?;
+        // What the spelling alone refuses is refused without a request.
+        if let Admission::Refused(refusal) =
+            admit(&namespace, &grant, &owner, self.owners.cached(credentials, &owner).as_ref())
+        {
+            return Err(Error::OwnerNotGranted(refusal));
         }
-        self.owners.resolve(credentials, &owner).await
+        // The grant counts for the user Coder resolves, whatever the
+        // spelling: a username that coderd reads as an id is another user.
+        let resolved = self.owners.resolve(credentials, &owner).await?;
+        match admit(&namespace, &grant, &owner, Some(&resolved)) {
+            Admission::Granted => Ok(resolved),
+            Admission::Refused(refusal) => Err(Error::OwnerNotGranted(refusal)),
+            Admission::Resolve => unreachable!("a resolved owner has a username"),
+        }
     }
 }
 
@@ -323,6 +350,52 @@ mod tests {
             OwnerRef::from_spec(Some("0e6cd9a4-46b7-4b5e-8d0f")),
             OwnerRef::Username("0e6cd9a4-46b7-4b5e-8d0f".into())
         );
+    }
+
+    #[test]
+    fn every_form_coderd_reads_as_a_user_id_is_an_id() {
+        let id = OwnerRef::Id("0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02".into());
+        for spelled in [
+            "0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02",
+            "0E6CD9A4-46B7-4B5E-8D0F-6A1B2C3D4E02",
+            "0e6cd9a446b74b5e8d0f6a1b2c3d4e02",
+            "{0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02}",
+            "urn:uuid:0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02",
+            "URN:UUID:0E6CD9A4-46B7-4B5E-8D0F-6A1B2C3D4E02",
+        ] {
+            assert_eq!(OwnerRef::from_spec(Some(spelled)), id, "{spelled}");
+        }
+        for username in
+            ["0e6cd9a446b74b5e8d0f6a1b2c3d4e0", "0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e0z", "{0e6cd9a4}", "urn:uuid:x"]
+        {
+            assert!(matches!(OwnerRef::from_spec(Some(username)), OwnerRef::Username(_)), "{username}");
+        }
+    }
+
+    #[test]
+    fn a_username_that_coderd_reads_as_an_id_is_granted_only_as_the_user_it_resolves_to() {
+        // A grant of the "username" 32 hex digits long does not grant the
+        // user whose id those digits are.
+        let digits = "0e6cd9a446b74b5e8d0f6a1b2c3d4e02";
+        let grant = Grant::parse(Some(digits));
+        let owner = OwnerRef::from_spec(Some(digits));
+        assert_eq!(admit("a", &grant, &owner, None), Admission::Resolve);
+        let alice = resolved("0e6cd9a4-46b7-4b5e-8d0f-6a1b2c3d4e02", "alice");
+        assert!(matches!(admit("a", &grant, &owner, Some(&alice)), Admission::Refused(_)));
+    }
+
+    #[test]
+    fn a_refusal_never_turns_a_user_id_into_a_username() {
+        let grant = Grant::parse(Some("bob"));
+        let alice = resolved("u-2", "alice");
+        for owner in [OwnerRef::Id("u-2".into()), OwnerRef::TokenUser] {
+            let Admission::Refused(refusal) = admit("team-a", &grant, &owner, Some(&alice)) else {
+                panic!("alice is not granted")
+            };
+            let message = refusal.to_string();
+            assert!(!message.contains("alice"), "{message}");
+            assert!(message.contains("coder-owners=bob,USERNAME"), "{message}");
+        }
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct Operated {
     /// When set, the operator reads its default token from this file (and
     /// again whenever it changes), as from a mounted Secret.
     pub token_file: Option<std::path::PathBuf>,
+    /// Coder URLs a `spec.credentialsRef` Secret may name besides the
+    /// default one (the operator's `--allowed-coder-urls`).
+    pub also_allowed_urls: Vec<String>,
     coder_url: String,
     coder_token: String,
     operator: Option<Operator>,
@@ -176,6 +179,7 @@ impl Operated {
             tweak: None,
             request_timeout: Duration::from_secs(15),
             token_file: None,
+            also_allowed_urls: Vec::new(),
             coder_url: coder_url.to_owned(),
             coder_token: coder_token.to_owned(),
             operator: None,
@@ -208,6 +212,11 @@ impl Operated {
         if let Some(path) = &self.token_file {
             credentials = credentials.with_default_token_file(path).unwrap();
         }
+        if !self.also_allowed_urls.is_empty() {
+            let mut allowed = self.also_allowed_urls.clone();
+            allowed.push(self.coder_url.clone());
+            credentials = credentials.with_allowed_urls(tenancy::urls::AllowedUrls::new(&allowed, None).unwrap());
+        }
         let context = Arc::new(Context::new(self.client.clone(), credentials, self.metrics.clone(), self.settings()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(context, Arc::new(Readiness::default()), async move {
@@ -234,6 +243,16 @@ impl Operated {
             Arc::new(Readiness::default()),
             std::future::pending::<()>(),
         )))
+    }
+
+    /// Another namespace (granted `*` until the test says otherwise) that
+    /// this test's operator watches too, once it is started; the returned
+    /// view creates and reads resources there but runs no operator itself.
+    pub async fn neighbour(&mut self, prefix: &str) -> Operated {
+        assert!(self.operator.is_none(), "add neighbours before the operator starts");
+        let neighbour = Operated::without_operator(prefix, &self.coder_url, &self.coder_token).await;
+        self.settings.namespaces.push(neighbour.namespace.clone());
+        neighbour
     }
 
     /// Sets (or, with `None`, removes) the namespace's grant of Coder owners.
