@@ -1,4 +1,4 @@
-//! Issue 13: the chat bound to a workspace, its sub-agent chats and its
+//! The chat bound to a workspace, its sub-agent chats and its
 //! context, in status, and kept right through a recovery; against the real
 //! kube-apiserver and the Coder simulator.
 

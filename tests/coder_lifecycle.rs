@@ -1,4 +1,4 @@
-//! Issue: Coder acts on workspaces too (autostop, dormancy, a person's stop
+//! Coder acts on workspaces too (autostop, dormancy, a person's stop
 //! from its dashboard). The operator shows who did it and does not fight
 //! Coder's policies; a new value of the start-request annotation asks for
 //! one start; a person's stop follows spec.outsideStops.

@@ -1,4 +1,4 @@
-//! Issue 12: deletions that cannot finish at once. A cleanup build that keeps
+//! Deletions that cannot finish at once. A cleanup build that keeps
 //! failing in Coder is retried with backoff, each failure counted in status
 //! (a restart keeps the count) and reported once; a deletion whose
 //! credentials are gone, or whose namespace is being deleted, waits at most

@@ -1,4 +1,4 @@
-//! Issue: create, start and stop with chatd's rules, against the real
+//! Create, start and stop with chatd's rules, against the real
 //! kube-apiserver and the Coder simulator; builds are counted in the
 //! simulator's request log.
 

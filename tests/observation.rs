@@ -1,4 +1,4 @@
-//! Issue: the Coder index observes Coder in the background and wakes only
+//! The Coder index observes Coder in the background and wakes only
 //! the resources whose workspace changed; the resync is a safety net. Each
 //! test here runs the operator with a resync far longer than the test, so
 //! whatever it sees, it saw through the index.

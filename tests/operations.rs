@@ -1,4 +1,4 @@
-//! Issue: production operation. Leader election over a real Lease (one leader
+//! Production operation. Leader election over a real Lease (one leader
 //! of several processes, failover after SIGKILL, step-down when renewals
 //! fail or the Lease is taken), `/metrics`, `/healthz` and `/readyz`, and a
 //! SIGTERM that finishes the reconcile in flight, releases the Lease and

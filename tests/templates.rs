@@ -1,4 +1,4 @@
-//! Issue: templates, presets and parameters (chatd's read_template and
+//! Templates, presets and parameters (chatd's read_template and
 //! create_workspace) in the resource, against the real kube-apiserver and
 //! the simulator's templates (presets with PascalCase keys on the wire).
 

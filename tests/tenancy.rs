@@ -1,4 +1,4 @@
-//! Issue: tenancy. A namespace drives only the Coder workspaces it was
+//! Tenancy. A namespace drives only the Coder workspaces it was
 //! granted (the Namespace annotation `chat.coder.com/coder-owners`), owners
 //! are compared as Coder resolves them, a Secret's Coder URL must be on the
 //! allow-list, an existing workspace is adopted (and deleted) only with
