@@ -1,5 +1,5 @@
-//! The scale benchmark: the quality bars of DESIGN.md (convergence, Coder
-//! load at steady state, reaction and recovery latency, memory) measured
+//! The scale benchmark: the quality bars (docs/performance.md, "Against the quality bars": convergence, Coder
+//! load at steady state, reaction and recovery latency, memory), measured
 //! against a real etcd + kube-apiserver, the Coder simulator with coderd's
 //! own timings, and the release operator binary running as its own process.
 //!

@@ -3,7 +3,7 @@
 //! status. No I/O happens here, so every rule of chatd's workspace tools is a
 //! plain unit or property test.
 //!
-//! The rules (DESIGN.md, "Behaviour to match"):
+//! The rules (README.md, "Behaviour (chatd's rules)"):
 //! - never a build while the latest job is active;
 //! - Running: create if absent, nothing after a succeeded start, else start
 //!   (on the active version when the template requires it);
