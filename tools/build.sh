@@ -2,7 +2,9 @@
 # Builds the test bed's real components into .tools/bin from their Go modules:
 # kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd), helm
 # (helm.sh/helm), and coderd's `coder` binary with the echo-template fixture
-# (github.com/coder/coder/v2, tools/coderd). Versions are pinned in tools/versions.env and in the
+# (github.com/coder/coder/v2, tools/coderd), and argocd-health, which runs the
+# project's Argo CD health check in gopher-lua as Argo CD does
+# (tools/argocd-health). Versions are pinned in tools/versions.env and in the
 # wrapper modules beside this script. A binary is rebuilt only when its
 # wrapper module changes, so a second run takes seconds; Go's own module and
 # build caches make a rebuild after a change cheap as well.
@@ -79,7 +81,8 @@ all | kubectl) build kubectl k8s k8s.io/kubernetes/cmd/kubectl "$(k8s_version_ld
 all | helm) build helm helm helm.sh/helm/v3/cmd/helm ;;&
 all | coder) check_coder_replaces; build coder coderd ./cmd/coder "$(coder_ldflags)" ;;&
 all | coder) build cws-echo-template coderd ./cmd/cws-echo-template ;;&
-all | etcd | kube-apiserver | kubectl | helm | coder) ;;
-*) echo "usage: tools/build.sh [all|etcd|kube-apiserver|kubectl|helm|coder]" >&2; exit 2 ;;
+all | argocd-health) build argocd-health argocd-health . ;;&
+all | etcd | kube-apiserver | kubectl | helm | coder | argocd-health) ;;
+*) echo "usage: tools/build.sh [all|etcd|kube-apiserver|kubectl|helm|coder|argocd-health]" >&2; exit 2 ;;
 esac
 echo "tools: Kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, coder $CODER_VERSION in .tools/bin"
