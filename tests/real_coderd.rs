@@ -203,14 +203,16 @@ fn watch_agent_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
-    let (coderd, env) = operator("real-never").await;
+async fn with_never_connected_report_an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
+    let (coderd, env) = operator("real-never-report").await;
     let mut spec = TemplateSpec::one_agent();
     spec.agents[0].connection_timeout_seconds = 3;
     let template = coderd.template(&unique("never"), &spec).await;
     let workspace = unique("never");
     // No provisioner: no agent process ever runs.
-    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let mut recovery = fast_recovery();
+    recovery["neverConnected"] = json!("Report");
+    env.create("chat", running_spec(&workspace, &template, recovery)).await;
     let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
     assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
     let message = condition_message(&degraded, DEGRADED);
