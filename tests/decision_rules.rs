@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chatworkspace_operator::coder::{ProbeOutcome, Workspace, WorkspaceTransition};
+use chatworkspace_operator::coder::{Chat, ProbeOutcome, Workspace, WorkspaceTransition};
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::{
     BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, CleanupStatus, DeletedInCoder, DeletionPolicy,
@@ -571,6 +571,38 @@ fn an_agent_that_never_connects_after_the_recoverys_own_start_counts_against_the
     assert_eq!(condition(&d, RECOVERING), ("False".into(), "RecoveryBudgetExhausted".into()));
     let degraded = message(&d, DEGRADED);
     assert!(degraded.contains("again after 3 automatic recoveries") && degraded.contains("template"), "{degraded}");
+}
+
+#[test]
+fn a_turn_running_while_the_agent_never_connected_is_interrupted_before_the_recovery_stop() {
+    // chatd tells the model to stop and start such a workspace too: its
+    // turn must end before the operator's own stop.
+    let ws = workspace("start", "succeeded", Some(NEVER_CONNECTED));
+    let chat: Chat = serde_json::from_value(json!({
+        "id": "chat-1", "title": "t", "status": "running", "workspace_id": "ws-1", "agent_id": null, "children": [],
+    }))
+    .unwrap();
+    let s = spec(DesiredState::Running);
+    let decide_with_chat = |fresh| {
+        decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &Default::default(),
+            observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: None },
+            chat: ObservedChat::Bound { chat: &chat, fresh },
+            now: at(0),
+            requeue: Requeue::default(),
+            start_request: None,
+        })
+    };
+    assert_eq!(decide_with_chat(false).action, Action::Refresh, "the chat is read fresh first");
+    let d = decide_with_chat(true);
+    assert!(
+        matches!(&d.action, Action::InterruptChats(plan) if plan.chat_ids == ["chat-1"] && plan.agent_id == "agent-1"),
+        "{:?}",
+        d.action
+    );
 }
 
 #[test]

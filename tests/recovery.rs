@@ -10,6 +10,7 @@ use std::time::Duration;
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
 use coder_sim::{Fault, FaultKind};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::{Env, LONG};
 
@@ -211,6 +212,46 @@ async fn with_never_connected_report_an_agent_that_never_connects_is_degraded_no
     let id = env.workspace_id("admin", "chat-1");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.transitions(id), ["start"]);
+}
+
+#[tokio::test]
+async fn a_turn_running_while_the_agent_never_connected_is_interrupted_before_the_recovery_stop() {
+    let env = Env::start("never-chat").await;
+    env.sim.never_connect_next_start(None);
+    // Reported first, so that the chat is known before recovery is allowed.
+    let mut spec = fast_recovery(3);
+    spec["recovery"]["mode"] = json!("Disabled");
+    env.create("chat-1", spec).await;
+    env.wait_for_condition("chat-1", DEGRADED, "True", Some("AgentNeverConnected"), LONG).await;
+    let ws = env.workspace_id("admin", "chat-1");
+    let chat = env.sim.create_chat(coder_sim::NewChat {
+        title: "stuck".into(),
+        workspace_id: Some(ws),
+        status: Some("running".into()),
+        ..Default::default()
+    });
+    let chat_id = chat.to_string();
+    env.wait_for("chat-1", "the chat in status", LONG, |cws| {
+        cws.status.as_ref().and_then(|s| s.chat.as_ref()).is_some_and(|c| c.id == chat_id)
+    })
+    .await;
+
+    let patch = json!({"spec": {"recovery": {"mode": "Automatic"}}});
+    env.api.patch("chat-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("enable recovery");
+    env.wait_for_condition("chat-1", RECOVERING, "False", Some("Recovered"), LONG).await;
+    assert_eq!(env.transitions(ws), ["start", "stop", "start"]);
+    let requests = env.sim.requests();
+    let served = |method: &str, path: &str, transition: Option<&str>| {
+        requests
+            .iter()
+            .filter(|r| r.method == method && r.path == path && (200..300).contains(&r.status))
+            .filter(|r| transition.is_none_or(|t| r.body.as_ref().and_then(|b| b["transition"].as_str()) == Some(t)))
+            .map(|r| r.at)
+            .next()
+    };
+    let interrupt = served("POST", &format!("/api/experimental/chats/{chat}/interrupt"), None).expect("interrupted");
+    let stop = served("POST", &format!("/api/v2/workspaces/{ws}/builds"), Some("stop")).expect("stopped");
+    assert!(interrupt < stop, "interrupted at {interrupt}, the stop requested at {stop}");
 }
 
 #[tokio::test]
