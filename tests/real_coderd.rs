@@ -248,6 +248,12 @@ async fn an_agent_that_never_connects_is_recovered_with_one_stop_and_one_start()
     assert_eq!(transitions(&builds), ["start", "stop", "start"], "exactly one stop and one start");
     assert_sequential(&builds);
     assert_eq!(provisioner.agents_started(), 2);
+    // coderd makes the agent when the start's job completes.
+    let timed_out = builds[0].job.completed_at.expect("the first start ended") + Duration::from_secs(5);
+    println!(
+        "agent timeout (first start's job end + 5 s) to the recovery's stop build: {:.2}s",
+        builds[1].created_at.duration_since(timed_out).as_secs_f64()
+    );
     assert_eq!(after.status.as_ref().unwrap().recovery.as_ref().unwrap().attempts, 1);
     env.wait_for_events("chat", &["RecoveryStarted", "Recovered"]).await;
 }
