@@ -261,6 +261,10 @@ pub struct RecoverySpec {
     #[serde(default = "default_window")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub window: String,
+    /// What to do with an agent that never connected within its connection
+    /// timeout (coderd's `timeout` status).
+    #[serde(default)]
+    pub never_connected: NeverConnected,
 }
 
 fn default_disconnected_threshold() -> String {
@@ -284,8 +288,20 @@ impl Default for RecoverySpec {
             probe_timeout: default_probe_timeout(),
             max_attempts: default_max_attempts(),
             window: default_window(),
+            never_connected: NeverConnected::default(),
         }
     }
+}
+
+/// An agent that never connected within its connection timeout.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NeverConnected {
+    /// Stop and start the workspace, within the same budget as a dead
+    /// agent (chatd from coderd v2.36.1 on).
+    #[default]
+    Recover,
+    /// Report it as a template or startup failure (`Degraded`); never build.
+    Report,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -305,6 +321,7 @@ pub struct RecoveryPolicy {
     pub probe_timeout: Duration,
     pub max_attempts: u32,
     pub window: Duration,
+    pub never_connected: NeverConnected,
 }
 
 impl RecoverySpec {
@@ -322,6 +339,7 @@ impl RecoverySpec {
             probe_timeout: field("probeTimeout", &self.probe_timeout)?,
             max_attempts: self.max_attempts,
             window: field("window", &self.window)?,
+            never_connected: self.never_connected,
         })
     }
 }
@@ -706,5 +724,6 @@ mod tests {
         assert_eq!(policy.probe_timeout, Duration::from_secs(30));
         assert_eq!(policy.max_attempts, 3);
         assert_eq!(policy.window, Duration::from_secs(3600));
+        assert_eq!(policy.never_connected, NeverConnected::Recover);
     }
 }

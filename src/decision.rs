@@ -11,7 +11,12 @@
 //!   re-attempted);
 //! - recovery (stop, then start) only when the chat agent is disconnected
 //!   for at least the threshold *and* the reachability probe fails, both
-//!   observed fresh, within a budget of attempts per window.
+//!   observed fresh, within a budget of attempts per window;
+//! - an agent that never connected within its connection timeout is
+//!   recovered the same way, within the same budget, unless the spec asks
+//!   only to report it (chatd from coderd v2.36.1 on);
+//! - an agent of an external resource is never stopped and started: it runs
+//!   elsewhere, so only a person restarting it there brings it back.
 
 use std::time::Duration;
 
@@ -26,8 +31,8 @@ use crate::conditions::{
     self, AGENT_CONNECTED, AGENT_REACHABLE, CHAT_CONTEXT_CURRENT, DEGRADED, PROGRESSING, READY, RECOVERING, Verdict,
 };
 use crate::crd::{
-    self, BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, ContextPolicy, DesiredState, Phase,
-    RecoveryPolicy, RecoveryStage, RecoveryStatus,
+    self, BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, ContextPolicy, DesiredState, NeverConnected,
+    Phase, RecoveryPolicy, RecoveryStage, RecoveryStatus,
 };
 
 /// How soon to look again, by situation.
@@ -218,9 +223,11 @@ pub fn decide(inputs: &Inputs) -> Decision {
 
 /// What spent the `maxAttempts` per `window` budget.
 #[derive(Clone, Copy)]
-enum Spent {
-    OnRecoveries,
-    OnOutsideStops,
+enum Spent<'s> {
+    Recoveries,
+    OutsideStops,
+    /// Recoveries of an agent that never connected, this one.
+    NeverConnected(&'s WorkspaceAgent),
 }
 
 /// Builds one decision: the verdicts, action and status under construction.
@@ -646,7 +653,7 @@ impl<'a> Outcome<'a> {
             return self.start(workspace, BuildReason::DesiredState);
         }
         if !by_policy && self.inputs.spec.outside_stops == crd::OutsideStops::Restart {
-            if self.budget_exhausted(Spent::OnOutsideStops) {
+            if self.budget_exhausted(Spent::OutsideStops) {
                 return;
             }
             let now = whole_seconds(self.inputs.now);
@@ -769,10 +776,12 @@ impl<'a> Outcome<'a> {
             _ => Phase::Running,
         };
         self.say(PROGRESSING, false, "BuildSucceeded", format!("Start build #{} succeeded.", build.build_number));
+        let external = build.agent_is_external(&agent.id);
         match agent.status {
             AgentStatus::Connected => self.connected(agent, probe),
+            AgentStatus::Disconnected | AgentStatus::Timeout if external => self.external_offline(agent, probe),
             AgentStatus::Disconnected => self.disconnected(agent, fresh, probe),
-            AgentStatus::Timeout => self.never_connected(agent),
+            AgentStatus::Timeout => self.never_connected(agent, fresh),
             AgentStatus::Connecting | AgentStatus::Unknown => {
                 self.say(AGENT_CONNECTED, false, "Connecting", format!("Agent {} has not connected yet.", agent.name));
                 self.say(AGENT_REACHABLE, false, "NotProbed", "The agent is not connected yet.");
@@ -805,25 +814,152 @@ impl<'a> Outcome<'a> {
         self.say(READY, false, "NoAgent", message);
     }
 
-    fn never_connected(&mut self, agent: &WorkspaceAgent) {
+    /// An agent that never connected within its connection timeout. chatd
+    /// (v2.36.1) gives it the same stop-then-start guidance as a dead agent,
+    /// on the agent's status alone: the probe is no second signal here, as
+    /// coderd refuses to dial an agent it never saw connected. The waiting
+    /// was the connection timeout itself; the fresh read right before the
+    /// stop is the check that it still holds.
+    fn never_connected(&mut self, agent: &WorkspaceAgent, fresh: bool) {
+        let policy = self.inputs.policy;
+        let timeout = connection_timeout(agent);
+        self.say(AGENT_REACHABLE, false, "NotProbed", "The agent never connected, so coderd cannot reach it.");
+        if self.recovery_stage() == Some(RecoveryStage::Stopping) && self.stop_intent_unconfirmed() {
+            // The recovery's stop was decided but never confirmed: issue it
+            // again, as the same attempt.
+            self.say(
+                AGENT_CONNECTED,
+                false,
+                "NeverConnected",
+                format!("Agent {} never connected within its connection timeout ({timeout}).", agent.name),
+            );
+            if !fresh {
+                self.action = Action::Refresh;
+                self.requeue_within(self.inputs.requeue.probe_retry);
+            } else {
+                self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
+            }
+            return self.recovering_conditions();
+        }
         if self.recovery_stage().is_some() {
+            // The recovery's own start made this agent, and it never
+            // connected either: the attempt stays counted, so the budget
+            // ends the loop.
+            let attempt = self.status.recovery.as_ref().map_or(0, |r| r.attempts);
             self.events.push(Event {
                 warning: true,
                 reason: "RecoveryFailed",
-                note: format!("After the recovery's start, agent {} never connected.", agent.name),
+                note: format!(
+                    "After recovery attempt {attempt}'s start, agent {} never connected within its connection \
+                     timeout ({timeout}).",
+                    agent.name
+                ),
             });
+            self.end_recovery();
         }
-        self.end_recovery();
+        if !policy.automatic || policy.never_connected == NeverConnected::Report {
+            return self.report_never_connected(agent, &timeout);
+        }
+        self.say(
+            AGENT_CONNECTED,
+            false,
+            "NeverConnected",
+            format!(
+                "Agent {} never connected within its connection timeout ({timeout}); the operator stops and starts \
+                 the workspace to recover it, at most {} times per {}.",
+                agent.name,
+                policy.max_attempts,
+                human(policy.window)
+            ),
+        );
+        if self.budget_exhausted(Spent::NeverConnected(agent)) {
+            return;
+        }
+        let chat_stale = self.inputs.spec.chat.interrupt_on_recovery
+            && matches!(self.inputs.chat, ObservedChat::Bound { fresh: false, .. });
+        if !fresh || chat_stale {
+            // Read the workspace (and the chat) fresh right before the stop.
+            self.action = Action::Refresh;
+            self.requeue_within(self.inputs.requeue.probe_retry);
+            return;
+        }
+        if let Some(plan) = self.turns_to_interrupt(agent) {
+            // chatd tells the model to stop and start this workspace too:
+            // its turn ends before the operator's stop.
+            self.action = Action::InterruptChats(plan);
+            self.requeue_within(Duration::from_millis(100));
+            return;
+        }
+        let reason = format!("agent {} never connected within its connection timeout ({timeout})", agent.name);
+        self.start_recovery(reason);
+    }
+
+    /// The earlier chatd's rule (`spec.recovery.neverConnected: Report`, or
+    /// recovery disabled): a template or startup failure, for a person.
+    fn report_never_connected(&mut self, agent: &WorkspaceAgent, timeout: &str) {
         self.phase = Phase::Failed;
+        let why = if self.inputs.policy.automatic {
+            "spec.recovery.neverConnected is Report"
+        } else {
+            "spec.recovery.mode is Disabled"
+        };
         let message = format!(
-            "Agent {} never connected (timeout): this is a template or startup failure, not a dead agent, so \
-             the operator does not rebuild. A person must check the template and the workspace's build logs.",
+            "Agent {} never connected within its connection timeout ({timeout}): a template or startup failure, \
+             not a dead agent, and {why}, so the operator does not rebuild. A person must check the template and \
+             the workspace's build logs.",
             agent.name
         );
         self.say(AGENT_CONNECTED, false, "NeverConnected", message.clone());
-        self.say(AGENT_REACHABLE, false, "NotProbed", "The agent never connected.");
         self.say(DEGRADED, true, "AgentNeverConnected", message.clone());
         self.say(READY, false, "AgentNeverConnected", message);
+    }
+
+    /// An agent of an external resource, offline: it runs on a host of its
+    /// own, so a stop and a start cannot bring it back (chatd reports it
+    /// unavailable and never tells the model to restart the workspace).
+    /// Only a person restarting it where it runs can.
+    fn external_offline(&mut self, agent: &WorkspaceAgent, probe: Option<&Probe>) {
+        self.end_recovery();
+        if agent.status == AgentStatus::Disconnected && probe.is_some_and(|p| p.outcome.is_reachable()) {
+            // Missed heartbeats, but it answers: not offline.
+            self.say(AGENT_CONNECTED, false, "Disconnected", format!("Agent {} missed heartbeats.", agent.name));
+            self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent despite the missed heartbeats.");
+            self.say(
+                READY,
+                false,
+                "AgentDisconnected",
+                "The agent missed heartbeats but answers probes; wait for Ready.",
+            );
+            self.requeue_within(self.inputs.requeue.agent);
+            return;
+        }
+        let (reason, what) = if agent.first_connected_at.is_some() {
+            ("ExternalAgentDisconnected", "is disconnected")
+        } else {
+            ("ExternalAgentNotConnected", "has not connected yet")
+        };
+        let message = format!(
+            "Agent {} {what}. It is an external agent (a coder_external_agent resource): it runs on a host of its \
+             own, so stopping and starting the workspace cannot bring it back, and the operator does not. A person \
+             must (re)start it where it runs.",
+            agent.name
+        );
+        match probe {
+            Some(probe) => self.say(
+                AGENT_REACHABLE,
+                false,
+                probe_reason(&probe.outcome),
+                probe_message(&probe.outcome, self.inputs.policy.probe_timeout),
+            ),
+            None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent is not connected."),
+        }
+        self.phase = Phase::Failed;
+        self.say(AGENT_CONNECTED, false, reason, message.clone());
+        self.say(DEGRADED, true, reason, message.clone());
+        self.say(READY, false, reason, message);
+        // Nothing to act on: it comes back when its host runs it again,
+        // which the index sees.
+        self.requeue_within(self.inputs.requeue.stable);
     }
 
     fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&Probe>) {
@@ -1007,7 +1143,7 @@ impl<'a> Outcome<'a> {
             self.requeue_within(remaining.max(Duration::from_millis(100)));
             return;
         }
-        if self.budget_exhausted(Spent::OnRecoveries) {
+        if self.budget_exhausted(Spent::Recoveries) {
             return;
         }
         let chat_stale = self.inputs.spec.chat.interrupt_on_recovery
@@ -1026,7 +1162,9 @@ impl<'a> Outcome<'a> {
             self.requeue_within(Duration::from_millis(100));
             return;
         }
-        self.start_recovery(agent, for_how_long);
+        let reason =
+            format!("agent {} disconnected for {} and unreachable through coderd", agent.name, human(for_how_long));
+        self.start_recovery(reason);
     }
 
     /// Whether the last build request is a recovery stop that Coder never
@@ -1040,7 +1178,7 @@ impl<'a> Outcome<'a> {
     }
 
     /// Applies the `maxAttempts` per `window` budget; true when it is spent.
-    fn budget_exhausted(&mut self, spent: Spent) -> bool {
+    fn budget_exhausted(&mut self, spent: Spent<'_>) -> bool {
         let policy = self.inputs.policy;
         let now = self.inputs.now;
         let generation = self.inputs.generation;
@@ -1063,30 +1201,43 @@ impl<'a> Outcome<'a> {
         let attempts = recovery.attempts;
         self.phase = Phase::Failed;
         let message = match spent {
-            Spent::OnRecoveries => format!(
+            Spent::Recoveries => format!(
                 "The agent died again after {attempts} automatic recoveries within {}; the operator stops \
                  rebuilding this workspace. A person should look at why it keeps dying. Recovery resumes at \
                  {reopens_at} (when the window ends) or when the spec changes.",
                 human(policy.window),
             ),
-            Spent::OnOutsideStops => format!(
+            Spent::OutsideStops => format!(
                 "The workspace was stopped in Coder again after {attempts} automatic starts within {}; the \
                  person stopping it wins and the operator leaves it stopped. Restarts resume at {reopens_at} \
                  (when the window ends) or when the spec changes.",
                 human(policy.window),
             ),
+            Spent::NeverConnected(agent) => format!(
+                "Agent {} never connected within its connection timeout ({}), again after {attempts} automatic \
+                 recoveries (stop, then start) within {}: a template or startup failure, not a dead agent. A \
+                 person must check the template and the workspace's build logs. Recovery resumes at {reopens_at} \
+                 (when the window ends) or when the spec changes.",
+                agent.name,
+                connection_timeout(agent),
+                human(policy.window),
+            ),
         };
-        self.say(DEGRADED, true, "RecoveryBudgetExhausted", message.clone());
-        self.say(READY, false, "AgentDisconnected", message);
+        let (degraded, ready) = match spent {
+            Spent::NeverConnected(_) => ("AgentNeverConnected", "AgentNeverConnected"),
+            _ => ("RecoveryBudgetExhausted", "AgentDisconnected"),
+        };
+        self.say(DEGRADED, true, degraded, message.clone());
+        self.say(READY, false, ready, message);
         self.say(RECOVERING, false, "RecoveryBudgetExhausted", "No more automatic recoveries in this window.");
         self.requeue_within(reopens.max(Duration::from_secs(1)));
         true
     }
 
-    fn start_recovery(&mut self, agent: &WorkspaceAgent, down_for: Duration) {
+    /// Starts a recovery: counts the attempt and issues its stop. `reason`
+    /// says why, for status and the Event.
+    fn start_recovery(&mut self, reason: String) {
         let now = self.inputs.now;
-        let reason =
-            format!("agent {} disconnected for {} and unreachable through coderd", agent.name, human(down_for));
         let recovery = self.recovery();
         recovery.stage = Some(RecoveryStage::Stopping);
         recovery.attempts += 1;
@@ -1113,9 +1264,15 @@ impl<'a> Outcome<'a> {
             RecoveryStage::Stopping => ("Stopping", "stopping the workspace"),
             RecoveryStage::Starting => ("Starting", "starting the workspace and waiting for its agent"),
         };
+        let because = self
+            .status
+            .recovery
+            .as_ref()
+            .and_then(|r| r.last_reason.as_deref())
+            .map_or_else(|| "the chat's agent is dead".to_string(), str::to_string);
         let message = format!(
-            "The chat's agent died; automatic recovery (attempt {attempt}) is {what}. Wait for Ready; do not \
-             start or stop the workspace meanwhile."
+            "Automatic recovery (attempt {attempt}) is {what}, because {because}. Wait for Ready; do not start or \
+             stop the workspace meanwhile."
         );
         self.say(RECOVERING, true, reason, message.clone());
         self.say(READY, false, "Recovering", message);
@@ -1335,6 +1492,11 @@ fn probe_message(probe: &ProbeOutcome, timeout: Duration) -> String {
         ProbeOutcome::Failed { message } => format!("The probe through coderd failed: {message}"),
         ProbeOutcome::Inconclusive { message } => format!("The probe through coderd was inconclusive: {message}"),
     }
+}
+
+/// The agent's connection timeout, for messages.
+fn connection_timeout(agent: &WorkspaceAgent) -> String {
+    human(Duration::from_secs(u64::try_from(agent.connection_timeout_seconds).unwrap_or(0)))
 }
 
 fn list_or_none(names: &[&str]) -> String {

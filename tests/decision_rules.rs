@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use chatworkspace_operator::coder::{ProbeOutcome, Workspace, WorkspaceTransition};
+use chatworkspace_operator::coder::{Chat, ProbeOutcome, Workspace, WorkspaceTransition};
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::{
     BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, CleanupStatus, DeletedInCoder, DeletionPolicy,
-    DesiredState, RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus, TemplateRef,
+    DesiredState, NeverConnected, RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus,
+    TemplateRef,
 };
 use chatworkspace_operator::decision::{
     Action, BuildPlan, BuildReason, Cleanup, CleanupBackoff, CleanupDeadline, Decision, Inputs, Observed, ObservedChat,
@@ -477,13 +478,160 @@ fn a_probe_timeout_while_connected_is_retried_once_then_degraded_without_builds(
     assert_eq!(condition(&healed, DEGRADED).0, "False");
 }
 
+const NEVER_CONNECTED: Agent = Agent { status: "timeout", lifecycle: "created", disconnected_since: None };
+
+/// The workspace with its agent on a `coder_external_agent` resource.
+fn external(mut ws: Workspace) -> Workspace {
+    for resource in &mut ws.latest_build.resources {
+        resource.resource_type = "coder_external_agent".into();
+    }
+    ws
+}
+
+fn message(d: &Decision, type_: &str) -> String {
+    conditions::find(&d.status.conditions, type_).unwrap_or_else(|| panic!("no {type_} condition")).message.clone()
+}
+
 #[test]
-fn an_agent_that_never_connected_is_degraded_not_rebuilt() {
-    let agent = Agent { status: "timeout", lifecycle: "created", disconnected_since: None };
-    let ws = workspace("start", "succeeded", Some(agent));
+fn an_agent_that_never_connected_is_recovered_with_a_stop_by_default() {
+    let ws = workspace("start", "succeeded", Some(NEVER_CONNECTED));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 1);
+    assert_eq!(condition(&d, RECOVERING), ("True".into(), "Stopping".into()));
+    assert_eq!(condition(&d, AGENT_CONNECTED), ("False".into(), "NeverConnected".into()));
+    let recovering = message(&d, RECOVERING);
+    assert!(recovering.contains("never connected within its connection timeout (2m)"), "{recovering}");
+    assert!(d.events.iter().any(|e| e.reason == "RecoveryStarted" && e.note.contains("never connected")));
+}
+
+#[test]
+fn an_agent_that_never_connected_is_only_reported_when_the_spec_says_report_or_recovery_is_disabled() {
+    let ws = workspace("start", "succeeded", Some(NEVER_CONNECTED));
+    let mut report = spec(DesiredState::Running);
+    report.recovery.never_connected = NeverConnected::Report;
+    let mut disabled = spec(DesiredState::Running);
+    disabled.recovery.mode = RecoveryMode::Disabled;
+    for (s, why) in [(report, "neverConnected is Report"), (disabled, "mode is Disabled")] {
+        let d = decide_with(&s, &Default::default(), Some(&ws), None);
+        assert_eq!(d.action, Action::None);
+        assert_eq!(condition(&d, DEGRADED), ("True".into(), "AgentNeverConnected".into()));
+        assert_eq!(condition(&d, RECOVERING).0, "False");
+        let degraded = message(&d, DEGRADED);
+        assert!(degraded.contains("template") && degraded.contains(why), "{degraded}");
+    }
+}
+
+#[test]
+fn a_never_connected_agent_needs_no_probe_but_a_fresh_read_before_the_stop() {
+    // coderd refuses to probe an agent it never saw connected: the probe
+    // says nothing the status does not.
+    let ws = workspace("start", "succeeded", Some(NEVER_CONNECTED));
+    assert!(needs_probe(&ws, None).is_none());
+    let s = spec(DesiredState::Running);
+    let d = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Workspace { workspace: Some(&ws), fresh: false, probe: None },
+        chat: ObservedChat::Unknown,
+        now: at(0),
+        requeue: Requeue::default(),
+        start_request: None,
+    });
+    assert_eq!(d.action, Action::Refresh);
+    assert_eq!(d.status.recovery.as_ref().map_or(0, |r| r.attempts), 0, "nothing counted before the fresh read");
+}
+
+#[test]
+fn an_agent_that_never_connects_after_the_recoverys_own_start_counts_against_the_same_budget() {
+    let ws = workspace("start", "succeeded", Some(NEVER_CONNECTED));
+    let after_start = |attempts| ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus {
+            stage: Some(RecoveryStage::Starting),
+            attempts,
+            window_start: Some(Time(at(-600))),
+            generation: Some(1),
+            last_reason: Some("agent main never connected within its connection timeout (2m)".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Budget left: the next attempt.
+    let d = decide_with(&spec(DesiredState::Running), &after_start(1), Some(&ws), None);
+    assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 2);
+    assert!(d.events.iter().any(|e| e.reason == "RecoveryFailed"));
+    // Budget spent: reported with the template hint, no more builds.
+    let d = decide_with(&spec(DesiredState::Running), &after_start(3), Some(&ws), None);
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.recovery.as_ref().unwrap().stage, None);
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "AgentNeverConnected".into()));
+    assert_eq!(condition(&d, RECOVERING), ("False".into(), "RecoveryBudgetExhausted".into()));
+    let degraded = message(&d, DEGRADED);
+    assert!(degraded.contains("again after 3 automatic recoveries") && degraded.contains("template"), "{degraded}");
+}
+
+#[test]
+fn a_turn_running_while_the_agent_never_connected_is_interrupted_before_the_recovery_stop() {
+    // chatd tells the model to stop and start such a workspace too: its
+    // turn must end before the operator's own stop.
+    let ws = workspace("start", "succeeded", Some(NEVER_CONNECTED));
+    let chat: Chat = serde_json::from_value(json!({
+        "id": "chat-1", "title": "t", "status": "running", "workspace_id": "ws-1", "agent_id": null, "children": [],
+    }))
+    .unwrap();
+    let s = spec(DesiredState::Running);
+    let decide_with_chat = |fresh| {
+        decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &Default::default(),
+            observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: None },
+            chat: ObservedChat::Bound { chat: &chat, fresh },
+            now: at(0),
+            requeue: Requeue::default(),
+            start_request: None,
+        })
+    };
+    assert_eq!(decide_with_chat(false).action, Action::Refresh, "the chat is read fresh first");
+    let d = decide_with_chat(true);
+    assert!(
+        matches!(&d.action, Action::InterruptChats(plan) if plan.chat_ids == ["chat-1"] && plan.agent_id == "agent-1"),
+        "{:?}",
+        d.action
+    );
+}
+
+#[test]
+fn an_external_agent_that_disconnects_is_reported_and_never_rebuilt() {
+    let ws = external(workspace("start", "succeeded", Some(dead_for(600))));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&refused()));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, AGENT_CONNECTED), ("False".into(), "ExternalAgentDisconnected".into()));
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "ExternalAgentDisconnected".into()));
+    assert_eq!(condition(&d, RECOVERING), ("False".into(), "NotRecovering".into()));
+    let connected = message(&d, AGENT_CONNECTED);
+    assert!(connected.contains("external agent") && connected.contains("where it runs"), "{connected}");
+}
+
+#[test]
+fn an_external_agent_that_never_connected_is_reported_and_never_rebuilt() {
+    let ws = external(workspace("start", "succeeded", Some(NEVER_CONNECTED)));
     let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), None);
     assert_eq!(d.action, Action::None);
-    assert_eq!(condition(&d, DEGRADED), ("True".into(), "AgentNeverConnected".into()));
+    assert_eq!(condition(&d, DEGRADED), ("True".into(), "ExternalAgentNotConnected".into()));
+    assert_eq!(condition(&d, RECOVERING), ("False".into(), "NotRecovering".into()));
+}
+
+#[test]
+fn an_external_agent_that_misses_heartbeats_but_answers_is_not_degraded() {
+    let ws = external(workspace("start", "succeeded", Some(dead_for(20))));
+    let d = decide_with(&spec(DesiredState::Running), &Default::default(), Some(&ws), Some(&ProbeOutcome::Reachable));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(condition(&d, DEGRADED).0, "False");
 }
 
 #[test]
@@ -766,7 +914,9 @@ proptest! {
             let starts_or_resumes = stage.is_none() || unconfirmed_stop;
             if plan.reason == BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop && starts_or_resumes && transition == "start" {
                 prop_assert!(fresh, "a recovery stop from a cached observation");
-                prop_assert!(matches!(probe, Some(ref p) if !p.outcome.is_reachable()), "a recovery stop without a failed probe");
+                // A never-connected agent cannot be probed: its status is the signal.
+                let never_connected = agent.is_some_and(|a| a.status == "timeout");
+                prop_assert!(never_connected || matches!(probe, Some(ref p) if !p.outcome.is_reachable()), "a recovery stop without a failed probe");
                 let now = d.status.recovery.as_ref().unwrap().attempts;
                 prop_assert!(attempts < 3 || generation != 1 || now == attempts, "over budget");
                 // A stop recorded but never confirmed, in the Stopping stage, is
@@ -957,6 +1107,116 @@ proptest! {
             Cleanup::Build(_) => prop_assert!(since >= wait, "rebuilt {since:?} after a failure, backoff {wait:?}"),
             Cleanup::RetryIn(left) => prop_assert_eq!(left, wait - since),
             other => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn never_a_recovery_build_for_an_external_agent(
+        agent in any_agent(),
+        probe in any_probe(),
+        stage in any_stage(),
+        attempts in 0u32..5,
+        fresh in any::<bool>(),
+        unconfirmed_stop in any::<bool>(),
+    ) {
+        let ws = external(workspace("start", "succeeded", agent));
+        let s = spec(DesiredState::Running);
+        let previous = ChatWorkspaceStatus {
+            recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
+            last_build_request: unconfirmed_stop.then(|| BuildRequestStatus {
+                build_id: None,
+                transition: "stop".into(),
+                reason: "Recovery".into(),
+                generation: 1,
+                time: Time(at(-30)),
+            }),
+            ..Default::default()
+        };
+        let probe = probe.map(Probe::just_now);
+        let d = decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &previous,
+            observed: Observed::Workspace { workspace: Some(&ws), fresh, probe: probe.as_ref() },
+            chat: ObservedChat::Unknown,
+            now: at(0),
+            requeue: Requeue::default(),
+            start_request: None,
+        });
+        prop_assert!(!matches!(d.action, Action::Build(_) | Action::InterruptChats(_)), "{:?} for an external agent", d.action);
+        if agent.is_some_and(|a| matches!(a.status, "disconnected" | "timeout")) {
+            prop_assert_ne!(condition(&d, RECOVERING).0, "True", "an offline external agent shown as recovering");
+        }
+    }
+
+    #[test]
+    fn a_never_connected_agent_is_rebuilt_at_most_max_attempts_times_per_window(
+        max_attempts in 1u32..5,
+        window_minutes in 1u64..120,
+        // Seconds between two looks, and whether the recovery's start makes
+        // an agent that never connects again or one that connects.
+        steps in proptest::collection::vec((1i64..900, prop::bool::weighted(0.8)), 1..60),
+    ) {
+        let mut s = spec(DesiredState::Running);
+        s.recovery.max_attempts = max_attempts;
+        s.recovery.window = format!("{window_minutes}m");
+        let window = window_minutes as i64 * 60;
+        let mut number = 7i32;
+        let numbered = |transition: &str, agent: Option<Agent>, number: i32| {
+            let mut ws = workspace(transition, "succeeded", agent);
+            ws.latest_build.id = format!("build-{number}");
+            ws.latest_build.build_number = number;
+            for a in ws.latest_build.resources.iter_mut().flat_map(|r| r.agents.iter_mut()) {
+                a.id = format!("agent-{number}");
+            }
+            ws
+        };
+        let mut ws = numbered("start", Some(NEVER_CONNECTED), number);
+        let mut previous = ChatWorkspaceStatus::default();
+        let mut now = 0i64;
+        let mut stops: Vec<i64> = Vec::new();
+        for (dt, again) in steps {
+            now += dt;
+            let d = decide(&Inputs {
+                spec: &s,
+                policy: s.recovery.policy().unwrap(),
+                generation: 1,
+                previous: &previous,
+                observed: Observed::Workspace { workspace: Some(&ws), fresh: true, probe: None },
+                chat: ObservedChat::Unknown,
+                now: at(now),
+                requeue: Requeue::default(),
+                start_request: None,
+            });
+            previous = d.status;
+            if let Action::Build(plan) = d.action {
+                // Coder accepts the build and it finishes before the next look.
+                number += 1;
+                if let Some(request) = previous.last_build_request.as_mut() {
+                    request.build_id = Some(format!("build-{number}"));
+                }
+                ws = match plan.transition {
+                    WorkspaceTransition::Stop => {
+                        stops.push(now);
+                        numbered("stop", None, number)
+                    }
+                    _ => numbered("start", Some(if again { NEVER_CONNECTED } else { READY_AGENT }), number),
+                };
+            }
+        }
+        // The budget's windows open at their first attempt.
+        let mut window_start = None;
+        let mut in_window = 0u32;
+        for stop in stops {
+            if window_start.is_none_or(|start| stop - start >= window) {
+                window_start = Some(stop);
+                in_window = 0;
+            }
+            in_window += 1;
+            prop_assert!(in_window <= max_attempts, "{in_window} recoveries in one {window_minutes}m window");
         }
     }
 }

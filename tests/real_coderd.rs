@@ -203,14 +203,16 @@ fn watch_agent_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
-    let (coderd, env) = operator("real-never").await;
+async fn with_never_connected_report_an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
+    let (coderd, env) = operator("real-never-report").await;
     let mut spec = TemplateSpec::one_agent();
     spec.agents[0].connection_timeout_seconds = 3;
     let template = coderd.template(&unique("never"), &spec).await;
     let workspace = unique("never");
     // No provisioner: no agent process ever runs.
-    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let mut recovery = fast_recovery();
+    recovery["neverConnected"] = json!("Report");
+    env.create("chat", running_spec(&workspace, &template, recovery)).await;
     let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
     assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
     let message = condition_message(&degraded, DEGRADED);
@@ -218,6 +220,94 @@ async fn an_agent_that_never_connects_is_degraded_and_not_rebuilt() {
     let id = workspace_id(&degraded);
     // Past the recovery threshold several times over: still the one start.
     assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(15)).await;
+}
+
+/// A template whose agent coderd reports `timeout` `seconds` after its
+/// start build unless it connects.
+async fn timing_out_template(coderd: &Coderd, seconds: u32) -> (Template, TemplateSpec) {
+    let mut spec = TemplateSpec::one_agent();
+    spec.agents[0].connection_timeout_seconds = seconds;
+    (coderd.template(&unique("never"), &spec).await, spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_connects_is_recovered_with_one_stop_and_one_start() {
+    let (coderd, env) = operator("real-never").await;
+    let (template, spec) = timing_out_template(coderd, 5).await;
+    let workspace = unique("never");
+    // The first start's agent runs with a wrong token, so it never
+    // connects; the recovery's start runs a good one.
+    let provisioner = coderd.provisioner_with_broken_starts("admin", &workspace, spec.token(), 1);
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let recovering = env.wait_for_condition("chat", RECOVERING, "True", None, CONVERGE).await;
+    let message = condition_message(&recovering, RECOVERING);
+    assert!(message.contains("never connected within its connection timeout (5s)"), "says why: {message}");
+    let after = env.wait_for_condition("chat", RECOVERING, "False", Some("Recovered"), CONVERGE).await;
+    assert!(conditions::is_true(&after.status.as_ref().unwrap().conditions, READY));
+    let builds = coderd.builds(&workspace_id(&after)).await;
+    assert_eq!(transitions(&builds), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_sequential(&builds);
+    assert_eq!(provisioner.agents_started(), 2);
+    // coderd makes the agent when the start's job completes.
+    let timed_out = builds[0].job.completed_at.expect("the first start ended") + Duration::from_secs(5);
+    println!(
+        "agent timeout (first start's job end + 5 s) to the recovery's stop build: {:.2}s",
+        builds[1].created_at.duration_since(timed_out).as_secs_f64()
+    );
+    assert_eq!(after.status.as_ref().unwrap().recovery.as_ref().unwrap().attempts, 1);
+    env.wait_for_events("chat", &["RecoveryStarted", "Recovered"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_connects_again_is_recovered_within_the_budget_then_degraded() {
+    let (coderd, env) = operator("real-never-again").await;
+    let (template, _) = timing_out_template(coderd, 3).await;
+    let workspace = unique("never");
+    // No provisioner: no start's agent ever runs.
+    let mut recovery = fast_recovery();
+    recovery["maxAttempts"] = json!(2);
+    env.create("chat", running_spec(&workspace, &template, recovery)).await;
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
+    assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
+    let message = condition_message(&degraded, DEGRADED);
+    assert!(message.contains("after 2 automatic recoveries") && message.contains("template"), "{message}");
+    let id = workspace_id(&degraded);
+    let expected = ["start", "stop", "start", "stop", "start"];
+    assert_sequential(&coderd.builds(&id).await);
+    // Several connection timeouts later: no third recovery.
+    assert_builds_stay(coderd, &id, &expected, Duration::from_secs(12)).await;
+    env.wait_for_events("chat", &["RecoveryStarted", "RecoveryFailed"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_agent_that_disconnects_is_reported_and_never_rebuilt() {
+    let (coderd, env) = operator("real-external").await;
+    let mut spec = TemplateSpec::one_agent();
+    spec.resource_type = Some("coder_external_agent");
+    let template = coderd.template(&unique("external"), &spec).await;
+    let workspace = unique("external");
+    let provisioner = coderd.provisioner("admin", &workspace, spec.token());
+    env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
+    let before = ready(&env, "chat").await;
+    let id = workspace_id(&before);
+    let read = coderd.workspace("admin", &workspace).await.expect("the workspace");
+    assert_eq!(read["latest_build"]["resources"][0]["type"], "coder_external_agent");
+
+    provisioner.signal("KILL").expect("an agent runs");
+    let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("ExternalAgentDisconnected"), CONVERGE).await;
+    let status = degraded.status.as_ref().unwrap();
+    let connected = conditions::find(&status.conditions, AGENT_CONNECTED).unwrap();
+    assert_eq!((connected.status.as_str(), connected.reason.as_str()), ("False", "ExternalAgentDisconnected"));
+    assert!(connected.message.contains("where it runs"), "{}", connected.message);
+    // Past disconnectedThreshold and probeTimeout: never stopped and started.
+    assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(20)).await;
+    let later = env.get("chat").await;
+    assert!(!conditions::is_true(&later.status.as_ref().unwrap().conditions, RECOVERING));
+
+    // Restarted where it runs (same token, no build): Ready again.
+    let _restarted = coderd.start_agent(spec.token());
+    ready(&env, "chat").await;
+    assert_eq!(transitions(&coderd.builds(&id).await), ["start"]);
 }
 
 /// Fails as soon as the workspace's builds differ from `expected` within

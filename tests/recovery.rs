@@ -10,6 +10,7 @@ use std::time::Duration;
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
 use coder_sim::{Fault, FaultKind};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::{Env, LONG};
 
@@ -158,15 +159,126 @@ async fn a_probe_that_hangs_while_the_agent_is_connected_is_retried_once_then_de
 }
 
 #[tokio::test]
-async fn an_agent_that_never_connects_is_degraded_not_rebuilt() {
+async fn an_agent_that_never_connects_is_recovered_with_one_stop_and_one_start() {
     let env = Env::start("never").await;
+    // Only the first start's agent never connects (the simulator's
+    // connection timeout is 3 s); the recovery's start makes a good one.
     env.sim.never_connect_next_start(None);
     env.create("chat-1", fast_recovery(3)).await;
+    let recovering = env.wait_for_condition("chat-1", RECOVERING, "True", None, LONG).await;
+    let message = conditions::find(&recovering.status.unwrap().conditions, RECOVERING).unwrap().message.clone();
+    assert!(message.contains("never connected within its connection timeout"), "says why: {message}");
+    let after = env.wait_for_condition("chat-1", RECOVERING, "False", Some("Recovered"), LONG).await;
+    let status = after.status.unwrap();
+    assert!(conditions::is_true(&status.conditions, READY));
+    let id = env.workspace_id("admin", "chat-1");
+    assert_eq!(env.transitions(id), ["start", "stop", "start"], "exactly one stop and one start");
+    assert_eq!(status.recovery.unwrap().attempts, 1);
+    assert_eq!(env.stacked_builds(), 0);
+    env.wait_for_events("chat-1", &["RecoveryStarted", "RecoveryStarting", "Recovered"]).await;
+}
+
+#[tokio::test]
+async fn an_agent_that_never_connects_after_its_recoveries_is_degraded_once_the_budget_is_spent() {
+    let env = Env::start("neveragain").await;
+    // The first start and both recoveries' starts: none of their agents
+    // ever connects.
+    for _ in 0..3 {
+        env.sim.never_connect_next_start(None);
+    }
+    env.create("chat-1", fast_recovery(2)).await;
+    let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("AgentNeverConnected"), LONG).await;
+    let message = conditions::find(&degraded.status.unwrap().conditions, DEGRADED).unwrap().message.clone();
+    assert!(message.contains("after 2 automatic recoveries") && message.contains("template"), "{message}");
+    let id = env.workspace_id("admin", "chat-1");
+    let expected = ["start", "stop", "start", "stop", "start"];
+    assert_eq!(env.transitions(id), expected, "two recoveries, the budget, then none");
+    // Longer than the simulator's connection timeout: no further attempt.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.transitions(id), expected, "no loop past the budget");
+    env.wait_for_events("chat-1", &["RecoveryFailed"]).await;
+}
+
+#[tokio::test]
+async fn with_never_connected_report_an_agent_that_never_connects_is_degraded_not_rebuilt() {
+    let env = Env::start("never-report").await;
+    env.sim.never_connect_next_start(None);
+    let mut spec = fast_recovery(3);
+    spec["recovery"]["neverConnected"] = json!("Report");
+    env.create("chat-1", spec).await;
     let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("AgentNeverConnected"), LONG).await;
     let message = conditions::find(&degraded.status.unwrap().conditions, DEGRADED).unwrap().message.clone();
     assert!(message.contains("template"), "tells a person where to look: {message}");
     let id = env.workspace_id("admin", "chat-1");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.transitions(id), ["start"]);
+}
+
+#[tokio::test]
+async fn a_turn_running_while_the_agent_never_connected_is_interrupted_before_the_recovery_stop() {
+    let env = Env::start("never-chat").await;
+    env.sim.never_connect_next_start(None);
+    // Reported first, so that the chat is known before recovery is allowed.
+    let mut spec = fast_recovery(3);
+    spec["recovery"]["mode"] = json!("Disabled");
+    env.create("chat-1", spec).await;
+    env.wait_for_condition("chat-1", DEGRADED, "True", Some("AgentNeverConnected"), LONG).await;
+    let ws = env.workspace_id("admin", "chat-1");
+    let chat = env.sim.create_chat(coder_sim::NewChat {
+        title: "stuck".into(),
+        workspace_id: Some(ws),
+        status: Some("running".into()),
+        ..Default::default()
+    });
+    let chat_id = chat.to_string();
+    env.wait_for("chat-1", "the chat in status", LONG, |cws| {
+        cws.status.as_ref().and_then(|s| s.chat.as_ref()).is_some_and(|c| c.id == chat_id)
+    })
+    .await;
+
+    let patch = json!({"spec": {"recovery": {"mode": "Automatic"}}});
+    env.api.patch("chat-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("enable recovery");
+    env.wait_for_condition("chat-1", RECOVERING, "False", Some("Recovered"), LONG).await;
+    assert_eq!(env.transitions(ws), ["start", "stop", "start"]);
+    let requests = env.sim.requests();
+    let served = |method: &str, path: &str, transition: Option<&str>| {
+        requests
+            .iter()
+            .filter(|r| r.method == method && r.path == path && (200..300).contains(&r.status))
+            .filter(|r| transition.is_none_or(|t| r.body.as_ref().and_then(|b| b["transition"].as_str()) == Some(t)))
+            .map(|r| r.at)
+            .next()
+    };
+    let interrupt = served("POST", &format!("/api/experimental/chats/{chat}/interrupt"), None).expect("interrupted");
+    let stop = served("POST", &format!("/api/v2/workspaces/{ws}/builds"), Some("stop")).expect("stopped");
+    assert!(interrupt < stop, "interrupted at {interrupt}, the stop requested at {stop}");
+}
+
+#[tokio::test]
+async fn an_external_agent_that_disconnects_is_reported_and_nothing_is_built() {
+    let env = Env::start("external").await;
+    let mut spec = fast_recovery(3);
+    spec["template"]["name"] = json!("external-dev");
+    env.create("chat-1", spec).await;
+    ready(&env, "chat-1").await;
+    let id = env.workspace_id("admin", "chat-1");
+
+    env.sim.kill_agent(id);
+    let degraded = env.wait_for_condition("chat-1", DEGRADED, "True", Some("ExternalAgentDisconnected"), LONG).await;
+    let status = degraded.status.unwrap();
+    let connected = conditions::find(&status.conditions, AGENT_CONNECTED).unwrap();
+    assert_eq!((connected.status.as_str(), connected.reason.as_str()), ("False", "ExternalAgentDisconnected"));
+    assert!(connected.message.contains("external agent") && connected.message.contains("where it runs"));
+    // Past the threshold and a probe timeout: still no build, never Recovering.
+    tokio::time::sleep(THRESHOLD + PROBE_TIMEOUT + Duration::from_secs(2)).await;
+    let later = env.get("chat-1").await.status.unwrap();
+    assert!(!conditions::is_true(&later.conditions, RECOVERING));
+    assert!(conditions::is_true(&later.conditions, DEGRADED));
+    assert_eq!(env.transitions(id), ["start"], "an external agent is never stopped and started");
+
+    // Restarted where it runs: back to Ready, nothing built.
+    env.sim.revive_agent(id);
+    ready(&env, "chat-1").await;
     assert_eq!(env.transitions(id), ["start"]);
 }
 

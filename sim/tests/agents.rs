@@ -232,3 +232,17 @@ async fn unknown_agents_are_not_found() {
     let bad = client.get("/api/v2/workspaceagents/not-a-uuid").await.expect(400);
     assert_eq!(bad["message"], r#"Invalid UUID "not-a-uuid"."#);
 }
+
+#[tokio::test]
+async fn an_external_templates_agent_is_on_a_coder_external_agent_resource() {
+    let (_sim, client) = start().await;
+    let ws = client.create_workspace("laptop", EXTERNAL_DEV).await;
+    let ws = client.wait_for_build(&id_of(&ws), "running").await;
+    let resources = ws["latest_build"]["resources"].as_array().expect("resources");
+    assert_eq!(resources.len(), 1);
+    assert_eq!(resources[0]["type"], "coder_external_agent", "coderd's type for an agent run elsewhere");
+    assert_eq!(resources[0]["agents"][0]["name"], "main");
+    let normal = client.create_workspace("box", DOCKER_DEV).await;
+    let normal = client.wait_for_build(&id_of(&normal), "running").await;
+    assert_eq!(normal["latest_build"]["resources"][0]["type"], "docker_container");
+}

@@ -413,6 +413,13 @@ impl WorkspaceBuild {
     pub fn agents(&self) -> impl Iterator<Item = &WorkspaceAgent> {
         self.resources.iter().flat_map(|resource| resource.agents.iter())
     }
+
+    /// Whether the agent of this id belongs to an external resource: one
+    /// that runs outside the workspace's builds, so a stop and a start
+    /// cannot bring it back.
+    pub fn agent_is_external(&self, agent_id: &str) -> bool {
+        self.resources.iter().any(|resource| resource.is_external() && resource.agents.iter().any(|a| a.id == agent_id))
+    }
 }
 
 /// The provisioner job that carries out a build.
@@ -447,6 +454,16 @@ pub struct WorkspaceResource {
     pub resource_type: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub agents: Vec<WorkspaceAgent>,
+}
+
+/// The Terraform resource type of an agent that a person runs on a host of
+/// their own (`coder_external_agent`), not one the provisioner starts.
+pub const EXTERNAL_AGENT_RESOURCE_TYPE: &str = "coder_external_agent";
+
+impl WorkspaceResource {
+    pub fn is_external(&self) -> bool {
+        self.resource_type == EXTERNAL_AGENT_RESOURCE_TYPE
+    }
 }
 
 /// `GET /workspaceagents/{id}`, and the agents of a build's resources.

@@ -306,10 +306,12 @@ impl Gathered<'_> {
         }
     }
 
+    /// The chat agent is disconnected or never connected: either may be
+    /// recovered next.
     fn agent_disconnected(&self) -> bool {
         self.workspace.as_ref().is_some_and(|workspace| {
             chat_agent(&workspace.latest_build, self.resource.spec.agent_name.as_deref())
-                .is_some_and(|agent| agent.status == AgentStatus::Disconnected)
+                .is_some_and(|agent| matches!(agent.status, AgentStatus::Disconnected | AgentStatus::Timeout))
         })
     }
 

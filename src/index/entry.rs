@@ -154,7 +154,11 @@ fn slim(mut workspace: Workspace) -> Workspace {
     for resource in &mut build.resources {
         resource.id = String::new();
         resource.name = String::new();
-        resource.resource_type = String::new();
+        // The one type the decision core reads: an external agent is never
+        // rebuilt.
+        if !resource.is_external() {
+            resource.resource_type = String::new();
+        }
         for agent in &mut resource.agents {
             agent.health.reason = String::new();
         }
@@ -241,6 +245,16 @@ mod tests {
         assert!(!entry.in_transition);
         // The decoded workspace, its strings included, is several times larger.
         assert!(entry.packed_len() < 700, "packed into {} bytes", entry.packed_len());
+    }
+
+    #[test]
+    fn the_index_keeps_which_agents_are_external() {
+        let mut original = workspace("start", "succeeded", serde_json::json!([agent("a-1", "main", "disconnected")]));
+        let entry = Entry::new(original.clone());
+        assert!(!entry.workspace().latest_build.agent_is_external("a-1"));
+        original.latest_build.resources[0].resource_type = "coder_external_agent".into();
+        let entry = Entry::new(original);
+        assert!(entry.workspace().latest_build.agent_is_external("a-1"), "an external agent is never rebuilt");
     }
 
     #[test]

@@ -301,7 +301,20 @@ impl Coderd {
     /// exist yet): an agent with `token` runs while its latest build is a
     /// succeeded start.
     pub fn provisioner(&'static self, owner: &str, name: &str, token: &str) -> Provisioner {
-        Provisioner::start(self, owner, name, token)
+        Provisioner::start(self, owner, name, token, 0)
+    }
+
+    /// A [`Provisioner`] whose first `starts` agents run with a wrong token,
+    /// as a broken image would: coderd never sees them connect, and reports
+    /// `timeout` once the template's connection timeout has passed.
+    pub fn provisioner_with_broken_starts(
+        &'static self,
+        owner: &str,
+        name: &str,
+        token: &str,
+        starts: usize,
+    ) -> Provisioner {
+        Provisioner::start(self, owner, name, token, starts)
     }
 
     /// Every build of a workspace, oldest first.
@@ -383,6 +396,9 @@ pub struct TemplateSpec {
     /// The template uses coderd's classic parameter flow instead of the
     /// dynamic one (the default of new templates).
     pub classic_parameter_flow: bool,
+    /// The Terraform type of the resource that carries the agents (default
+    /// `null_resource`); `coder_external_agent` makes them external agents.
+    pub resource_type: Option<&'static str>,
 }
 
 /// One agent of a template's start build.
@@ -434,7 +450,8 @@ impl TemplateSpec {
         let resources = if agents.is_empty() {
             json!([])
         } else {
-            json!([{"name": "dev", "type": "null_resource", "agents": agents}])
+            let kind = self.resource_type.unwrap_or("null_resource");
+            json!([{"name": "dev", "type": kind, "agents": agents}])
         };
         let mut input = json!({
             "start": {"resources": resources, "parameters": self.parameters, "presets": self.presets},
@@ -523,11 +540,13 @@ struct ProvisionerState {
     agent: Option<Agent>,
     /// How many agent processes were started.
     started: usize,
+    /// The first this many run with a wrong token.
+    broken: usize,
 }
 
 impl Provisioner {
-    fn start(coderd: &'static Coderd, owner: &str, name: &str, token: &str) -> Provisioner {
-        let state = Arc::new(Mutex::new(ProvisionerState::default()));
+    fn start(coderd: &'static Coderd, owner: &str, name: &str, token: &str, broken: usize) -> Provisioner {
+        let state = Arc::new(Mutex::new(ProvisionerState { broken, ..ProvisionerState::default() }));
         let (owner, name, token) = (owner.to_owned(), name.to_owned(), token.to_owned());
         let task = tokio::spawn({
             let state = state.clone();
@@ -554,6 +573,8 @@ impl Provisioner {
         match transition {
             "start" if state.build_id.as_deref() != Some(id) => {
                 state.agent = None;
+                let wrong = uuid::Uuid::new_v4().to_string();
+                let token = if state.started < state.broken { wrong.as_str() } else { token };
                 state.agent = Some(coderd.start_agent(token));
                 state.build_id = Some(id.to_owned());
                 state.started += 1;

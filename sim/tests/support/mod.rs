@@ -23,6 +23,7 @@ pub const GPU_BOX: &str = "2c000000-0000-4000-8000-000000000001";
 pub const LEGACY_VM: &str = "2d000000-0000-4000-8000-000000000001";
 pub const STRICT_DEV: &str = "2e000000-0000-4000-8000-000000000001";
 pub const STRICT_DEV_V2: &str = "2e000000-0000-4000-8000-0000000002a1";
+pub const EXTERNAL_DEV: &str = "2f000000-0000-4000-8000-000000000001";
 
 pub async fn start() -> (Simulator, Client) {
     start_with(Timings::fast()).await
