@@ -1,4 +1,4 @@
-//! Issue: the Helm chart. It lints and renders a hardened pod; `helm install`
+//! The Helm chart. It lints and renders a hardened pod; `helm install`
 //! into the real control plane creates everything; its ServiceAccount can do
 //! what the operator needs and nothing more; and the operator, run with that
 //! ServiceAccount's token and the Deployment's own environment, reconciles.

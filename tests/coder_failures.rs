@@ -1,4 +1,4 @@
-//! Issue: failures of Coder (or of what stands in front of it) must not
+//! Failures of Coder (or of what stands in front of it) must not
 //! cause destructive actions. Only real evidence counts toward a recovery
 //! or a dial timeout: a probe's timeout, coderd's refusal, coderd's own
 //! failed dial. A 429, 401, 403, a proxy's 502/503/504 and a transport

@@ -1,4 +1,4 @@
-//! Issue 10: the operator against a real coderd (the pinned release, built
+//! The operator against a real coderd (the pinned release, built
 //! by `make tools`) on PostgreSQL, with the echo provisioner and real
 //! `coder agent` processes that the tests kill and freeze, and the real
 //! kube-apiserver. The operator runs with the production defaults of
@@ -843,7 +843,7 @@ async fn running_workspace(coderd: &Coderd, env: &Operated, name: &str, extra: V
     (running, id)
 }
 
-/// Issue 12: a stop made through coderd's API (what a person's Stop does)
+/// A stop made through coderd's API (what a person's Stop does)
 /// while Running is desired is respected; a new start-request annotation
 /// starts it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -880,7 +880,7 @@ async fn a_stop_made_through_coderds_api_is_respected_until_a_start_is_asked_for
     assert!(events.iter().any(|(r, n)| r == "StartRequested" && n.contains("initiator")), "{events:?}");
 }
 
-/// Issue 12: a workspace deleted through coderd's API is reported and, by
+/// A workspace deleted through coderd's API is reported and, by
 /// default, created again; with `deletedInCoder: Leave` it stays deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_deleted_through_coderds_api_is_reported_and_created_again_unless_left() {
@@ -918,7 +918,7 @@ async fn a_workspace_deleted_through_coderds_api_is_reported_and_created_again_u
     }
 }
 
-/// Issue 12: a deletion whose credentials Secret is gone leaves the
+/// A deletion whose credentials Secret is gone leaves the
 /// workspace in coderd after --cleanup-timeout, instead of holding the
 /// namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,7 +946,7 @@ async fn a_deletion_whose_credentials_are_gone_leaves_the_workspace_in_coderd_af
     assert_builds_stay(coderd, &id, &["start"], Duration::from_secs(3)).await;
 }
 
-/// Issue 12: what coderd v2.36.1 answers to a start onto a version that adds
+/// What coderd v2.36.1 answers to a start onto a version that adds
 /// a required parameter without a default, in both parameter flows: the
 /// shapes the operator (and the simulator) rely on. AGPL coderd ignores
 /// require_active_version, so the operator itself never moves a workspace

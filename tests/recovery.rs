@@ -1,4 +1,4 @@
-//! Issue: agent connectivity, conditions and automatic stop-then-start
+//! Agent connectivity, conditions and automatic stop-then-start
 //! recovery, against the real kube-apiserver and the Coder simulator, with
 //! timings shortened through the spec. Builds are counted in the
 //! simulator's log.

@@ -1,4 +1,4 @@
-//! Issue: tenancy in the chart. The admission policy refuses, at `kubectl
+//! Tenancy in the chart. The admission policy refuses, at `kubectl
 //! apply`, an owner the namespace is not granted; the aggregated roles give
 //! a namespace's editors and viewers what they need and no more; replicas
 //! get a PodDisruptionBudget; every operator flag that matters is a value.
