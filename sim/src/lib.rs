@@ -1,5 +1,5 @@
 //! A simulator of the parts of Coder's REST API that chatworkspace-operator
-//! uses (see `coder-api.md`): same paths, same JSON keys, builds that
+//! uses (see `docs/coder-api.md`): same paths, same JSON keys, builds that
 //! progress over time, agents that heartbeat, die, respawn or never connect,
 //! a reachability probe that refuses or hangs like coderd's, and injected
 //! faults. It runs in-process for tests ([`Simulator::start`]) or as the

@@ -1,5 +1,5 @@
 //! The JSON shapes of Coder's API (codersdk), built from the model at one
-//! moment. Keys follow coder-api.md; optional keys are omitted or `null`
+//! moment. Keys follow docs/coder-api.md; optional keys are omitted or `null`
 //! exactly where codersdk omits them (`omitempty`) or writes `null`, so a
 //! client that only works when every key is present fails here as it would
 //! against a real coderd.

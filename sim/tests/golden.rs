@@ -1,5 +1,5 @@
 //! Every endpoint's response has exactly the key set of its committed golden
-//! file, and the golden files hold every key coder-api.md names.
+//! file, and the golden files hold every key docs/coder-api.md names.
 
 mod support;
 
@@ -114,7 +114,7 @@ async fn error_and_probe_shapes() {
     assert_golden("buildinfo.json", &build_info);
 }
 
-// ----- the golden files themselves against coder-api.md -----
+// ----- the golden files themselves against docs/coder-api.md -----
 
 fn golden_keys(names: &[&str]) -> BTreeSet<String> {
     names.iter().flat_map(|name| key_paths(&read_golden(name))).collect()
@@ -124,7 +124,7 @@ fn golden_keys(names: &[&str]) -> BTreeSet<String> {
 fn assert_has_keys(names: &[&str], required: &[&str]) {
     let keys = golden_keys(names);
     let missing: Vec<_> = required.iter().filter(|key| !keys.contains(**key)).collect();
-    assert!(missing.is_empty(), "{names:?} lack keys coder-api.md names: {missing:?}");
+    assert!(missing.is_empty(), "{names:?} lack keys docs/coder-api.md names: {missing:?}");
 }
 
 const AGENT_KEYS: &[&str] = &[

@@ -1,4 +1,4 @@
-//! HTTP client for the part of Coder's REST API that coder-api.md describes.
+//! HTTP client for the part of Coder's REST API that docs/coder-api.md describes.
 
 use std::error::Error as StdError;
 use std::fmt;

@@ -100,7 +100,7 @@ impl CoderError {
         }
     }
 
-    /// Maps a non-2xx answer to an error, following coder-api.md.
+    /// Maps a non-2xx answer to an error, following docs/coder-api.md.
     pub(crate) fn from_status(endpoint: &'static str, status: StatusCode, body: ErrorBody) -> Self {
         let code = status.as_u16();
         match code {

@@ -1,5 +1,5 @@
 //! The Coder side: a client that speaks exactly the REST API of
-//! `coder-api.md`, its wire types, and the rule that picks a chat's agent.
+//! `docs/coder-api.md`, its wire types, and the rule that picks a chat's agent.
 
 mod chat_agent;
 mod client;

@@ -1,4 +1,4 @@
-//! The JSON shapes of coder-api.md.
+//! The JSON shapes of docs/coder-api.md.
 //!
 //! Responses are read leniently so that other Coder releases still decode:
 //! unknown keys are ignored, keys that may be missing or `null` default, and
@@ -1052,7 +1052,7 @@ mod tests {
     }
 }
 
-/// `GET /chats/{id}` (coder-api.md, "Chats"): a chat and, for a root chat,
+/// `GET /chats/{id}` (docs/coder-api.md, "Chats"): a chat and, for a root chat,
 /// its sub-agent chats.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Chat {

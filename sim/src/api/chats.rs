@@ -1,4 +1,4 @@
-//! Chats (coder-api.md, "Chats"), mounted under `/api/experimental/chats`
+//! Chats (docs/coder-api.md, "Chats"), mounted under `/api/experimental/chats`
 //! (v2.36.x) or `/api/v2/chats` (v2.37 on): the other mount answers 404 as
 //! coderd's router does for a route it does not have.
 

@@ -1,4 +1,4 @@
-//! Coder's `/api/v2` endpoints, as listed in coder-api.md.
+//! Coder's `/api/v2` endpoints, as listed in docs/coder-api.md.
 
 mod agents;
 mod builds;

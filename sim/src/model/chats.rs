@@ -1,4 +1,4 @@
-//! Chats as coderd's chat daemon keeps them (coder-api.md, "Chats"): bound
+//! Chats as coderd's chat daemon keeps them (docs/coder-api.md, "Chats"): bound
 //! to a workspace, a build and an agent; sub-agent chats under a root chat
 //! (depth 1); a context pinned to an agent's snapshot of instruction files
 //! and skills, dirty when the agent pushed a newer one. Each workspace's

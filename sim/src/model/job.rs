@@ -60,7 +60,7 @@ impl JobStatus {
     }
 
     /// The workspace build status for this job status and transition, as in
-    /// the table of coder-api.md.
+    /// the table of docs/coder-api.md.
     pub fn build_status(self, transition: Transition) -> &'static str {
         match (self, transition) {
             (Self::Pending, _) => "pending",

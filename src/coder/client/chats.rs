@@ -1,4 +1,4 @@
-//! The chat routes (coder-api.md, "Chats"). They moved: v2.36.x serves
+//! The chat routes (docs/coder-api.md, "Chats"). They moved: v2.36.x serves
 //! them under `/api/experimental/chats`, v2.37 under `/api/v2/chats` (and
 //! the release after drops the experimental mount). A client tries the v2
 //! mount first; when coderd's router answers that it has no such route, it
