@@ -417,7 +417,9 @@ async fn reconcile(cached: Arc<Slim>, context: Arc<Context>) -> Result<Action> {
             secondary: None,
         };
         record::publish_one(&context, &resource, event).await;
-        Ok(context.rest(&resource, Duration::from_secs(300)))
+        cleanup::release_foreign_claim(&api, &resource, &context, other)
+            .await
+            .map(|action| action.unwrap_or_else(|| context.rest(&resource, Duration::from_secs(300))))
     } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup::cleanup(&api, &resource, &context).await
