@@ -7,7 +7,16 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
+use chatworkspace_operator::conditions::{self, READY};
+use chatworkspace_operator::crd::ChatWorkspace;
+use coder_sim::{SimConfig, Simulator};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+use support::process::{OperatorProcess, operator_env};
 use testbed::ControlPlane;
 
 fn manifest(namespace: &str, name: &str, spec: &Value) -> Value {
@@ -100,4 +109,155 @@ async fn the_apiserver_refuses_spec_values_longer_than_coder_or_the_crd_allows()
         assert!(!accepted, "{field}: accepted");
         assert!(said.contains(field), "{field}: the refusal names the field: {said:.600}");
     }
+}
+
+/// The operator's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/<pid>/status");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kiB")
+}
+
+/// The lowest resident memory once it stops falling (jemalloc hands freed
+/// pages back over about ten seconds): no new low by more than 1 % for `quiet`,
+/// or `within` has passed.
+async fn settled_rss(pid: u32, quiet: Duration, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    let mut low = rss_kib(pid);
+    let mut low_since = Instant::now();
+    while Instant::now() < deadline && low_since.elapsed() < quiet {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid);
+        if now * 100 < low * 99 {
+            low_since = Instant::now();
+        }
+        low = low.min(now);
+    }
+    low
+}
+
+/// Waits until every ChatWorkspace in `namespace` has a Ready condition
+/// for its current generation: the operator has looked at each as it is.
+async fn all_decided(api: &Api<ChatWorkspace>, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = api.list(&ListParams::default()).await.expect("list ChatWorkspaces");
+        let decided = list
+            .items
+            .iter()
+            .filter(|cws| {
+                cws.status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, READY))
+                    .is_some_and(|ready| ready.observed_generation == cws.metadata.generation)
+            })
+            .count();
+        if list.items.len() == count && decided == count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{decided} of {count} ChatWorkspaces decided after {within:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A tenant's way to grow the operator's caches: 300 Secrets with long
+/// names, a Stopped resource on each (one Coder client and one template
+/// read per Secret), each resource's template then renamed to a template
+/// that does not exist (a Stopped resource with no workspace may change it),
+/// and everything deleted again. Returns once the operator forgot them all.
+async fn grow_and_go(client: &Client, namespace: &str, sim: &Simulator, operator: &OperatorProcess, round: char) {
+    let count = 300;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let resources: Api<ChatWorkspace> = Api::namespaced(client.clone(), namespace);
+    let secret_name = |i: usize| format!("{round}{i:0>8}-{}", "s".repeat(200));
+    for i in 0..count {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": secret_name(i)},
+            "stringData": {"url": sim.url(), "token": sim.token()},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &secret).await.expect("create Secret");
+        let resource: ChatWorkspace = serde_json::from_value(manifest(
+            namespace,
+            &format!("tenant-{i}"),
+            &json!({"desiredState": "Stopped", "template": {"name": "docker-dev"},
+                    "credentialsRef": {"name": secret_name(i)}}),
+        ))
+        .unwrap();
+        resources.create(&PostParams::default(), &resource).await.expect("create ChatWorkspace");
+    }
+    all_decided(&resources, count, Duration::from_secs(120)).await;
+    for i in 0..count {
+        let renamed = json!({"spec": {"template": {"name": format!("{round}-gone-{i:0>25}")}}});
+        resources
+            .patch(&format!("tenant-{i}"), &PatchParams::default(), &Patch::Merge(&renamed))
+            .await
+            .expect("rename the template");
+    }
+    all_decided(&resources, count, Duration::from_secs(120)).await;
+
+    for i in 0..count {
+        resources.delete(&format!("tenant-{i}"), &DeleteParams::default()).await.expect("delete ChatWorkspace");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = resources.list(&ListParams::default()).await.expect("list").items;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} ChatWorkspaces left, e.g. {}", left.len(), left[0].name_any());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for i in 0..count {
+        secrets.delete(&secret_name(i), &DeleteParams::default()).await.expect("delete Secret");
+    }
+    // The operator forgot every resource it had looked at.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while operator.metrics().await.value("chatworkspace_observed_resources", &[]) > 0.0 {
+        assert!(Instant::now() < deadline, "the operator still counts observed resources");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_300_secrets_and_300_template_names_cost_goes_with_their_resources() {
+    let plane = ControlPlane::shared();
+    let client = plane.client().await;
+    let namespace = plane.namespace("exhaust").await;
+    let sim = Simulator::start(SimConfig::fast()).await.expect("start the Coder simulator");
+    let mut env = operator_env(plane.kubeconfig_path(), &sim.url(), &sim.token(), &namespace);
+    // Coder's answers are not what is measured: no request cap. Template
+    // reads are kept for 2 s, so what a live resource no longer reads goes
+    // soon.
+    env.extend([("CODER_MAX_RPS".into(), "0".into()), ("TEMPLATE_CACHE_TTL".into(), "2s".into())]);
+    env.retain(|(name, _)| name != "RUST_LOG");
+    env.push(("RUST_LOG".into(), "warn".into()));
+    let mut operator = OperatorProcess::spawn("exhaustion", &env);
+    operator.wait_ready(Duration::from_secs(30)).await;
+    let pid = operator.pid();
+
+    // The same paths once first (other names), so that what a process
+    // makes once and keeps (TLS roots, connection pools to the apiserver,
+    // the allocator's arenas at their high-water mark: 3 MiB here) is in
+    // the level before: what is measured is what each round leaves behind.
+    grow_and_go(&client, &namespace, &sim, &operator, 'a').await;
+    let before = settled_rss(pid, Duration::from_secs(10), Duration::from_secs(60)).await;
+
+    let started = Instant::now();
+    grow_and_go(&client, &namespace, &sim, &operator, 'b').await;
+    let peak = rss_kib(pid);
+    let after = settled_rss(pid, Duration::from_secs(40), Duration::from_secs(90)).await;
+    eprintln!(
+        "exhaustion: RSS {:.1} MiB before, {:.1} MiB once 300 resources were gone ({:.1} s later), {:.1} MiB after it settled",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        started.elapsed().as_secs_f64(),
+        after as f64 / 1024.0
+    );
+    assert!(
+        after * 10 <= before * 11,
+        "RSS {:.1} MiB after the resources went, more than 10 % above {:.1} MiB before",
+        after as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
 }

@@ -232,6 +232,9 @@ impl Context {
         self.resting.lock().expect("resting").remove(&reference);
         self.failures.lock().expect("failures").remove(&reference);
         self.claiming.lock().expect("claiming").remove(&reference);
+        // What the caches keep for it goes with the last resource using it.
+        self.credentials.forget(key);
+        self.templates.sweep();
     }
 }
 
