@@ -51,13 +51,20 @@ pub struct ChatWorkspaceSpec {
     #[serde(default)]
     pub desired_state: DesiredState,
 
-    /// Coder user that owns the workspace; default: the token's own user.
+    /// Coder user that owns the workspace, by username (at most 32
+    /// characters, as coderd allows) or user id (a UUID in any form coderd
+    /// reads as one: 36 characters, 32 hex digits, in braces, or with a
+    /// `urn:uuid:` prefix, at most 45 characters); default: the token's
+    /// own user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
     #[x_kube(validation = Rule::new("self.size() > 0").message("spec.owner must not be empty"))]
     pub owner: Option<String>,
 
-    /// Coder organization of the template, by name or id; default: `coder`.
+    /// Coder organization of the template, by name (at most 32 characters,
+    /// as coderd allows) or id (a UUID); default: `coder`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 36))]
     pub organization: Option<String>,
 
     /// Name of the Coder workspace; default: `metadata.name`. An existing
@@ -80,13 +87,20 @@ pub struct ChatWorkspaceSpec {
     /// Once the workspace exists they cannot change, but values may be added
     /// for parameters that a new template version adds: a start onto that
     /// version (the template requires its active version) sends them.
+    /// Coder sets no limits here; these leave room for real templates (a
+    /// few dozen parameters, values such as a repository URL or a short
+    /// JSON list) while bounding what one resource costs: at most 64
+    /// parameters, names of at most 128 characters, values of at most 4096.
     #[serde(default)]
     #[schemars(length(max = 64), schema_with = "parameters_schema")]
     pub parameters: Vec<Parameter>,
 
     /// The agent whose health counts; default: Coder's chat-agent rule
     /// (root agents; a single `*-coderd-chat` agent wins, else the first).
+    /// A Coder agent name: letters, digits and single hyphens; at most 64
+    /// characters (it is a DNS label in the agent's hostname).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9](-?[a-zA-Z0-9])*$"), length(max = 64))]
     pub agent_name: Option<String>,
 
     /// Automatic stop-then-start recovery of a workspace whose agent died.
@@ -207,21 +221,33 @@ pub enum DeletionPolicy {
 #[x_kube(validation = Rule::new("has(self.name) != has(self.id)").message("set exactly one of template.name and template.id"))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateRef {
+    /// A Coder template name: 1 to 32 letters, digits and single hyphens,
+    /// as coderd allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9]+(-[a-zA-Z0-9]+)*$"), length(min = 1, max = 32))]
     pub name: Option<String>,
+    /// A template id (a UUID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 36))]
     pub id: Option<String>,
-    /// Build this template version at creation instead of the active one.
+    /// Build this template version (its id, a UUID) at creation instead of
+    /// the active one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 36))]
     pub version_id: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.name) != has(self.id)").message("set exactly one of preset.name and preset.id"))]
 pub struct PresetRef {
+    /// A preset name. Coder only asks that it is not empty; 128 characters
+    /// is far more than a name shown in its dashboard uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
     pub name: Option<String>,
+    /// A preset id (a UUID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 36))]
     pub id: Option<String>,
 }
 
@@ -235,31 +261,43 @@ pub struct Parameter {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretRef {
+    /// A Secret name (a DNS subdomain: at most 253 characters).
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
 /// Go-style duration strings such as `90s`, `1m30s` or `1h`.
 const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// The shortest probe timeout: a probe through coderd takes a round trip to
+/// the agent over its tunnel, which a shorter timeout would fail on a
+/// healthy agent.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest probe timeout: coderd gives up dialling an agent after 30 s
+/// itself, and a longer one would only hold a probe permit longer.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoverySpec {
     #[serde(default)]
     pub mode: RecoveryMode,
     /// How long the agent must stay disconnected before a stop/start.
     #[serde(default = "default_disconnected_threshold")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub disconnected_threshold: String,
-    /// How long the reachability probe through coderd may take.
+    /// How long the reachability probe through coderd may take: 1s to 30s
+    /// (coderd's own limit on dialling an agent).
     #[serde(default = "default_probe_timeout")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('30s')").message("spec.recovery.probeTimeout must be between 1s and 30s (coderd gives up dialling an agent after 30s)"))]
     pub probe_timeout: String,
     /// Automatic recoveries allowed per `window`.
     #[serde(default = "default_max_attempts")]
     #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,
     #[serde(default = "default_window")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub window: String,
     /// What to do with an agent that never connected within its connection
     /// timeout (coderd's `timeout` status).
@@ -333,10 +371,18 @@ impl RecoverySpec {
             parse_duration(value)
                 .ok_or_else(|| format!("spec.recovery.{name}: {value:?} is not a duration like 90s, 1m30s or 1h"))
         };
+        let probe_timeout = field("probeTimeout", &self.probe_timeout)?;
+        // The schema bounds it too; this holds for an object stored before.
+        if !(MIN_PROBE_TIMEOUT..=MAX_PROBE_TIMEOUT).contains(&probe_timeout) {
+            return Err(format!(
+                "spec.recovery.probeTimeout: {:?} is outside 1s to 30s (coderd gives up dialling an agent after 30s)",
+                self.probe_timeout
+            ));
+        }
         Ok(RecoveryPolicy {
             automatic: self.mode == RecoveryMode::Automatic,
             disconnected_threshold: field("disconnectedThreshold", &self.disconnected_threshold)?,
-            probe_timeout: field("probeTimeout", &self.probe_timeout)?,
+            probe_timeout,
             max_attempts: self.max_attempts,
             window: field("window", &self.window)?,
             never_connected: self.never_connected,
@@ -725,5 +771,17 @@ mod tests {
         assert_eq!(policy.max_attempts, 3);
         assert_eq!(policy.window, Duration::from_secs(3600));
         assert_eq!(policy.never_connected, NeverConnected::Recover);
+    }
+
+    #[test]
+    fn a_probe_timeout_outside_one_to_thirty_seconds_is_an_invalid_spec() {
+        let with = |timeout: &str| RecoverySpec { probe_timeout: timeout.into(), ..RecoverySpec::default() }.policy();
+        for inside in ["1s", "1000ms", "2s500ms", "30s", "29s999ms"] {
+            assert!(with(inside).is_ok(), "{inside}");
+        }
+        for outside in ["999ms", "0s", "30s1ms", "31s", "1m", "1h"] {
+            let error = with(outside).expect_err(outside);
+            assert!(error.contains("probeTimeout") && error.contains("1s to 30s"), "{outside}: {error}");
+        }
     }
 }

@@ -4,6 +4,12 @@
 //! rotated token takes effect on the next reconcile; a default token read
 //! from a file (a mounted Secret) is read again when the file changes.
 //! A Secret's URL must be on the operator's allow-list.
+//!
+//! A Secret's client is kept only while a live resource names the Secret:
+//! each client has its own connection pool and TLS setup, and a tenant can
+//! make as many Secrets as it likes. The controller says when a resource is
+//! gone ([`Credentials::forget`]); a resource that switches to another
+//! Secret, or to the default credentials, lets go of the one before.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +23,7 @@ use tracing::{info, warn};
 use crate::coder::{CoderClient, RateLimit, RequestObserver, SessionToken};
 use crate::crd::ChatWorkspace;
 use crate::error::{Error, Result};
+use crate::key::ResourceKey;
 use crate::tenancy::urls::AllowedUrls;
 
 /// A Coder client and a stable name for the credentials it uses (never the
@@ -50,8 +57,55 @@ pub struct Credentials {
     observer: Option<Arc<dyn RequestObserver>>,
     rate_limit: Option<Arc<RateLimit>>,
     allowed_urls: AllowedUrls,
-    /// (namespace, secret name) → (resourceVersion, client).
-    secrets: Mutex<HashMap<(String, String), (String, Resolved)>>,
+    secrets: Mutex<SecretClients>,
+}
+
+/// (namespace, Secret name).
+type SecretKey = (String, String);
+
+/// The clients made from Secrets, and which live resource names which
+/// Secret: a client goes with the last resource that names its Secret.
+#[derive(Default)]
+struct SecretClients {
+    /// Secret → (its resourceVersion, the client made from it).
+    clients: HashMap<SecretKey, (String, Resolved)>,
+    /// Resource (with a `credentialsRef`) → the Secret it names.
+    named_by: HashMap<ResourceKey, SecretKey>,
+    /// Secret → how many resources name it.
+    users: HashMap<SecretKey, usize>,
+}
+
+impl SecretClients {
+    /// `resource` names `secret` now (`None`: no Secret).
+    fn uses(&mut self, resource: &ResourceKey, secret: Option<SecretKey>) {
+        // The common case: nobody has ever named a Secret.
+        if secret.is_none() && self.named_by.is_empty() {
+            return;
+        }
+        if self.named_by.get(resource) == secret.as_ref() {
+            return;
+        }
+        if let Some(secret) = &secret {
+            *self.users.entry(secret.clone()).or_default() += 1;
+        }
+        let before = match secret {
+            Some(secret) => self.named_by.insert(resource.clone(), secret),
+            None => self.named_by.remove(resource),
+        };
+        if let Some(before) = before {
+            self.release(&before);
+        }
+    }
+
+    /// One resource fewer names `secret`; its client goes with the last.
+    fn release(&mut self, secret: &SecretKey) {
+        let Some(count) = self.users.get_mut(secret) else { return };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.users.remove(secret);
+            self.clients.remove(secret);
+        }
+    }
 }
 
 impl Credentials {
@@ -138,12 +192,30 @@ impl Credentials {
         Ok(default.resolved.clone())
     }
 
+    /// `resource` is gone: a Secret no other resource names loses its client.
+    pub fn forget(&self, resource: &ResourceKey) {
+        self.secrets.lock().expect("credentials cache").uses(resource, None);
+    }
+
+    /// How many Secrets have a client now.
+    pub fn secret_clients(&self) -> usize {
+        self.secrets.lock().expect("credentials cache").clients.len()
+    }
+
     /// The credentials `workspace` uses.
     pub async fn for_resource(&self, kube: &kube::Client, workspace: &ChatWorkspace) -> Result<Resolved> {
+        let namespace = workspace.namespace().unwrap_or_default();
+        let user = |secret| {
+            let resource = ResourceKey::new(&namespace, &workspace.name_any());
+            self.secrets.lock().expect("credentials cache").uses(&resource, secret);
+        };
         let Some(reference) = &workspace.spec.credentials_ref else {
+            if !self.secrets.lock().expect("credentials cache").named_by.is_empty() {
+                user(None);
+            }
             return self.default_credentials();
         };
-        let namespace = workspace.namespace().unwrap_or_default();
+        user(Some((namespace.clone(), reference.name.clone())));
         let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
         let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::CredentialsSecretMissing {
             namespace: namespace.clone(),
@@ -151,7 +223,8 @@ impl Credentials {
         })?;
         let version = secret.resource_version().unwrap_or_default();
         let cache_key = (namespace.clone(), reference.name.clone());
-        if let Some((cached_version, resolved)) = self.secrets.lock().expect("credentials cache").get(&cache_key)
+        if let Some((cached_version, resolved)) =
+            self.secrets.lock().expect("credentials cache").clients.get(&cache_key)
             && *cached_version == version
         {
             return Ok(resolved.clone());
@@ -182,7 +255,12 @@ impl Credentials {
             .map_err(|_| Error::Credentials(format!("Secret {namespace}/{} has an empty token", reference.name)))?;
         let resolved =
             Resolved { client: self.client(&url, token)?, key: format!("secret:{namespace}/{}@{url}", reference.name) };
-        self.secrets.lock().expect("credentials cache").insert(cache_key, (version, resolved.clone()));
+        let mut secrets = self.secrets.lock().expect("credentials cache");
+        // Kept only while a resource names the Secret (it may have gone
+        // while the Secret was read).
+        if secrets.users.contains_key(&cache_key) {
+            secrets.clients.insert(cache_key, (version, resolved.clone()));
+        }
         Ok(resolved)
     }
 }
@@ -199,6 +277,33 @@ fn stamp(path: &Path) -> std::io::Result<FileStamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secret(name: &str) -> SecretKey {
+        ("team".into(), name.into())
+    }
+
+    fn client_for(clients: &mut SecretClients, name: &str) {
+        let client = CoderClient::new("http://127.0.0.1:9", SessionToken::new("t").unwrap(), Duration::from_secs(1));
+        let resolved = Resolved { client: client.unwrap(), key: name.into() };
+        clients.clients.insert(secret(name), ("1".into(), resolved));
+    }
+
+    #[test]
+    fn a_secrets_client_goes_with_the_last_resource_that_names_it() {
+        let mut clients = SecretClients::default();
+        let (a, b) = (ResourceKey::new("team", "a"), ResourceKey::new("team", "b"));
+        clients.uses(&a, Some(secret("shared")));
+        clients.uses(&a, Some(secret("shared")));
+        clients.uses(&b, Some(secret("shared")));
+        client_for(&mut clients, "shared");
+        clients.uses(&a, None);
+        assert!(clients.clients.contains_key(&secret("shared")), "b still names it");
+        clients.uses(&b, Some(secret("own")));
+        client_for(&mut clients, "own");
+        assert!(!clients.clients.contains_key(&secret("shared")), "nobody names it any more");
+        clients.uses(&b, None);
+        assert!(clients.clients.is_empty() && clients.users.is_empty() && clients.named_by.is_empty());
+    }
 
     #[test]
     fn a_changed_token_file_is_read_again() {

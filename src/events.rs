@@ -66,7 +66,7 @@ impl Publisher {
         K8sEvent {
             metadata: ObjectMeta {
                 namespace: Some(namespace.to_owned()),
-                name: Some(format!("{subject}.{:x}", now.as_nanosecond())),
+                name: Some(event_name(subject, now.as_nanosecond())),
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
@@ -84,6 +84,25 @@ impl Publisher {
             ..K8sEvent::default()
         }
     }
+}
+
+/// The longest object name Kubernetes accepts (a DNS subdomain).
+const MAX_NAME: usize = 253;
+
+/// `<subject>.<time in hex>`, as kubectl's Events are named, with the
+/// subject shortened so that the name of an Event about a resource whose own
+/// name is already 253 characters long is still valid. The subject is a
+/// Kubernetes name (ASCII), so it is cut on a character boundary; a cut that
+/// ends in `.` or `-` would make an invalid name, so those go too.
+fn event_name(subject: &str, nanos: i128) -> String {
+    let suffix = format!(".{nanos:x}");
+    let keep = subject.len().min(MAX_NAME - suffix.len());
+    let mut cut = subject.get(..keep).unwrap_or("event");
+    cut = cut.trim_end_matches(['.', '-']);
+    if cut.is_empty() {
+        cut = "event";
+    }
+    format!("{cut}{suffix}")
 }
 
 /// What identifies "the same Event again": the object, and everything the
@@ -165,6 +184,30 @@ mod tests {
             namespace: Some("team".into()),
             uid: Some(format!("uid-{name}")),
             ..ObjectReference::default()
+        }
+    }
+
+    #[test]
+    fn an_event_name_is_a_valid_name_whatever_the_length_of_the_resources_name() {
+        let nanos = Timestamp::now().as_nanosecond();
+        assert_eq!(event_name("chat-1", 0x1f), "chat-1.1f", "a short name is kept whole");
+        let longest = format!("{}.b", "a".repeat(251));
+        // Names whose cut falls right after a `.` or a `-`.
+        let keep = MAX_NAME - format!(".{nanos:x}").len();
+        let cut_at_a_dot = format!("{}.{}", "a".repeat(keep - 1), "b".repeat(MAX_NAME - keep));
+        let cut_at_a_hyphen = format!("{}-{}", "a".repeat(keep - 1), "b".repeat(MAX_NAME - keep));
+        for subject in [longest.as_str(), &cut_at_a_dot, &cut_at_a_hyphen] {
+            let name = event_name(subject, nanos);
+            assert!(name.len() <= MAX_NAME, "{} characters: {name}", name.len());
+            assert!(name.ends_with(&format!(".{nanos:x}")), "{name}");
+            let is_label = |label: &str| {
+                !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            };
+            assert!(name.split('.').all(is_label), "not a DNS subdomain: {name}");
+            assert!(name.starts_with(&subject[..200]), "the subject is kept as far as it fits: {name}");
         }
     }
 

@@ -1,6 +1,13 @@
 //! Templates and their presets, as chatd's `read_template` shows them, with a
 //! bounded-lifetime cache: they change rarely, and reading them on every
 //! reconcile of every workspace would multiply Coder's load for nothing.
+//!
+//! What is kept is bounded by what live resources read within one TTL: an
+//! entry is dropped once it is older than the TTL (swept at most once a
+//! minute, on a read or when a resource goes), a failed read (an unknown
+//! template) keeps nothing, and the gate that makes reconciles share one
+//! read goes when that read ends. Keys hold a resource's spec strings, so a
+//! tenant that keeps renaming its template must not grow the operator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,17 +80,62 @@ fn preset_status(preset: &Preset) -> PresetStatus {
     }
 }
 
+/// How often expired entries are swept at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+type Gates = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
 pub struct Templates {
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Arc<TemplateInfo>)>>,
+    swept: Mutex<Instant>,
     /// One read at a time per template: when an entry expires, the
     /// reconciles in flight wait for one read instead of each sending theirs.
-    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    reading: Gates,
+}
+
+/// Removes a read's gate once nobody holds or waits on it, however the read
+/// ends (a reconcile may be cancelled mid-read).
+struct GateRelease<'a> {
+    gates: &'a Gates,
+    key: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for GateRelease<'_> {
+    fn drop(&mut self) {
+        let mut gates = self.gates.lock().expect("template reads");
+        // Two references: the map's and this one's.
+        if gates.get(self.key).is_some_and(|gate| Arc::ptr_eq(gate, &self.gate)) && Arc::strong_count(&self.gate) <= 2 {
+            gates.remove(self.key);
+        }
+    }
 }
 
 impl Templates {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, cache: Mutex::default(), reading: Mutex::default() }
+        Self { ttl, cache: Mutex::default(), swept: Mutex::new(Instant::now()), reading: Mutex::default() }
+    }
+
+    /// Drops what is older than the TTL, at most once a minute (or once a
+    /// TTL, if shorter).
+    pub fn sweep(&self) {
+        {
+            let mut swept = self.swept.lock().expect("template sweep");
+            if swept.elapsed() < SWEEP_EVERY.min(self.ttl) {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        let mut cache = self.cache.lock().expect("template cache");
+        cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        cache.shrink_to_fit();
+        self.reading.lock().expect("template reads").shrink_to_fit();
+    }
+
+    /// How many template reads are kept, and how many reads are under way.
+    pub fn kept(&self) -> (usize, usize) {
+        (self.cache.lock().expect("template cache").len(), self.reading.lock().expect("template reads").len())
     }
 
     fn cached(&self, key: &str) -> Option<Arc<TemplateInfo>> {
@@ -107,18 +159,20 @@ impl Templates {
             reference.id.as_deref().unwrap_or_default(),
             reference.version_id.as_deref().unwrap_or_default()
         );
+        self.sweep();
         if let Some(info) = self.cached(&key) {
             return Ok(info);
         }
         let gate = self.reading.lock().expect("template reads").entry(key.clone()).or_default().clone();
-        let _reading = gate.lock().await;
+        let release = GateRelease { gates: &self.reading, key: &key, gate };
+        let _reading = release.gate.lock().await;
         if let Some(info) = self.cached(&key) {
             return Ok(info);
         }
         let info = Arc::new(Self::read(credentials, organization, reference).await?);
         let mut cache = self.cache.lock().expect("template cache");
         cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
-        cache.insert(key, (Instant::now(), info.clone()));
+        cache.insert(key.clone(), (Instant::now(), info.clone()));
         Ok(info)
     }
 
@@ -146,5 +200,43 @@ impl Templates {
             template.name
         )))?;
         Ok(TemplateInfo { template, version_id, presets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coder::{CoderClient, SessionToken};
+
+    /// Credentials whose Coder refuses every connection.
+    fn unreachable() -> Resolved {
+        let client = CoderClient::new("http://127.0.0.1:9", SessionToken::new("t").unwrap(), Duration::from_secs(1));
+        Resolved { client: client.unwrap(), key: "default@unreachable".into() }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_keeps_nothing_of_its_key() {
+        let templates = Templates::new(Duration::from_secs(300));
+        for i in 0..50 {
+            let reference = TemplateRef { name: Some(format!("t{i:0>31}")), ..TemplateRef::default() };
+            assert!(templates.resolve(&unreachable(), None, &reference).await.is_err());
+        }
+        assert_eq!(templates.kept(), (0, 0), "no entry and no read gate is left");
+    }
+
+    #[test]
+    fn entries_older_than_the_ttl_are_swept() {
+        let ttl = Duration::from_millis(20);
+        let templates = Templates::new(ttl);
+        let info = |id: &str| {
+            let template: Template = serde_json::from_value(serde_json::json!({"id": id})).unwrap();
+            Arc::new(TemplateInfo { template, version_id: "v".into(), presets: Vec::new() })
+        };
+        templates.cache.lock().unwrap().insert("old".into(), (Instant::now(), info("old")));
+        std::thread::sleep(ttl * 2);
+        templates.cache.lock().unwrap().insert("new".into(), (Instant::now(), info("new")));
+        templates.sweep();
+        let kept: Vec<String> = templates.cache.lock().unwrap().keys().cloned().collect();
+        assert_eq!(kept, ["new"]);
     }
 }

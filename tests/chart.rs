@@ -85,6 +85,10 @@ fn helm_lint_passes_strict_with_default_and_full_values() {
         "watchNamespaces": ["team-a", "team-b"],
         "credentialsRef": {"namespaces": ["team-a"], "secretNames": ["coder"]},
         "metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}}},
+        "networkPolicy": {"from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+            {"ipBlock": {"cidr": "10.0.0.0/8"}},
+        ]},
     });
     let file = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
     fs::write(file.path(), full.to_string()).unwrap();
@@ -104,6 +108,7 @@ fn the_pod_is_hardened_and_probed() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "RoleBinding",
             "Service",
@@ -112,7 +117,18 @@ fn the_pod_is_hardened_and_probed() {
             "ValidatingAdmissionPolicyBinding"
         ],
         "by default: cluster-wide workspace RBAC, the lease Role, the aggregated roles, the admission policy, \
-         no Secret access, no ServiceMonitor, no PodDisruptionBudget with one replica"
+         the NetworkPolicy, no Secret access, no ServiceMonitor, no PodDisruptionBudget with one replica"
+    );
+    let policy = find(&documents, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        find(&documents, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]), "outbound traffic is not limited");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"ports": [{"port": 8080, "protocol": "TCP"}]}]),
+        "only the admin port, from anywhere by default"
     );
     let deployment = find(&documents, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
@@ -156,6 +172,7 @@ fn optional_parts_follow_the_values() {
         "metrics": {"serviceMonitor": {"enabled": true}},
         "rbac": {"aggregatedRoles": false},
         "admissionPolicy": {"enabled": false},
+        "networkPolicy": {"enabled": false},
     }));
     assert_eq!(
         kinds(&documents),
@@ -196,6 +213,53 @@ fn optional_parts_follow_the_values() {
 }
 
 #[test]
+fn the_network_policy_and_the_secret_grant_follow_the_values() {
+    let monitoring = json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}});
+    let documents = render(&json!({
+        "adminPort": 9090,
+        "networkPolicy": {"from": [monitoring]},
+        "watchNamespaces": ["team-a", "team-b"],
+        "credentialsRef": {"allNamespaces": true, "namespaces": ["ignored"]},
+    }));
+    let policy = find(&documents, "NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"ports": [{"port": 9090, "protocol": "TCP"}], "from": [monitoring]}])
+    );
+
+    // allNamespaces with watchNamespaces: a Role in each served namespace only.
+    let credentials = |kind: &str| -> Vec<Value> {
+        documents
+            .iter()
+            .filter(|d| d["kind"] == kind && d["metadata"]["name"].as_str().unwrap().ends_with("-credentials"))
+            .cloned()
+            .collect()
+    };
+    assert!(credentials("ClusterRole").is_empty() && credentials("ClusterRoleBinding").is_empty());
+    let namespaces: Vec<Value> = credentials("Role").iter().map(|role| role["metadata"]["namespace"].clone()).collect();
+    assert_eq!(namespaces, [json!("team-a"), json!("team-b")]);
+    let bound: Vec<Value> = credentials("RoleBinding").iter().map(|b| b["metadata"]["namespace"].clone()).collect();
+    assert_eq!(bound, [json!("team-a"), json!("team-b")]);
+
+    // Without watchNamespaces it is the whole cluster, as the value says.
+    let everywhere = render(&json!({"credentialsRef": {"allNamespaces": true}}));
+    assert!(
+        everywhere.iter().any(|d| d["kind"] == "ClusterRole"
+            && d["metadata"]["name"].as_str().unwrap().ends_with("-credentials")
+            && d["rules"][0]["resources"] == json!(["secrets"])),
+        "a ClusterRole for Secrets"
+    );
+
+    // No grant on the finalizers subresource in any mode.
+    for documents in [&documents, &everywhere] {
+        let rules = documents.iter().filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole");
+        for rule in rules.flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default()) {
+            assert!(!rule["resources"].to_string().contains("finalizers"), "{rule}");
+        }
+    }
+}
+
+#[test]
 fn the_schema_rejects_bad_values() {
     let cases = [
         (json!({"coder": {"url": "https://coder.example.com"}}), "tokenSecret"),
@@ -212,6 +276,9 @@ fn the_schema_rejects_bad_values() {
         (json!({"logging": {"format": "xml"}}), "format"),
         (json!({"replicas": 2}), "replicas"),
         (json!({"leaderElection": {"enabled": false}, "replicaCount": 2}), "replicaCount"),
+        (json!({"networkPolicy": {"enabled": "yes"}}), "networkPolicy"),
+        (json!({"networkPolicy": {"from": [{"pods": {}}]}}), "networkPolicy"),
+        (json!({"networkPolicy": {"from": [{"ipBlock": {}}]}}), "cidr"),
     ];
     for (values, mentioned) in cases {
         let error = render_fails(&values);
@@ -368,7 +435,6 @@ async fn the_service_account_can_do_what_the_operator_needs_and_no_more() {
         ("patch", cws, None, &served),
         ("list", cws, None, &other_served),
         ("patch", cws, Some("status"), &served),
-        ("update", cws, Some("finalizers"), &served),
         ("create", events, None, &served),
         ("patch", events, None, &other_served),
         ("create", "leases.coordination.k8s.io", None, &home),
@@ -394,6 +460,8 @@ async fn the_service_account_can_do_what_the_operator_needs_and_no_more() {
         ("update", cws, None, Some(&served)),
         ("delete", cws, None, Some(&served)),
         ("update", cws, Some("status"), Some(&served)),
+        // The finalizer is a patch of the resource (see the test below).
+        ("update", cws, Some("finalizers"), Some(&served)),
         // Secrets: only the named one, only where credentialsRef is allowed.
         ("get", "secrets/other", None, Some(&served)),
         ("list", "secrets", None, Some(&served)),
@@ -426,6 +494,78 @@ async fn the_service_account_can_do_what_the_operator_needs_and_no_more() {
             "the operator must not: {verb} {target} {subresource:?} in {namespace:?}"
         );
     }
+}
+
+/// The operator adds and removes its finalizer with a patch of the resource
+/// (a merge patch carrying the resourceVersion, as `controller/cleanup.rs`
+/// sends it), which the chart's RBAC allows without any grant on the
+/// `chatworkspaces/finalizers` subresource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_account_adds_and_removes_the_finalizer_without_the_finalizers_grant() {
+    use chatworkspace_operator::crd::{ChatWorkspace, FINALIZER};
+    use kube::api::{Patch, PatchParams};
+
+    let plane = ControlPlane::shared();
+    let home = plane.namespace("fin-home").await;
+    let served = plane.namespace("fin-served").await;
+    let release = unique("fin");
+    helm_install(
+        plane,
+        &release,
+        &home,
+        &json!({"watchNamespaces": [served], "rbac": {"aggregatedRoles": false}, "admissionPolicy": {"enabled": false}}),
+    );
+    let user = format!("system:serviceaccount:{home}:{release}-chatworkspace-operator");
+    let sa = Identity { plane, user: user.clone() };
+    assert!(!sa.can("update", "chatworkspaces.chat.coder.com", Some("finalizers"), Some(&served)));
+    assert!(!sa.can("update", "chatworkspaces.chat.coder.com", None, Some(&served)));
+
+    let admin = plane.client().await;
+    create_workspace(&admin, &served, "chat-1", json!({"desiredState": "Stopped", "template": {"name": "docker-dev"}}))
+        .await;
+    let mut config = kube::Config::from_custom_kubeconfig(plane.kubeconfig(), &Default::default()).await.unwrap();
+    config.auth_info.impersonate = Some(user);
+    let as_operator = kube::Client::try_from(config).unwrap();
+    let api: Api<ChatWorkspace> = Api::namespaced(as_operator, &served);
+    let set = |finalizers: Vec<&str>, version: Option<String>| json!({"metadata": {"finalizers": finalizers, "resourceVersion": version}});
+    let current = api.get("chat-1").await.expect("the operator reads its resources");
+    let patch = set(vec![FINALIZER], current.metadata.resource_version);
+    let added = api.patch("chat-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("add the finalizer");
+    assert_eq!(added.metadata.finalizers.as_deref(), Some(&[FINALIZER.to_owned()][..]));
+    Api::<ChatWorkspace>::namespaced(admin.clone(), &served).delete("chat-1", &DeleteParams::default()).await.unwrap();
+    let deleting = api.get("chat-1").await.expect("held by the finalizer");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    let patch = set(vec![], deleting.metadata.resource_version);
+    api.patch("chat-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("remove the finalizer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api.get_opt("chat-1").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the resource outlived its last finalizer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `credentialsRef.allNamespaces` with `watchNamespaces`: Secrets are
+/// readable in the served namespaces only, never cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_namespaces_for_credentials_means_the_served_ones_when_they_are_listed() {
+    let plane = ControlPlane::shared();
+    let home = plane.namespace("creds-home").await;
+    let served = plane.namespace("creds-served").await;
+    let unserved = plane.namespace("creds-other").await;
+    let release = unique("creds");
+    helm_install(
+        plane,
+        &release,
+        &home,
+        &json!({"watchNamespaces": [served], "credentialsRef": {"allNamespaces": true},
+                "rbac": {"aggregatedRoles": false}, "admissionPolicy": {"enabled": false}}),
+    );
+    let sa = Identity { plane, user: format!("system:serviceaccount:{home}:{release}-chatworkspace-operator") };
+    assert!(sa.can("get", "secrets/coder", None, Some(&served)));
+    assert!(!sa.can("get", "secrets/coder", None, Some(&unserved)));
+    assert!(!sa.can("get", "secrets/coder", None, Some(&home)));
+    assert!(!sa.can("get", "secrets", None, None));
+    assert!(!sa.can("list", "secrets", None, Some(&served)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

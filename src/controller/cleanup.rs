@@ -118,6 +118,44 @@ pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, 
     wait_or_orphan(api, resource, context, &blocker, detail.as_deref(), after).await
 }
 
+/// A resource another install claimed (`chat.coder.com/operator`), being
+/// deleted in a namespace that is being deleted: that install applies its
+/// `deletionPolicy`, but if it is gone the shared finalizer would hold the
+/// namespace forever. The same rule as a blocked cleanup: after
+/// `--cleanup-timeout` from the `deletionTimestamp` the finalizer goes,
+/// Coder untouched, with a Warning Event. `None`: not such a deletion.
+pub(super) async fn release_foreign_claim(
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    context: &Context,
+    other: &str,
+) -> Result<Option<Action>> {
+    let Some(deleted_at) = resource.metadata.deletion_timestamp.as_ref().map(|t| t.0) else {
+        return Ok(None);
+    };
+    if !resource.finalizers().iter().any(|f| f == FINALIZER) || !namespace_terminating(context, resource).await? {
+        return Ok(None);
+    }
+    let timeout = context.settings.cleanup_timeout;
+    if let CleanupDeadline::WaitUntil { remaining, .. } =
+        decision::cleanup_deadline(deleted_at, timeout, Timestamp::now())
+    {
+        return Ok(Some(Action::requeue(remaining + Duration::from_millis(100))));
+    }
+    let note = tenancy::installs::abandoned(other, &context.settings.install, &decision::human(timeout));
+    warn!(name = %resource.name_any(), namespace = ?resource.namespace(), %note, "releasing another install's claim");
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "ForeignClaimReleased".into(),
+        note: Some(note),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    record::publish_one(context, resource, event).await;
+    remove_finalizer(api, resource).await?;
+    Ok(Some(Action::await_change()))
+}
+
 /// Whether the resource's namespace is being deleted.
 async fn namespace_terminating(context: &Context, resource: &ChatWorkspace) -> Result<bool> {
     let api: Api<Namespace> = Api::all(context.kube.clone());

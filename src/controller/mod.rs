@@ -232,6 +232,9 @@ impl Context {
         self.resting.lock().expect("resting").remove(&reference);
         self.failures.lock().expect("failures").remove(&reference);
         self.claiming.lock().expect("claiming").remove(&reference);
+        // What the caches keep for it goes with the last resource using it.
+        self.credentials.forget(key);
+        self.templates.sweep();
     }
 }
 
@@ -418,7 +421,9 @@ async fn reconcile(cached: Arc<Slim>, context: Arc<Context>) -> Result<Action> {
         };
         context.claims.settle(&resource, Standing::Idle);
         record::publish_one(&context, &resource, event).await;
-        Ok(context.rest(&resource, Duration::from_secs(300)))
+        cleanup::release_foreign_claim(&api, &resource, &context, other)
+            .await
+            .map(|action| action.unwrap_or_else(|| context.rest(&resource, Duration::from_secs(300))))
     } else if resource.metadata.deletion_timestamp.is_some() {
         if resource.finalizers().iter().any(|f| f == FINALIZER) {
             cleanup::cleanup(&api, &resource, &context).await

@@ -36,6 +36,18 @@ pub fn elsewhere(other: &str, install: &str) -> String {
     )
 }
 
+/// The Warning Event's note when this install lets go of a resource another
+/// install claimed, whose deletion that install did not finish in time.
+pub fn abandoned(other: &str, install: &str, waited: &str) -> String {
+    format!(
+        "This ChatWorkspace is claimed by the operator install {other:?} ({INSTALL_ANNOTATION}), and {waited} \
+         after its deletion began, with its namespace being deleted, that install has still not let it go \
+         (it may be uninstalled). This install ({install:?}) removed the finalizer so that the namespace \
+         can go; nothing was sent to Coder, so the workspace is left there as it is: stop or delete it in \
+         Coder if it is no longer needed."
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +60,7 @@ mod tests {
         assert_eq!(claim(Some("ops/b"), "ops/a"), Claim::Other("ops/b".into()));
         let note = elsewhere("ops/b", "ops/a");
         assert!(note.contains("ops/b") && note.contains(INSTALL_ANNOTATION), "{note}");
+        let note = abandoned("ops/b", "ops/a", "5m");
+        assert!(note.contains("ops/b") && note.contains("5m") && note.contains("left there"), "{note}");
     }
 }

@@ -64,7 +64,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 What the controller does with ChatWorkspaces, in every namespace it serves:
 watch them, patch finalizers and status, and record Events (events.k8s.io,
 created and then patched as a series). Nothing is created, updated or
-deleted whole.
+deleted whole. The finalizer is a patch of the resource itself: the
+`chatworkspaces/finalizers` subresource is only checked (by the
+OwnerReferencesPermissionEnforcement admission plugin) for objects that set
+an ownerReference with blockOwnerDeletion to a ChatWorkspace, and the
+operator sets none, so it is not granted.
 */}}
 {{- define "cwo.workspaceRules" -}}
 - apiGroups: ["chat.coder.com"]
@@ -73,9 +77,6 @@ deleted whole.
 - apiGroups: ["chat.coder.com"]
   resources: ["chatworkspaces/status"]
   verbs: ["patch"]
-- apiGroups: ["chat.coder.com"]
-  resources: ["chatworkspaces/finalizers"]
-  verbs: ["update"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
