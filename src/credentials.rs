@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::coder::{CoderClient, RateLimit, RequestObserver, SessionToken};
 use crate::crd::ChatWorkspace;
 use crate::error::{Error, Result};
+use crate::leader::Fence;
 use crate::tenancy::urls::AllowedUrls;
 
 /// A Coder client and a stable name for the credentials it uses (never the
@@ -50,6 +51,7 @@ pub struct Credentials {
     observer: Option<Arc<dyn RequestObserver>>,
     rate_limit: Option<Arc<RateLimit>>,
     allowed_urls: AllowedUrls,
+    fence: Option<Fence>,
     /// (namespace, secret name) → (resourceVersion, client).
     secrets: Mutex<HashMap<(String, String), (String, Resolved)>>,
 }
@@ -73,6 +75,7 @@ impl Credentials {
             observer,
             rate_limit,
             allowed_urls,
+            fence: None,
             secrets: Mutex::default(),
         };
         if let Some((url, token)) = default {
@@ -101,6 +104,15 @@ impl Credentials {
         Self { allowed_urls, ..self }
     }
 
+    /// Every client made here writes to Coder only while `fence` is open
+    /// (see `leader::Fence`).
+    pub fn with_fence(self, fence: Fence) -> Self {
+        if let Some(default) = self.default.lock().expect("default credentials").as_mut() {
+            default.resolved.client = default.resolved.client.clone().with_fence(fence.clone());
+        }
+        Self { fence: Some(fence), ..self }
+    }
+
     fn client(&self, url: &str, token: SessionToken) -> Result<CoderClient> {
         let mut client = CoderClient::new(url, token, self.request_timeout)?;
         if let Some(observer) = &self.observer {
@@ -108,6 +120,9 @@ impl Credentials {
         }
         if let Some(limit) = &self.rate_limit {
             client = client.with_rate_limit(limit.clone());
+        }
+        if let Some(fence) = &self.fence {
+            client = client.with_fence(fence.clone());
         }
         Ok(client)
     }
