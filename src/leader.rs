@@ -832,6 +832,56 @@ mod tests {
         assert_eq!(fence.guard(async { "sent" }).await, Err(LeaseExpired), "and refused after it");
     }
 
+    /// A Kubernetes API that answers after `delay`, counting the requests
+    /// it saw.
+    #[derive(Clone)]
+    struct SlowApi {
+        delay: Duration,
+        seen: Arc<Mutex<Vec<http::Method>>>,
+    }
+
+    impl tower::Service<http::Request<()>> for SlowApi {
+        type Response = &'static str;
+        type Error = BoxError;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<&'static str, BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            self.seen.lock().expect("seen").push(request.method().clone());
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok("answered")
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_kubernetes_client_writes_only_through_the_fence_and_reads_always() {
+        use tower::{Layer, Service};
+        let request = |method: http::Method| http::Request::builder().method(method).body(()).expect("a request");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let fence = Fence::closed();
+        let mut api =
+            FenceLayer::new(fence.clone()).layer(SlowApi { delay: Duration::from_secs(1), seen: seen.clone() });
+
+        assert_eq!(api.call(request(http::Method::GET)).await.ok(), Some("answered"), "a watch or read");
+        let refused = api.call(request(http::Method::PATCH)).await.expect_err("closed");
+        assert!(refused.is::<LeaseExpired>(), "{refused}");
+        assert_eq!(*seen.lock().expect("seen"), [http::Method::GET], "the write never reached the API");
+
+        let start = Instant::now();
+        fence.open_until(start + Duration::from_secs(10));
+        assert_eq!(api.call(request(http::Method::PATCH)).await.ok(), Some("answered"));
+        let mut slow = FenceLayer::new(fence.clone()).layer(SlowApi { delay: Duration::from_secs(60), seen });
+        let dropped = slow.call(request(http::Method::POST)).await.expect_err("the fence closed in flight");
+        assert!(dropped.is::<LeaseExpired>(), "{dropped}");
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "dropped at the deadline");
+    }
+
     #[test]
     fn jitter_adds_at_most_a_fifth() {
         for _ in 0..100 {

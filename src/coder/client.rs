@@ -360,8 +360,15 @@ impl CoderClient {
         };
         // Checked after the waits above, right before sending.
         let result = match self.fence.as_ref().filter(|_| route.verb.writes()) {
-            Some(fence) => fence.guard(sent).await.unwrap_or_else(|_| {
+            Some(fence) if !fence.is_open() => {
                 tracing::warn!(route = route.label, "Coder write not sent: this replica's leader lease has expired");
+                Err(CoderError::LeaseExpired { endpoint: route.label })
+            }
+            Some(fence) => fence.guard(sent).await.unwrap_or_else(|_| {
+                tracing::warn!(
+                    route = route.label,
+                    "Coder write dropped unanswered: this replica's leader lease expired while it was in flight"
+                );
                 Err(CoderError::LeaseExpired { endpoint: route.label })
             }),
             None => sent.await,
