@@ -397,7 +397,7 @@ where
         // Dropping the controller drops its dispatchers, which cancel the
         // reconciles they own; their writes stopped at the fence already.
         () = halted_when(halted.clone(), |halt| *halt == Some(Halt::LostLease)) => {
-            tracing::warn!("lost the leader lease: cancelled the reconciles in flight");
+            tracing::warn!("lost the leader lease: cancelling the reconciles in flight");
         }
         () = reconciling => {}
     }

@@ -201,6 +201,16 @@ impl Replicas {
     }
 }
 
+async fn print_stale(replica: &OperatorProcess) {
+    let metrics = replica.metrics().await;
+    eprintln!(
+        "MEASURED the new leader's reconciles: {} ok, {} decided on a stale view (409), {} failed",
+        metrics.value("chatworkspace_reconciles_total", &[("result", "ok")]) + 0.0,
+        metrics.value("chatworkspace_reconciles_total", &[("result", "stale")]) + 0.0,
+        metrics.value("chatworkspace_reconciles_total", &[("result", "error")]) + 0.0,
+    );
+}
+
 fn print_resumed(logs: &str) {
     eprintln!("MEASURED the old leader after SIGCONT:");
     let warnings: Vec<&str> = logs.lines().filter(|line| line.contains("WARN") || line.contains("ERROR")).collect();
@@ -263,6 +273,7 @@ async fn a_leader_frozen_mid_build_past_its_lease_writes_nothing_when_it_resumes
     );
     eprintln!("MEASURED statuses stored: {stored:?}");
     print_resumed(&logs);
+    print_stale(&replicas.second).await;
     drop(replicas.second);
 }
 
@@ -313,6 +324,7 @@ async fn a_leader_frozen_before_its_build_sends_none_when_it_resumes() {
         millis(exited),
     );
     print_resumed(&logs);
+    print_stale(&replicas.second).await;
     drop(replicas.second);
 }
 

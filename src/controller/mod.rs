@@ -457,6 +457,9 @@ async fn reconcile(cached: Arc<Slim>, context: Arc<Context>) -> Result<Action> {
             context.metrics.reconciled("ok");
             context.failures.lock().expect("failures").remove(&crate::crd::reference(&resource));
         }
+        // Not a failure: decided again (see `run`), counted apart so a
+        // storm of them would show.
+        Err(error) if error.is_stale_write() => context.metrics.reconciled("stale"),
         Err(error) => context.metrics.failed(error.reason()),
     }
     result
