@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chatworkspace_operator::crd::ChatWorkspace;
 use coder_sim::{Fault, FaultKind, RequestRecord, SimConfig, Simulator};
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -142,11 +143,20 @@ impl Replicas {
         self.sim.builds(self.workspace).into_iter().map(|b| b.transition).collect()
     }
 
-    /// Freezes the first replica; returns when, by the wall clock and ours.
-    fn freeze_first(&self) -> (jiff::Timestamp, Instant) {
-        let at = (jiff::Timestamp::now(), Instant::now());
+    /// Freezes the first replica; returns the moment its lease expired by
+    /// its own clock at the latest (the renew deadline after the start of
+    /// its last renewal, which came before the `renewTime` it wrote), and
+    /// when it was frozen (by the wall clock and ours).
+    async fn freeze_first(&self) -> (jiff::Timestamp, jiff::Timestamp, Instant) {
+        let frozen_at = jiff::Timestamp::now();
+        let frozen = Instant::now();
         signal(&self.first, "STOP");
-        at
+        let lease = Api::<Lease>::namespaced(self.client.clone(), &self.namespace).get(&self.lease).await.unwrap();
+        let spec = lease.spec.expect("a Lease spec");
+        assert_eq!(spec.holder_identity.as_deref(), Some("op-a"), "frozen while it led");
+        let renewed = spec.renew_time.expect("a renewTime").0;
+        assert!(renewed <= frozen_at, "no renewal once frozen");
+        (renewed + RENEW_DEADLINE, frozen_at, frozen)
     }
 
     /// Resumes the first replica and waits for it to exit; returns when it
@@ -163,18 +173,17 @@ impl Replicas {
         (resumed_at, resumed, exited, logs)
     }
 
-    /// The simulator's log: no write of the first replica arrived after it
-    /// was frozen, so none after its lease expired by its clock (at most
-    /// the renew deadline after its last renewal, which started before the
-    /// freeze); the second replica's first request came after that expiry.
-    /// Returns the second replica's first request.
-    fn assert_no_late_coder_write(&self, frozen_at: jiff::Timestamp) -> jiff::Timestamp {
+    /// The simulator's log: no write of the first replica arrived after its
+    /// lease expired by its clock (`expired`, see [`Replicas::freeze_first`]);
+    /// the second replica's first request came after that. Returns the
+    /// second replica's first request.
+    fn assert_no_late_coder_write(&self, expired: jiff::Timestamp) -> jiff::Timestamp {
         let requests = self.sim.requests();
-        let late: Vec<_> = writes_of(&requests, &self.host_a).filter(|r| r.at >= frozen_at).collect();
-        assert!(late.is_empty(), "writes of the old leader after it was frozen: {late:#?}");
+        let late: Vec<_> = writes_of(&requests, &self.host_a).filter(|r| r.at >= expired).collect();
+        assert!(late.is_empty(), "writes of the old leader after its lease expired at {expired}: {late:#?}");
         let first_of_b =
             requests.iter().filter(|r| r.host == self.host_b).map(|r| r.at).min().expect("the new leader's requests");
-        assert!(first_of_b > frozen_at + RENEW_DEADLINE, "the new leader acted only after the old one's lease expired");
+        assert!(first_of_b > expired, "the new leader acted only after the old one's lease expired");
         first_of_b
     }
 
@@ -236,7 +245,7 @@ async fn a_leader_frozen_mid_build_past_its_lease_writes_nothing_when_it_resumes
         assert!(Instant::now() < deadline, "the leader never requested the stop build");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (frozen_at, frozen) = replicas.freeze_first();
+    let (expired, frozen_at, frozen) = replicas.freeze_first().await;
 
     // The other replica takes over and acts: it sees the stop through, then
     // starts the workspace again when asked.
@@ -250,7 +259,7 @@ async fn a_leader_frozen_mid_build_past_its_lease_writes_nothing_when_it_resumes
 
     // Resume the old leader, long past its lease.
     let (resumed_at, resumed, exited, logs) = replicas.resume_first().await;
-    let first_of_b = replicas.assert_no_late_coder_write(frozen_at);
+    let first_of_b = replicas.assert_no_late_coder_write(expired);
     let requests = replicas.sim.requests();
     let old_stop = writes_of(&requests, &replicas.host_a).find(|r| r.path == builds).expect("the old leader's stop");
     assert!(old_stop.at < frozen_at, "{old_stop:?}");
@@ -260,6 +269,10 @@ async fn a_leader_frozen_mid_build_past_its_lease_writes_nothing_when_it_resumes
     assert_eq!(replicas.transitions(), ["start", "stop", "start"], "nothing built after the resume");
 
     let since = |at: jiff::Timestamp| at.duration_since(frozen_at).as_millis();
+    eprintln!(
+        "MEASURED the old leader's lease expired by its clock {} ms after the freeze at the latest",
+        since(expired)
+    );
     eprintln!(
         "MEASURED lease 3 s, renew deadline 2 s, retry 500 ms, stop build answered 2 s late: freeze -> new leader \
          holds the Lease {} ms; -> its first Coder request {} ms; -> the stop seen through (Ready, Stopped) {} ms; \
@@ -294,7 +307,7 @@ async fn a_leader_frozen_before_its_build_sends_none_when_it_resumes() {
         assert!(Instant::now() < deadline, "the leader never read the workspace before its build");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (frozen_at, frozen) = replicas.freeze_first();
+    let (expired, frozen_at, frozen) = replicas.freeze_first().await;
 
     // The other replica takes over and stops the workspace itself.
     let lease = replicas.lease.clone();
@@ -306,13 +319,17 @@ async fn a_leader_frozen_before_its_build_sends_none_when_it_resumes() {
     // Resumed, the old leader has the read's answer and its decision to
     // stop: the build must not go out.
     let (resumed_at, resumed, exited, logs) = replicas.resume_first().await;
-    let first_of_b = replicas.assert_no_late_coder_write(frozen_at);
+    let first_of_b = replicas.assert_no_late_coder_write(expired);
     let requests = replicas.sim.requests();
     let builds = replicas.builds_path();
     assert!(writes_of(&requests, &replicas.host_b).any(|r| r.path == builds), "the new leader's stop build");
     replicas.assert_no_stale_status(resumed_at, (2, "Stopped"));
     assert_eq!(replicas.transitions(), ["start", "stop"], "exactly one stop");
 
+    eprintln!(
+        "MEASURED the old leader's lease expired by its clock {} ms after the freeze at the latest",
+        expired.duration_since(frozen_at).as_millis()
+    );
     eprintln!(
         "MEASURED lease 3 s, renew deadline 2 s, retry 500 ms, fresh read answered 1 s late: freeze -> new leader \
          holds the Lease {} ms; -> its first Coder request {} ms; -> Ready (Stopped) {} ms; old leader resumed {} ms \
