@@ -1,7 +1,8 @@
 //! A replica that lost its lease writes nothing: two operator processes
 //! with leader election against the real apiserver and the simulator; the
-//! leader is frozen (SIGSTOP) while its build request is in flight, the
-//! other replica takes over and acts, and the first is resumed (SIGCONT).
+//! leader is frozen (SIGSTOP) while its build request is in flight, or
+//! while the fresh read before its build is, the other replica takes over
+//! and acts, and the first is resumed (SIGCONT).
 //! The simulator's request log (each replica names the simulator by its own
 //! host, so their requests are told apart) and every status the apiserver
 //! stored show no write of the old leader after its lease expired. The
