@@ -24,6 +24,7 @@ use crate::coder::{CoderClient, RateLimit, RequestObserver, SessionToken};
 use crate::crd::ChatWorkspace;
 use crate::error::{Error, Result};
 use crate::key::ResourceKey;
+use crate::leader::Fence;
 use crate::tenancy::urls::AllowedUrls;
 
 /// A Coder client and a stable name for the credentials it uses (never the
@@ -57,6 +58,7 @@ pub struct Credentials {
     observer: Option<Arc<dyn RequestObserver>>,
     rate_limit: Option<Arc<RateLimit>>,
     allowed_urls: AllowedUrls,
+    fence: Option<Fence>,
     secrets: Mutex<SecretClients>,
 }
 
@@ -127,6 +129,7 @@ impl Credentials {
             observer,
             rate_limit,
             allowed_urls,
+            fence: None,
             secrets: Mutex::default(),
         };
         if let Some((url, token)) = default {
@@ -155,6 +158,15 @@ impl Credentials {
         Self { allowed_urls, ..self }
     }
 
+    /// Every client made here writes to Coder only while `fence` is open
+    /// (see `leader::Fence`).
+    pub fn with_fence(self, fence: Fence) -> Self {
+        if let Some(default) = self.default.lock().expect("default credentials").as_mut() {
+            default.resolved.client = default.resolved.client.clone().with_fence(fence.clone());
+        }
+        Self { fence: Some(fence), ..self }
+    }
+
     fn client(&self, url: &str, token: SessionToken) -> Result<CoderClient> {
         let mut client = CoderClient::new(url, token, self.request_timeout)?;
         if let Some(observer) = &self.observer {
@@ -162,6 +174,9 @@ impl Credentials {
         }
         if let Some(limit) = &self.rate_limit {
             client = client.with_rate_limit(limit.clone());
+        }
+        if let Some(fence) = &self.fence {
+            client = client.with_fence(fence.clone());
         }
         Ok(client)
     }

@@ -101,6 +101,12 @@ impl Error {
         }
     }
 
+    /// A write refused because the resource changed since the decision
+    /// was made (409): decide again on a fresh view, nothing failed.
+    pub fn is_stale_write(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(status)) if status.is_conflict())
+    }
+
     /// Errors only a spec change can fix: retrying them unchanged would
     /// get the same answer from Coder.
     pub fn waits_for_spec_change(&self) -> bool {

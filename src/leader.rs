@@ -14,11 +14,18 @@
 //! - A holder that shuts down clears `holderIdentity`, so a standby takes over
 //!   at its next retry instead of waiting for the lease to expire.
 //!
-//! [`plan`], [`Observation`], [`claimed`] and [`released`] are plain data and
-//! functions, tested without a server; [`Elector`] does the I/O of one round
-//! and [`spawn`] runs rounds until told to stop.
+//! - While it leads, a replica writes (to Coder and to Kubernetes) only
+//!   through its [`Fence`]: open until the renew deadline counted from the
+//!   start of its last successful renewal, by its own monotonic clock. A
+//!   replica that was frozen or cut off finds its fence closed when it
+//!   resumes, before any other part of it has noticed the lost lease.
+//!
+//! [`plan`], [`Observation`], [`claimed`], [`released`] and [`write_deadline`]
+//! are plain data and functions, tested without a server; [`Elector`] does
+//! the I/O of one round and [`spawn`] runs rounds until told to stop.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -224,6 +231,184 @@ pub fn released(previous: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     }
 }
 
+/// Until when a leader may still write, after a renewal that started at
+/// `renewed_at`: the lease duration less a margin (the lease duration minus
+/// the renew deadline) for a write still on its way and for clocks that run
+/// at slightly different rates. Another replica takes over no sooner than a
+/// whole lease duration after it saw our renewal, which reached the server
+/// after `renewed_at`.
+pub fn write_deadline(renewed_at: Instant, settings: &LeaseSettings) -> Instant {
+    let margin = settings.lease_duration.saturating_sub(settings.renew_deadline);
+    renewed_at + settings.lease_duration.saturating_sub(margin)
+}
+
+/// Whether this replica may still write, by its own monotonic clock; shared
+/// by the election, which moves it forward, and every client that writes,
+/// which checks it right before sending and drops a write still in flight
+/// when it closes. Cloning is cheap; clones share the bound.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    bound: Arc<Mutex<Bound>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bound {
+    /// No leader election: one replica, always allowed.
+    Unbounded,
+    /// Allowed before this instant (`None`: not allowed).
+    Until(Option<Instant>),
+}
+
+/// A write refused (or dropped in flight) because the fence closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not sent: this replica's leader lease has expired by its own clock")]
+pub struct LeaseExpired;
+
+impl Fence {
+    /// The fence of a replica without leader election: always open.
+    pub fn unbounded() -> Self {
+        Self { bound: Arc::new(Mutex::new(Bound::Unbounded)) }
+    }
+
+    /// The fence of a candidate: closed until it acquires the Lease.
+    pub fn closed() -> Self {
+        Self { bound: Arc::new(Mutex::new(Bound::Until(None))) }
+    }
+
+    fn bound(&self) -> Bound {
+        *self.bound.lock().expect("fence")
+    }
+
+    /// Opens the fence until `until` (a renewal's [`write_deadline`]); never
+    /// moves it back.
+    pub fn open_until(&self, until: Instant) {
+        let mut bound = self.bound.lock().expect("fence");
+        if let Bound::Until(current) = &mut *bound {
+            *current = Some(current.map_or(until, |current| current.max(until)));
+        }
+    }
+
+    /// Closes the fence at once (the lease was lost or released).
+    pub fn close(&self) {
+        let mut bound = self.bound.lock().expect("fence");
+        if let Bound::Until(current) = &mut *bound {
+            *current = None;
+        }
+    }
+
+    /// Whether a write may be sent at `now`.
+    pub fn is_open_at(&self, now: Instant) -> bool {
+        match self.bound() {
+            Bound::Unbounded => true,
+            Bound::Until(until) => until.is_some_and(|until| now < until),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.is_open_at(Instant::now())
+    }
+
+    /// Resolves once the fence is closed (never for an unbounded one).
+    pub async fn until_closed(&self) {
+        loop {
+            let until = match self.bound() {
+                Bound::Unbounded => std::future::pending().await,
+                Bound::Until(None) => return,
+                Bound::Until(Some(until)) => until,
+            };
+            if Instant::now() >= until {
+                return;
+            }
+            // A renewal meanwhile moves the bound: look again when it passes.
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Sends `write` if the fence is open now, and drops it if the fence
+    /// closes before it completes.
+    pub async fn guard<F: Future>(&self, write: F) -> Result<F::Output, LeaseExpired> {
+        if !self.is_open() {
+            return Err(LeaseExpired);
+        }
+        tokio::select! {
+            // A write and the fence's end both ready (a frozen process
+            // resumed): the fence wins.
+            biased;
+            () = self.until_closed() => Err(LeaseExpired),
+            output = write => Ok(output),
+        }
+    }
+}
+
+/// A layer for the Kubernetes client the controller writes with: every
+/// request but a read (`GET`, watches included) passes the fence, so status,
+/// finalizers, claims and Events all stop when the lease does. The election
+/// itself uses a client without it.
+#[derive(Clone, Debug)]
+pub struct FenceLayer(Fence);
+
+impl FenceLayer {
+    pub fn new(fence: Fence) -> Self {
+        Self(fence)
+    }
+}
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = FencedWrites<S>;
+
+    fn layer(&self, inner: S) -> FencedWrites<S> {
+        FencedWrites { inner, fence: self.0.clone() }
+    }
+}
+
+/// See [`FenceLayer`].
+#[derive(Clone, Debug)]
+pub struct FencedWrites<S> {
+    inner: S,
+    fence: Fence,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> tower::Service<http::Request<B>> for FencedWrites<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.method() == http::Method::GET {
+            let read = self.inner.call(request);
+            return Box::pin(async move { read.await.map_err(Into::into) });
+        }
+        // Checked before the inner service sees the request at all.
+        if !self.fence.is_open() {
+            warn!(method = %request.method(), path = request.uri().path(), "Kubernetes write not sent: this replica's leader lease has expired");
+            return Box::pin(std::future::ready(Err(Box::new(LeaseExpired) as BoxError)));
+        }
+        let fence = self.fence.clone();
+        let write = self.inner.call(request);
+        Box::pin(async move {
+            match fence.guard(write).await {
+                Ok(answer) => answer.map_err(Into::into),
+                Err(expired) => {
+                    warn!("Kubernetes write dropped in flight: this replica's leader lease has expired");
+                    Err(Box::new(expired) as BoxError)
+                }
+            }
+        })
+    }
+}
+
 /// Reads and writes the Lease for one replica.
 pub struct Elector {
     api: Api<Lease>,
@@ -309,16 +494,20 @@ impl Elector {
 /// A running election: the role it publishes, and the way to end it.
 pub struct Leadership {
     role: watch::Receiver<Role>,
+    fence: Fence,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Elector>,
 }
 
-/// Starts campaigning for the Lease in a background task.
+/// Starts campaigning for the Lease in a background task. Its fence (see
+/// [`Leadership::fence`]) is closed until the Lease is acquired and opened
+/// by every renewal; `client` must not write through that fence.
 pub fn spawn(client: kube::Client, settings: LeaseSettings) -> Leadership {
     let (role_tx, role) = watch::channel(Role::Unknown);
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(campaign(Elector::new(client, settings), role_tx, stopped));
-    Leadership { role, stop, task }
+    let fence = Fence::closed();
+    let task = tokio::spawn(campaign(Elector::new(client, settings), role_tx, fence.clone(), stopped));
+    Leadership { role, fence, stop, task }
 }
 
 impl Leadership {
@@ -327,10 +516,17 @@ impl Leadership {
         self.role.clone()
     }
 
+    /// The fence the renewals open: every write of the work the Lease
+    /// guards passes it.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
     /// Stops campaigning (and renewing), then clears the holder if this
     /// replica holds the Lease. Call it once the work the Lease guards has
     /// stopped. `Ok(true)`: the Lease was released.
     pub async fn release(self) -> Result<bool, LeaseError> {
+        self.fence.close();
         let _ = self.stop.send(());
         match self.task.await {
             Ok(mut elector) => elector.release().await,
@@ -346,7 +542,12 @@ impl Leadership {
 
 /// Runs rounds until `stop` fires; returns the elector so its Lease can be
 /// released.
-async fn campaign(mut elector: Elector, role: watch::Sender<Role>, mut stop: oneshot::Receiver<()>) -> Elector {
+async fn campaign(
+    mut elector: Elector,
+    role: watch::Sender<Role>,
+    fence: Fence,
+    mut stop: oneshot::Receiver<()>,
+) -> Elector {
     let settings = elector.settings().clone();
     info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "joining the leader election");
     // When the last successful renewal started: the deadline counts from
@@ -365,10 +566,14 @@ async fn campaign(mut elector: Elector, role: watch::Sender<Role>, mut stop: one
         let next = match round {
             Ok(Ok(Role::Leader)) => {
                 renewed_at = Some(started);
+                // Opened before the role says so: the work the role starts
+                // may write at once.
+                fence.open_until(write_deadline(started, &settings));
                 Role::Leader
             }
             Ok(Ok(standby)) => {
                 renewed_at = None;
+                fence.close();
                 standby
             }
             failed => {
@@ -383,6 +588,7 @@ async fn campaign(mut elector: Elector, role: watch::Sender<Role>, mut stop: one
                     }
                     Some(_) => {
                         renewed_at = None;
+                        fence.close();
                         error!(%reason, deadline = ?settings.renew_deadline, "could not renew the leader lease in time");
                         Role::Standby { holder: None }
                     }
@@ -574,6 +780,106 @@ mod tests {
         assert_eq!(settings.lease_duration_seconds(), 15);
         settings.lease_duration = Duration::from_millis(2500);
         assert_eq!(settings.lease_duration_seconds(), 3);
+    }
+
+    #[test]
+    fn writes_stop_at_the_renew_deadline_counted_from_the_renewals_start() {
+        let settings = settings();
+        let renewed_at = Instant::now();
+        let deadline = write_deadline(renewed_at, &settings);
+        assert_eq!(deadline, renewed_at + Duration::from_secs(10), "15 s lease less a 5 s margin");
+        let fence = Fence::closed();
+        assert!(!fence.is_open_at(renewed_at), "closed before the first acquisition");
+        fence.open_until(deadline);
+        assert!(fence.is_open_at(renewed_at + Duration::from_millis(9_999)));
+        assert!(!fence.is_open_at(deadline), "closed at the deadline itself");
+        // An older renewal's deadline never moves it back.
+        fence.open_until(renewed_at + Duration::from_secs(1));
+        assert!(fence.is_open_at(renewed_at + Duration::from_secs(9)));
+        fence.close();
+        assert!(!fence.is_open_at(renewed_at), "closed at once when the lease is lost");
+        let unbounded = Fence::unbounded();
+        unbounded.close();
+        assert!(unbounded.is_open_at(renewed_at + Duration::from_secs(3600)), "no election: never closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_is_refused_after_the_deadline_and_dropped_when_it_passes_in_flight() {
+        let fence = Fence::closed();
+        let refused = fence.guard(async { "sent" }).await;
+        assert_eq!(refused, Err(LeaseExpired), "nothing is sent before the lease is held");
+
+        let start = Instant::now();
+        fence.open_until(start + Duration::from_secs(10));
+        assert_eq!(fence.guard(async { "sent" }).await, Ok("sent"));
+
+        // In flight when a renewal moves the deadline: the write completes.
+        let renewing = {
+            let fence = fence.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                fence.open_until(start + Duration::from_secs(20));
+            }
+        };
+        let write = fence.guard(tokio::time::sleep(Duration::from_secs(15)));
+        let (written, ()) = tokio::join!(write, renewing);
+        assert_eq!(written, Ok(()), "the renewal at 5 s kept the fence open past 15 s");
+
+        // In flight when the deadline passes: dropped at the deadline.
+        let dropped = fence.guard(tokio::time::sleep(Duration::from_secs(60))).await;
+        assert_eq!(dropped, Err(LeaseExpired));
+        assert_eq!(start.elapsed(), Duration::from_secs(20), "dropped at the deadline, not when the write ended");
+        assert_eq!(fence.guard(async { "sent" }).await, Err(LeaseExpired), "and refused after it");
+    }
+
+    /// A Kubernetes API that answers after `delay`, counting the requests
+    /// it saw.
+    #[derive(Clone)]
+    struct SlowApi {
+        delay: Duration,
+        seen: Arc<Mutex<Vec<http::Method>>>,
+    }
+
+    impl tower::Service<http::Request<()>> for SlowApi {
+        type Response = &'static str;
+        type Error = BoxError;
+        type Future = std::pin::Pin<Box<dyn Future<Output = Result<&'static str, BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            self.seen.lock().expect("seen").push(request.method().clone());
+            let delay = self.delay;
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok("answered")
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_kubernetes_client_writes_only_through_the_fence_and_reads_always() {
+        use tower::{Layer, Service};
+        let request = |method: http::Method| http::Request::builder().method(method).body(()).expect("a request");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let fence = Fence::closed();
+        let mut api =
+            FenceLayer::new(fence.clone()).layer(SlowApi { delay: Duration::from_secs(1), seen: seen.clone() });
+
+        assert_eq!(api.call(request(http::Method::GET)).await.ok(), Some("answered"), "a watch or read");
+        let refused = api.call(request(http::Method::PATCH)).await.expect_err("closed");
+        assert!(refused.is::<LeaseExpired>(), "{refused}");
+        assert_eq!(*seen.lock().expect("seen"), [http::Method::GET], "the write never reached the API");
+
+        let start = Instant::now();
+        fence.open_until(start + Duration::from_secs(10));
+        assert_eq!(api.call(request(http::Method::PATCH)).await.ok(), Some("answered"));
+        let mut slow = FenceLayer::new(fence.clone()).layer(SlowApi { delay: Duration::from_secs(60), seen });
+        let dropped = slow.call(request(http::Method::POST)).await.expect_err("the fence closed in flight");
+        assert!(dropped.is::<LeaseExpired>(), "{dropped}");
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "dropped at the deadline");
     }
 
     #[test]

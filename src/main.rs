@@ -18,7 +18,7 @@ use chatworkspace_operator::crd::{ChatWorkspace, parse_duration};
 use chatworkspace_operator::credentials::Credentials;
 use chatworkspace_operator::decision::Requeue;
 use chatworkspace_operator::index::IndexSettings;
-use chatworkspace_operator::leader::{self, LeaseSettings, Role};
+use chatworkspace_operator::leader::{self, Fence, FenceLayer, LeaseSettings, Role};
 use chatworkspace_operator::metrics::Metrics;
 use chatworkspace_operator::telemetry::{self, LogFormat};
 use chatworkspace_operator::tenancy::urls::AllowedUrls;
@@ -238,8 +238,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let (Some(path), Some(_)) = (&args.coder_token_file, &default_url) {
         credentials = credentials.with_default_token_file(path)?;
     }
-    let kube = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-    let election = args.leader_election.then(|| lease_settings(&args, &kube)).transpose()?;
+    let config = kube::Config::infer().await.context("connecting to Kubernetes")?;
+    // The election renews through a client of its own; the controller's
+    // writes pass the fence those renewals open.
+    let elector_kube = kube::Client::try_from(config.clone()).context("connecting to Kubernetes")?;
+    let election = args.leader_election.then(|| lease_settings(&args, &elector_kube)).transpose()?;
+    let install = args.install_name.clone().unwrap_or_else(|| match &election {
+        Some(lease) => format!("{}/{}", lease.namespace, lease.name),
+        None => "chatworkspace-operator".into(),
+    });
+    let leadership = election.map(|lease| leader::spawn(elector_kube, lease));
+    let fence = leadership.as_ref().map_or_else(Fence::unbounded, leader::Leadership::fence);
+    let credentials = credentials.with_fence(fence.clone());
+    let kube = kube::client::ClientBuilder::try_from(config)
+        .context("connecting to Kubernetes")?
+        .with_layer(&FenceLayer::new(fence.clone()))
+        .build();
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let settings = Settings {
         requeue: Requeue {
@@ -267,10 +281,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             chat_detail_budget_per_minute: args.chat_detail_budget_per_minute,
             ..IndexSettings::default()
         },
-        install: args.install_name.clone().unwrap_or_else(|| match &election {
-            Some(lease) => format!("{}/{}", lease.namespace, lease.name),
-            None => "chatworkspace-operator".into(),
-        }),
+        install,
         ..Settings::default()
     };
     tracing::info!(install = %settings.install, "claiming ChatWorkspaces for this install");
@@ -291,8 +302,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let admin = tokio::spawn(admin::serve(args.admin_addr, metrics.clone(), readiness.clone(), stopped()));
-    let outcome = match election {
-        Some(lease) => run_elected(context, readiness, metrics.clone(), lease, &stopped).await,
+    let outcome = match leadership {
+        Some(leadership) => run_elected(context, readiness, metrics.clone(), leadership, &stopped).await,
         None => {
             metrics.leader.set(1);
             reconcile_until(context, readiness, stopped).await;
@@ -329,23 +340,22 @@ enum Halt {
 }
 
 /// Stands by until this replica holds the Lease, reconciles while it does,
-/// and releases it on shutdown. Losing the Lease ends the process with an
-/// error, as client-go's controllers do: the restarted container joins the
-/// election again as a standby, with nothing cached from its time as leader.
+/// and releases it on shutdown. Losing the Lease (the election says so, or
+/// the fence closed by this replica's own clock) cancels the reconciles in
+/// flight at once and ends the process with an error, as client-go's
+/// controllers do: the restarted container joins the election again as a
+/// standby, with nothing cached from its time as leader.
 async fn run_elected<F>(
     context: Arc<Context>,
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
-    lease: LeaseSettings,
+    leadership: leader::Leadership,
     stopped: &impl Fn() -> F,
 ) -> anyhow::Result<()>
 where
     F: Future<Output = ()> + Send + Sync + 'static,
 {
-    // After losing the Lease, the reconciles in flight get until another
-    // replica may take over; then they are dropped.
-    let grace = lease.lease_duration.saturating_sub(lease.renew_deadline);
-    let leadership = leader::spawn(context.kube.clone(), lease);
+    let fence = leadership.fence();
     let mut role = leadership.role();
     let leading = tokio::select! {
         () = stopped() => false,
@@ -374,20 +384,22 @@ where
             let reason = tokio::select! {
                 () = stop => Halt::Shutdown,
                 _ = role.wait_for(|role| *role != Role::Leader) => Halt::LostLease,
+                // Its own clock says so, whatever the election task has
+                // noticed yet (a process frozen past its lease).
+                () = fence.until_closed() => Halt::LostLease,
             };
             halt.send_replace(Some(reason));
         }
     });
     let reconciling = reconcile_until(context, readiness, || halted_when(halted.clone(), Option::is_some));
-    let abandoned = async {
-        halted_when(halted.clone(), |halt| *halt == Some(Halt::LostLease)).await;
-        tokio::time::sleep(grace).await;
-    };
     tokio::select! {
-        () = reconciling => {}
-        () = abandoned => {
-            tracing::warn!("dropping the reconciles still in flight: another replica may be leading by now");
+        biased;
+        // Dropping the controller drops its dispatchers, which cancel the
+        // reconciles they own; their writes stopped at the fence already.
+        () = halted_when(halted.clone(), |halt| *halt == Some(Halt::LostLease)) => {
+            tracing::warn!("lost the leader lease: cancelling the reconciles in flight");
         }
+        () = reconciling => {}
     }
     watcher.abort();
     metrics.leader.set(0);

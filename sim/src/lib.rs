@@ -301,6 +301,12 @@ impl Simulator {
         self.handle.shared.lock().requests.snapshot()
     }
 
+    /// The `/api` requests that arrived and are not answered yet (held by
+    /// a latency or a hang, say), oldest first; their status is not known.
+    pub fn in_flight(&self) -> Vec<RequestRecord> {
+        self.handle.shared.in_flight()
+    }
+
     pub fn clear_requests(&self) {
         self.handle.shared.lock().requests.clear();
     }

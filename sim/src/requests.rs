@@ -22,6 +22,9 @@ pub struct RequestRecord {
     pub status: u16,
     /// When the request arrived.
     pub at: Timestamp,
+    /// The `Host` header: tells apart clients that name the simulator
+    /// differently (`127.0.0.1:port` and `localhost:port`).
+    pub host: String,
     /// The JSON body of a POST, PUT or PATCH.
     pub body: Option<serde_json::Value>,
 }

@@ -32,6 +32,8 @@ pub struct Shared {
     stopping: watch::Receiver<bool>,
     /// Bumped when faults are cleared, to release hanging requests.
     fault_clears: watch::Sender<u64>,
+    /// Requests arrived and not answered yet, by arrival number.
+    in_flight: Mutex<(u64, Vec<(u64, RequestRecord)>)>,
 }
 
 /// How a hanging request ended.
@@ -43,7 +45,31 @@ pub enum Wait {
 
 impl Shared {
     pub fn new(deployment: Deployment, stopping: watch::Receiver<bool>) -> Self {
-        Self { deployment: Mutex::new(deployment), stopping, fault_clears: watch::Sender::new(0) }
+        Self {
+            deployment: Mutex::new(deployment),
+            stopping,
+            fault_clears: watch::Sender::new(0),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// The `/api` requests that arrived and are not answered yet (held by
+    /// a fault, say), oldest first.
+    pub fn in_flight(&self) -> Vec<RequestRecord> {
+        let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        in_flight.1.iter().map(|(_, record)| record.clone()).collect()
+    }
+
+    fn arrived(&self, record: &RequestRecord) -> u64 {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        in_flight.0 += 1;
+        let number = in_flight.0;
+        in_flight.1.push((number, record.clone()));
+        number
+    }
+
+    fn answered(&self, number: u64) {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).1.retain(|(n, _)| *n != number);
     }
 
     /// The deployment; never hold the guard across an await.
@@ -107,18 +133,27 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     // can name the list alone.
     let target = request.uri().path_and_query().map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
     let query = request.uri().query().unwrap_or_default().to_owned();
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let (parts, body) = request.into_parts();
+    let arrival = RequestRecord {
+        method: method.to_string(),
+        path: path.clone(),
+        query,
+        status: CLIENT_CLOSED,
+        at: Timestamp::now(),
+        host,
+        body: None,
+    };
     let mut record = Pending {
         shared: Arc::clone(&shared),
         started: Instant::now(),
-        record: Some(RequestRecord {
-            method: method.to_string(),
-            path: path.clone(),
-            query,
-            status: CLIENT_CLOSED,
-            at: Timestamp::now(),
-            body: None,
-        }),
+        arrival: shared.arrived(&arrival),
+        record: Some(arrival),
     };
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
@@ -180,6 +215,8 @@ fn injected_status(code: u16) -> Response {
 struct Pending {
     shared: Arc<Shared>,
     started: Instant,
+    /// Its number among the requests in flight.
+    arrival: u64,
     record: Option<RequestRecord>,
 }
 
@@ -193,6 +230,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        self.shared.answered(self.arrival);
         let Some(record) = self.record.take() else {
             return;
         };

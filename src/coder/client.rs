@@ -10,6 +10,8 @@ use reqwest::{Method, Response, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::leader::Fence;
+
 use super::error::{CoderError, ErrorBody, truncate};
 use super::rate::RateLimit;
 use super::token::SessionToken;
@@ -45,6 +47,8 @@ pub struct CoderClient {
     inner: Arc<Inner>,
     observer: Option<Arc<dyn RequestObserver>>,
     rate_limit: Option<Arc<RateLimit>>,
+    /// Every write (POST, PUT) passes it; reads do not.
+    fence: Option<Fence>,
 }
 
 struct Inner {
@@ -164,6 +168,7 @@ impl CoderClient {
             }),
             observer: None,
             rate_limit: None,
+            fence: None,
         })
     }
 
@@ -175,6 +180,12 @@ impl CoderClient {
     /// first; the wait does not count against the request's timeout.
     pub fn with_rate_limit(self, limit: Arc<RateLimit>) -> Self {
         Self { rate_limit: Some(limit), ..self }
+    }
+
+    /// Every write of this client (and its clones) is sent only while
+    /// `fence` is open, and dropped in flight when it closes.
+    pub fn with_fence(self, fence: Fence) -> Self {
+        Self { fence: Some(fence), ..self }
     }
 
     /// Whether this client sends `token` (compares, never shows it).
@@ -342,9 +353,26 @@ impl CoderClient {
             limit.acquire().await;
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.send(route, url, body))
-            .await
-            .unwrap_or(Err(CoderError::Timeout { endpoint: route.label }));
+        let sent = async {
+            tokio::time::timeout(timeout, self.send(route, url, body))
+                .await
+                .unwrap_or(Err(CoderError::Timeout { endpoint: route.label }))
+        };
+        // Checked after the waits above, right before sending.
+        let result = match self.fence.as_ref().filter(|_| route.verb.writes()) {
+            Some(fence) if !fence.is_open() => {
+                tracing::warn!(route = route.label, "Coder write not sent: this replica's leader lease has expired");
+                Err(CoderError::LeaseExpired { endpoint: route.label })
+            }
+            Some(fence) => fence.guard(sent).await.unwrap_or_else(|_| {
+                tracing::warn!(
+                    route = route.label,
+                    "Coder write dropped unanswered: this replica's leader lease expired while it was in flight"
+                );
+                Err(CoderError::LeaseExpired { endpoint: route.label })
+            }),
+            None => sent.await,
+        };
         self.record(route, &result, started.elapsed());
         if let Ok(answer) = &result
             && answer.status == StatusCode::TOO_MANY_REQUESTS
@@ -536,6 +564,10 @@ enum Verb {
 }
 
 impl Verb {
+    fn writes(self) -> bool {
+        !matches!(self, Self::Get)
+    }
+
     fn method(self) -> Method {
         match self {
             Self::Get => Method::GET,

@@ -57,6 +57,12 @@ pub enum CoderError {
     #[error("cannot reach Coder for {endpoint}: {message}")]
     Transport { endpoint: &'static str, message: String },
 
+    /// A write (create, build, chat interrupt or context refresh) this
+    /// replica did not send, or dropped unanswered, because its leader lease
+    /// expired: another replica may be acting by now.
+    #[error("{endpoint} not sent to Coder: this replica's leader lease has expired")]
+    LeaseExpired { endpoint: &'static str },
+
     #[error("unexpected response from Coder for {endpoint}: {message}")]
     Decode { endpoint: &'static str, message: String },
 
@@ -78,7 +84,10 @@ impl CoderError {
     /// Whether the same request may succeed later with nothing changed.
     /// A conflict is not: the caller must read the state again and decide.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. } | Self::Transport { .. })
+        matches!(
+            self,
+            Self::Unavailable { .. } | Self::Timeout { .. } | Self::Transport { .. } | Self::LeaseExpired { .. }
+        )
     }
 
     /// A short CamelCase name for condition reasons and metric labels.
@@ -93,6 +102,7 @@ impl CoderError {
             Self::Unavailable { .. } => "Unavailable",
             Self::Timeout { .. } => "Timeout",
             Self::Transport { .. } => "Transport",
+            Self::LeaseExpired { .. } => "LeaseExpired",
             Self::Decode { .. } => "Decode",
             Self::UnexpectedStatus { .. } => "UnexpectedStatus",
             Self::InvalidUrl { .. } => "InvalidUrl",

@@ -245,12 +245,16 @@ async fn write_cleanup_status(
     resource: &ChatWorkspace,
     cleanup: &CleanupStatus,
 ) -> Result<()> {
-    let patch = serde_json::json!({"status": {"cleanup": {
-        "failedBuilds": cleanup.failed_builds,
-        "lastFailedBuild": cleanup.last_failed_build,
-        "lastError": cleanup.last_error,
-        "waiting": cleanup.waiting,
-    }}});
+    // Conditional, as every status write: a stale view fails with 409.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": resource.resource_version()},
+        "status": {"cleanup": {
+            "failedBuilds": cleanup.failed_builds,
+            "lastFailedBuild": cleanup.last_failed_build,
+            "lastError": cleanup.last_error,
+            "waiting": cleanup.waiting,
+        }},
+    });
     api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }

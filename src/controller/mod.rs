@@ -340,6 +340,12 @@ pub async fn run(
                 async move {
                     let action = match reconcile(resource.clone(), context.clone()).await {
                         Ok(action) => action,
+                        // A write decided on a stale view: not a failure;
+                        // decide again once the watch has caught up.
+                        Err(error) if error.is_stale_write() => {
+                            tracing::debug!(name = %resource.key().name(), %error, "decided on a stale view; looking again");
+                            Action::requeue(context.settings.requeue.active)
+                        }
                         Err(error) => error_policy(&resource, &error, &context),
                     };
                     action.requeue_after()
@@ -438,17 +444,29 @@ async fn reconcile(cached: Arc<Slim>, context: Arc<Context>) -> Result<Action> {
         // Marked before the patch is sent, so that the watch's delivery of
         // its result, however soon, finds the mark to clear.
         let patch = unclaimed && context.claiming.lock().expect("claiming").insert(reference.clone());
-        if patch && let Err(error) = add_finalizer(&api, &resource, install).await {
-            context.claiming.lock().expect("claiming").remove(&reference);
-            return Err(error);
-        }
-        apply(&api, &resource, &context).await
+        // Decided from the patched resource: a status write conditional on
+        // the cache's older version would only conflict.
+        let claimed = if patch {
+            match add_finalizer(&api, &resource, install).await {
+                Ok(claimed) => Some(claimed),
+                Err(error) => {
+                    context.claiming.lock().expect("claiming").remove(&reference);
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
+        apply(&api, claimed.as_ref().unwrap_or(&resource), &context).await
     };
     match &result {
         Ok(_) => {
             context.metrics.reconciled("ok");
             context.failures.lock().expect("failures").remove(&crate::crd::reference(&resource));
         }
+        // Not a failure: decided again (see `run`), counted apart so a
+        // storm of them would show.
+        Err(error) if error.is_stale_write() => context.metrics.reconciled("stale"),
         Err(error) => context.metrics.failed(error.reason()),
     }
     result
@@ -481,6 +499,7 @@ struct Applied {
 }
 
 async fn apply(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
+    let _reconciling = context.written.reconciling(resource);
     let previous = context.written.previous(resource);
     match converge(api, resource, &previous, context).await {
         Ok(None) => {
@@ -659,7 +678,7 @@ async fn converge(
         }
         CoreAction::CreateWorkspace => {
             let template = template.as_ref().expect("resolved above for a create");
-            record::write_create_intent(context, api, resource, previous).await?;
+            let intended = record::write_create_intent(context, api, resource, previous).await?;
             match act::create_workspace(resource, owner, name, template, coder).await {
                 Ok(workspace) => {
                     context.metrics.build("start", "Create");
@@ -687,7 +706,7 @@ async fn converge(
                 // The name is taken: someone created it meanwhile. Adopt it
                 // on the next pass (with consent) rather than guessing now.
                 Err(Error::Coder(CoderError::Conflict { .. })) => {
-                    record::clear_create_intent(context, api, resource, previous).await?;
+                    record::clear_create_intent(context, api, resource, (previous, &intended)).await?;
                     None
                 }
                 Err(error) => {
@@ -695,7 +714,7 @@ async fn converge(
                     // keeps its intent, which covers only the create's own
                     // request (`adoption::made_by_us`); one refused made nothing.
                     if !error.is_transient() {
-                        record::clear_create_intent(context, api, resource, previous).await?;
+                        record::clear_create_intent(context, api, resource, (previous, &intended)).await?;
                     }
                     return Err(error);
                 }
@@ -787,7 +806,8 @@ async fn converge(
 /// Adds the finalizer and claims the resource for this install, in one
 /// merge patch that fails if the resource changed meanwhile (so of two
 /// installs, one claims it and the other sees the claim).
-async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, install: &str) -> Result<()> {
+/// Returns the resource as patched.
+async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, install: &str) -> Result<ChatWorkspace> {
     let mut finalizers = resource.finalizers().to_vec();
     if !finalizers.iter().any(|f| f == FINALIZER) {
         finalizers.push(FINALIZER.to_string());
@@ -800,7 +820,7 @@ async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, insta
         },
     });
     match api.patch(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
+        Ok(claimed) => Ok(claimed),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             // The cached copy is older than the resource: this replica's own
             // patch may have landed already (a reconcile that began just
@@ -809,7 +829,7 @@ async fn add_finalizer(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, insta
             let done = current.finalizers().iter().any(|f| f == FINALIZER)
                 && current.annotations().get(tenancy::installs::INSTALL_ANNOTATION).map(String::as_str)
                     == Some(install);
-            if done { Ok(()) } else { Err(kube::Error::Api(status).into()) }
+            if done { Ok(current) } else { Err(kube::Error::Api(status).into()) }
         }
         Err(error) => Err(error.into()),
     }

@@ -65,6 +65,24 @@ struct WrittenInner {
     /// Resources with a status write in flight, and the hashes of the
     /// statuses the watch delivered for them meanwhile.
     in_flight: HashMap<ObjectRef<ChatWorkspace>, Vec<u64>>,
+    /// Resources being reconciled (see [`Written::reconciling`]), and the
+    /// resourceVersion the reconcile's resource had and the one its latest
+    /// status write produced: its next write is conditional on that one,
+    /// whatever the watch has delivered meanwhile.
+    reconciling: HashMap<ObjectRef<ChatWorkspace>, Option<(String, String)>>,
+}
+
+/// A reconcile under way (see [`Written::reconciling`]); dropping it
+/// forgets what its writes produced.
+pub(super) struct Reconciling<'a> {
+    written: &'a Written,
+    key: ObjectRef<ChatWorkspace>,
+}
+
+impl Drop for Reconciling<'_> {
+    fn drop(&mut self) {
+        self.written.inner.lock().expect("written statuses").reconciling.remove(&self.key);
+    }
 }
 
 /// A status write in flight (see [`Written::sending`]); dropping it ends
@@ -112,11 +130,27 @@ impl Written {
         cached
     }
 
+    /// A reconcile of `resource` begins: until the returned guard is
+    /// dropped, each status write it makes is conditional on the version
+    /// its previous one produced, also when the watch delivered that write
+    /// before its answer (and nothing else remembers it).
+    pub(super) fn reconciling(&self, resource: &ChatWorkspace) -> Reconciling<'_> {
+        let key = crate::crd::reference(resource);
+        self.inner.lock().expect("written statuses").reconciling.insert(key.clone(), None);
+        Reconciling { written: self, key }
+    }
+
     /// The resourceVersion to make a write conditional on: the cached
     /// one, or the one this replica's latest write produced while the cache
     /// has not caught up with it (and the spec is the same generation).
     pub(super) fn resource_version(&self, resource: &ChatWorkspace) -> Option<String> {
         let inner = self.inner.lock().expect("written statuses");
+        let key = crate::crd::reference(resource);
+        if let Some(Some((had, produced))) = inner.reconciling.get(&key)
+            && resource.metadata.resource_version.as_ref() == Some(had)
+        {
+            return Some(produced.clone());
+        }
         let stale = inner.by_resource.get(&crate::crd::reference(resource)).filter(|unseen| {
             unseen.version.1 == resource.metadata.generation
                 && unseen.replaced.contains(&status_hash(&resource.status.clone().unwrap_or_default()))
@@ -137,10 +171,26 @@ impl Written {
 
     /// Remembers that `written` (what the apiserver answered) holds
     /// `status`, which replaced `replaced`, unless the watch has delivered
-    /// it already.
-    fn wrote(&self, replaced: &ChatWorkspaceStatus, status: &ChatWorkspaceStatus, written: &ChatWorkspace) {
+    /// it already; and, for the reconcile under way, that `resource` (the
+    /// one it decided from) is now `written`.
+    fn wrote(
+        &self,
+        resource: &ChatWorkspace,
+        replaced: &ChatWorkspaceStatus,
+        status: &ChatWorkspaceStatus,
+        written: &ChatWorkspace,
+    ) {
         let key = crate::crd::reference(written);
         let mut inner = self.inner.lock().expect("written statuses");
+        if let Some(versions) = inner.reconciling.get_mut(&key)
+            && let Some(produced) = written.resource_version()
+        {
+            let had = match versions.take() {
+                Some((had, _)) => Some(had),
+                None => resource.resource_version(),
+            };
+            *versions = had.map(|had| (had, produced));
+        }
         let latest_hash = status_hash(status);
         let delivered = inner.in_flight.get_mut(&key).map(std::mem::take).unwrap_or_default();
         if delivered.contains(&latest_hash) {
@@ -193,7 +243,12 @@ impl Written {
     }
 }
 
-/// Writes `status` unless it is what the resource already has.
+/// Writes `status` unless it is what the resource already has. Like every
+/// status write, it is conditional on the resourceVersion the decision was
+/// made from (see [`Written::resource_version`]): a write decided on a stale
+/// view fails with 409 instead of overwriting a newer status (another
+/// replica's, after this one lost its lease), and the resource is looked at
+/// again.
 pub(super) async fn write_status(
     context: &Context,
     api: &Api<ChatWorkspace>,
@@ -204,7 +259,7 @@ pub(super) async fn write_status(
     if status == previous {
         return Ok(());
     }
-    apply_status(context, api, resource, previous, status, Precondition::None).await
+    apply_status(context, api, resource, previous, status).await
 }
 
 /// Persists what is about to be done (a recovery's stage and attempt, the
@@ -220,18 +275,11 @@ pub(super) async fn write_intent(
     previous: &ChatWorkspaceStatus,
     status: &ChatWorkspaceStatus,
 ) -> Result<()> {
-    apply_status(context, api, resource, previous, status, Precondition::Version).await
+    apply_status(context, api, resource, previous, status).await
 }
 
-/// Whether a status apply fails if the resource changed since it was read.
-enum Precondition {
-    None,
-    /// The resourceVersion the decision was made on (see
-    /// [`Written::resource_version`]).
-    Version,
-}
-
-/// Applies `status` as the operator's field manager and remembers the write
+/// Applies `status` as the operator's field manager, conditional on the
+/// resourceVersion the decision was made from, and remembers the write
 /// until the watch delivers it.
 async fn apply_status(
     context: &Context,
@@ -239,21 +287,18 @@ async fn apply_status(
     resource: &ChatWorkspace,
     previous: &ChatWorkspaceStatus,
     status: &ChatWorkspaceStatus,
-    precondition: Precondition,
 ) -> Result<()> {
-    let mut patch = serde_json::json!({
+    let patch = serde_json::json!({
         "apiVersion": ChatWorkspace::api_version(&()),
         "kind": ChatWorkspace::kind(&()),
+        "metadata": {"resourceVersion": context.written.resource_version(resource)},
         "status": status,
     });
-    if let Precondition::Version = precondition {
-        patch["metadata"] = serde_json::json!({"resourceVersion": context.written.resource_version(resource)});
-    }
     let sending = context.written.sending(resource);
     let written = api
         .patch_status(&resource.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
-    context.written.wrote(previous, status, &written);
+    context.written.wrote(resource, previous, status, &written);
     drop(sending);
     Ok(())
 }
@@ -266,33 +311,38 @@ pub(super) async fn write_create_intent(
     api: &Api<ChatWorkspace>,
     resource: &ChatWorkspace,
     previous: &ChatWorkspaceStatus,
-) -> Result<()> {
+) -> Result<ChatWorkspaceStatus> {
     let intent = crate::tenancy::adoption::create_intent(decision::whole_seconds(Timestamp::now()).0);
-    let patch = serde_json::json!({"status": {"ownership": intent}});
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": context.written.resource_version(resource)},
+        "status": {"ownership": intent},
+    });
     let sending = context.written.sending(resource);
     let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     let mut status = previous.clone();
     status.ownership = Some(intent);
-    context.written.wrote(previous, &status, &written);
+    context.written.wrote(resource, previous, &status, &written);
     drop(sending);
-    Ok(())
+    Ok(status)
 }
 
 /// Takes back a create's intent when Coder answered that it made nothing
 /// (it refused the request, or the name was taken meanwhile): a workspace
-/// someone makes later under that name is not this resource's.
+/// someone makes later under that name is not this resource's. `intended`
+/// is the status [`write_create_intent`] wrote; `previous`, the one before.
 pub(super) async fn clear_create_intent(
     context: &Context,
     api: &Api<ChatWorkspace>,
     resource: &ChatWorkspace,
-    previous: &ChatWorkspaceStatus,
+    (previous, intended): (&ChatWorkspaceStatus, &ChatWorkspaceStatus),
 ) -> Result<()> {
-    let patch = serde_json::json!({"status": {"ownership": previous.ownership}});
-    let mut intended = previous.clone();
-    intended.ownership = Some(crate::tenancy::adoption::create_intent(Timestamp::now()));
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": context.written.resource_version(resource)},
+        "status": {"ownership": previous.ownership},
+    });
     let sending = context.written.sending(resource);
     let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    context.written.wrote(&intended, previous, &written);
+    context.written.wrote(resource, intended, previous, &written);
     drop(sending);
     Ok(())
 }
@@ -393,12 +443,22 @@ mod tests {
         let cached = resource("1", None);
         assert_eq!(written.previous(&cached), ChatWorkspaceStatus::default(), "nothing written: the cache");
 
-        written.wrote(&ChatWorkspaceStatus::default(), &status(Phase::Starting), &resource("2", Some(Phase::Starting)));
+        written.wrote(
+            &resource("1", None),
+            &ChatWorkspaceStatus::default(),
+            &status(Phase::Starting),
+            &resource("2", Some(Phase::Starting)),
+        );
         assert_eq!(written.previous(&cached).phase, Some(Phase::Starting));
         assert_eq!(written.resource_version(&cached).as_deref(), Some("2"));
 
         // A second write before the watch delivered the first.
-        written.wrote(&status(Phase::Starting), &status(Phase::Running), &resource("3", Some(Phase::Running)));
+        written.wrote(
+            &resource("1", None),
+            &status(Phase::Starting),
+            &status(Phase::Running),
+            &resource("3", Some(Phase::Running)),
+        );
         assert_eq!(written.previous(&cached).phase, Some(Phase::Running), "the original status is stale");
         let first_delivered = resource("2", Some(Phase::Starting));
         assert_eq!(written.previous(&first_delivered).phase, Some(Phase::Running), "so is the first write");
@@ -428,6 +488,7 @@ mod tests {
             // returns.
             delivered(&resource("2", Some(Phase::Starting)));
             written.wrote(
+                &resource("1", None),
                 &ChatWorkspaceStatus::default(),
                 &status(Phase::Starting),
                 &resource("2", Some(Phase::Starting)),
@@ -441,7 +502,12 @@ mod tests {
         {
             let _sending = written.sending(&resource("2", Some(Phase::Starting)));
             delivered(&resource("2", Some(Phase::Starting)));
-            written.wrote(&status(Phase::Starting), &status(Phase::Running), &resource("3", Some(Phase::Running)));
+            written.wrote(
+                &resource("1", None),
+                &status(Phase::Starting),
+                &status(Phase::Running),
+                &resource("3", Some(Phase::Running)),
+            );
         }
         assert_eq!(written.unseen(), 1, "the write is still on its way");
         assert_eq!(written.previous(&resource("2", Some(Phase::Starting))).phase, Some(Phase::Running));
@@ -454,9 +520,52 @@ mod tests {
     }
 
     #[test]
+    fn a_reconciles_next_write_is_conditional_on_what_its_last_produced_even_once_delivered() {
+        let written = Written::default();
+        let decided_from = resource("1", None);
+        let key = crate::crd::reference(&decided_from);
+        {
+            let _reconciling = written.reconciling(&decided_from);
+            {
+                let _sending = written.sending(&decided_from);
+                // The watch delivers the write before its answer: nothing
+                // is remembered for the resources at rest...
+                written.delivered(&key, status_hash(&status(Phase::Creating)));
+                written.wrote(
+                    &decided_from,
+                    &ChatWorkspaceStatus::default(),
+                    &status(Phase::Creating),
+                    &resource("2", Some(Phase::Creating)),
+                );
+            }
+            assert_eq!(written.unseen(), 0);
+            // ...but the reconcile's next write, from the resource it holds,
+            // is conditional on the version its first write produced.
+            assert_eq!(written.resource_version(&decided_from).as_deref(), Some("2"));
+            written.wrote(
+                &decided_from,
+                &status(Phase::Creating),
+                &status(Phase::Starting),
+                &resource("3", Some(Phase::Starting)),
+            );
+            assert_eq!(written.resource_version(&decided_from).as_deref(), Some("3"), "and so on, write after write");
+            assert_eq!(written.resource_version(&resource("7", None)).as_deref(), Some("7"), "a newer copy is its own");
+        }
+        assert!(written.inner.lock().expect("written").reconciling.is_empty(), "nothing kept after the reconcile");
+        let mut later = resource("1", None);
+        later.metadata.generation = Some(2);
+        assert_eq!(written.resource_version(&later).as_deref(), Some("1"));
+    }
+
+    #[test]
     fn a_status_written_by_someone_else_is_taken_as_it_is() {
         let written = Written::default();
-        written.wrote(&ChatWorkspaceStatus::default(), &status(Phase::Starting), &resource("2", Some(Phase::Starting)));
+        written.wrote(
+            &resource("1", None),
+            &ChatWorkspaceStatus::default(),
+            &status(Phase::Starting),
+            &resource("2", Some(Phase::Starting)),
+        );
         let edited = resource("4", Some(Phase::Failed));
         assert_eq!(written.previous(&edited).phase, Some(Phase::Failed));
         assert_eq!(written.unseen(), 0);
@@ -478,7 +587,12 @@ mod tests {
     #[test]
     fn a_new_generation_is_not_conditioned_on_the_version_of_an_older_one() {
         let written = Written::default();
-        written.wrote(&ChatWorkspaceStatus::default(), &status(Phase::Starting), &resource("2", Some(Phase::Starting)));
+        written.wrote(
+            &resource("1", None),
+            &ChatWorkspaceStatus::default(),
+            &status(Phase::Starting),
+            &resource("2", Some(Phase::Starting)),
+        );
         let mut newer_spec = resource("5", None);
         newer_spec.metadata.generation = Some(2);
         assert_eq!(written.resource_version(&newer_spec).as_deref(), Some("5"));

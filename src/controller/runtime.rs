@@ -306,7 +306,9 @@ impl Queue {
 
 /// Runs `reconcile` for the store's resources as `queue` hands them over,
 /// at most `concurrency` at once, once the store is ready, until `shutdown`
-/// resolves; then waits for the reconciles under way.
+/// resolves; then waits for the reconciles under way. The reconciles are
+/// the dispatcher's own tasks: dropping the dispatcher (leadership lost)
+/// cancels every one of them.
 pub async fn dispatch<F, Fut>(
     store: Arc<Store>,
     queue: Arc<Queue>,
@@ -318,10 +320,14 @@ pub async fn dispatch<F, Fut>(
     Fut: Future<Output = Option<Duration>> + Send + 'static,
 {
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut reconciles = tokio::task::JoinSet::new();
     let work = async {
         store.ready().await;
         loop {
             let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            // Those that ended hold no permit; at most `concurrency` wait
+            // here to be reaped.
+            while reconciles.try_join_next().is_some() {}
             let key = queue.next().await;
             let Some(resource) = store.get(&key) else {
                 // Gone since it became due.
@@ -330,7 +336,7 @@ pub async fn dispatch<F, Fut>(
             };
             let queue = queue.clone();
             let run = reconcile(resource);
-            tokio::spawn(async move {
+            reconciles.spawn(async move {
                 let after = run.await;
                 queue.done(key, after);
                 drop(permit);
@@ -341,7 +347,7 @@ pub async fn dispatch<F, Fut>(
         () = work => {}
         () = shutdown => {}
     }
-    let _ = permits.acquire_many(concurrency.max(1) as u32).await;
+    while reconciles.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
@@ -350,6 +356,103 @@ mod tests {
 
     fn key(name: &str) -> ResourceKey {
         ResourceKey::new("team", name)
+    }
+
+    /// Tells when it is dropped: a reconcile cancelled mid-way.
+    struct Cancelled(Option<tokio::sync::oneshot::Sender<()>>);
+
+    impl Drop for Cancelled {
+        fn drop(&mut self) {
+            if let Some(told) = self.0.take() {
+                let _ = told.send(());
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_dispatcher_cancels_the_reconciles_in_flight() {
+        let store = Arc::new(Store::default());
+        for name in ["a", "b"] {
+            store.apply(watcher::Event::InitApply(resource(name, 1)), generation);
+        }
+        store.apply(watcher::Event::InitDone, generation);
+        let queue = Arc::new(Queue::default());
+        queue.push(key("a"));
+        queue.push(key("b"));
+        let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+        let (cancelled, mut cancels) = tokio::sync::mpsc::unbounded_channel();
+        let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dispatcher = dispatch(store, queue, 4, std::future::pending(), {
+            let finished = finished.clone();
+            move |resource: Arc<Slim>| {
+                let (told, cancel) = tokio::sync::oneshot::channel();
+                let _ = started.send(resource.key().clone());
+                let cancelled = cancelled.clone();
+                tokio::spawn(async move {
+                    if cancel.await.is_ok() {
+                        let _ = cancelled.send(());
+                    }
+                });
+                let finished = finished.clone();
+                async move {
+                    let _guard = Cancelled(Some(told));
+                    // A slow Coder request.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    None
+                }
+            }
+        });
+        let dispatcher = tokio::spawn(dispatcher);
+        for _ in 0..2 {
+            starts.recv().await.expect("both reconciles started");
+        }
+        dispatcher.abort();
+        let _ = dispatcher.await;
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(1), cancels.recv())
+                .await
+                .expect("cancelled at once, not after the request")
+                .expect("a cancel");
+        }
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 0, "no reconcile went on after its dispatcher");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_waits_for_the_reconciles_in_flight() {
+        let store = Arc::new(Store::default());
+        store.apply(watcher::Event::InitApply(resource("a", 1)), generation);
+        store.apply(watcher::Event::InitDone, generation);
+        let queue = Arc::new(Queue::default());
+        queue.push(key("a"));
+        let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dispatcher = tokio::spawn(dispatch(
+            store,
+            queue,
+            4,
+            async {
+                let _ = stopped.await;
+            },
+            {
+                let finished = finished.clone();
+                move |_| {
+                    let _ = started.send(());
+                    let finished = finished.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                        None
+                    }
+                }
+            },
+        ));
+        starts.recv().await.expect("started");
+        let _ = stop.send(());
+        dispatcher.await.expect("the dispatcher ends");
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst), "the reconcile in flight finished first");
     }
 
     #[tokio::test(start_paused = true)]

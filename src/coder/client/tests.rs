@@ -115,6 +115,7 @@ async fn serve(
         ("GET", "/api/v2/workspaces/hang") => hang().await,
         ("GET", "/api/v2/workspaces/unavailable") => reply(503, json!({"message": "Database unavailable."})),
         ("POST", "/api/v2/users/alice/workspaces") => reply(201, workspace_json("fix-login-bug")),
+        ("POST", "/api/v2/workspaces/hang/builds") => hang().await,
         ("POST", "/api/v2/workspaces/ws-1/builds") => {
             reply(409, json!({"message": "A workspace build is already active."}))
         }
@@ -404,4 +405,28 @@ fn route_labels_build_their_paths() {
     assert_eq!(url.as_str(), "https://coder.example.com/api/v2/organizations/coder/templates/docker%20dev");
     let url = route::CURRENT_USER.url(&api_url, &[]).unwrap();
     assert_eq!(url.as_str(), "https://coder.example.com/api/v2/users/me");
+}
+
+#[tokio::test]
+async fn writes_pass_the_fence_and_one_in_flight_when_it_closes_is_dropped() {
+    let (url, server) = start_server().await;
+    let fence = crate::leader::Fence::closed();
+    let client = client_for(&url, PATIENT).with_fence(fence.clone());
+    let request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Start);
+    let refused = client.create_build("ws-1", &request).await.unwrap_err();
+    assert!(matches!(refused, CoderError::LeaseExpired { endpoint: "POST /workspaces/{id}/builds" }), "{refused:?}");
+    assert!(server.seen().is_empty(), "nothing sent while the fence is closed");
+    client.current_user().await.expect("reads do not pass the fence");
+
+    fence.open_until(tokio::time::Instant::now() + Duration::from_secs(60));
+    let sent = client.create_build("ws-1", &request).await.unwrap_err();
+    assert!(matches!(sent, CoderError::Conflict { .. }), "sent while open: {sent:?}");
+
+    let closing = crate::leader::Fence::closed();
+    let client = client_for(&url, PATIENT).with_fence(closing.clone());
+    closing.open_until(tokio::time::Instant::now() + IMPATIENT);
+    let started = Instant::now();
+    let dropped = client.create_build("hang", &request).await.unwrap_err();
+    assert!(matches!(dropped, CoderError::LeaseExpired { .. }), "{dropped:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "dropped when the fence closed, not when it was answered");
 }
