@@ -43,10 +43,11 @@ pub enum FaultKind {
     /// its rate limiter answers.
     #[serde(rename = "rate_limited_s")]
     RateLimited(u64),
-    /// A broken or hostile coderd's workspace list: served normally, then
-    /// `count` claims this many workspaces whatever there are, and `padding`
-    /// made-up workspaces (copies of the page's first, with new ids and
-    /// names) are added to every page, whatever its `limit`.
+    /// A broken or hostile coderd's workspace list: served as if `offset`
+    /// were 0 (every page starts over), then `count` claims this many
+    /// workspaces whatever there are, and `padding` made-up workspaces
+    /// (copies of the page's first, with new ids and names) are added to
+    /// every page, whatever its `limit`.
     HostileList { count: i64, padding: u32 },
     /// A `200` whose body is this many bytes of JSON, streamed with no
     /// `Content-Length`: more than any real answer.

@@ -32,6 +32,8 @@ pub struct Shared {
     stopping: watch::Receiver<bool>,
     /// Bumped when faults are cleared, to release hanging requests.
     fault_clears: watch::Sender<u64>,
+    /// The paths of the `/api` requests not answered yet, by arrival.
+    in_flight: Mutex<(u64, std::collections::HashMap<u64, String>)>,
 }
 
 /// How a hanging request ended.
@@ -43,7 +45,31 @@ pub enum Wait {
 
 impl Shared {
     pub fn new(deployment: Deployment, stopping: watch::Receiver<bool>) -> Self {
-        Self { deployment: Mutex::new(deployment), stopping, fault_clears: watch::Sender::new(0) }
+        Self {
+            deployment: Mutex::new(deployment),
+            stopping,
+            fault_clears: watch::Sender::new(0),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// How many `/api` requests whose path starts with `prefix` are not
+    /// answered yet (hanging, say).
+    pub fn in_flight(&self, prefix: &str) -> usize {
+        let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        in_flight.1.values().filter(|path| path.starts_with(prefix)).count()
+    }
+
+    fn arrived(&self, path: &str) -> u64 {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        in_flight.0 += 1;
+        let id = in_flight.0;
+        in_flight.1.insert(id, path.to_owned());
+        id
+    }
+
+    fn left(&self, id: u64) {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).1.remove(&id);
     }
 
     /// The deployment; never hold the guard across an await.
@@ -110,6 +136,7 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     let (parts, body) = request.into_parts();
     let mut record = Pending {
         shared: Arc::clone(&shared),
+        id: shared.arrived(&path),
         started: Instant::now(),
         record: Some(RequestRecord {
             method: method.to_string(),
@@ -156,7 +183,9 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             tokio::time::sleep(delay).await;
             response
         }
-        Some(FaultKind::HostileList { count, padding }) => hostile_list(next.run(request).await, count, padding).await,
+        Some(FaultKind::HostileList { count, padding }) => {
+            hostile_list(next.run(without_offset(request)).await, count, padding).await
+        }
         Some(FaultKind::HugeBody(bytes)) => huge_body(bytes),
         Some(FaultKind::Hang) => match shared.hang().await {
             Wait::Released => next.run(request).await,
@@ -168,6 +197,18 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     };
     record.finish(response.status());
     response
+}
+
+/// The request without its `offset`: a broken coderd's list starts over on
+/// every page.
+fn without_offset(mut request: Request) -> Request {
+    let query: Vec<&str> =
+        request.uri().query().unwrap_or_default().split('&').filter(|pair| !pair.starts_with("offset=")).collect();
+    let target = format!("{}?{}", request.uri().path(), query.join("&"));
+    if let Ok(uri) = target.parse() {
+        *request.uri_mut() = uri;
+    }
+    request
 }
 
 /// Rewrites a workspace list as a broken or hostile coderd would answer it
@@ -227,6 +268,8 @@ fn injected_status(code: u16) -> Response {
 /// client goes away first (the handler future is dropped).
 struct Pending {
     shared: Arc<Shared>,
+    /// Its place among the requests in flight.
+    id: u64,
     started: Instant,
     record: Option<RequestRecord>,
 }
@@ -241,6 +284,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        self.shared.left(self.id);
         let Some(record) = self.record.take() else {
             return;
         };
