@@ -452,9 +452,10 @@ impl Shared {
         {
             let mut owners = self.owners.lock().expect("index owners");
             let Some(state) = owners.get_mut(key) else { return merged };
-            for workspace in read {
+            let keeps = state.keeps(&read);
+            for (workspace, kept) in read.into_iter().zip(keeps) {
                 let name = workspace.name.to_lowercase();
-                if !state.keeps(&name, &workspace.id) {
+                if !kept {
                     merged.unnamed_running += usize::from(entry::running(&workspace));
                     continue;
                 }
@@ -615,11 +616,21 @@ struct Merged {
 }
 
 impl OwnerState {
-    /// Whether the index holds a workspace read from Coder: only one a
+    /// Which of the workspaces read from Coder the index holds: only those a
     /// resource names, by name or (renamed in Coder since) by the id held.
     /// Whatever else a coderd lists costs the operator nothing to keep.
-    fn keeps(&self, name: &str, id: &str) -> bool {
-        self.interested.contains_key(name) || self.workspaces.values().any(|entry| &*entry.id == id)
+    fn keeps(&self, read: &[Workspace]) -> Vec<bool> {
+        // The ids held, gathered once a read and only if some workspace in
+        // it is not named.
+        let mut held: Option<HashSet<&str>> = None;
+        read.iter()
+            .map(|workspace| {
+                self.interested.contains_key(&workspace.name.to_lowercase())
+                    || held
+                        .get_or_insert_with(|| self.workspaces.values().map(|entry| &*entry.id).collect())
+                        .contains(workspace.id.as_str())
+            })
+            .collect()
     }
 }
 
@@ -750,15 +761,16 @@ mod tests {
     async fn a_workspace_renamed_in_coder_is_still_kept_by_its_id() {
         let (index, key) = watching(&["chat-1"]);
         index.shared.merge(&key, vec![named("id-1", "chat-1", true)], Instant::now());
-        let merged = index.shared.merge(
-            &key,
-            vec![named("id-1", "renamed", true), named("id-9", "other", true)],
-            Instant::now(),
-        );
+        let started = Instant::now();
+        let listed = vec![named("id-1", "renamed", true), named("id-9", "other", true)];
+        let merged = index.shared.merge(&key, listed, started);
         assert_eq!(merged.kept_ids, ["id-1"]);
+        let seen = HashSet::from(["renamed".to_owned(), "other".to_owned()]);
+        index.shared.listed(&key, &seen, started, Some(merged.unnamed_running));
         let owners = index.shared.owners.lock().unwrap();
-        assert!(owners[&key].keeps("renamed", "id-1"));
-        assert!(!owners[&key].keeps("other", "id-9"));
+        let held: Vec<&String> = owners[&key].workspaces.keys().collect();
+        assert_eq!(held, ["renamed"]);
+        assert_eq!(owners[&key].unnamed_running, 1);
     }
 
     #[tokio::test]
