@@ -93,36 +93,36 @@ async fn a_hostile_coderd_neither_pages_forever_nor_holds_up_another_coderds_res
 }
 
 #[tokio::test]
-async fn hanging_probes_of_one_owner_do_not_keep_another_owners_new_agent_unprobed() {
+async fn hanging_probes_of_other_owners_do_not_keep_a_new_agent_unprobed() {
     let mut config = SimConfig::fast();
     // A partitioned agent's probe hangs past the operator's probe timeout.
     config.timings.dial_limit = Duration::from_secs(120);
     let mut env = Env::without_operator("starved", config).await;
     env.start_operator();
-    // The default probe timeout, 30 s: a hanging probe holds its permit
-    // that long.
-    let hanging: Vec<String> = (0..8).map(|i| format!("hanging-{i}")).collect();
-    for name in &hanging {
-        env.create(name, json!({"owner": "alice", "template": {"name": "docker-dev"}})).await;
+    // Eight agents of alice and eight of bob, with the default probe
+    // timeout (30 s): a hanging probe would hold its permit that long.
+    let hanging: Vec<(&str, String)> =
+        ["alice", "bob"].into_iter().flat_map(|owner| (0..8).map(move |i| (owner, format!("{owner}-{i}")))).collect();
+    for (owner, name) in &hanging {
+        env.create(name, json!({"owner": owner, "template": {"name": "docker-dev"}})).await;
     }
-    for name in &hanging {
+    for (_, name) in &hanging {
         env.wait_for_condition(name, READY, "True", Some("Running"), LONG).await;
     }
-    for name in &hanging {
-        env.sim.partition_probe(env.workspace_id("alice", name), true);
+    for (owner, name) in &hanging {
+        env.sim.partition_probe(env.workspace_id(owner, name), true);
     }
-    // Their next probes hang: as many as alice may hold (all eight permits
-    // before probes were shared, seven since).
+    // Their next probes hang and take the whole pool of eight.
     let deadline = Instant::now() + LONG;
-    while env.sim.in_flight(PROBES) < 7 {
-        assert!(Instant::now() < deadline, "the probes of alice's agents never hung");
+    while env.sim.in_flight(PROBES) < 8 {
+        assert!(Instant::now() < deadline, "the probes of alice's and bob's agents never hung");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Another owner's new resource is probed and Ready long before any of
-    // those probes could give its permit back (30 s): a liveness bound,
-    // not a measure of speed.
-    env.create("newcomer", json!({"owner": "bob", "template": {"name": "docker-dev"}})).await;
+    // A third owner's new resource is probed and Ready long before any of
+    // those probes could time out and give its permit back (30 s): a
+    // liveness bound, not a measure of speed.
+    env.create("newcomer", json!({"owner": "admin", "template": {"name": "docker-dev"}})).await;
     env.wait_for_condition("newcomer", READY, "True", Some("Running"), Duration::from_secs(20)).await;
-    assert!(env.sim.in_flight(PROBES) >= 7, "alice's probes were still hanging meanwhile");
+    assert!(env.sim.in_flight(PROBES) >= 6, "alice's and bob's probes were still hanging meanwhile");
 }

@@ -12,10 +12,11 @@
 //!
 //! The pool is shared fairly: within each of those, owners (a credentials
 //! and a username) take turns, an agent never probed before the others of
-//! its owner; and no owner holds more than its share of the pool, never all
-//! of it. Agents whose probes hang (a dead agent, a hostile coderd) hold at
-//! most their owner's share until their probe timeout, and a new agent of
-//! another owner is probed in the next round.
+//! its owner; no owner starts more than its share of the pool, never all of
+//! it; and when the pool is full and an owner waits, a probe of the owner
+//! furthest beyond its share is ended early (and tried again later, as an
+//! inconclusive one). So probes that hang (dead agents, a hostile coderd)
+//! cannot keep another owner's new agent waiting beyond the next round.
 //!
 //! Results are kept per credentials: an agent id is only what one coderd
 //! says, and another coderd cannot answer for it.
@@ -56,11 +57,17 @@ pub(super) struct Probes {
     inconclusive: Mutex<HashMap<String, HashMap<String, Instant>>>,
     /// Agent ids a reconcile asked about.
     urgent: Mutex<HashSet<String>>,
-    /// As many as the pool's permits.
-    in_flight: Mutex<HashSet<AgentKey>>,
-    /// Probes in flight per owner, for its share of the pool.
-    busy: Mutex<HashMap<Arc<OwnerKey>, usize>>,
+    /// The probes in flight: as many as the pool's permits.
+    in_flight: Mutex<HashMap<AgentKey, InFlight>>,
     notify: Arc<Notify>,
+}
+
+/// A probe in flight.
+struct InFlight {
+    owner: Arc<OwnerKey>,
+    /// Set once its task is spawned: to end it early when its owner holds
+    /// more than its share and another owner waits.
+    abort: Option<tokio::task::AbortHandle>,
 }
 
 impl Probes {
@@ -116,17 +123,26 @@ async fn run(shared: Weak<Shared>) {
         let round = Instant::now() + Duration::from_secs(1);
         let granted = due(&index, &mut budget);
         let owners = {
-            let busy = index.probes.busy.lock().expect("probes per owner");
-            granted.iter().map(|(_, target)| &target.owner).chain(busy.keys()).collect::<HashSet<_>>().len()
+            let in_flight = index.probes.in_flight.lock().expect("probes in flight");
+            let running = in_flight.values().map(|probe| &probe.owner);
+            granted.iter().map(|(_, target)| &target.owner).chain(running).collect::<HashSet<_>>().len()
         };
         let share = owner_share(concurrency, owners);
         for (priority, target) in granted {
             if in_flight_of(&index, &target.owner) >= share {
                 continue;
             }
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = tokio::time::sleep_until(round.into()) => break,
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // The pool is full: an owner beyond its share (its
+                    // probes hanging, say) gives one back at once.
+                    preempt(&index, share);
+                    tokio::select! {
+                        permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                        () = tokio::time::sleep_until(round.into()) => break,
+                    }
+                }
             };
             if priority != Priority::Asked && !index.probes.urgent.lock().expect("urgent probes").is_empty() {
                 break;
@@ -145,7 +161,45 @@ async fn run(shared: Weak<Shared>) {
 }
 
 fn in_flight_of(index: &Shared, owner: &Arc<OwnerKey>) -> usize {
-    index.probes.busy.lock().expect("probes per owner").get(owner).copied().unwrap_or(0)
+    index.probes.in_flight.lock().expect("probes in flight").values().filter(|probe| probe.owner == *owner).count()
+}
+
+/// Ends one probe of the owner furthest beyond `share`, if any: its permit
+/// is free again, and the agent is tried again after the attention
+/// interval, as after an inconclusive probe (it says nothing of the agent).
+fn preempt(index: &Shared, share: usize) {
+    let mut in_flight = index.probes.in_flight.lock().expect("probes in flight");
+    let Some(owner) = beyond_share(in_flight.values().map(|probe| probe.owner.clone()), share) else { return };
+    let Some(agent) = in_flight
+        .iter()
+        .find(|(_, probe)| probe.owner == owner && probe.abort.is_some())
+        .map(|(agent, _)| agent.clone())
+    else {
+        return;
+    };
+    if let Some(InFlight { abort: Some(abort), .. }) = in_flight.remove(&agent) {
+        abort.abort();
+        tracing::debug!(agent = %agent.1, owner = %owner.owner, "a probe beyond its owner's share is ended early");
+        let (credentials, agent_id) = agent;
+        index
+            .probes
+            .inconclusive
+            .lock()
+            .expect("inconclusive probes")
+            .entry(credentials)
+            .or_default()
+            .insert(agent_id, Instant::now());
+    }
+}
+
+/// The owner with the most probes in flight (one per item of `owners`),
+/// when that is more than `share`.
+fn beyond_share<K: Eq + std::hash::Hash + Clone>(owners: impl Iterator<Item = K>, share: usize) -> Option<K> {
+    let mut counts: HashMap<K, usize> = HashMap::new();
+    for owner in owners {
+        *counts.entry(owner).or_insert(0) += 1;
+    }
+    counts.into_iter().filter(|(_, count)| *count > share).max_by_key(|(_, count)| *count).map(|(owner, _)| owner)
 }
 
 /// How many of the `concurrency` probes one owner may have in flight while
@@ -211,7 +265,7 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
             };
             let credentials = interest.owner.credentials.as_str();
             if !watched.insert((credentials, agent_id))
-                || in_flight.iter().any(|(c, a)| c == credentials && a == agent_id)
+                || in_flight.keys().any(|(c, a)| c == credentials && a == agent_id)
             {
                 continue;
             }
@@ -275,26 +329,22 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
 }
 
 fn start(index: &Arc<Shared>, permit: OwnedSemaphorePermit, priority: Priority, target: ProbeTarget) {
-    index.probes.in_flight.lock().expect("probes in flight").insert(target.agent());
-    *index.probes.busy.lock().expect("probes per owner").entry(target.owner.clone()).or_insert(0) += 1;
-    let index = Arc::downgrade(index);
+    let agent = target.agent();
+    let in_flight = InFlight { owner: target.owner.clone(), abort: None };
+    index.probes.in_flight.lock().expect("probes in flight").insert(agent.clone(), in_flight);
+    let shared = Arc::downgrade(index);
     let asked = priority == Priority::Asked;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let outcome = target.client.probe_agent(&target.agent_id, target.timeout).await;
         drop(permit);
-        if let Some(index) = upgrade(&index) {
-            {
-                let mut busy = index.probes.busy.lock().expect("probes per owner");
-                if let Some(count) = busy.get_mut(&target.owner) {
-                    *count -= 1;
-                    if *count == 0 {
-                        busy.remove(&target.owner);
-                    }
-                }
-            }
+        if let Some(index) = upgrade(&shared) {
             finish(&index, &target, outcome, asked);
         }
     });
+    // Unless it is over already.
+    if let Some(probe) = index.probes.in_flight.lock().expect("probes in flight").get_mut(&agent) {
+        probe.abort = Some(task.abort_handle());
+    }
 }
 
 fn finish(index: &Shared, target: &ProbeTarget, outcome: ProbeOutcome, asked: bool) {
@@ -384,6 +434,14 @@ mod tests {
         assert_eq!(&order[1..4], ["c1", "h1", "b1"], "one of each owner, the never probed first: {order:?}");
         assert_eq!(&order[4..11], ["h2", "h3", "h4", "h5", "h6", "h7", "h8"]);
         assert_eq!(order[11], "c2", "healthy last");
+    }
+
+    #[test]
+    fn the_owner_furthest_beyond_its_share_gives_a_probe_back() {
+        let in_flight = ["alice", "alice", "alice", "alice", "alice", "bob", "bob", "bob"];
+        assert_eq!(beyond_share(in_flight.into_iter(), 2), Some("alice"));
+        assert_eq!(beyond_share(in_flight.into_iter(), 5), None, "nobody beyond a share of five");
+        assert_eq!(beyond_share(std::iter::empty::<&str>(), 0), None);
     }
 
     #[test]
