@@ -126,3 +126,47 @@ async fn hanging_probes_of_other_owners_do_not_keep_a_new_agent_unprobed() {
     env.wait_for_condition("newcomer", READY, "True", Some("Running"), Duration::from_secs(20)).await;
     assert!(env.sim.in_flight(PROBES) >= 6, "alice's and bob's probes were still hanging meanwhile");
 }
+
+#[tokio::test]
+async fn after_a_restart_resources_over_an_owners_many_other_workspaces_are_found_with_at_most_a_read_each() {
+    let mut env = Env::without_operator("many", SimConfig::fast()).await;
+    // alice has far more workspaces than resources name: a list takes only
+    // the pages the named ones fill, plus one.
+    for i in 0..300 {
+        env.sim.create_workspace("alice", &format!("existing-{i:03}"), "docker-dev");
+    }
+    env.start_operator();
+    let adopted: Vec<String> = (260..300).map(|i| format!("existing-{i:03}")).collect();
+    for name in &adopted {
+        let spec =
+            json!({"owner": "alice", "desiredState": "Stopped", "template": {"name": "docker-dev"}, "adopt": true});
+        env.create(name, spec).await;
+    }
+    for name in &adopted {
+        env.wait_for_condition(name, READY, "True", Some("Stopped"), LONG).await;
+    }
+
+    // A restart: the new index's first list is cut short after two pages
+    // (the 40 names fill one), and alice's 300 workspaces do not fit.
+    env.stop_operator().await;
+    env.sim.clear_requests();
+    env.metrics = Arc::new(chatworkspace_operator::metrics::Metrics::default());
+    env.start_operator();
+    let deadline = Instant::now() + LONG;
+    while env.metrics.observed_resources.get() < adopted.len() as i64 {
+        assert!(Instant::now() < deadline, "not every resource was observed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The named workspaces the list did not reach are read on their own,
+    // once each at most, and none is taken for absent and created again.
+    let requests = env.sim.requests();
+    let reads = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v2/users/alice/workspace/") || r.path.starts_with("/api/v2/workspaces/"))
+        .count();
+    let lists = requests.iter().filter(|r| r.path == "/api/v2/workspaces").count();
+    let creates = requests.iter().filter(|r| r.method == "POST" && r.path.ends_with("/workspaces")).count();
+    assert_eq!(creates, 0);
+    assert!(reads <= adopted.len(), "{reads} reads of one workspace ({lists} lists) for {} resources", adopted.len());
+    assert!(lists <= 4, "{lists} list requests");
+}
