@@ -151,8 +151,8 @@ struct RunArgs {
     /// Orphan) with a Warning Event, so the namespace can go.
     #[arg(long, env = "CLEANUP_TIMEOUT", default_value = "5m", value_parser = duration)]
     cleanup_timeout: Duration,
-    /// Most Coder requests per second, across every workspace and credential
-    /// (0: unlimited). The default stays under 60 % of coderd's default
+    /// Most Coder requests per second of each credentials (a Coder URL and
+    /// token), across every workspace (0: unlimited). The default stays under 60 % of coderd's default
     /// per-user limit (512 per minute); raise it with coderd's
     /// --api-rate-limit, or for an Owner token that bypasses the limit.
     #[arg(long, env = "CODER_MAX_RPS", default_value_t = 5.0)]

@@ -21,7 +21,9 @@ pub struct Fault {
 }
 
 /// In JSON: `{"status": 503}`, `{"latency_ms": 2000}`,
-/// `{"answer_late_ms": 3000}`, `{"rate_limited_s": 3}` or `"hang"`.
+/// `{"answer_late_ms": 3000}`, `{"rate_limited_s": 3}`, `"hang"`,
+/// `{"hostile_list": {"count": 1000000000, "padding": 500}}` or
+/// `{"huge_body_bytes": 100000000}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -41,6 +43,16 @@ pub enum FaultKind {
     /// its rate limiter answers.
     #[serde(rename = "rate_limited_s")]
     RateLimited(u64),
+    /// A broken or hostile coderd's workspace list: served as if `offset`
+    /// were 0 (every page starts over), then `count` claims this many
+    /// workspaces whatever there are, and `padding` made-up workspaces
+    /// (copies of the page's first, with new ids and names) are added to
+    /// every page, whatever its `limit`.
+    HostileList { count: i64, padding: u32 },
+    /// A `200` whose body is this many bytes of JSON, streamed with no
+    /// `Content-Length`: more than any real answer.
+    #[serde(rename = "huge_body_bytes")]
+    HugeBody(u64),
 }
 
 impl Fault {
@@ -129,6 +141,14 @@ mod tests {
         let latency: FaultKind = serde_json::from_str(r#"{"latency_ms": 250}"#).unwrap();
         assert_eq!(latency, FaultKind::Latency(Duration::from_millis(250)));
         assert_eq!(serde_json::from_str::<FaultKind>(r#""hang""#).unwrap(), FaultKind::Hang);
+        assert_eq!(
+            serde_json::from_str::<FaultKind>(r#"{"hostile_list": {"count": 1000000000, "padding": 500}}"#).unwrap(),
+            FaultKind::HostileList { count: 1_000_000_000, padding: 500 }
+        );
+        assert_eq!(
+            serde_json::from_str::<FaultKind>(r#"{"huge_body_bytes": 100000000}"#).unwrap(),
+            FaultKind::HugeBody(100_000_000)
+        );
     }
 
     #[test]

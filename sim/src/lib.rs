@@ -296,6 +296,12 @@ impl Simulator {
         self.handle.shared.clear_faults();
     }
 
+    /// How many `/api` requests whose path starts with `prefix` are not
+    /// answered yet (hanging on a fault or a partitioned probe, say).
+    pub fn in_flight_under(&self, prefix: &str) -> usize {
+        self.handle.shared.in_flight().iter().filter(|request| request.path.starts_with(prefix)).count()
+    }
+
     /// Every `/api` request so far, oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.handle.shared.lock().requests.snapshot()

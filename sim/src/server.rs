@@ -191,6 +191,10 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             tokio::time::sleep(delay).await;
             response
         }
+        Some(FaultKind::HostileList { count, padding }) => {
+            hostile_list(next.run(without_offset(request)).await, count, padding).await
+        }
+        Some(FaultKind::HugeBody(bytes)) => huge_body(bytes),
         Some(FaultKind::Hang) => match shared.hang().await {
             Wait::Released => next.run(request).await,
             Wait::TimedOut => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Injected hang timed out.").into_response(),
@@ -200,6 +204,64 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
         },
     };
     record.finish(response.status());
+    response
+}
+
+/// The request without its `offset`: a broken coderd's list starts over on
+/// every page.
+fn without_offset(mut request: Request) -> Request {
+    let query: Vec<&str> =
+        request.uri().query().unwrap_or_default().split('&').filter(|pair| !pair.starts_with("offset=")).collect();
+    let target = format!("{}?{}", request.uri().path(), query.join("&"));
+    if let Ok(uri) = target.parse() {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
+/// Rewrites a workspace list as a broken or hostile coderd would answer it
+/// ([`FaultKind::HostileList`]); any other answer passes unchanged.
+async fn hostile_list(response: Response, count: i64, padding: u32) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Cannot read the answer to rewrite.").into_response();
+    };
+    let Ok(mut page) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if let Some(workspaces) = page.get_mut("workspaces").and_then(serde_json::Value::as_array_mut) {
+        if let Some(first) = workspaces.first().cloned() {
+            for n in 0..padding {
+                let mut made_up = first.clone();
+                let id = uuid::Uuid::new_v4().to_string();
+                made_up["id"] = id.clone().into();
+                made_up["name"] = format!("padding-{n}-{}", &id[..8]).into();
+                if let Some(build) = made_up.get_mut("latest_build") {
+                    build["workspace_id"] = id.into();
+                }
+                workspaces.push(made_up);
+            }
+        }
+        page["count"] = count.into();
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(page.to_string()))
+}
+
+/// A `200` of `bytes` bytes of JSON (a string of spaces), streamed without a
+/// length, produced as it is sent.
+fn huge_body(bytes: u64) -> Response {
+    const CHUNK: u64 = 64 << 10;
+    let inner = bytes.saturating_sub(2);
+    let chunks = (0..inner.div_ceil(CHUNK)).map(move |i| {
+        let size = usize::try_from(CHUNK.min(inner - i * CHUNK)).unwrap_or(0);
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b' '; size]))
+    });
+    let parts = std::iter::once(Ok(axum::body::Bytes::from_static(b"\"")))
+        .chain(chunks)
+        .chain(std::iter::once(Ok(axum::body::Bytes::from_static(b"\""))));
+    let mut response = Response::new(Body::from_stream(futures::stream::iter(parts)));
+    response.headers_mut().insert(axum::http::header::CONTENT_TYPE, "application/json".parse().expect("a header"));
     response
 }
 

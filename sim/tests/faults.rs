@@ -249,3 +249,50 @@ async fn the_binary_prints_its_url_and_serves() {
     assert_eq!(client.get("/api/v2/users/me").await.expect(200)["username"], "admin");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hostile_list_claims_a_count_and_pads_every_page() {
+    let (sim, client) = start().await;
+    client.create_workspace("real", DOCKER_DEV).await;
+    sim.inject_fault(
+        Fault::new("/api/v2/workspaces?", FaultKind::HostileList { count: 1_000_000_000, padding: 3 }).method("GET"),
+    );
+    // Every page starts over, whatever its offset.
+    let page = client.get("/api/v2/workspaces?limit=1&offset=500").await.expect(200);
+    assert_eq!(page["count"], 1_000_000_000);
+    let workspaces = page["workspaces"].as_array().unwrap();
+    assert_eq!(workspaces.len(), 4, "the real one and three made up, whatever the limit");
+    assert_eq!(workspaces[0]["name"], "real");
+    assert!(
+        workspaces[1..].iter().all(|w| w["id"] != workspaces[0]["id"] && w["latest_build"]["workspace_id"] == w["id"])
+    );
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_counted_until_answered() {
+    let (sim, client) = start().await;
+    sim.inject_fault(Fault::new("/api/v2/users/me", FaultKind::Hang));
+    let hanging = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("/api/v2/users/me").await.status }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.in_flight_under("/api/v2/users/") == 0 {
+        assert!(Instant::now() < deadline, "the hanging request is counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.in_flight_under("/api/v2/workspaces"), 0);
+    sim.clear_faults();
+    assert_eq!(hanging.await.unwrap(), 200);
+    assert_eq!(sim.in_flight_under("/api/v2/"), 0);
+}
+
+#[tokio::test]
+async fn a_huge_body_is_streamed_as_long_as_asked() {
+    let (sim, client) = start().await;
+    sim.inject_fault(Fault::new("/api/v2/workspaces", FaultKind::HugeBody(3 << 20)).method("GET").times(1));
+    let reply = client.get("/api/v2/workspaces").await;
+    assert_eq!(reply.status, 200);
+    let text = reply.body.as_str().expect("a JSON string");
+    assert_eq!(text.len() + 2, 3 << 20);
+}

@@ -24,9 +24,12 @@ const SESSION_TOKEN_HEADER: HeaderName = HeaderName::from_static("coder-session-
 
 const USER_AGENT: &str = concat!("chatworkspace-operator/", env!("CARGO_PKG_VERSION"));
 
-/// Largest response body decoded. A page of workspaces with their builds and
-/// agents stays far below; a body beyond it is a misbehaving server.
-const MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// Largest response body read. The largest answer the operator asks for is a
+/// page of 100 workspaces with their builds, resources and agents: 0.53 MB
+/// from the simulator (two agents each), a few times that from a coderd
+/// whose templates declare many apps and scripts. A body beyond this is a
+/// broken or hostile server, refused before it is held in memory.
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 
 /// Largest error body read: Coder's are a few hundred bytes, anything longer
 /// is a proxy page that yields no message anyway.
@@ -62,6 +65,8 @@ struct Inner {
     /// Where this deployment serves chats, once a request told.
     chat_api: std::sync::Mutex<Option<chats::ChatApi>>,
     token: SessionToken,
+    /// This URL and token's share of the rate limit ([`super::rate::share_of`]).
+    share: u64,
     request_timeout: Duration,
     /// Set by a 429: no request of this token goes out before then.
     paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -142,6 +147,7 @@ impl CoderClient {
             });
         }
         let (base_url, api_url) = parse_base_url(base_url)?;
+        let share = super::rate::share_of(&base_url, token.expose());
         let mut experimental_url = api_url.clone();
         experimental_url
             .path_segments_mut()
@@ -162,6 +168,7 @@ impl CoderClient {
                 api_url,
                 experimental_url,
                 chat_api: std::sync::Mutex::new(None),
+                share,
                 token,
                 request_timeout,
                 paused_until: std::sync::Mutex::new(None),
@@ -177,7 +184,8 @@ impl CoderClient {
     }
 
     /// Every request of this client (and its clones) waits for `limit`
-    /// first; the wait does not count against the request's timeout.
+    /// first, in the share of its URL and token; the wait does not count
+    /// against the request's timeout.
     pub fn with_rate_limit(self, limit: Arc<RateLimit>) -> Self {
         Self { rate_limit: Some(limit), ..self }
     }
@@ -267,7 +275,10 @@ impl CoderClient {
             .append_pair("q", query)
             .append_pair("limit", &limit.to_string())
             .append_pair("offset", &offset.to_string());
-        self.call(route, url, None).await
+        let mut page: WorkspacesResponse = self.call(route, url, None).await?;
+        // A server that pads its pages gets no more room than it was asked for.
+        page.workspaces.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(page)
     }
 
     /// `user`: the owner-to-be, a username, a user id or `me`.
@@ -350,7 +361,7 @@ impl CoderClient {
     ) -> Result<Answer, CoderError> {
         self.wait_out_pause().await;
         if let Some(limit) = &self.rate_limit {
-            limit.acquire().await;
+            limit.acquire_for(self.inner.share).await;
         }
         let started = Instant::now();
         let sent = async {
@@ -422,6 +433,10 @@ impl CoderClient {
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let limit = if status.is_success() { MAX_RESPONSE_BYTES } else { MAX_ERROR_BODY_BYTES };
+        if status.is_success() && response.content_length().is_some_and(|length| length > limit as u64) {
+            // Announced too large: not one byte of it is read.
+            return Ok(Answer { status, body: Vec::new(), complete: false, retry_after });
+        }
         let (body, complete) =
             read_body(&mut response, limit).await.map_err(|error| self.transport_error(route, &error))?;
         Ok(Answer { status, body, complete, retry_after })
@@ -450,7 +465,10 @@ impl CoderClient {
         if !answer.complete {
             return Err(CoderError::Decode {
                 endpoint: route.label,
-                message: format!("the response is larger than {MAX_RESPONSE_BYTES} bytes"),
+                message: format!(
+                    "the answer is larger than the {} MiB the operator reads from Coder; a broken or hostile server?",
+                    MAX_RESPONSE_BYTES >> 20
+                ),
             });
         }
         serde_json::from_slice(&answer.body)

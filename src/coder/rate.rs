@@ -1,18 +1,27 @@
 //! A limit on the rate of Coder requests: the operator must never exceed
 //! what a Coder deployment's operators allow it, whatever the number of
 //! workspaces or the state they are in.
+//!
+//! Each share (one Coder URL with one token, see [`share_of`]) has a bucket
+//! of its own. coderd limits each user on its own, so that is the unit its
+//! operators budget; and a tenant's coderd that is slow, answers 429 or is
+//! made to be asked a lot spends only its own share: requests to the
+//! default coderd, or to another tenant's, never queue behind it.
 
-use tokio::sync::Mutex;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
 use tokio::time::{Duration, Instant};
 
-/// A token bucket: `per_second` requests on average, bursts of up to
-/// `burst`. Each caller reserves its slot under the lock and then waits
+/// A token bucket per share: `per_second` requests on average, bursts of up
+/// to `burst`. Each caller reserves its slot under the lock and then waits
 /// outside it, so callers are served in order and never spin.
 #[derive(Debug)]
 pub struct RateLimit {
     per_second: f64,
     burst: f64,
-    bucket: Mutex<Bucket>,
+    buckets: Mutex<HashMap<u64, Bucket>>,
 }
 
 #[derive(Debug)]
@@ -22,31 +31,56 @@ struct Bucket {
     updated: Instant,
 }
 
+/// The share of requests to `base_url` with a token: a digest, so that the
+/// limiter never holds the token.
+pub fn share_of(base_url: &str, token: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    base_url.hash(&mut hasher);
+    token.hash(&mut hasher);
+    hasher.finish()
+}
+
 impl RateLimit {
     /// `per_second` must be positive; `burst` is at least one request.
     pub fn new(per_second: f64, burst: u32) -> Self {
         assert!(per_second > 0.0, "a rate limit needs a positive rate");
         let burst = f64::from(burst.max(1));
-        Self { per_second, burst, bucket: Mutex::new(Bucket { tokens: burst, updated: Instant::now() }) }
+        Self { per_second, burst, buckets: Mutex::default() }
     }
 
-    /// Waits until one more request is allowed.
+    /// Waits until one more request is allowed, for the only share.
     pub async fn acquire(&self) {
-        let wait = {
-            let mut bucket = self.bucket.lock().await;
-            let now = Instant::now();
-            let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
-            bucket.tokens = (bucket.tokens + refill).min(self.burst) - 1.0;
-            bucket.updated = now;
-            if bucket.tokens >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-bucket.tokens / self.per_second)
-            }
-        };
+        self.acquire_for(0).await;
+    }
+
+    /// Waits until one more request of `share` is allowed.
+    pub async fn acquire_for(&self, share: u64) {
+        let wait = self.reserve(share, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Takes a slot of `share` at `now`: how long its caller must wait.
+    fn reserve(&self, share: u64, now: Instant) -> Duration {
+        let mut buckets = self.buckets.lock().expect("rate limit buckets");
+        let (per_second, burst) = (self.per_second, self.burst);
+        let refilled = |bucket: &Bucket| {
+            (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * per_second).min(burst)
+        };
+        // A bucket back at its full burst is the same as none: the map holds
+        // only the shares that sent recently, however many credentials came
+        // and went.
+        buckets.retain(|key, bucket| *key == share || refilled(bucket) < burst);
+        let bucket = buckets.entry(share).or_insert(Bucket { tokens: burst, updated: now });
+        bucket.tokens = refilled(bucket) - 1.0;
+        bucket.updated = now;
+        if bucket.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-bucket.tokens / per_second) }
+    }
+
+    #[cfg(test)]
+    fn shares(&self) -> usize {
+        self.buckets.lock().expect("rate limit buckets").len()
     }
 }
 
@@ -83,6 +117,36 @@ mod tests {
             let in_window = times[i..].iter().filter(|u| **u < *t + Duration::from_secs(1)).count();
             assert!(in_window <= 7, "{in_window} requests within 1s of {t:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_share_spending_its_budget_does_not_delay_another() {
+        let limit = RateLimit::new(5.0, 2);
+        let (tenant, default) = (share_of("https://tenant.example", "a"), share_of("https://coder.example", "b"));
+        assert_ne!(tenant, share_of("https://tenant.example", "another token"));
+        // The tenant's share is spent for the next 20 seconds...
+        for _ in 0..100 {
+            let _ = limit.reserve(tenant, Instant::now());
+        }
+        assert!(limit.reserve(tenant, Instant::now()) > Duration::from_secs(19));
+        // ...and the default coderd's requests still go at once.
+        let start = Instant::now();
+        limit.acquire_for(default).await;
+        limit.acquire_for(default).await;
+        assert_eq!(Instant::now().duration_since(start), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shares_that_went_quiet_are_forgotten() {
+        let limit = RateLimit::new(10.0, 3);
+        for share in 0..1000 {
+            limit.acquire_for(share).await;
+        }
+        assert!(limit.shares() > 1, "recent shares are kept");
+        // Refilled to the burst: each is the same as a new bucket.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        limit.acquire_for(5000).await;
+        assert_eq!(limit.shares(), 1);
     }
 
     #[tokio::test(start_paused = true)]

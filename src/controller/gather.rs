@@ -325,7 +325,7 @@ impl Gathered<'_> {
     /// enough for a destructive step.
     fn latest_probe(&self) -> Option<Probe> {
         let agent = self.chat_agent_id()?;
-        let record = self.context.index.probe(&agent)?;
+        let record = self.context.index.probe(&self.credentials, &agent)?;
         Some(Probe {
             fresh: record.at.elapsed() <= self.context.index.settings().probe_fresh,
             failures: record.failures,

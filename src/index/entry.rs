@@ -47,8 +47,7 @@ impl Entry {
     pub fn new(workspace: Workspace) -> Self {
         let workspace = slim(workspace);
         let build = &workspace.latest_build;
-        let running =
-            build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded;
+        let running = running(&workspace);
         let default = crate::coder::chat_agent(build, None).map(|agent| agent.id.clone());
         let agents = if running {
             build
@@ -98,6 +97,13 @@ impl Entry {
     pub fn packed_len(&self) -> usize {
         self.packed.len()
     }
+}
+
+/// The latest build is a start that succeeded: what coderd's
+/// `status:running` counts.
+pub(super) fn running(workspace: &Workspace) -> bool {
+    let build = &workspace.latest_build;
+    build.transition == WorkspaceTransition::Start && build.job.status == ProvisionerJobStatus::Succeeded
 }
 
 /// A build under way, or an agent still coming up: the workspace is read
@@ -168,10 +174,10 @@ fn slim(mut workspace: Workspace) -> Workspace {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn workspace(transition: &str, job: &str, agents: serde_json::Value) -> Workspace {
+    pub(crate) fn workspace(transition: &str, job: &str, agents: serde_json::Value) -> Workspace {
         serde_json::from_value(serde_json::json!({
             "id": "0b7c5d1e-6a4f-4c1b-9d2e-3f4a5b6c7d8e",
             "created_at": "2026-12-01T10:00:00Z",
@@ -225,7 +231,7 @@ mod tests {
         .expect("a workspace")
     }
 
-    fn agent(id: &str, name: &str, status: &str) -> serde_json::Value {
+    pub(crate) fn agent(id: &str, name: &str, status: &str) -> serde_json::Value {
         serde_json::json!({
             "id": id, "name": name, "status": status, "lifecycle_state": "ready",
             "created_at": "2026-12-01T10:00:02Z", "first_connected_at": "2026-12-01T10:00:04Z",

@@ -91,6 +91,10 @@ impl Default for IndexSettings {
     }
 }
 
+/// The bounds of a probe's timeout, whatever a resource asks.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Which poller serves a workspace: the credentials (never the token) and
 /// the owner, lowercased as Coder compares usernames.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -140,11 +144,19 @@ struct OwnerState {
     client: Option<CoderClient>,
     /// The owner as resources spell it, for queries.
     query_owner: String,
-    /// Name (lowercase) → workspace, for every workspace of the owner seen.
+    /// Name (lowercase) → workspace, for the workspaces of the owner that a
+    /// resource names ([`OwnerState::keeps`]): what a coderd lists beyond
+    /// them is never held.
     workspaces: HashMap<String, Entry>,
     /// Name (lowercase) → the resources that name it.
     interested: HashMap<String, Vec<ResourceKey>>,
     listed_at: Option<Instant>,
+    /// Running workspaces of the owner that no resource names, as of the
+    /// last complete list: part of what coderd's `status:running` counts.
+    unnamed_running: usize,
+    /// The last list was cut short: the next `status:running` count is
+    /// taken as it is, since the list could not say how many run.
+    running_baseline_due: bool,
     /// Set when the next poll must list everything.
     full_list_due: bool,
     /// Workspace ids the next poll reads on their own (the operator just
@@ -234,7 +246,10 @@ impl CoderIndex {
             Some((reference, held)) => (reference.clone(), Some(held.clone())),
             None => (ResourceKey::from_text(text), None),
         };
-        let probe_timeout = policy.map_or(Duration::from_secs(30), |p| p.probe_timeout);
+        // coderd itself gives up dialing after 30 s; a longer timeout would
+        // only let a hanging probe hold its share of the pool for longer.
+        let probe_timeout =
+            policy.map_or(MAX_PROBE_TIMEOUT, |p| p.probe_timeout).clamp(MIN_PROBE_TIMEOUT, MAX_PROBE_TIMEOUT);
         let agent_name = resource.spec.agent_name.as_deref();
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.owner == owner_key
@@ -371,9 +386,10 @@ impl CoderIndex {
         }
     }
 
-    /// The latest probe of `agent_id`, if any.
-    pub fn probe(&self, agent_id: &str) -> Option<ProbeRecord> {
-        self.shared.probes.get(agent_id)
+    /// The latest probe of `agent_id` as seen through `credentials`, if any:
+    /// another coderd's answer for the same id is not this agent's.
+    pub fn probe(&self, credentials: &Resolved, agent_id: &str) -> Option<ProbeRecord> {
+        self.shared.probes.get(&credentials.key, agent_id)
     }
 
     /// Asks for a probe of `agent_id` now; the resources that watch it are
@@ -429,14 +445,21 @@ impl Shared {
     /// Merges workspaces read from Coder into an owner's state, waking the
     /// resources whose workspace changed in a way the decision core sees.
     /// Entries recorded after `read_started` are newer than this read and
-    /// are kept.
-    fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant) {
+    /// are kept. Only the workspaces resources name are kept.
+    fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant) -> Merged {
         let mut to_wake = Vec::new();
+        let mut merged = Merged::default();
         {
             let mut owners = self.owners.lock().expect("index owners");
-            let Some(state) = owners.get_mut(key) else { return };
-            for workspace in read {
+            let Some(state) = owners.get_mut(key) else { return merged };
+            let keeps = state.keeps(&read);
+            for (workspace, kept) in read.into_iter().zip(keeps) {
                 let name = workspace.name.to_lowercase();
+                if !kept {
+                    merged.unnamed_running += usize::from(entry::running(&workspace));
+                    continue;
+                }
+                merged.kept_ids.push(workspace.id.clone());
                 if let Some(existing) = state.workspaces.get(&name)
                     && existing.read_at > read_started
                 {
@@ -459,27 +482,38 @@ impl Shared {
             }
         }
         self.wake(to_wake);
+        merged
     }
 
-    /// A complete list (merged page by page) has ended: the workspaces it
-    /// did not have (`seen`: their lowercase names) and that were not read
-    /// since it began are gone, deleted or renamed.
-    fn listed(&self, key: &OwnerKey, seen: &HashSet<String>, read_started: Instant) {
+    /// A list of everything (merged page by page) has ended. When it was
+    /// complete (`unnamed_running` is then what it counted), the workspaces
+    /// it did not have (`seen`: their lowercase names) and that were not
+    /// read since it began are gone, deleted or renamed. When it was cut
+    /// short, nothing is concluded from what it lacks: the workspaces held
+    /// are read again by id (and the names without any were read one by
+    /// one first, [`Shared::unread_names`]).
+    fn listed(&self, key: &OwnerKey, seen: &HashSet<String>, read_started: Instant, unnamed_running: Option<usize>) {
         let mut to_wake = Vec::new();
         {
             let mut owners = self.owners.lock().expect("index owners");
             let Some(state) = owners.get_mut(key) else { return };
-            let gone: Vec<String> = state
-                .workspaces
-                .iter()
-                .filter(|(name, entry)| !seen.contains(*name) && entry.read_at <= read_started)
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in gone {
-                state.workspaces.remove(&name);
-                if let Some(resources) = state.interested.get(&name) {
-                    to_wake.extend(resources.iter().cloned());
+            let unseen = |(name, entry): (&String, &Entry)| !seen.contains(name) && entry.read_at <= read_started;
+            if let Some(unnamed_running) = unnamed_running {
+                let gone: Vec<String> =
+                    state.workspaces.iter().filter(|e| unseen(*e)).map(|(n, _)| n.clone()).collect();
+                for name in gone {
+                    state.workspaces.remove(&name);
+                    if let Some(resources) = state.interested.get(&name) {
+                        to_wake.extend(resources.iter().cloned());
+                    }
                 }
+                state.unnamed_running = unnamed_running;
+                state.running_baseline_due = false;
+            } else {
+                let held: Vec<String> =
+                    state.workspaces.iter().filter(|e| unseen(*e)).map(|(_, entry)| entry.id.to_string()).collect();
+                state.read_soon.extend(held);
+                state.running_baseline_due = true;
             }
             let first = state.listed_at.is_none();
             state.listed_at = Some(Instant::now());
@@ -491,6 +525,35 @@ impl Shared {
             }
         }
         self.wake(to_wake);
+    }
+
+    /// The names resources give that a list cut short did not have (`seen`)
+    /// and that the index holds nothing of.
+    fn unread_names(&self, key: &OwnerKey, seen: &HashSet<String>) -> Vec<String> {
+        let owners = self.owners.lock().expect("index owners");
+        let Some(state) = owners.get(key) else { return Vec::new() };
+        state
+            .interested
+            .keys()
+            .filter(|name| !seen.contains(*name) && !state.workspaces.contains_key(*name))
+            .cloned()
+            .collect()
+    }
+
+    /// coderd counts `running` workspaces of the owner: whether that differs
+    /// from what the index knows (then everything is listed again). After a
+    /// list cut short the count is taken as the new baseline instead.
+    fn running_count_differs(&self, key: &OwnerKey, count: i64) -> bool {
+        let mut owners = self.owners.lock().expect("index owners");
+        let Some(state) = owners.get_mut(key) else { return false };
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let named_running = state.workspaces.values().filter(|e| e.running).count();
+        if state.running_baseline_due {
+            state.running_baseline_due = false;
+            state.unnamed_running = count.saturating_sub(named_running);
+            return false;
+        }
+        count != named_running + state.unnamed_running
     }
 
     /// Drops what the index knows of workspace `id` (read by id and not
@@ -537,8 +600,38 @@ struct PollPlan {
     query_owner: String,
     full: bool,
     read_ids: Vec<String>,
-    expected_running: usize,
+    /// How many workspace names the owner's resources give: what bounds
+    /// the pages of a list.
+    named: usize,
     wake_poller: Arc<Notify>,
+}
+
+/// What [`Shared::merge`] did with a read.
+#[derive(Default)]
+struct Merged {
+    /// Running workspaces that no resource names (not kept).
+    unnamed_running: usize,
+    /// The ids of the workspaces kept.
+    kept_ids: Vec<String>,
+}
+
+impl OwnerState {
+    /// Which of the workspaces read from Coder the index holds: only those a
+    /// resource names, by name or (renamed in Coder since) by the id held.
+    /// Whatever else a coderd lists costs the operator nothing to keep.
+    fn keeps(&self, read: &[Workspace]) -> Vec<bool> {
+        // The ids held, gathered once a read and only if some workspace in
+        // it is not named.
+        let mut held: Option<HashSet<&str>> = None;
+        read.iter()
+            .map(|workspace| {
+                self.interested.contains_key(&workspace.name.to_lowercase())
+                    || held
+                        .get_or_insert_with(|| self.workspaces.values().map(|entry| &*entry.id).collect())
+                        .contains(workspace.id.as_str())
+            })
+            .collect()
+    }
 }
 
 impl Shared {
@@ -556,13 +649,12 @@ impl Shared {
         let client = state.client.clone()?;
         let full = full_due || state.full_list_due || state.listed_at.is_none();
         let read_ids: Vec<String> = state.read_soon.drain().collect();
-        let expected_running = state.workspaces.values().filter(|e| e.running).count();
         Some(PollPlan {
             client,
             query_owner: state.query_owner.clone(),
             full,
             read_ids,
-            expected_running,
+            named: state.interested.len(),
             wake_poller: state.wake_poller.clone(),
         })
     }
@@ -588,6 +680,8 @@ impl Shared {
 /// For the prober: the chat agents to keep probed, with the client, the
 /// probe timeout and the resources to wake.
 pub(crate) struct ProbeTarget {
+    /// The key of the credentials the agent was seen through.
+    pub credentials: String,
     pub agent_id: String,
     pub client: CoderClient,
     pub timeout: Duration,
@@ -595,9 +689,102 @@ pub(crate) struct ProbeTarget {
     pub name: Box<str>,
 }
 
+impl ProbeTarget {
+    fn agent(&self) -> (String, String) {
+        (self.credentials.clone(), self.agent_id.clone())
+    }
+}
+
 impl ProbeOutcome {
     /// Whether two outcomes mean the same to the decision core.
     fn same_kind(&self, other: &ProbeOutcome) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry::tests::{agent, workspace};
+    use super::*;
+    use crate::coder::SessionToken;
+
+    fn credentials(key: &str) -> Resolved {
+        let client =
+            CoderClient::new("https://coder.example.com", SessionToken::new("t").unwrap(), Duration::from_secs(1))
+                .expect("a client");
+        Resolved { client, key: key.to_owned() }
+    }
+
+    fn named(id: &str, name: &str, running: bool) -> Workspace {
+        let mut workspace = workspace(
+            if running { "start" } else { "stop" },
+            "succeeded",
+            serde_json::json!([agent("a-1", "main", "connected")]),
+        );
+        workspace.id = id.to_owned();
+        workspace.name = name.to_owned();
+        workspace
+    }
+
+    /// An index whose owner `alice` (default credentials) has resources
+    /// naming `names`.
+    fn watching(names: &[&str]) -> (CoderIndex, Arc<OwnerKey>) {
+        let index = CoderIndex::new(IndexSettings::default(), None);
+        let key = Arc::new(OwnerKey::new(&credentials("default"), "alice"));
+        let mut owners = index.shared.owners.lock().unwrap();
+        let state = owners.entry(key.clone()).or_default();
+        for name in names {
+            state.interested.insert((*name).to_owned(), vec![ResourceKey::from_text(format!("ns/{name}"))]);
+        }
+        drop(owners);
+        (index, key)
+    }
+
+    #[tokio::test]
+    async fn only_the_workspaces_resources_name_are_kept() {
+        let (index, key) = watching(&["chat-1"]);
+        let listed = vec![
+            named("id-1", "Chat-1", true),
+            named("id-2", "someone-elses", true),
+            named("id-3", "stopped-one", false),
+        ];
+        let merged = index.shared.merge(&key, listed, Instant::now());
+        assert_eq!(merged.kept_ids, ["id-1"]);
+        // Not kept, but counted where coderd's `status:running` counts it.
+        assert_eq!(merged.unnamed_running, 1);
+        let owners = index.shared.owners.lock().unwrap();
+        let held: Vec<&String> = owners[&key].workspaces.keys().collect();
+        assert_eq!(held, ["chat-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_workspace_renamed_in_coder_is_still_kept_by_its_id() {
+        let (index, key) = watching(&["chat-1"]);
+        index.shared.merge(&key, vec![named("id-1", "chat-1", true)], Instant::now());
+        let started = Instant::now();
+        let listed = vec![named("id-1", "renamed", true), named("id-9", "other", true)];
+        let merged = index.shared.merge(&key, listed, started);
+        assert_eq!(merged.kept_ids, ["id-1"]);
+        let seen = HashSet::from(["renamed".to_owned(), "other".to_owned()]);
+        index.shared.listed(&key, &seen, started, Some(merged.unnamed_running));
+        let owners = index.shared.owners.lock().unwrap();
+        let held: Vec<&String> = owners[&key].workspaces.keys().collect();
+        assert_eq!(held, ["renamed"]);
+        assert_eq!(owners[&key].unnamed_running, 1);
+    }
+
+    #[tokio::test]
+    async fn a_probe_answered_by_one_coderd_is_not_anothers() {
+        let index = CoderIndex::new(IndexSettings::default(), None);
+        let (tenant, default) = (credentials("secret:team/coder@https://tenant.example"), credentials("default"));
+        // The tenant's coderd says the agent with this id answers...
+        index.shared.probes.record(&tenant.key, "agent-of-default", ProbeOutcome::Reachable, false);
+        assert!(index.probe(&tenant, "agent-of-default").is_some());
+        // ...which says nothing of the default coderd's agent of that id.
+        assert!(index.probe(&default, "agent-of-default").is_none());
+        index.shared.probes.record(&default.key, "agent-of-default", ProbeOutcome::TimedOut, false);
+        let record = index.probe(&default, "agent-of-default").expect("its own probe");
+        assert_eq!(record.outcome, ProbeOutcome::TimedOut);
+        assert!(index.probe(&tenant, "agent-of-default").is_some_and(|r| r.outcome.is_reachable()));
     }
 }

@@ -93,17 +93,30 @@ fn requeue_reads(index: &Shared, key: &OwnerKey, ids: Vec<String>) {
 
 async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bool) -> Result<(), CoderError> {
     let owner = quote(&plan.query_owner);
+    let page_size = index.settings.page_size;
     if plan.full {
         // Merged page by page: at 10,000 workspaces the whole list, decoded,
         // would be tens of megabytes held at once.
         let started = Instant::now();
         let mut seen = HashSet::new();
-        for_each_page(plan, &format!("owner:{owner}"), index.settings.page_size, |page| {
+        let mut unnamed_running = 0;
+        let pages = page_budget(plan.named, page_size);
+        let complete = for_each_page(plan, &format!("owner:{owner}"), page_size, pages, |page| {
             seen.extend(page.iter().map(|workspace| workspace.name.to_lowercase()));
-            index.merge(key, page, started);
+            unnamed_running += index.merge(key, page, started).unnamed_running;
         })
         .await?;
-        index.listed(key, &seen, started);
+        if !complete {
+            warn!(
+                owner = %key.owner, pages, named = plan.named,
+                "Coder lists more workspaces for this owner than its resources name, beyond a page more; \
+                 reading the named ones on their own"
+            );
+            // Before the list counts as done: until then a resource sees
+            // its workspace as unknown, never as absent.
+            read_names(index, key, plan, index.unread_names(key, &seen)).await?;
+        }
+        index.listed(key, &seen, started, complete.then_some(unnamed_running));
         return Ok(());
     }
     if !plan.read_ids.is_empty() {
@@ -113,9 +126,8 @@ async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bo
         return Ok(());
     }
     let started = Instant::now();
-    let unhealthy = list_all(plan, &format!("owner:{owner} healthy:false"), index.settings.page_size).await?;
-    let now_unhealthy: HashSet<String> = unhealthy.iter().map(|w| w.id.clone()).collect();
-    index.merge(key, unhealthy, started);
+    let unhealthy = list_all(plan, &format!("owner:{owner} healthy:false"), page_size, plan.named).await?;
+    let now_unhealthy: HashSet<String> = index.merge(key, unhealthy, started).kept_ids.into_iter().collect();
     {
         let mut owners = index.owners.lock().expect("index owners");
         if let Some(state) = owners.get_mut(key) {
@@ -131,9 +143,9 @@ async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bo
         return Ok(());
     }
     let running = plan.client.list_workspaces(&format!("owner:{owner} status:running"), 1, 0).await?;
-    if usize::try_from(running.count).unwrap_or(usize::MAX) != plan.expected_running {
+    if index.running_count_differs(key, running.count) {
         debug!(
-            owner = %key.owner, coder = running.count, index = plan.expected_running,
+            owner = %key.owner, coder = running.count,
             "the number of running workspaces changed outside the index; listing them all"
         );
         if let Some(state) = index.owners.lock().expect("index owners").get_mut(key) {
@@ -153,7 +165,9 @@ async fn read_ids(index: &Shared, key: &OwnerKey, plan: &PollPlan) -> Result<(),
     for chunk in plan.read_ids.chunks(per_query) {
         let started = Instant::now();
         let query = format!("id:{}", chunk.join(","));
-        let found = list_all(plan, &query, index.settings.page_size).await?;
+        let mut found = list_all(plan, &query, index.settings.page_size, chunk.len()).await?;
+        // Only what was asked for.
+        found.retain(|workspace| chunk.contains(&workspace.id));
         for id in chunk {
             if !found.iter().any(|w| w.id == *id) {
                 index.remove_id(key, id);
@@ -164,33 +178,115 @@ async fn read_ids(index: &Shared, key: &OwnerKey, plan: &PollPlan) -> Result<(),
     Ok(())
 }
 
-/// Every workspace matching `query`.
-async fn list_all(plan: &PollPlan, query: &str, page_size: u32) -> Result<Vec<Workspace>, CoderError> {
+/// Reads the workspaces resources name that a list cut short did not have,
+/// by owner and name: as many requests as names, never more.
+async fn read_names(index: &Shared, key: &OwnerKey, plan: &PollPlan, names: Vec<String>) -> Result<(), CoderError> {
+    for name in names {
+        let started = Instant::now();
+        if let Some(workspace) = plan.client.workspace_by_owner_and_name(&plan.query_owner, &name).await? {
+            index.merge(key, vec![workspace], started);
+        }
+    }
+    Ok(())
+}
+
+/// Every workspace matching `query`, of which at most `wanted` matter: no
+/// more pages than those fill, and one more.
+async fn list_all(plan: &PollPlan, query: &str, page_size: u32, wanted: usize) -> Result<Vec<Workspace>, CoderError> {
     let mut workspaces = Vec::new();
-    for_each_page(plan, query, page_size, |page| workspaces.extend(page)).await?;
+    for_each_page(plan, query, page_size, page_budget(wanted, page_size), |page| workspaces.extend(page)).await?;
     Ok(workspaces)
 }
 
-/// Hands each page of the workspaces matching `query` to `each`, in order.
+/// Hands each page of the workspaces matching `query` to `each`, in order,
+/// at most `max_pages` of them: whether that was the whole list.
 async fn for_each_page(
     plan: &PollPlan,
     query: &str,
     page_size: u32,
+    max_pages: u32,
     mut each: impl FnMut(Vec<Workspace>),
-) -> Result<(), CoderError> {
+) -> Result<bool, CoderError> {
     let mut offset = 0u32;
+    let mut pages = 0u32;
     loop {
         let page = plan.client.list_workspaces(query, page_size, offset).await?;
-        let received = page.workspaces.len() as u32;
+        pages += 1;
+        let received = page.workspaces.len();
         each(page.workspaces);
-        offset += received;
-        if received == 0 || i64::from(offset) >= page.count {
-            return Ok(());
+        match next_page(offset, received, page.count, page_size, pages, max_pages) {
+            Paging::Next(next) => offset = next,
+            Paging::Done => return Ok(true),
+            Paging::Cut => return Ok(false),
         }
+    }
+}
+
+/// The pages a list may take when `wanted` workspaces matter: as many as
+/// those fill, and one more for what else the server lists. A server's
+/// `count` does not change it: a broken or hostile one could claim any.
+fn page_budget(wanted: usize, page_size: u32) -> u32 {
+    let pages = wanted.div_ceil(usize::try_from(page_size.max(1)).unwrap_or(usize::MAX));
+    u32::try_from(pages).unwrap_or(u32::MAX).saturating_add(1)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Paging {
+    /// Ask for the page at this offset.
+    Next(u32),
+    /// The list is over.
+    Done,
+    /// The server says there is more, but the list has taken its pages.
+    Cut,
+}
+
+/// After page number `pages` (from 1), which held `received` workspaces
+/// from `offset` on, of `count` in all (as the server says).
+fn next_page(offset: u32, received: usize, count: i64, page_size: u32, pages: u32, max_pages: u32) -> Paging {
+    let received = u32::try_from(received).unwrap_or(u32::MAX);
+    let next = offset.saturating_add(received);
+    // A short page is the last one, whatever the count claims.
+    if received < page_size || i64::from(next) >= count {
+        Paging::Done
+    } else if pages >= max_pages {
+        Paging::Cut
+    } else {
+        Paging::Next(next)
     }
 }
 
 /// A search value in double quotes, as coderd's parser takes it.
 fn quote(value: &str) -> String {
     format!("\"{}\"", value.replace('"', ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_takes_the_pages_its_named_workspaces_fill_and_one_more() {
+        assert_eq!(page_budget(0, 100), 1);
+        assert_eq!(page_budget(1, 100), 2);
+        assert_eq!(page_budget(100, 100), 2);
+        assert_eq!(page_budget(101, 100), 3);
+        assert_eq!(page_budget(10_000, 100), 101);
+        assert_eq!(page_budget(usize::MAX, 1), u32::MAX);
+    }
+
+    #[test]
+    fn a_claimed_count_does_not_make_a_list_go_on() {
+        // An honest server: the pages end with the count.
+        assert_eq!(next_page(0, 100, 250, 100, 1, 4), Paging::Next(100));
+        assert_eq!(next_page(100, 100, 250, 100, 2, 4), Paging::Next(200));
+        assert_eq!(next_page(200, 50, 250, 100, 3, 4), Paging::Done);
+        assert_eq!(next_page(0, 100, 100, 100, 1, 2), Paging::Done);
+        // A server that claims a billion workspaces is cut at the budget...
+        assert_eq!(next_page(0, 100, 1_000_000_000, 100, 1, 2), Paging::Next(100));
+        assert_eq!(next_page(100, 100, 1_000_000_000, 100, 2, 2), Paging::Cut);
+        // ...and one that answers short or empty pages is over at once.
+        assert_eq!(next_page(0, 3, i64::MAX, 100, 1, 50), Paging::Done);
+        assert_eq!(next_page(0, 0, i64::MAX, 100, 1, 50), Paging::Done);
+        assert_eq!(next_page(u32::MAX - 10, 100, i64::MAX, 100, 1, 50), Paging::Next(u32::MAX));
+    }
 }

@@ -111,7 +111,18 @@ async fn serve(
         ("GET", "/api/v2/users/redirect") => {
             (HttpStatus::FOUND, [(header::LOCATION, "http://elsewhere.invalid/")]).into_response()
         }
+        ("GET", "/api/v2/workspaces") if uri.query().is_some_and(|q| q.contains("padded")) => {
+            let page: Vec<Value> = (0..5).map(|i| workspace_json(&format!("ws-{i}"))).collect();
+            reply(200, json!({"workspaces": page, "count": 1_000_000_000}))
+        }
         ("GET", "/api/v2/workspaces") => reply(200, json!({"workspaces": [workspace_json("ws")], "count": 1})),
+        // Bodies larger than any real answer: announced, or streamed with no length.
+        ("GET", "/api/v2/workspaces/huge") => (HttpStatus::OK, vec![b' '; MAX_RESPONSE_BYTES + 1]).into_response(),
+        ("GET", "/api/v2/workspaces/huge-stream") => {
+            let chunks =
+                (0..=MAX_RESPONSE_BYTES >> 16).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1 << 16])));
+            axum::body::Body::from_stream(futures::stream::iter(chunks)).into_response()
+        }
         ("GET", "/api/v2/workspaces/hang") => hang().await,
         ("GET", "/api/v2/workspaces/unavailable") => reply(503, json!({"message": "Database unavailable."})),
         ("POST", "/api/v2/users/alice/workspaces") => reply(201, workspace_json("fix-login-bug")),
@@ -214,6 +225,23 @@ async fn encodes_the_search_query() {
     assert_eq!(page.count, 1);
     assert_eq!(page.workspaces[0].name, "ws");
     assert_eq!(server.seen()[0].target, "/api/v2/workspaces?q=owner%3A%22alice%22+name%3A%22ws%22&limit=50&offset=100");
+}
+
+#[tokio::test]
+async fn a_page_longer_than_asked_for_is_cut() {
+    let (client, _server) = setup().await;
+    let page = client.list_workspaces("padded", 2, 0).await.unwrap();
+    assert_eq!(page.workspaces.len(), 2);
+}
+
+#[tokio::test]
+async fn a_body_larger_than_any_real_answer_is_an_error() {
+    let (client, _server) = setup().await;
+    for id in ["huge", "huge-stream"] {
+        let error = client.workspace(id).await.unwrap_err();
+        assert!(matches!(error, CoderError::Decode { .. }), "{id}: {error:?}");
+        assert!(error.to_string().contains("larger than the 8 MiB the operator reads from Coder"), "{id}: {error}");
+    }
 }
 
 #[tokio::test]
