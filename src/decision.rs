@@ -875,23 +875,10 @@ impl<'a> Outcome<'a> {
         if self.budget_exhausted(Spent::NeverConnected(agent)) {
             return;
         }
-        let chat_stale = self.inputs.spec.chat.interrupt_on_recovery
-            && matches!(self.inputs.chat, ObservedChat::Bound { fresh: false, .. });
-        if !fresh || chat_stale {
-            // Read the workspace (and the chat) fresh right before the stop.
-            self.action = Action::Refresh;
-            self.requeue_within(self.inputs.requeue.probe_retry);
-            return;
-        }
-        if let Some(plan) = self.turns_to_interrupt(agent) {
-            // chatd tells the model to stop and start this workspace too:
-            // its turn ends before the operator's stop.
-            self.action = Action::InterruptChats(plan);
-            self.requeue_within(Duration::from_millis(100));
-            return;
-        }
+        // The probe is no second signal here: coderd never dials an agent it
+        // never saw connected.
         let reason = format!("agent {} never connected within its connection timeout ({timeout})", agent.name);
-        self.start_recovery(reason);
+        self.recover(agent, fresh, reason);
     }
 
     /// The earlier chatd's rule (`spec.recovery.neverConnected: Report`, or
@@ -1146,24 +1133,31 @@ impl<'a> Outcome<'a> {
         if self.budget_exhausted(Spent::Recoveries) {
             return;
         }
+        // Both signals again, fresh, right before the stop.
+        let reason =
+            format!("agent {} disconnected for {} and unreachable through coderd", agent.name, human(for_how_long));
+        self.recover(agent, fresh && probe.is_some_and(|p| p.fresh), reason);
+    }
+
+    /// The last steps before a recovery's stop, for a dead agent and one
+    /// that never connected alike: what the agent is judged on
+    /// (`judged_fresh`) and the chat are read again right before the stop,
+    /// and a chat turn running on the agent ends first (the model must not
+    /// race the operator with its own stop and start tools, which chatd
+    /// tells it to use in both cases).
+    fn recover(&mut self, agent: &WorkspaceAgent, judged_fresh: bool, reason: String) {
         let chat_stale = self.inputs.spec.chat.interrupt_on_recovery
             && matches!(self.inputs.chat, ObservedChat::Bound { fresh: false, .. });
-        if !fresh || !probe.is_some_and(|p| p.fresh) || chat_stale {
-            // Both signals again, fresh, right before the stop (and the
-            // chat, whose turn may have to be interrupted first).
+        if !judged_fresh || chat_stale {
             self.action = Action::Refresh;
             self.requeue_within(self.inputs.requeue.probe_retry);
             return;
         }
         if let Some(plan) = self.turns_to_interrupt(agent) {
-            // The model must not race the operator with its own stop and
-            // start tools: its turn ends first, the stop comes next.
             self.action = Action::InterruptChats(plan);
             self.requeue_within(Duration::from_millis(100));
             return;
         }
-        let reason =
-            format!("agent {} disconnected for {} and unreachable through coderd", agent.name, human(for_how_long));
         self.start_recovery(reason);
     }
 
