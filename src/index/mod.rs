@@ -529,18 +529,6 @@ impl Shared {
 
     /// The names resources give that a list cut short did not have (`seen`)
     /// and that the index holds nothing of.
-    /// How many workspaces of the owner resources name now.
-    fn named_now(&self, key: &OwnerKey) -> usize {
-        self.owners.lock().expect("index owners").get(key).map_or(0, |state| state.interested.len())
-    }
-
-    /// The owner's next poll lists everything.
-    fn relist_soon(&self, key: &OwnerKey) {
-        if let Some(state) = self.owners.lock().expect("index owners").get_mut(key) {
-            state.full_list_due = true;
-        }
-    }
-
     fn unread_names(&self, key: &OwnerKey, seen: &HashSet<String>) -> Vec<String> {
         let owners = self.owners.lock().expect("index owners");
         let Some(state) = owners.get(key) else { return Vec::new() };

@@ -106,15 +106,6 @@ async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bo
             unnamed_running += index.merge(key, page, started).unnamed_running;
         })
         .await?;
-        if !complete && page_budget(index.named_now(key), page_size) > pages {
-            // Resources named more of this owner's workspaces while the list
-            // ran (as on a start, when every resource registers at once):
-            // list again with a budget for all of them, rather than read
-            // each on its own, which costs a request per workspace.
-            index.relist_soon(key);
-            plan.wake_poller.notify_one();
-            return Ok(());
-        }
         if !complete {
             warn!(
                 owner = %key.owner, pages, named = plan.named,
