@@ -27,6 +27,17 @@ use crate::key::ResourceKey;
 use crate::leader::Fence;
 use crate::tenancy::urls::AllowedUrls;
 
+/// How the key of the operator's own default credentials begins.
+const OPERATORS_OWN: &str = "default@";
+
+/// Whether `key` names the operator's own default credentials: the Coder
+/// its admin configured, trusted to answer truthfully, unlike a URL a
+/// tenant's Secret names (see `index`, which bounds what it keeps of the
+/// latter only).
+pub fn is_operators_own(key: &str) -> bool {
+    key.starts_with(OPERATORS_OWN)
+}
+
 /// A Coder client and a stable name for the credentials it uses (never the
 /// token itself), for caches and for telling workspaces of different Coder
 /// deployments apart.
@@ -134,7 +145,7 @@ impl Credentials {
         };
         if let Some((url, token)) = default {
             let client = credentials.client(&url, token)?;
-            let resolved = Resolved { key: format!("default@{url}"), client };
+            let resolved = Resolved { key: format!("{OPERATORS_OWN}{url}"), client };
             *credentials.default.lock().expect("default credentials") = Some(Default { url, resolved, file: None });
         }
         Ok(credentials)

@@ -445,14 +445,19 @@ impl Shared {
     /// Merges workspaces read from Coder into an owner's state, waking the
     /// resources whose workspace changed in a way the decision core sees.
     /// Entries recorded after `read_started` are newer than this read and
-    /// are kept. Only the workspaces resources name are kept.
+    /// are kept. Of a coderd a tenant's Secret names, only the workspaces
+    /// resources name are kept; of the operator's own, every one listed.
     fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant) -> Merged {
         let mut to_wake = Vec::new();
         let mut merged = Merged::default();
         {
             let mut owners = self.owners.lock().expect("index owners");
             let Some(state) = owners.get_mut(key) else { return merged };
-            let keeps = state.keeps(&read);
+            let keeps = if crate::credentials::is_operators_own(&key.credentials) {
+                vec![true; read.len()]
+            } else {
+                state.keeps(&read)
+            };
             for (workspace, kept) in read.into_iter().zip(keeps) {
                 let name = workspace.name.to_lowercase();
                 if !kept {
@@ -603,6 +608,11 @@ struct PollPlan {
     /// How many workspace names the owner's resources give: what bounds
     /// the pages of a list.
     named: usize,
+    /// The operator's own default credentials: its admin's coderd, whose
+    /// lists are read whole and kept whole, as they are needed when
+    /// thousands of resources register after a list (a start). A coderd a
+    /// tenant's Secret names gets the bounds.
+    trusted: bool,
     wake_poller: Arc<Notify>,
 }
 
@@ -655,6 +665,7 @@ impl Shared {
             full,
             read_ids,
             named: state.interested.len(),
+            trusted: crate::credentials::is_operators_own(&key.credentials),
             wake_poller: state.wake_poller.clone(),
         })
     }
