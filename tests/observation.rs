@@ -51,6 +51,11 @@ async fn an_agent_death_wakes_the_recovery_without_a_resync() {
     let killed_at = jiff::Timestamp::now();
     env.sim.kill_agent(id);
     env.wait_for_condition("chat-1", RECOVERING, "True", None, LONG).await;
+    // Recovering is written down before the stop build is asked for.
+    env.wait_for("chat-1", "past the recovery's stop build request", LONG, |_| {
+        env.sim.builds(id).iter().any(|b| b.transition == "stop")
+    })
+    .await;
     let stop = env.sim.builds(id).into_iter().find(|b| b.transition == "stop").expect("the recovery's stop build");
     let reaction = stop.created_at.duration_since(killed_at);
     // The simulator's fast timings: an agent is disconnected 1 s after its
