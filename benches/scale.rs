@@ -41,8 +41,9 @@ use support::operator::OperatorProcess;
 use support::procfs::{self, MachineCpu, Memory};
 use support::stats::Summary;
 
-/// The simulator's session token; its user (`admin` in the default seed)
-/// owns every workspace, so all of them share one owner's list.
+/// The simulator's session token; its user (`admin` in the default seed,
+/// with coderd's `owner` role) owns every workspace unless `--owners` says
+/// otherwise.
 const TOKEN: &str = "bench-token";
 const OWNER: &str = "admin";
 const TEMPLATE: &str = "docker-dev";
@@ -65,6 +66,18 @@ struct Args {
     /// ChatWorkspaces created at once, with desiredState Running.
     #[arg(long, default_value_t = 1000)]
     resources: usize,
+    /// Coder users the resources are spread over, round robin (1: all of
+    /// them the token's own user's, `admin`).
+    #[arg(long, default_value_t = 1)]
+    owners: usize,
+    /// Workspaces in Coder that no resource names (other people's IDE
+    /// workspaces), spread over the same owners, there before the operator
+    /// starts.
+    #[arg(long, default_value_t = 0)]
+    unmanaged: usize,
+    /// The share of those, in percent, whose agent is dead (unhealthy).
+    #[arg(long, default_value_t = 5)]
+    unmanaged_unhealthy_percent: usize,
     /// Steady-state window in which Coder requests are counted (0 skips it).
     #[arg(long, default_value = "60s", value_parser = duration)]
     window: Duration,
@@ -87,6 +100,13 @@ struct Args {
     /// last resources, never those of the reaction phase; 0 skips it).
     #[arg(long, default_value_t = 10)]
     recovery_agents: usize,
+    /// Running workspaces stopped in Coder as a person would (a stop build
+    /// through Coder's API, not the operator's) after the recovery phase,
+    /// to time the stop build -> the watch seeing the resource's status show
+    /// it (those before the recovery's, never the reaction phase's; 0
+    /// skips it).
+    #[arg(long, default_value_t = 10)]
+    outside_stops: usize,
     /// At the end, time the apiserver's CPU for the two smallest writes a
     /// first sight needs (a finalizer, a one-field status) on this many
     /// resources that no operator watches (0 skips it).
@@ -237,7 +257,31 @@ fn flag_duration(duration: Duration) -> String {
 async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -> anyhow::Result<Report> {
     // coderd's own timings (a build takes about six seconds, agents
     // heartbeat every 15 s), so steady state looks like production.
-    let sim = Simulator::start(SimConfig::new(TOKEN)).await?;
+    let mut config = SimConfig::new(TOKEN);
+    if args.owners > 1 {
+        config.seed.users.extend((0..args.owners).map(|n| coder_sim::seed::User {
+            id: None,
+            username: developer(n),
+            name: String::new(),
+            email: None,
+            roles: Vec::new(),
+        }));
+    }
+    let sim = Simulator::start(config).await?;
+    if args.unmanaged > 0 {
+        let unhealthy = args.unmanaged * args.unmanaged_unhealthy_percent / 100;
+        eprintln!(
+            "scale: {} workspaces that no resource names over {} owners, {unhealthy} of them with a dead agent",
+            args.unmanaged, args.owners
+        );
+        for index in 0..args.unmanaged {
+            let id = sim.create_workspace(&owner_of(args, index), &format!("ide-{index:05}"), TEMPLATE);
+            if index < unhealthy {
+                sim.kill_agent(id);
+            }
+        }
+        sim.clear_requests();
+    }
     let namespace = plane.namespace("scale").await;
     // The cluster admin's grant: the benchmark's resources use the default
     // credentials for the token's own user.
@@ -276,7 +320,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
     if args.existing {
         eprintln!("scale: {} workspaces and ChatWorkspaces exist before the operator starts", args.resources);
         for index in 0..args.resources {
-            sim.create_workspace(OWNER, &resource_name(index), TEMPLATE);
+            sim.create_workspace(&owner_of(args, index), &resource_name(index), TEMPLATE);
         }
         create_resources(args, &api).await?;
         sim.clear_requests();
@@ -328,6 +372,13 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         operator.ensure_running()?;
         Some(recovery)
     };
+    let outside_stops = if args.outside_stops == 0 {
+        None
+    } else {
+        let stops = stop_outside(args, &sim, &tracker).await?;
+        operator.ensure_running()?;
+        Some(stops)
+    };
     let write_floor = if args.write_floor == 0 {
         None
     } else {
@@ -362,6 +413,7 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         coder_load,
         reaction,
         recovery,
+        outside_stops,
         write_floor,
         relist,
         restart,
@@ -389,6 +441,22 @@ fn git_revision() -> Option<String> {
 
 fn resource_name(index: usize) -> String {
     format!("scale-{index:05}")
+}
+
+/// The Coder user number `n` of `--owners`.
+fn developer(n: usize) -> String {
+    format!("dev-{n:05}")
+}
+
+/// The owner of resource (or unmanaged workspace) number `index`.
+fn owner_of(args: &Args, index: usize) -> String {
+    if args.owners > 1 { developer(index % args.owners) } else { OWNER.to_owned() }
+}
+
+/// The owner of the resource named `name` ([`resource_name`]).
+fn owner_of_name(args: &Args, name: &str) -> String {
+    let index = name.strip_prefix("scale-").and_then(|n| n.parse().ok()).unwrap_or_default();
+    owner_of(args, index)
 }
 
 // ---------------------------------------------------------------------------
@@ -421,6 +489,12 @@ struct Object {
     /// When the watch first delivered a status holding the Coder state
     /// (the latest build).
     observed_since: Option<Timestamp>,
+    /// The latest build number the status showed, and when the watch first
+    /// delivered it.
+    build_seen: Option<(i32, Timestamp)>,
+    /// When the watch first delivered Ready=False with reason
+    /// `StoppedOutside`.
+    stopped_outside_since: Option<Timestamp>,
     /// The Ready reason last seen, for a report on what never converged.
     reason: String,
 }
@@ -465,10 +539,22 @@ impl Seen {
             generation_seen: at,
             ready_since: None,
             observed_since: None,
+            build_seen: None,
+            stopped_outside_since: None,
             reason: String::new(),
         });
         if object.observed_since.is_none() && cws.status.as_ref().is_some_and(|s| s.latest_build.is_some()) {
             object.observed_since = Some(at);
+        }
+        if let Some(number) = cws.status.as_ref().and_then(|s| s.latest_build.as_ref()).map(|b| b.number)
+            && object.build_seen.is_none_or(|(seen, _)| number > seen)
+        {
+            object.build_seen = Some((number, at));
+        }
+        if object.stopped_outside_since.is_none()
+            && ready.is_some_and(|c| c.status == "False" && c.reason == "StoppedOutside")
+        {
+            object.stopped_outside_since = Some(at);
         }
         if generation > object.generation {
             object.generation = generation;
@@ -619,14 +705,19 @@ async fn create_resources(args: &Args, api: &Api<ChatWorkspace>) -> anyhow::Resu
     let n = args.resources;
     eprintln!("scale: creating {n} ChatWorkspaces (desiredState Running, template {TEMPLATE})");
     let clock = Instant::now();
-    let creates = futures::stream::iter((0..n).map(resource_name))
-        .map(|name| async move {
+    let creates = futures::stream::iter(0..n)
+        .map(|index| async move {
+            let name = resource_name(index);
+            // Workspaces that exist already are adopted with consent.
+            let mut spec = json!({"desiredState": "Running", "template": {"name": TEMPLATE}, "adopt": args.existing});
+            if args.owners > 1 {
+                spec["owner"] = json!(owner_of(args, index));
+            }
             let object: ChatWorkspace = serde_json::from_value(json!({
                 "apiVersion": "chat.coder.com/v1alpha1",
                 "kind": "ChatWorkspace",
                 "metadata": {"name": name},
-                // Workspaces that exist already are adopted with consent.
-                "spec": {"desiredState": "Running", "template": {"name": TEMPLATE}, "adopt": args.existing},
+                "spec": spec,
             }))?;
             api.create(&PostParams::default(), &object).await.with_context(|| format!("creating {name}"))?;
             anyhow::Ok(())
@@ -895,6 +986,10 @@ struct CoderLoad {
     requests: RequestCounts,
     total: u64,
     per_workspace_per_minute: f64,
+    /// All requests in each whole minute of the window, in order: the
+    /// routine probes and chat lookups start minutes after convergence, so
+    /// the busiest minute is the steady state's, not the window's average.
+    total_by_minute: Vec<u64>,
     /// One read per workspace per resync interval.
     baseline_per_workspace_per_minute: f64,
     baseline_formula: String,
@@ -994,10 +1089,14 @@ async fn steady_state(
     let mut requests = RequestCounts::default();
     // A request in flight at the clear is logged when it ends; count only
     // those that arrived inside the window.
+    let window_s = seconds_between(begin, end);
+    let mut total_by_minute = vec![0; (window_s / 60.0).floor() as usize];
     for request in sim.requests().iter().filter(|r| r.at >= begin && r.at < end) {
         requests.count(request);
+        if let Some(minute) = total_by_minute.get_mut((seconds_between(begin, request.at) / 60.0) as usize) {
+            *minute += 1;
+        }
     }
-    let window_s = seconds_between(begin, end);
     let per_minute = |count: u64| count as f64 / args.resources as f64 / (window_s / 60.0);
     let resync_s = args.baseline_interval.as_secs_f64();
     let baseline = 60.0 / resync_s;
@@ -1006,6 +1105,7 @@ async fn steady_state(
         window_s,
         total,
         per_workspace_per_minute: per_minute(total),
+        total_by_minute,
         baseline_per_workspace_per_minute: baseline,
         baseline_formula: format!(
             "N x 60 / resync_seconds = {} x 60 / {resync_s} = {:.0} reads per minute, i.e. {baseline:.2} per workspace \
@@ -1057,7 +1157,8 @@ async fn react(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator, tracker: 
     eprintln!("scale: patching {k} ChatWorkspaces to Stopped, {:?} apart", args.latency_spacing);
     let mut ids = Vec::with_capacity(k);
     for name in (0..k).map(resource_name) {
-        let id = sim.workspace_id(OWNER, &name).with_context(|| format!("no workspace {OWNER}/{name} in Coder"))?;
+        let owner = owner_of_name(args, &name);
+        let id = sim.workspace_id(&owner, &name).with_context(|| format!("no workspace {owner}/{name} in Coder"))?;
         ids.push((name, id.to_string()));
     }
     sim.clear_requests();
@@ -1195,7 +1296,8 @@ async fn recover(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator) -> anyh
 
     let mut killed = Vec::with_capacity(k);
     for name in names {
-        let id = sim.workspace_id(OWNER, &name).with_context(|| format!("no workspace {OWNER}/{name} in Coder"))?;
+        let owner = owner_of_name(args, &name);
+        let id = sim.workspace_id(&owner, &name).with_context(|| format!("no workspace {owner}/{name} in Coder"))?;
         let at = Timestamp::now();
         sim.kill_agent(id);
         killed.push((id.to_string(), at));
@@ -1222,6 +1324,87 @@ async fn recover(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator) -> anyh
         attention_interval_s: args.attention_interval.as_secs_f64(),
         bar_s: bar.as_secs_f64(),
         kill_to_stop_build_s: Summary::of(seconds.collect()),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Phase 3c: a stop made in Coder
+
+#[derive(Debug, Serialize)]
+struct OutsideStops {
+    workspaces: usize,
+    /// The operator's `--attention-interval`: the bar for the first figure.
+    attention_interval_s: f64,
+    /// The stop build made through Coder's API (the benchmark's clock, just
+    /// before the request) -> the watch delivered a status whose latest
+    /// build is that stop.
+    build_to_status_s: Summary,
+    /// The same -> the watch delivered Ready=False `StoppedOutside` (after
+    /// the build's own run: 1 s pending and 5 s running).
+    build_to_stopped_outside_s: Summary,
+}
+
+/// Stops the workspaces of `--outside-stops` running resources at once, as a
+/// person's Stop button in Coder's dashboard does, and waits for the watch
+/// to show each stop in the resource's status.
+async fn stop_outside(args: &Args, sim: &Simulator, tracker: &Tracker) -> anyhow::Result<OutsideStops> {
+    use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+    let reacted = if args.skip_latency { 0 } else { args.latency_resources.min(args.resources) };
+    let last = args.resources - args.recovery_agents.min(args.resources - reacted);
+    let k = args.outside_stops.min(last - reacted);
+    if k == 0 {
+        bail!("--outside-stops needs resources that neither the reaction nor the recovery phase touched");
+    }
+    eprintln!("scale: stopping {k} workspaces in Coder from outside the operator");
+    let person = CoderClient::new(&sim.url(), SessionToken::new(sim.token())?, Duration::from_secs(30))?;
+    let mut stops = Vec::with_capacity(k);
+    for name in (last - k..last).map(resource_name) {
+        let owner = owner_of_name(args, &name);
+        let id = sim.workspace_id(&owner, &name).with_context(|| format!("no workspace {owner}/{name} in Coder"))?;
+        let at = Timestamp::now();
+        let build = person
+            .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop))
+            .await
+            .with_context(|| format!("stopping {owner}/{name} from outside"))?;
+        stops.push((name, build.build_number, at));
+    }
+    let deadline = Instant::now() + args.attention_interval * 6 + Duration::from_secs(60);
+    loop {
+        let (shown, stopped) = tracker.with(|seen| {
+            let object = |name: &String| seen.objects.get(name);
+            let shown = stops
+                .iter()
+                .filter(|(name, number, _)| object(name).and_then(|o| o.build_seen).is_some_and(|(n, _)| n >= *number))
+                .count();
+            let stopped = stops
+                .iter()
+                .filter(|(name, ..)| object(name).is_some_and(|o| o.stopped_outside_since.is_some()))
+                .count();
+            (shown, stopped)
+        });
+        if shown == k && stopped == k {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the watch showed {shown} of {k} outside stops ({stopped} as StoppedOutside) before the deadline");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let (shown, stopped) = tracker.with(|seen| {
+        let mut shown = Vec::with_capacity(k);
+        let mut stopped = Vec::with_capacity(k);
+        for (name, _, at) in &stops {
+            let object = &seen.objects[name];
+            shown.extend(object.build_seen.map(|(_, seen_at)| seconds_between(*at, seen_at)));
+            stopped.extend(object.stopped_outside_since.map(|seen_at| seconds_between(*at, seen_at)));
+        }
+        (shown, stopped)
+    });
+    Ok(OutsideStops {
+        workspaces: k,
+        attention_interval_s: args.attention_interval.as_secs_f64(),
+        build_to_status_s: Summary::of(shown),
+        build_to_stopped_outside_s: Summary::of(stopped),
     })
 }
 
@@ -1387,7 +1570,7 @@ async fn object_sizes(api: &Api<ChatWorkspace>, out_dir: &Path) -> anyhow::Resul
     for object in &list.items {
         total += serde_json::to_vec(object)?.len();
         managed += serde_json::to_vec(&object.metadata.managed_fields)?.len();
-        packed += chatworkspace_operator::cache::Cached::pack(object.clone()).packed_len();
+        packed += chatworkspace_operator::cache::Watched::pack(object.clone()).packed_len();
     }
     // One object as the apiserver serves it, to look at.
     if let Some(object) = list.items.first() {
@@ -1412,6 +1595,7 @@ struct Report {
     coder_load: Option<CoderLoad>,
     reaction: Option<Reaction>,
     recovery: Option<Recovery>,
+    outside_stops: Option<OutsideStops>,
     write_floor: Option<WriteFloor>,
     relist: Option<Relist>,
     restart: Option<Restart>,
@@ -1519,6 +1703,15 @@ impl Report {
             if r.errors > 0 {
                 let _ = writeln!(out, "  answered with an error status: {}", r.errors);
             }
+            if !load.total_by_minute.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {:<42}{:?} (busiest {})",
+                    "all requests in each minute",
+                    load.total_by_minute,
+                    load.total_by_minute.iter().max().copied().unwrap_or_default()
+                );
+            }
             let _ = writeln!(out, "  baseline: {}", load.baseline_formula);
             let _ = write!(out, "  {:<42}{:>10.3}", "ratio to the polling baseline", load.ratio_to_baseline);
             if load.ratio_to_baseline > 0.0 {
@@ -1580,6 +1773,22 @@ impl Report {
                 r.attention_interval_s,
                 r.bar_s,
                 if s.max <= r.bar_s { "met" } else { "not met" }
+            );
+        }
+        if let Some(o) = &self.outside_stops {
+            let _ = writeln!(out, "\nOutside stops ({} workspaces stopped through Coder's API at once)", o.workspaces);
+            let _ = writeln!(out, "  {:<36}{:>9}{:>9}{:>9}{:>9}", "in s", "p50", "p90", "p99", "max");
+            for (label, s) in [
+                ("stop build -> status shows it", &o.build_to_status_s),
+                ("stop build -> Ready=False StoppedOutside", &o.build_to_stopped_outside_s),
+            ] {
+                let _ = writeln!(out, "  {:<36}{:>9.1}{:>9.1}{:>9.1}{:>9.1}", label, s.p50, s.p90, s.p99, s.max);
+            }
+            let _ = writeln!(
+                out,
+                "  bar: the attention interval, {:.0} s, for the status to show it ({})",
+                o.attention_interval_s,
+                if o.build_to_status_s.max <= o.attention_interval_s { "met" } else { "not met" }
             );
         }
 

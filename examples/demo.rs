@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         status: Some("running".into()),
         ..NewChat::default()
     });
-    sim.create_chat(NewChat {
+    let sub_agent = sim.create_chat(NewChat {
         title: "run the tests".into(),
         parent_chat_id: Some(chat),
         status: Some("running".into()),
@@ -134,7 +134,10 @@ async fn main() -> anyhow::Result<()> {
 
     let builds: Vec<String> = sim.builds(workspace).into_iter().map(|b| b.transition).collect();
     t.say(format!("builds in Coder: {}", builds.join(" → ")));
-    t.say("the chat's turn was interrupted before the stop, and its context re-pinned to the new agent once ready");
+    t.say("the chat's turn was interrupted before the stop, and its context re-pinned once the new agent was ready");
+    t.say("coderd v2.36.1 keeps a chat on its stored agent until the chat's next turn, which moves it to the new one");
+    sim.run_chat_turn(chat);
+    sim.run_chat_turn(sub_agent);
     kubectl(&t, &plane, &["wait", &format!("cws/{NAME}"), "--for=condition=ChatContextCurrent", "--timeout=60s"])?;
     show_chat(&t, &plane)?;
     kubectl(

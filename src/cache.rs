@@ -1,14 +1,14 @@
-//! What the controller's cache keeps of each `ChatWorkspace`.
+//! What the controller keeps of each `ChatWorkspace` it watches.
 //!
-//! The watch decodes each resource into a [`Cached`]: the metadata the
+//! The watch decodes each resource into a [`Watched`]: the metadata the
 //! watch and the claims read, and the rest packed (the metadata the operator
 //! keeps, the spec and the status, as deflated JSON), because at thousands
 //! of resources the status (conditions with their messages, the template's
 //! presets) is most of the cache and a reconcile needs it only for the one
 //! resource it handles. The controller's store keeps less still, a
-//! [`Slim`]: the resource's key and the packed rest, about 250 bytes where
+//! [`Stored`]: the resource's key and the packed rest, about 250 bytes where
 //! kube-runtime's metadata alone is 360. A reconcile unpacks its resource
-//! with [`Slim::expand`].
+//! with [`Stored::expand`].
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
@@ -18,18 +18,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
-use crate::crd::{ChatWorkspace, ChatWorkspaceSpec, ChatWorkspaceStatus};
+use crate::crd::{ChatWorkspace, ChatWorkspaceSpec, ChatWorkspaceStatus, Phase};
 use crate::key::ResourceKey;
 
 /// Annotations the operator reads; the cache drops the rest (kubectl's
 /// last-applied copy is often the largest part of an object).
-const KEPT_ANNOTATIONS: [&str; 2] = [crate::tenancy::installs::INSTALL_ANNOTATION, crate::crd::START_REQUESTED_AT];
+const KEPT_ANNOTATIONS: [&str; 3] =
+    [crate::tenancy::installs::INSTALL_ANNOTATION, crate::crd::START_REQUESTED_AT, crate::crd::RESTART_REQUESTED_AT];
 
 /// The cache's dictionary: learned from the first resource with conditions.
 static PACKER: crate::pack::Packer = crate::pack::Packer::new();
 
 #[derive(Clone, Debug)]
-pub struct Cached {
+pub struct Watched {
     /// Without annotations: a map of one entry costs a whole tree node.
     pub metadata: ObjectMeta,
     /// The values of [`KEPT_ANNOTATIONS`], in that order.
@@ -40,6 +41,8 @@ pub struct Cached {
     status_hash: u64,
     /// What the claims index files the resource under.
     claim_keys: crate::claims::ClaimKeys,
+    /// `status.phase`, for the count of resources by phase.
+    phase: Option<Phase>,
 }
 
 /// What is packed.
@@ -62,7 +65,7 @@ pub fn status_hash(status: &ChatWorkspaceStatus) -> u64 {
     hasher.finish()
 }
 
-impl Cached {
+impl Watched {
     /// Keeps of `resource` what the operator reads.
     pub fn pack(resource: ChatWorkspace) -> Self {
         let ChatWorkspace { mut metadata, spec, status } = resource;
@@ -73,6 +76,7 @@ impl Cached {
         let status_hash = status_hash(status.as_ref().unwrap_or(&ChatWorkspaceStatus::default()));
         let workspace_id = status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
         let claim_keys = crate::claims::ClaimKeys::of(&metadata, &spec, workspace_id);
+        let phase = status.as_ref().and_then(|s| s.phase);
         // A resource with conditions is like the others to come; one with no
         // status yet would make a poor dictionary.
         let typical = status.as_ref().is_some_and(|s| !s.conditions.is_empty());
@@ -89,7 +93,7 @@ impl Cached {
         };
         let json = serde_json::to_vec(&Body { metadata: packed_metadata, spec, status }).unwrap_or_default();
         let packed = PACKER.pack(&json, typical);
-        Self { metadata, annotations, packed, status_hash, claim_keys }
+        Self { metadata, annotations, packed, status_hash, claim_keys, phase }
     }
 
     /// The resource as the reconcile reads it, unpacked.
@@ -102,12 +106,13 @@ impl Cached {
     }
 
     /// The controller store's form of it.
-    pub fn slim(self, lifecycle: u64) -> Slim {
+    pub fn stored(self, trigger_hash: u64) -> Stored {
         let key = ResourceKey::new(
             self.metadata.namespace.as_deref().unwrap_or_default(),
             self.metadata.name.as_deref().unwrap_or_default(),
         );
-        Slim { key, deleting: self.metadata.deletion_timestamp.is_some(), lifecycle, packed: self.packed }
+        let deleting = self.metadata.deletion_timestamp.is_some();
+        Stored { key, deleting, phase: self.phase, trigger_hash, packed: self.packed }
     }
 
     /// A kept annotation's value.
@@ -143,16 +148,17 @@ fn expand(namespace: &str, name: &str, packed: &crate::pack::Packed) -> ChatWork
 
 /// What the controller's store keeps of a resource: its key, whether it is
 /// being deleted (the resync passes those by), a hash of what a reconcile
-/// is triggered by (`lifecycle`), and the rest packed.
+/// is triggered by (`trigger_hash`), and the rest packed.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Slim {
+pub struct Stored {
     key: ResourceKey,
     deleting: bool,
-    lifecycle: u64,
+    phase: Option<Phase>,
+    trigger_hash: u64,
     packed: crate::pack::Packed,
 }
 
-impl Slim {
+impl Stored {
     pub fn key(&self) -> &ResourceKey {
         &self.key
     }
@@ -161,10 +167,15 @@ impl Slim {
         self.deleting
     }
 
+    /// `status.phase` as the watch delivered it.
+    pub fn phase(&self) -> Option<Phase> {
+        self.phase
+    }
+
     /// What the controller compares to know whether a change of the
     /// resource calls for a reconcile.
-    pub fn lifecycle(&self) -> u64 {
-        self.lifecycle
+    pub fn trigger_hash(&self) -> u64 {
+        self.trigger_hash
     }
 
     /// The resource as the reconcile reads it, unpacked.
@@ -173,13 +184,13 @@ impl Slim {
     }
 }
 
-impl<'de> Deserialize<'de> for Cached {
+impl<'de> Deserialize<'de> for Watched {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        ChatWorkspace::deserialize(deserializer).map(Cached::pack)
+        ChatWorkspace::deserialize(deserializer).map(Watched::pack)
     }
 }
 
-impl Resource for Cached {
+impl Resource for Watched {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
 
@@ -222,6 +233,7 @@ mod tests {
                 "annotations": {
                     "kubectl.kubernetes.io/last-applied-configuration": "{\"a\": 1}",
                     crate::crd::START_REQUESTED_AT: "now",
+                    crate::crd::RESTART_REQUESTED_AT: "later",
                     crate::tenancy::installs::INSTALL_ANNOTATION: "ops",
                 },
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
@@ -240,7 +252,7 @@ mod tests {
     #[test]
     fn the_cache_gives_back_the_spec_and_status_and_the_metadata_the_operator_reads() {
         let original = resource();
-        let cached = Cached::pack(original.clone());
+        let cached = Watched::pack(original.clone());
         let expanded = cached.expand();
         assert_eq!(expanded.spec, original.spec);
         assert_eq!(expanded.status, original.status);
@@ -263,7 +275,7 @@ mod tests {
     fn a_resource_without_status_has_the_hash_of_an_empty_one() {
         let mut original = resource();
         original.status = None;
-        let cached = Cached::pack(original.clone());
+        let cached = Watched::pack(original.clone());
         assert!(cached.expand().status.is_none());
         assert_eq!(cached.status_hash(), status_hash(&ChatWorkspaceStatus::default()));
         assert_eq!(cached.claim_keys(), crate::claims::ClaimKeys::of(&original.metadata, &original.spec, None));
@@ -273,9 +285,10 @@ mod tests {
     fn the_packed_spec_and_status_are_smaller_than_their_json() {
         let original = resource();
         let json = serde_json::to_vec(&(&original.spec, &original.status)).expect("json").len();
-        let cached = Cached::pack(original);
+        let cached = Watched::pack(original);
         assert!(cached.packed.len() < json, "{} bytes packed for {json} of JSON", cached.packed.len());
         assert_eq!(cached.annotation(crate::crd::START_REQUESTED_AT), Some("now"));
+        assert_eq!(cached.annotation(crate::crd::RESTART_REQUESTED_AT), Some("later"));
         assert_eq!(cached.annotation("kubectl.kubernetes.io/last-applied-configuration"), None);
     }
 }

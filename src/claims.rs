@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use crate::cache::Cached;
+use crate::cache::Watched;
 use crate::crd::{ChatWorkspace, ChatWorkspaceSpec};
 
 /// What a resource's spec names, as written: its credentials (the default,
@@ -193,7 +193,7 @@ impl Claims {
 
 impl ClaimsIndex {
     /// A resource was added or changed.
-    pub fn apply(&self, resource: &Cached) {
+    pub fn apply(&self, resource: &Watched) {
         let uid = resource.metadata.uid.as_deref().unwrap_or_default();
         let keys = resource.claim_keys();
         let (created, namespace, name) = age_of(&resource.metadata);
@@ -227,7 +227,7 @@ impl ClaimsIndex {
     }
 
     /// A resource is gone.
-    pub fn delete(&self, resource: &Cached) {
+    pub fn delete(&self, resource: &Watched) {
         self.inner.lock().expect("claims").remove(resource.metadata.uid.as_deref().unwrap_or_default());
     }
 
@@ -350,7 +350,7 @@ mod tests {
     fn index(resources: &[&ChatWorkspace]) -> ClaimsIndex {
         let index = ClaimsIndex::default();
         for r in resources {
-            index.apply(&Cached::pack((*r).clone()));
+            index.apply(&Watched::pack((*r).clone()));
         }
         index
     }
@@ -416,11 +416,11 @@ mod tests {
         let claims = index(&[&old, &new]);
         claims.settle(&old, Standing::Admitted(alices("ws")));
         // A status write keeps the standing.
-        claims.apply(&Cached::pack(observed(old.clone(), "w-1")));
+        claims.apply(&Watched::pack(observed(old.clone(), "w-1")));
         assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("a/one".into()));
         // Other credentials are a new question for tenancy.
         old.spec.credentials_ref = Some(crate::crd::SecretRef { name: "mine".into() });
-        claims.apply(&Cached::pack(old));
+        claims.apply(&Watched::pack(old));
         assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Waits);
     }
 
@@ -445,7 +445,7 @@ mod tests {
         let claims = index(&[&old, &new]);
         claims.settle(&old, Standing::Admitted(alices("ws")));
         assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("a/one".into()));
-        claims.delete(&Cached::pack(old));
+        claims.delete(&Watched::pack(old));
         assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Drives);
     }
 
@@ -458,7 +458,7 @@ mod tests {
         claims.settle(&gone, Standing::Admitted(alices("ws")));
         claims.settle(&kept, Standing::Admitted(alices("ws")));
         claims.relist_started(Some("a"));
-        claims.apply(&Cached::pack(new.clone()));
+        claims.apply(&Watched::pack(new.clone()));
         claims.relist_done(Some("a"));
         // a/one was not listed again; b/two belongs to another watch.
         assert_eq!(claims.verdict(&new, alices("ws"), None), Verdict::Conflict("in another namespace".into()));

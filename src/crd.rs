@@ -8,6 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::coder::{self, AgentLifecycle, ProvisionerJobStatus, WorkspaceBuildReason, WorkspaceTransition};
+
 /// Finalizer that lets the operator apply `deletionPolicy` before the
 /// resource disappears.
 pub const FINALIZER: &str = "chat.coder.com/workspace";
@@ -19,6 +21,11 @@ pub const FIELD_MANAGER: &str = "chatworkspace-operator";
 /// restart` stamps one) asks for one start of a workspace that Coder or a
 /// person stopped.
 pub const START_REQUESTED_AT: &str = "chat.coder.com/start-requested-at";
+/// A new value of this annotation asks for one restart of a running
+/// workspace (a stop, then a start), counted against the recovery budget,
+/// as `kubectl rollout restart` does for a Deployment; `kubectl cws restart`
+/// writes it. `status.restart` records the value acted on.
+pub const RESTART_REQUESTED_AT: &str = "chat.coder.com/restart-requested-at";
 
 /// A Coder workspace used by an AI chat, kept in the state its users ask for.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -423,8 +430,13 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// What the operator observed and concluded. Decisions are made from fresh
 /// Coder reads and the conditions; `phase` is a human summary only.
+///
+/// A resource the operator has not written yet reads back (apiserver
+/// defaulting) with `observedGeneration: 0`, so that kstatus, which takes an
+/// object without status or conditions for Current, sees it InProgress.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct ChatWorkspaceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -463,6 +475,11 @@ pub struct ChatWorkspaceStatus {
     /// operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_request: Option<String>,
+    /// The last restart asked for with the `chat.coder.com/restart-requested-at`
+    /// annotation, and what the operator made of it: the same value is
+    /// never acted on twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartStatus>,
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -510,18 +527,21 @@ pub struct WorkspaceStatus {
     pub template_version_id: Option<String>,
 }
 
+/// The latest build as Coder reported it. Its values are Coder's: one a
+/// newer coderd adds reads back as `unknown` (or, for `reason`, as
+/// spelled) rather than failing to read the stored object.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildStatus {
     pub id: String,
     pub number: i32,
-    pub transition: String,
-    pub status: String,
-    pub job_status: String,
+    pub transition: WorkspaceTransition,
+    pub status: coder::WorkspaceStatus,
+    pub job_status: ProvisionerJobStatus,
     /// Who or what made the build, as Coder records it (`initiator`,
     /// `autostop`, `dormancy`, `dashboard`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<WorkspaceBuildReason>,
     /// The user who made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<String>,
@@ -536,8 +556,9 @@ pub struct BuildStatus {
 pub struct AgentStatus {
     pub id: String,
     pub name: String,
-    pub status: String,
-    pub lifecycle_state: String,
+    /// As Coder reported it; a value a newer coderd adds reads as `unknown`.
+    pub status: coder::AgentStatus,
+    pub lifecycle_state: AgentLifecycle,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_connected_at: Option<Time>,
     /// The agent's last heartbeat, while it is not connected (while it is,
@@ -638,6 +659,19 @@ pub struct RecoveryStatus {
     pub probe_failures: u32,
 }
 
+/// A restart asked for through the annotation.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// The annotation's value this is about.
+    pub request: String,
+    /// True: a stop, then a start, were begun for it (a recovery, counted
+    /// against its budget); false: it was refused, and `message` says why.
+    pub accepted: bool,
+    pub message: String,
+    pub time: Time,
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatStatus {
@@ -721,10 +755,37 @@ pub struct CleanupStatus {
 pub struct BuildRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
-    pub transition: String,
-    pub reason: String,
+    /// Only the operator writes it, and only `start` or `stop`.
+    #[schemars(schema_with = "requested_transition_schema")]
+    pub transition: WorkspaceTransition,
+    /// Only `DesiredState` or `Recovery` (a create is a `DesiredState`
+    /// start; a deletion's builds are not recorded here).
+    pub reason: BuildReason,
     pub generation: i64,
     pub time: Time,
+}
+
+/// The transitions a build request can name. Every value any version
+/// wrote is listed (`start`, `stop`), so every stored object still passes.
+fn requested_transition_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let transitions = [WorkspaceTransition::Start, WorkspaceTransition::Stop, WorkspaceTransition::Delete];
+    schemars::json_schema!({"type": "string", "enum": transitions.map(WorkspaceTransition::as_str)})
+}
+
+crate::conditions::vocabulary! {
+    /// Why the operator asked for a build: `status.lastBuildRequest.reason`
+    /// (`DesiredState` or `Recovery`) and the builds metric's label.
+    pub enum BuildReason {
+        /// `spec.desiredState` asks for it.
+        DesiredState,
+        /// Automatic stop-then-start of a workspace whose agent is dead.
+        Recovery,
+        /// `deletionPolicy`, while the resource is being deleted.
+        Deletion,
+        /// A create: the workspace's first start build, counted apart in the
+        /// metric (status records it as `DesiredState`).
+        Create,
+    }
 }
 
 /// A reference to `resource` for the operator's long-lived maps: name and
@@ -750,6 +811,106 @@ impl ChatWorkspace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a newer coderd could put in `status.latestBuild` and
+    /// `status.agent`: a transition, build status, job status and agent
+    /// states this version does not know, and a new build reason.
+    const LATEST_BUILD_FROM_A_NEWER_CODERD: &str = r#"{
+        "observedGeneration": 3,
+        "latestBuild": {
+            "id": "b1", "number": 4, "transition": "hibernate", "status": "hibernating",
+            "jobStatus": "suspended", "reason": "task_snooze"
+        },
+        "agent": {"id": "a1", "name": "main", "status": "sleeping", "lifecycleState": "hibernated"}
+    }"#;
+
+    #[test]
+    fn a_stored_build_with_values_a_newer_coderd_added_still_reads() {
+        let status: ChatWorkspaceStatus =
+            serde_json::from_str(LATEST_BUILD_FROM_A_NEWER_CODERD).expect("the stored object reads");
+        let agent = status.agent.expect("agent");
+        assert_eq!((agent.status, agent.lifecycle_state), (coder::AgentStatus::Unknown, AgentLifecycle::Unknown));
+        let build = status.latest_build.expect("latestBuild");
+        assert_eq!(build.transition, WorkspaceTransition::Unknown);
+        assert_eq!(build.status, coder::WorkspaceStatus::Unknown);
+        assert_eq!(build.job_status, ProvisionerJobStatus::Unknown);
+        assert!(!build.job_status.is_active(), "an unknown job does not hold the workspace forever");
+        assert_eq!(build.reason, Some(WorkspaceBuildReason::Other("task_snooze".into())));
+        let written = serde_json::to_value(&build).expect("serializes");
+        assert_eq!(written["reason"], "task_snooze", "a reason Coder gave is shown as Coder spelled it");
+        assert_eq!(written["jobStatus"], "unknown");
+    }
+
+    #[test]
+    fn typed_build_fields_are_written_as_coder_and_earlier_versions_spelled_them() {
+        let status = ChatWorkspaceStatus {
+            latest_build: Some(BuildStatus {
+                id: "b1".into(),
+                number: 2,
+                transition: WorkspaceTransition::Start,
+                status: coder::WorkspaceStatus::Running,
+                job_status: ProvisionerJobStatus::Succeeded,
+                reason: Some(WorkspaceBuildReason::Initiator),
+                ..BuildStatus::default()
+            }),
+            last_build_request: Some(BuildRequestStatus {
+                build_id: Some("b1".into()),
+                transition: WorkspaceTransition::Stop,
+                reason: BuildReason::Recovery,
+                generation: 3,
+                time: Time("2026-01-02T03:04:05Z".parse().expect("a time")),
+            }),
+            ..ChatWorkspaceStatus::default()
+        };
+        let written = serde_json::to_string(&status).expect("serializes");
+        assert_eq!(
+            written,
+            concat!(
+                r#"{"latestBuild":{"id":"b1","number":2,"transition":"start","status":"running","#,
+                r#""jobStatus":"succeeded","reason":"initiator"},"lastBuildRequest":{"buildId":"b1","#,
+                r#""transition":"stop","reason":"Recovery","generation":3,"time":"2026-01-02T03:04:05Z"},"#,
+                r#""conditions":[]}"#
+            )
+        );
+        let read: ChatWorkspaceStatus = serde_json::from_str(&written).expect("reads back");
+        assert_eq!(read, status);
+    }
+
+    /// Every value any version wrote to `status.lastBuildRequest` (it only
+    /// ever recorded starts and stops, for the desired state or a
+    /// recovery): the schema's `enum:` must keep accepting each, or a
+    /// status write to an object stored by an older version is refused.
+    #[test]
+    fn the_build_request_schema_accepts_every_value_any_version_wrote() {
+        let crd = serde_json::to_value(<ChatWorkspace as kube::CustomResourceExt>::crd()).expect("the CRD");
+        let request = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["lastBuildRequest"]
+            ["properties"];
+        let allowed = |field: &str| -> Vec<String> {
+            serde_json::from_value(request[field]["enum"].clone()).unwrap_or_else(|_| panic!("{field} has an enum"))
+        };
+        for transition in ["start", "stop"] {
+            assert!(allowed("transition").iter().any(|t| t == transition), "{transition}");
+        }
+        for reason in ["DesiredState", "Recovery"] {
+            assert!(allowed("reason").iter().any(|r| r == reason), "{reason}");
+        }
+        assert_eq!(
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["latestBuild"]
+                ["properties"]["jobStatus"],
+            serde_json::json!({"type": "string"}),
+            "what Coder says is not held to the values this version knows"
+        );
+    }
+
+    #[test]
+    fn the_operations_guide_lists_exactly_the_build_reasons() {
+        use crate::conditions::{documented, undocumented_or_unknown};
+        let documented = documented(include_str!("../docs/operations.md"), "| `reason` | The build is |");
+        let names: Vec<&str> = BuildReason::ALL.iter().map(|r| r.as_str()).collect();
+        if let Err(difference) = undocumented_or_unknown(&documented, &names) {
+            panic!("{difference}");
+        }
+    }
 
     #[test]
     fn parses_go_style_durations() {

@@ -30,6 +30,17 @@ use crate::tenancy::urls::AllowedUrls;
 /// How the key of the operator's own default credentials begins.
 const OPERATORS_OWN: &str = "default@";
 
+/// The name metrics give the operator's own default credentials; a
+/// Secret's credentials are named `<namespace>/<Secret name>`, which holds
+/// a slash and so never collides with it.
+pub const OPERATORS_OWN_NAME: &str = "operator";
+
+/// The name metrics give the credentials of `secret`: which Secret, never
+/// anything of the token it holds.
+fn secret_name((namespace, name): &SecretKey) -> String {
+    format!("{namespace}/{name}")
+}
+
 /// Whether `key` names the operator's own default credentials: the Coder
 /// its admin configured, trusted to answer truthfully, unlike a URL a
 /// tenant's Secret names (see `index`, which bounds what it keeps of the
@@ -89,14 +100,16 @@ struct SecretClients {
 }
 
 impl SecretClients {
-    /// `resource` names `secret` now (`None`: no Secret).
-    fn uses(&mut self, resource: &ResourceKey, secret: Option<SecretKey>) {
+    /// `resource` names `secret` now (`None`: no Secret). Returns the
+    /// Secret no resource names any more, if this made one.
+    #[must_use]
+    fn uses(&mut self, resource: &ResourceKey, secret: Option<SecretKey>) -> Option<SecretKey> {
         // The common case: nobody has ever named a Secret.
         if secret.is_none() && self.named_by.is_empty() {
-            return;
+            return None;
         }
         if self.named_by.get(resource) == secret.as_ref() {
-            return;
+            return None;
         }
         if let Some(secret) = &secret {
             *self.users.entry(secret.clone()).or_default() += 1;
@@ -105,19 +118,20 @@ impl SecretClients {
             Some(secret) => self.named_by.insert(resource.clone(), secret),
             None => self.named_by.remove(resource),
         };
-        if let Some(before) = before {
-            self.release(&before);
-        }
+        before.filter(|before| self.release(before))
     }
 
-    /// One resource fewer names `secret`; its client goes with the last.
-    fn release(&mut self, secret: &SecretKey) {
-        let Some(count) = self.users.get_mut(secret) else { return };
+    /// One resource fewer names `secret`; its client goes with the last
+    /// (then true).
+    fn release(&mut self, secret: &SecretKey) -> bool {
+        let Some(count) = self.users.get_mut(secret) else { return false };
         *count = count.saturating_sub(1);
         if *count == 0 {
             self.users.remove(secret);
             self.clients.remove(secret);
+            return true;
         }
+        false
     }
 }
 
@@ -144,7 +158,7 @@ impl Credentials {
             secrets: Mutex::default(),
         };
         if let Some((url, token)) = default {
-            let client = credentials.client(&url, token)?;
+            let client = credentials.client(&url, token, OPERATORS_OWN_NAME)?;
             let resolved = Resolved { key: format!("{OPERATORS_OWN}{url}"), client };
             *credentials.default.lock().expect("default credentials") = Some(Default { url, resolved, file: None });
         }
@@ -178,10 +192,11 @@ impl Credentials {
         Self { fence: Some(fence), ..self }
     }
 
-    fn client(&self, url: &str, token: SessionToken) -> Result<CoderClient> {
+    /// `name`: what metrics call these credentials.
+    fn client(&self, url: &str, token: SessionToken, name: &str) -> Result<CoderClient> {
         let mut client = CoderClient::new(url, token, self.request_timeout)?;
         if let Some(observer) = &self.observer {
-            client = client.with_observer(observer.clone());
+            client = client.with_observer(observer.clone(), name);
         }
         if let Some(limit) = &self.rate_limit {
             client = client.with_rate_limit(limit.clone());
@@ -206,7 +221,7 @@ impl Credentials {
         {
             match SessionToken::from_file(&file.path) {
                 Ok(token) => {
-                    let client = self.client(&default.url, token)?;
+                    let client = self.client(&default.url, token, OPERATORS_OWN_NAME)?;
                     default.resolved = Resolved { key: default.resolved.key.clone(), client };
                     file.stamp = current;
                     info!(path = %file.path.display(), "the default Coder token file changed; using the new token");
@@ -220,7 +235,16 @@ impl Credentials {
 
     /// `resource` is gone: a Secret no other resource names loses its client.
     pub fn forget(&self, resource: &ResourceKey) {
-        self.secrets.lock().expect("credentials cache").uses(resource, None);
+        let released = self.secrets.lock().expect("credentials cache").uses(resource, None);
+        self.released(released);
+    }
+
+    /// Metrics forget a Secret's credentials with its client: a label per
+    /// Secret ever used would grow without bound as tenants make Secrets.
+    fn released(&self, secret: Option<SecretKey>) {
+        if let (Some(secret), Some(observer)) = (secret, &self.observer) {
+            observer.credentials_released(&secret_name(&secret));
+        }
     }
 
     /// How many Secrets have a client now.
@@ -233,7 +257,8 @@ impl Credentials {
         let namespace = workspace.namespace().unwrap_or_default();
         let user = |secret| {
             let resource = ResourceKey::new(&namespace, &workspace.name_any());
-            self.secrets.lock().expect("credentials cache").uses(&resource, secret);
+            let released = self.secrets.lock().expect("credentials cache").uses(&resource, secret);
+            self.released(released);
         };
         let Some(reference) = &workspace.spec.credentials_ref else {
             if !self.secrets.lock().expect("credentials cache").named_by.is_empty() {
@@ -279,8 +304,8 @@ impl Credentials {
         }
         let token = SessionToken::new(field("token")?)
             .map_err(|_| Error::Credentials(format!("Secret {namespace}/{} has an empty token", reference.name)))?;
-        let resolved =
-            Resolved { client: self.client(&url, token)?, key: format!("secret:{namespace}/{}@{url}", reference.name) };
+        let client = self.client(&url, token, &secret_name(&cache_key))?;
+        let resolved = Resolved { client, key: format!("secret:{namespace}/{}@{url}", reference.name) };
         let mut secrets = self.secrets.lock().expect("credentials cache");
         // Kept only while a resource names the Secret (it may have gone
         // while the Secret was read).
@@ -318,16 +343,16 @@ mod tests {
     fn a_secrets_client_goes_with_the_last_resource_that_names_it() {
         let mut clients = SecretClients::default();
         let (a, b) = (ResourceKey::new("team", "a"), ResourceKey::new("team", "b"));
-        clients.uses(&a, Some(secret("shared")));
-        clients.uses(&a, Some(secret("shared")));
-        clients.uses(&b, Some(secret("shared")));
+        assert_eq!(clients.uses(&a, Some(secret("shared"))), None);
+        assert_eq!(clients.uses(&a, Some(secret("shared"))), None);
+        assert_eq!(clients.uses(&b, Some(secret("shared"))), None);
         client_for(&mut clients, "shared");
-        clients.uses(&a, None);
+        assert_eq!(clients.uses(&a, None), None);
         assert!(clients.clients.contains_key(&secret("shared")), "b still names it");
-        clients.uses(&b, Some(secret("own")));
+        assert_eq!(clients.uses(&b, Some(secret("own"))), Some(secret("shared")), "released");
         client_for(&mut clients, "own");
         assert!(!clients.clients.contains_key(&secret("shared")), "nobody names it any more");
-        clients.uses(&b, None);
+        assert_eq!(clients.uses(&b, None), Some(secret("own")));
         assert!(clients.clients.is_empty() && clients.users.is_empty() && clients.named_by.is_empty());
     }
 

@@ -23,17 +23,25 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::backoff::Backoff;
 use crate::coder::{
-    API_BUILD_REASON, AgentLifecycle, AgentStatus, Chat, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent,
-    WorkspaceBuild, WorkspaceTransition, chat_agent,
+    AgentLifecycle, AgentStatus, Chat, ProbeOutcome, ProvisionerJobStatus, Workspace, WorkspaceAgent, WorkspaceBuild,
+    WorkspaceTransition, chat_agent,
 };
 use crate::conditions::{
-    self, AGENT_CONNECTED, AGENT_REACHABLE, CHAT_CONTEXT_CURRENT, DEGRADED, PROGRESSING, READY, RECOVERING, Verdict,
+    self, AGENT_CONNECTED, AGENT_REACHABLE, CHAT_CONTEXT_CURRENT, DEGRADED, PROGRESSING, READY, RECOVERING, Reason,
+    Verdict,
 };
 use crate::crd::{
     self, BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, ContextPolicy, DesiredState, NeverConnected,
-    Phase, RecoveryPolicy, RecoveryStage, RecoveryStatus,
+    Phase, RecoveryPolicy, RecoveryStage, RecoveryStatus, RestartStatus,
 };
+use crate::events::EventReason;
+
+/// How a recovery that a person asked for (the restart annotation) states
+/// its reason in `status.recovery.lastReason`; the stage machinery is the
+/// automatic recovery's.
+const RESTART_REASON: &str = "a restart was asked for";
 
 /// How soon to look again, by situation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,24 +132,14 @@ pub struct Inputs<'a> {
     /// The resource's `chat.coder.com/start-requested-at` annotation: a value
     /// other than `previous.start_request` asks for one start.
     pub start_request: Option<&'a str>,
+    /// The resource's `chat.coder.com/restart-requested-at` annotation: a
+    /// value other than `previous.restart`'s asks for one restart.
+    pub restart_request: Option<&'a str>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BuildReason {
-    /// `spec.desiredState` asks for it.
-    DesiredState,
-    /// Automatic stop-then-start of a workspace whose agent is dead.
-    Recovery,
-}
-
-impl BuildReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildReason::DesiredState => "DesiredState",
-            BuildReason::Recovery => "Recovery",
-        }
-    }
-}
+/// Why the operator asked for a build; it lives with the status that
+/// records it.
+pub use crate::crd::BuildReason;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildPlan {
@@ -181,7 +179,7 @@ pub struct ChatPlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: EventReason,
     pub note: String,
 }
 
@@ -230,6 +228,13 @@ enum Spent<'s> {
     NeverConnected(&'s WorkspaceAgent),
 }
 
+/// A spent budget: how many attempts, and when it reopens.
+struct SpentBudget {
+    attempts: u32,
+    reopens_at: String,
+    reopens: Duration,
+}
+
 /// Builds one decision: the verdicts, action and status under construction.
 struct Outcome<'a> {
     inputs: &'a Inputs<'a>,
@@ -269,7 +274,7 @@ impl<'a> Outcome<'a> {
         self.inputs.spec.desired_state
     }
 
-    fn say(&mut self, type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) {
+    fn say(&mut self, type_: &'static str, status: bool, reason: Reason, message: impl Into<String>) {
         self.verdicts.retain(|v| v.type_ != type_);
         self.verdicts.push(Verdict::new(type_, status, reason, message));
     }
@@ -288,8 +293,8 @@ impl<'a> Outcome<'a> {
     fn record_build_request(&mut self, transition: WorkspaceTransition, reason: BuildReason) {
         self.status.last_build_request = Some(BuildRequestStatus {
             build_id: None,
-            transition: transition.as_str().to_string(),
-            reason: reason.as_str().to_string(),
+            transition,
+            reason,
             generation: self.inputs.generation,
             time: whole_seconds(self.inputs.now),
         });
@@ -316,9 +321,9 @@ impl<'a> Outcome<'a> {
             "Another ChatWorkspace ({other}) already manages this Coder workspace; this one will not build it. \
              Delete one of them, or give this one a different spec.workspaceName."
         );
-        self.say(DEGRADED, true, "Conflict", message.clone());
-        self.say(READY, false, "Conflict", message);
-        self.say(PROGRESSING, false, "Conflict", "No builds while another ChatWorkspace owns the workspace.");
+        self.say(DEGRADED, true, Reason::Conflict, message.clone());
+        self.say(READY, false, Reason::Conflict, message);
+        self.say(PROGRESSING, false, Reason::Conflict, "No builds while another ChatWorkspace owns the workspace.");
     }
 
     fn absent(&mut self) {
@@ -331,7 +336,7 @@ impl<'a> Outcome<'a> {
             };
             self.events.push(Event {
                 warning: true,
-                reason: "WorkspaceDeletedInCoder",
+                reason: EventReason::WorkspaceDeletedInCoder,
                 note: format!("Workspace {}/{} ({}) was deleted in Coder; {what}.", gone.owner, gone.name, gone.id),
             });
             self.status.deleted_workspace = Some(gone.clone());
@@ -340,7 +345,7 @@ impl<'a> Outcome<'a> {
         self.status.latest_build = None;
         self.status.agent = None;
         self.end_recovery();
-        self.no_agent_conditions("NoWorkspace", "The workspace does not exist.");
+        self.no_agent_conditions(Reason::NoWorkspace, "The workspace does not exist.");
         if leave && let Some(gone) = self.status.deleted_workspace.clone() {
             return self.left_deleted(&gone);
         }
@@ -351,16 +356,16 @@ impl<'a> Outcome<'a> {
                 // A create is the workspace's first start build.
                 self.record_build_request(WorkspaceTransition::Start, BuildReason::DesiredState);
                 self.requeue_within(self.inputs.requeue.active);
-                self.say(PROGRESSING, true, "Creating", "Creating the Coder workspace.");
-                self.say(READY, false, "Creating", "The workspace is being created; wait for Ready.");
+                self.say(PROGRESSING, true, Reason::Creating, "Creating the Coder workspace.");
+                self.say(READY, false, Reason::Creating, "The workspace is being created; wait for Ready.");
             }
             DesiredState::Stopped => {
                 self.phase = Phase::Stopped;
-                self.say(PROGRESSING, false, "Stopped", "Nothing to do while desiredState is Stopped.");
+                self.say(PROGRESSING, false, Reason::Stopped, "Nothing to do while desiredState is Stopped.");
                 self.say(
                     READY,
                     true,
-                    "NotCreated",
+                    Reason::NotCreated,
                     "desiredState is Stopped and no workspace exists; it is created when desiredState becomes Running.",
                 );
             }
@@ -379,15 +384,15 @@ impl<'a> Outcome<'a> {
         match self.desired() {
             DesiredState::Running => {
                 self.phase = Phase::Failed;
-                self.say(DEGRADED, true, "DeletedInCoder", message.clone());
-                self.say(READY, false, "DeletedInCoder", message);
+                self.say(DEGRADED, true, Reason::DeletedInCoder, message.clone());
+                self.say(READY, false, Reason::DeletedInCoder, message);
             }
             DesiredState::Stopped => {
                 self.phase = Phase::Stopped;
-                self.say(READY, true, "DeletedInCoder", message);
+                self.say(READY, true, Reason::DeletedInCoder, message);
             }
         }
-        self.say(PROGRESSING, false, "DeletedInCoder", "Nothing to do: the workspace was deleted in Coder.");
+        self.say(PROGRESSING, false, Reason::DeletedInCoder, "Nothing to do: the workspace was deleted in Coder.");
     }
 
     /// Copies the observed workspace, latest build and chat agent into status.
@@ -409,10 +414,10 @@ impl<'a> Outcome<'a> {
         self.status.latest_build = Some(crd::BuildStatus {
             id: build.id.clone(),
             number: build.build_number,
-            transition: build.transition.as_str().to_string(),
-            status: build.status.as_str().to_string(),
-            job_status: build.job.status.as_str().to_string(),
-            reason: Some(build.reason.clone()).filter(|r| !r.is_empty()),
+            transition: build.transition,
+            status: build.status,
+            job_status: build.job.status,
+            reason: build.reason.clone(),
             initiator: Some(build.initiator_name.clone()).filter(|n| !n.is_empty()),
             error: build.job.error.clone().filter(|e| !e.is_empty()),
             created_at: Some(whole_seconds(build.created_at)),
@@ -420,8 +425,8 @@ impl<'a> Outcome<'a> {
         self.status.agent = chat_agent(build, self.inputs.spec.agent_name.as_deref()).map(|agent| crd::AgentStatus {
             id: agent.id.clone(),
             name: agent.name.clone(),
-            status: agent.status.as_str().to_string(),
-            lifecycle_state: agent.lifecycle_state.as_str().to_string(),
+            status: agent.status,
+            lifecycle_state: agent.lifecycle_state,
             first_connected_at: agent.first_connected_at.map(whole_seconds),
             // While connected, the last heartbeat moves every 15 s: writing
             // it would cost one status write per workspace per resync, for
@@ -440,10 +445,108 @@ impl<'a> Outcome<'a> {
         if build.job.status.is_active() {
             return self.wait_for_build(workspace);
         }
+        if self.restart(workspace) || self.resume_restart(workspace) {
+            return;
+        }
         match self.desired() {
             DesiredState::Stopped => self.keep_stopped(build),
             DesiredState::Running => self.keep_running(workspace, fresh, probe),
         }
+    }
+
+    fn restart_requested(&self) -> Option<&'a str> {
+        self.inputs.restart_request.filter(|v| self.inputs.previous.restart.as_ref().is_none_or(|r| r.request != *v))
+    }
+
+    /// A restart a person asked for: a stop, then a start, of a running
+    /// workspace, as a recovery counted against its budget. Refused (and
+    /// remembered, so never retried) when the workspace is not running, a
+    /// recovery is under way, or the budget is spent. True when it decided
+    /// this pass's action.
+    fn restart(&mut self, workspace: &Workspace) -> bool {
+        let Some(value) = self.restart_requested() else { return false };
+        let build = &workspace.latest_build;
+        let running = self.desired() == DesiredState::Running
+            && build.transition == WorkspaceTransition::Start
+            && build.job.status == ProvisionerJobStatus::Succeeded
+            && workspace.dormant_at.is_none();
+        let refusal = if !running {
+            Some(format!(
+                "the workspace is not running (desiredState {:?}, build #{} a {} that {}); a restart applies to a \
+                 running workspace only: `kubectl cws start` starts a stopped one",
+                self.desired(),
+                build.build_number,
+                build.transition.as_str(),
+                build.job.status.as_str()
+            ))
+        } else if self.recovery_stage().is_some() {
+            Some("a recovery (a stop, then a start) is already under way".to_string())
+        } else if let Some(spent) = self.spent_budget() {
+            Some(format!(
+                "the recovery budget is spent ({} recoveries within {}), and a restart counts against it; it \
+                 reopens at {} or when the spec changes",
+                spent.attempts,
+                human(self.inputs.policy.window),
+                spent.reopens_at
+            ))
+        } else {
+            None
+        };
+        let now = whole_seconds(self.inputs.now);
+        if let Some(why) = refusal {
+            let message = format!("Restart {value:?} refused: {why}.");
+            self.events.push(Event { warning: true, reason: EventReason::RestartRefused, note: message.clone() });
+            self.status.restart =
+                Some(RestartStatus { request: value.to_string(), accepted: false, message, time: now });
+            return false;
+        }
+        if let Some(agent) = self.current_agent {
+            // Chat turns running on the agent end before its stop, as before
+            // a recovery; the request is remembered only once acted on.
+            let chat_stale = self.inputs.spec.chat.interrupt_on_recovery
+                && matches!(self.inputs.chat, ObservedChat::Bound { fresh: false, .. });
+            if chat_stale {
+                self.action = Action::Refresh;
+                self.requeue_within(self.inputs.requeue.probe_retry);
+                return true;
+            }
+            if let Some(plan) = self.turns_to_interrupt(agent) {
+                self.action = Action::InterruptChats(plan);
+                self.requeue_within(Duration::from_millis(100));
+                return true;
+            }
+        }
+        let message = format!("Restart {value:?} accepted: stopping, then starting the workspace.");
+        self.events.push(Event { warning: false, reason: EventReason::RestartRequested, note: message.clone() });
+        self.status.restart = Some(RestartStatus { request: value.to_string(), accepted: true, message, time: now });
+        self.start_recovery(format!("{RESTART_REASON} ({}={value})", crd::RESTART_REQUESTED_AT));
+        true
+    }
+
+    /// A restart's stop that was decided and written down but never
+    /// confirmed (the operator stopped in between, or Coder failed the
+    /// request): issued again, as the same attempt. The automatic
+    /// recovery's own paths do this for a dead agent; a restarted agent is
+    /// alive, so nothing else would.
+    fn resume_restart(&mut self, workspace: &Workspace) -> bool {
+        let build = &workspace.latest_build;
+        let restarting = self
+            .status
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.last_reason.as_deref().is_some_and(|why| why.starts_with(RESTART_REASON)));
+        if !restarting
+            || self.desired() != DesiredState::Running
+            || self.recovery_stage() != Some(RecoveryStage::Stopping)
+            || !self.stop_intent_unconfirmed()
+            || build.transition != WorkspaceTransition::Start
+            || build.job.status != ProvisionerJobStatus::Succeeded
+        {
+            return false;
+        }
+        self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
+        self.recovering_conditions();
+        true
     }
 
     fn wait_for_build(&mut self, workspace: &Workspace) {
@@ -470,10 +573,10 @@ impl<'a> Outcome<'a> {
                 workspace.template_name, build.template_version_id
             ));
         }
-        self.say(PROGRESSING, true, "BuildInProgress", message.clone());
-        self.say(READY, false, "BuildInProgress", format!("{message} Wait for Ready."));
+        self.say(PROGRESSING, true, Reason::BuildInProgress, message.clone());
+        self.say(READY, false, Reason::BuildInProgress, format!("{message} Wait for Ready."));
         if build.transition != WorkspaceTransition::Start {
-            self.no_agent_conditions("WorkspaceNotRunning", "The workspace is not running.");
+            self.no_agent_conditions(Reason::WorkspaceNotRunning, "The workspace is not running.");
         }
         self.requeue_within(self.inputs.requeue.active);
         self.recovering_conditions();
@@ -481,7 +584,7 @@ impl<'a> Outcome<'a> {
 
     fn keep_stopped(&mut self, build: &WorkspaceBuild) {
         self.end_recovery();
-        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is stopped or stopping.");
+        self.no_agent_conditions(Reason::WorkspaceNotRunning, "The workspace is stopped or stopping.");
         let succeeded = build.job.status == ProvisionerJobStatus::Succeeded;
         if build.transition == WorkspaceTransition::Stop && succeeded {
             // A stop seen while Stopped is desired is the desired state's own,
@@ -492,18 +595,18 @@ impl<'a> Outcome<'a> {
             if !recorded {
                 self.status.last_build_request = Some(BuildRequestStatus {
                     build_id: Some(build.id.clone()),
-                    transition: WorkspaceTransition::Stop.as_str().to_string(),
-                    reason: BuildReason::DesiredState.as_str().to_string(),
+                    transition: WorkspaceTransition::Stop,
+                    reason: BuildReason::DesiredState,
                     generation: self.inputs.generation,
                     time: whole_seconds(build.created_at),
                 });
             }
             self.phase = Phase::Stopped;
-            self.say(PROGRESSING, false, "Stopped", "The workspace is stopped.");
+            self.say(PROGRESSING, false, Reason::Stopped, "The workspace is stopped.");
             self.say(
                 READY,
                 true,
-                "Stopped",
+                Reason::Stopped,
                 "The workspace is stopped, as desired. Set desiredState to Running to start it.",
             );
             return;
@@ -513,23 +616,28 @@ impl<'a> Outcome<'a> {
             let error = job_error(build);
             self.events.push(Event {
                 warning: true,
-                reason: "StopFailed",
+                reason: EventReason::StopFailed,
                 note: format!("Stop build #{} failed: {error}; stopping again.", build.build_number),
             });
             if self.wait_before_retry() {
                 self.say(
                     PROGRESSING,
                     true,
-                    "StopFailed",
+                    Reason::StopFailed,
                     format!("Stop build #{} failed: {error}. Retrying shortly.", build.build_number),
                 );
-                self.say(READY, false, "StopFailed", "The last stop failed; the operator retries it. Wait for Ready.");
+                self.say(
+                    READY,
+                    false,
+                    Reason::StopFailed,
+                    "The last stop failed; the operator retries it. Wait for Ready.",
+                );
                 return;
             }
         }
         self.build(WorkspaceTransition::Stop, None, BuildReason::DesiredState);
-        self.say(PROGRESSING, true, "Stopping", "Stopping the workspace.");
-        self.say(READY, false, "Stopping", "The workspace is stopping; wait for Ready.");
+        self.say(PROGRESSING, true, Reason::Stopping, "Stopping the workspace.");
+        self.say(READY, false, Reason::Stopping, "The workspace is stopping; wait for Ready.");
     }
 
     /// Whether a failed build must wait before it is tried again, so that a
@@ -560,7 +668,7 @@ impl<'a> Outcome<'a> {
                     self.start(workspace, BuildReason::Recovery);
                     self.events.push(Event {
                         warning: false,
-                        reason: "RecoveryStarting",
+                        reason: EventReason::RecoveryStarting,
                         note: "The recovery's stop build succeeded; starting the workspace again.".into(),
                     });
                 } else if !self.wait_before_retry() {
@@ -609,7 +717,7 @@ impl<'a> Outcome<'a> {
     fn recovery_stop(&self, build: &WorkspaceBuild) -> bool {
         match &self.inputs.previous.last_build_request {
             Some(_) => self.requested_by_us(build),
-            None => build.reason == API_BUILD_REASON,
+            None => build.made_through_api(),
         }
     }
 
@@ -623,27 +731,25 @@ impl<'a> Outcome<'a> {
         self.inputs.previous.last_build_request.as_ref().is_some_and(|request| match request.build_id.as_deref() {
             Some(id) => id == build.id,
             None => {
-                request.transition == build.transition.as_str()
-                    && build.reason == API_BUILD_REASON
-                    && request.time.0 <= build.created_at
+                request.transition == build.transition && build.made_through_api() && request.time.0 <= build.created_at
             }
         })
     }
 
     fn outside_stop(&mut self, workspace: &Workspace) {
         let build = &workspace.latest_build;
-        let by_policy = matches!(build.reason.as_str(), "autostop" | "dormancy" | "task_auto_pause");
+        let by_policy = build.made_by_coder_policy();
         let who = if build.initiator_name.is_empty() {
-            format!("reason {:?}", build.reason)
+            format!("reason {:?}", build.reason_str())
         } else {
-            format!("reason {:?}, by {}", build.reason, build.initiator_name)
+            format!("reason {:?}, by {}", build.reason_str(), build.initiator_name)
         };
         self.end_recovery();
-        self.no_agent_conditions("WorkspaceNotRunning", "The workspace was stopped in Coder.");
+        self.no_agent_conditions(Reason::WorkspaceNotRunning, "The workspace was stopped in Coder.");
         if self.start_requested() {
             self.events.push(Event {
                 warning: false,
-                reason: "StartRequested",
+                reason: EventReason::StartRequested,
                 note: format!(
                     "Starting the workspace that Coder stopped (build #{}, {who}): the {} annotation has a new value.",
                     build.build_number,
@@ -664,7 +770,7 @@ impl<'a> Outcome<'a> {
             recovery.last_reason = Some(format!("stopped in Coder ({who}); spec.outsideStops is Restart"));
             self.events.push(Event {
                 warning: true,
-                reason: "RestartingOutsideStop",
+                reason: EventReason::RestartingOutsideStop,
                 note: format!(
                     "Build #{} stopped the workspace in Coder ({who}); starting it again (spec.outsideStops: Restart).",
                     build.build_number
@@ -674,9 +780,9 @@ impl<'a> Outcome<'a> {
         }
         self.phase = Phase::Stopped;
         let (reason, cause) = if by_policy {
-            ("StoppedByCoder", "Coder's own policy stopped it")
+            (Reason::StoppedByCoder, "Coder's own policy stopped it")
         } else {
-            ("StoppedOutside", "it was stopped from Coder")
+            (Reason::StoppedOutside, "it was stopped from Coder")
         };
         let message = format!(
             "desiredState is Running, but {cause} (build #{}, {who}); the operator respects that. To start it \
@@ -705,10 +811,10 @@ impl<'a> Outcome<'a> {
             workspace.id,
             crd::START_REQUESTED_AT
         );
-        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is dormant.");
-        self.say(DEGRADED, true, "Dormant", message.clone());
-        self.say(READY, false, "Dormant", message);
-        self.say(PROGRESSING, false, "Dormant", "No builds while the workspace is dormant.");
+        self.no_agent_conditions(Reason::WorkspaceNotRunning, "The workspace is dormant.");
+        self.say(DEGRADED, true, Reason::Dormant, message.clone());
+        self.say(READY, false, Reason::Dormant, message);
+        self.say(PROGRESSING, false, Reason::Dormant, "No builds while the workspace is dormant.");
     }
 
     fn start(&mut self, workspace: &Workspace, reason: BuildReason) {
@@ -720,7 +826,7 @@ impl<'a> Outcome<'a> {
         {
             self.events.push(Event {
                 warning: false,
-                reason: "ActiveVersionRequired",
+                reason: EventReason::ActiveVersionRequired,
                 note: format!(
                     "Template {} requires its active version: starting on version {active} instead of {}.",
                     workspace.template_name, workspace.latest_build.template_version_id
@@ -733,16 +839,16 @@ impl<'a> Outcome<'a> {
         if let Some(active) = version {
             message.push_str(&format!(" The template requires its active version, so version {active} is built."));
         }
-        self.say(PROGRESSING, true, "Starting", message);
-        self.say(READY, false, "Starting", "The workspace is starting; wait for Ready.");
-        self.no_agent_conditions("WorkspaceNotRunning", "The workspace is starting.");
+        self.say(PROGRESSING, true, Reason::Starting, message);
+        self.say(READY, false, Reason::Starting, "The workspace is starting; wait for Ready.");
+        self.no_agent_conditions(Reason::WorkspaceNotRunning, "The workspace is starting.");
     }
 
     fn start_failed(&mut self, workspace: &Workspace) {
         let build = &workspace.latest_build;
         let ours_this_generation = self.inputs.previous.last_build_request.as_ref().is_some_and(|r| {
             r.generation == self.inputs.generation
-                && r.transition == "start"
+                && r.transition == WorkspaceTransition::Start
                 && r.build_id.as_deref() == Some(&build.id)
         });
         if !ours_this_generation {
@@ -760,10 +866,10 @@ impl<'a> Outcome<'a> {
             build.build_number,
             job_error(build)
         );
-        self.say(DEGRADED, true, "StartFailed", message.clone());
-        self.say(READY, false, "StartFailed", message);
-        self.say(PROGRESSING, false, "StartFailed", "Waiting for a spec change.");
-        self.no_agent_conditions("WorkspaceNotRunning", "The workspace's start failed.");
+        self.say(DEGRADED, true, Reason::StartFailed, message.clone());
+        self.say(READY, false, Reason::StartFailed, message);
+        self.say(PROGRESSING, false, Reason::StartFailed, "Waiting for a spec change.");
+        self.no_agent_conditions(Reason::WorkspaceNotRunning, "The workspace's start failed.");
     }
 
     fn judge_agent(&mut self, workspace: &Workspace, fresh: bool, probe: Option<&Probe>) {
@@ -775,7 +881,7 @@ impl<'a> Outcome<'a> {
             AgentStatus::Connecting | AgentStatus::Unknown => Phase::Starting,
             _ => Phase::Running,
         };
-        self.say(PROGRESSING, false, "BuildSucceeded", format!("Start build #{} succeeded.", build.build_number));
+        self.say(PROGRESSING, false, Reason::BuildSucceeded, format!("Start build #{} succeeded.", build.build_number));
         let external = build.agent_is_external(&agent.id);
         match agent.status {
             AgentStatus::Connected => self.connected(agent, probe),
@@ -783,12 +889,17 @@ impl<'a> Outcome<'a> {
             AgentStatus::Disconnected => self.disconnected(agent, fresh, probe),
             AgentStatus::Timeout => self.never_connected(agent, fresh),
             AgentStatus::Connecting | AgentStatus::Unknown => {
-                self.say(AGENT_CONNECTED, false, "Connecting", format!("Agent {} has not connected yet.", agent.name));
-                self.say(AGENT_REACHABLE, false, "NotProbed", "The agent is not connected yet.");
+                self.say(
+                    AGENT_CONNECTED,
+                    false,
+                    Reason::Connecting,
+                    format!("Agent {} has not connected yet.", agent.name),
+                );
+                self.say(AGENT_REACHABLE, false, Reason::NotProbed, "The agent is not connected yet.");
                 self.say(
                     READY,
                     false,
-                    "AgentConnecting",
+                    Reason::AgentConnecting,
                     "The workspace is up; its agent is connecting. Wait for Ready.",
                 );
                 self.requeue_within(self.inputs.requeue.agent);
@@ -808,10 +919,10 @@ impl<'a> Outcome<'a> {
             ),
             None => "The workspace's build has no agent, so no chat can use it. A person must fix the template.".into(),
         };
-        self.say(AGENT_CONNECTED, false, "NoAgent", message.clone());
-        self.say(AGENT_REACHABLE, false, "NoAgent", "There is no agent to probe.");
-        self.say(DEGRADED, true, "NoAgent", message.clone());
-        self.say(READY, false, "NoAgent", message);
+        self.say(AGENT_CONNECTED, false, Reason::NoAgent, message.clone());
+        self.say(AGENT_REACHABLE, false, Reason::NoAgent, "There is no agent to probe.");
+        self.say(DEGRADED, true, Reason::NoAgent, message.clone());
+        self.say(READY, false, Reason::NoAgent, message);
     }
 
     /// An agent that never connected within its connection timeout. chatd
@@ -823,14 +934,14 @@ impl<'a> Outcome<'a> {
     fn never_connected(&mut self, agent: &WorkspaceAgent, fresh: bool) {
         let policy = self.inputs.policy;
         let timeout = connection_timeout(agent);
-        self.say(AGENT_REACHABLE, false, "NotProbed", "The agent never connected, so coderd cannot reach it.");
+        self.say(AGENT_REACHABLE, false, Reason::NotProbed, "The agent never connected, so coderd cannot reach it.");
         if self.recovery_stage() == Some(RecoveryStage::Stopping) && self.stop_intent_unconfirmed() {
             // The recovery's stop was decided but never confirmed: issue it
             // again, as the same attempt.
             self.say(
                 AGENT_CONNECTED,
                 false,
-                "NeverConnected",
+                Reason::NeverConnected,
                 format!("Agent {} never connected within its connection timeout ({timeout}).", agent.name),
             );
             if !fresh {
@@ -848,7 +959,7 @@ impl<'a> Outcome<'a> {
             let attempt = self.status.recovery.as_ref().map_or(0, |r| r.attempts);
             self.events.push(Event {
                 warning: true,
-                reason: "RecoveryFailed",
+                reason: EventReason::RecoveryFailed,
                 note: format!(
                     "After recovery attempt {attempt}'s start, agent {} never connected within its connection \
                      timeout ({timeout}).",
@@ -863,7 +974,7 @@ impl<'a> Outcome<'a> {
         self.say(
             AGENT_CONNECTED,
             false,
-            "NeverConnected",
+            Reason::NeverConnected,
             format!(
                 "Agent {} never connected within its connection timeout ({timeout}); the operator stops and starts \
                  the workspace to recover it, at most {} times per {}.",
@@ -896,9 +1007,9 @@ impl<'a> Outcome<'a> {
              the workspace's build logs.",
             agent.name
         );
-        self.say(AGENT_CONNECTED, false, "NeverConnected", message.clone());
-        self.say(DEGRADED, true, "AgentNeverConnected", message.clone());
-        self.say(READY, false, "AgentNeverConnected", message);
+        self.say(AGENT_CONNECTED, false, Reason::NeverConnected, message.clone());
+        self.say(DEGRADED, true, Reason::AgentNeverConnected, message.clone());
+        self.say(READY, false, Reason::AgentNeverConnected, message);
     }
 
     /// An agent of an external resource, offline: it runs on a host of its
@@ -909,21 +1020,26 @@ impl<'a> Outcome<'a> {
         self.end_recovery();
         if agent.status == AgentStatus::Disconnected && probe.is_some_and(|p| p.outcome.is_reachable()) {
             // Missed heartbeats, but it answers: not offline.
-            self.say(AGENT_CONNECTED, false, "Disconnected", format!("Agent {} missed heartbeats.", agent.name));
-            self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent despite the missed heartbeats.");
+            self.say(AGENT_CONNECTED, false, Reason::Disconnected, format!("Agent {} missed heartbeats.", agent.name));
+            self.say(
+                AGENT_REACHABLE,
+                true,
+                Reason::Reachable,
+                "coderd reached the agent despite the missed heartbeats.",
+            );
             self.say(
                 READY,
                 false,
-                "AgentDisconnected",
+                Reason::AgentDisconnected,
                 "The agent missed heartbeats but answers probes; wait for Ready.",
             );
             self.requeue_within(self.inputs.requeue.agent);
             return;
         }
         let (reason, what) = if agent.first_connected_at.is_some() {
-            ("ExternalAgentDisconnected", "is disconnected")
+            (Reason::ExternalAgentDisconnected, "is disconnected")
         } else {
-            ("ExternalAgentNotConnected", "has not connected yet")
+            (Reason::ExternalAgentNotConnected, "has not connected yet")
         };
         let message = format!(
             "Agent {} {what}. It is an external agent (a coder_external_agent resource): it runs on a host of its \
@@ -938,7 +1054,7 @@ impl<'a> Outcome<'a> {
                 probe_reason(&probe.outcome),
                 probe_message(&probe.outcome, self.inputs.policy.probe_timeout),
             ),
-            None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent is not connected."),
+            None => self.say(AGENT_REACHABLE, false, Reason::NotProbed, "The agent is not connected."),
         }
         self.phase = Phase::Failed;
         self.say(AGENT_CONNECTED, false, reason, message.clone());
@@ -950,10 +1066,10 @@ impl<'a> Outcome<'a> {
     }
 
     fn connected(&mut self, agent: &WorkspaceAgent, probe: Option<&Probe>) {
-        self.say(AGENT_CONNECTED, true, "Connected", format!("Agent {} is connected.", agent.name));
+        self.say(AGENT_CONNECTED, true, Reason::Connected, format!("Agent {} is connected.", agent.name));
         let Some(probe) = probe else {
-            self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet.");
-            self.say(READY, false, "AgentNotProbed", "Checking that the agent is reachable; wait for Ready.");
+            self.say(AGENT_REACHABLE, false, Reason::NotProbed, "The agent has not been probed yet.");
+            self.say(READY, false, Reason::AgentNotProbed, "Checking that the agent is reachable; wait for Ready.");
             self.requeue_within(self.inputs.requeue.probe_retry);
             return;
         };
@@ -961,7 +1077,7 @@ impl<'a> Outcome<'a> {
             if let Some(recovery) = self.status.recovery.as_mut() {
                 recovery.probe_failures = 0;
             }
-            self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent.");
+            self.say(AGENT_REACHABLE, true, Reason::Reachable, "coderd reached the agent.");
             return self.agent_lifecycle(agent);
         }
         // chatd's dial timeout: retry once, then tell a person; never rebuild
@@ -977,7 +1093,12 @@ impl<'a> Outcome<'a> {
             probe_message(outcome, self.inputs.policy.probe_timeout),
         );
         if failures < 2 {
-            self.say(READY, false, "ProbeRetry", "The agent did not answer a probe; retrying once. Wait for Ready.");
+            self.say(
+                READY,
+                false,
+                Reason::ProbeRetry,
+                "The agent did not answer a probe; retrying once. Wait for Ready.",
+            );
             self.requeue_within(self.inputs.requeue.probe_retry);
             self.recovering_conditions();
             return;
@@ -991,8 +1112,8 @@ impl<'a> Outcome<'a> {
             failures,
             human(self.inputs.policy.disconnected_threshold)
         );
-        self.say(DEGRADED, true, "DialTimeout", message.clone());
-        self.say(READY, false, "AgentUnreachable", message);
+        self.say(DEGRADED, true, Reason::DialTimeout, message.clone());
+        self.say(READY, false, Reason::AgentUnreachable, message);
         self.requeue_within(self.inputs.requeue.agent.max(self.inputs.requeue.probe_retry) * 5);
         self.recovering_conditions();
     }
@@ -1003,10 +1124,10 @@ impl<'a> Outcome<'a> {
                 if self.recovery_stage().is_some() {
                     self.events.push(Event {
                         warning: false,
-                        reason: "Recovered",
+                        reason: EventReason::Recovered,
                         note: format!("Agent {} is connected and reachable again; recovery finished.", agent.name),
                     });
-                    self.say(RECOVERING, false, "Recovered", "The last recovery finished: the agent is back.");
+                    self.say(RECOVERING, false, Reason::Recovered, "The last recovery finished: the agent is back.");
                 }
                 self.end_recovery();
                 self.phase = Phase::Running;
@@ -1014,7 +1135,7 @@ impl<'a> Outcome<'a> {
                 self.say(
                     READY,
                     true,
-                    "Running",
+                    Reason::Running,
                     format!("The workspace is running and agent {} is ready.", agent.name),
                 );
             }
@@ -1027,14 +1148,14 @@ impl<'a> Outcome<'a> {
                     agent.name,
                     agent.lifecycle_state.as_str()
                 );
-                self.say(DEGRADED, true, "AgentStartupFailed", message.clone());
-                self.say(READY, false, "AgentStartupFailed", message);
+                self.say(DEGRADED, true, Reason::AgentStartupFailed, message.clone());
+                self.say(READY, false, Reason::AgentStartupFailed, message);
             }
             _ => {
                 self.say(
                     READY,
                     false,
-                    "AgentStarting",
+                    Reason::AgentStarting,
                     format!(
                         "Agent {} is connected and {}; wait for Ready.",
                         agent.name,
@@ -1054,7 +1175,7 @@ impl<'a> Outcome<'a> {
         self.say(
             AGENT_CONNECTED,
             false,
-            "Disconnected",
+            Reason::Disconnected,
             // A time, not a duration: the message stays the same from one
             // reconcile to the next, so it costs no status write.
             format!(
@@ -1070,11 +1191,16 @@ impl<'a> Outcome<'a> {
                 if let Some(recovery) = self.status.recovery.as_mut() {
                     recovery.probe_failures = 0;
                 }
-                self.say(AGENT_REACHABLE, true, "Reachable", "coderd reached the agent despite the missed heartbeats.");
+                self.say(
+                    AGENT_REACHABLE,
+                    true,
+                    Reason::Reachable,
+                    "coderd reached the agent despite the missed heartbeats.",
+                );
                 self.say(
                     READY,
                     false,
-                    "AgentDisconnected",
+                    Reason::AgentDisconnected,
                     "The agent missed heartbeats but answers probes; wait for Ready.",
                 );
                 self.requeue_within(self.inputs.requeue.agent);
@@ -1084,7 +1210,7 @@ impl<'a> Outcome<'a> {
                 let message = probe_message(&probe.outcome, policy.probe_timeout);
                 self.say(AGENT_REACHABLE, false, probe_reason(&probe.outcome), message);
             }
-            None => self.say(AGENT_REACHABLE, false, "NotProbed", "The agent has not been probed yet."),
+            None => self.say(AGENT_REACHABLE, false, Reason::NotProbed, "The agent has not been probed yet."),
         }
         if self.recovery_stage() == Some(RecoveryStage::Stopping) && self.stop_intent_unconfirmed() {
             // The recovery was decided and written down, but its stop build
@@ -1110,8 +1236,8 @@ impl<'a> Outcome<'a> {
                  restart the workspace (set desiredState to Stopped, then Running).",
                 agent.name
             );
-            self.say(DEGRADED, true, "AgentDead", message.clone());
-            self.say(READY, false, "AgentDisconnected", message);
+            self.say(DEGRADED, true, Reason::AgentDead, message.clone());
+            self.say(READY, false, Reason::AgentDisconnected, message);
             return;
         }
         if for_how_long < policy.disconnected_threshold {
@@ -1119,7 +1245,7 @@ impl<'a> Outcome<'a> {
             self.say(
                 READY,
                 false,
-                "AgentDisconnected",
+                Reason::AgentDisconnected,
                 format!(
                     "Agent {} is disconnected; if it does not come back within {}, the workspace is restarted \
                      automatically. Wait for Ready.",
@@ -1165,8 +1291,8 @@ impl<'a> Outcome<'a> {
     /// confirmed (no build id was recorded for it).
     fn stop_intent_unconfirmed(&self) -> bool {
         self.inputs.previous.last_build_request.as_ref().is_some_and(|request| {
-            request.reason == BuildReason::Recovery.as_str()
-                && request.transition == WorkspaceTransition::Stop.as_str()
+            request.reason == BuildReason::Recovery
+                && request.transition == WorkspaceTransition::Stop
                 && request.build_id.is_none()
         })
     }
@@ -1174,25 +1300,7 @@ impl<'a> Outcome<'a> {
     /// Applies the `maxAttempts` per `window` budget; true when it is spent.
     fn budget_exhausted(&mut self, spent: Spent<'_>) -> bool {
         let policy = self.inputs.policy;
-        let now = self.inputs.now;
-        let generation = self.inputs.generation;
-        let recovery = self.recovery();
-        let window_over = recovery.window_start.as_ref().is_none_or(|start| elapsed(start.0, now) >= policy.window);
-        if recovery.generation != Some(generation) || window_over {
-            recovery.attempts = 0;
-            recovery.window_start = None;
-            recovery.generation = Some(generation);
-        }
-        if recovery.attempts < policy.max_attempts {
-            return false;
-        }
-        let window_start = recovery.window_start.as_ref().map_or(now, |start| start.0);
-        let reopens = policy.window.saturating_sub(elapsed(window_start, now));
-        let reopens_at = SignedDuration::try_from(policy.window)
-            .ok()
-            .and_then(|window| window_start.checked_add(window).ok())
-            .map_or_else(|| "later".to_string(), |t| t.round(jiff::Unit::Second).unwrap_or(t).to_string());
-        let attempts = recovery.attempts;
+        let Some(SpentBudget { attempts, reopens_at, reopens }) = self.spent_budget() else { return false };
         self.phase = Phase::Failed;
         let message = match spent {
             Spent::Recoveries => format!(
@@ -1218,14 +1326,39 @@ impl<'a> Outcome<'a> {
             ),
         };
         let (degraded, ready) = match spent {
-            Spent::NeverConnected(_) => ("AgentNeverConnected", "AgentNeverConnected"),
-            _ => ("RecoveryBudgetExhausted", "AgentDisconnected"),
+            Spent::NeverConnected(_) => (Reason::AgentNeverConnected, Reason::AgentNeverConnected),
+            _ => (Reason::RecoveryBudgetExhausted, Reason::AgentDisconnected),
         };
         self.say(DEGRADED, true, degraded, message.clone());
         self.say(READY, false, ready, message);
-        self.say(RECOVERING, false, "RecoveryBudgetExhausted", "No more automatic recoveries in this window.");
+        self.say(RECOVERING, false, Reason::RecoveryBudgetExhausted, "No more automatic recoveries in this window.");
         self.requeue_within(reopens.max(Duration::from_secs(1)));
         true
+    }
+
+    /// Where the `maxAttempts` per `window` budget stands, its window and
+    /// generation brought up to date: `None` while attempts are left.
+    fn spent_budget(&mut self) -> Option<SpentBudget> {
+        let policy = self.inputs.policy;
+        let now = self.inputs.now;
+        let generation = self.inputs.generation;
+        let recovery = self.recovery();
+        let window_over = recovery.window_start.as_ref().is_none_or(|start| elapsed(start.0, now) >= policy.window);
+        if recovery.generation != Some(generation) || window_over {
+            recovery.attempts = 0;
+            recovery.window_start = None;
+            recovery.generation = Some(generation);
+        }
+        if recovery.attempts < policy.max_attempts {
+            return None;
+        }
+        let window_start = recovery.window_start.as_ref().map_or(now, |start| start.0);
+        let reopens = policy.window.saturating_sub(elapsed(window_start, now));
+        let reopens_at = SignedDuration::try_from(policy.window)
+            .ok()
+            .and_then(|window| window_start.checked_add(window).ok())
+            .map_or_else(|| "later".to_string(), |t| t.round(jiff::Unit::Second).unwrap_or(t).to_string());
+        Some(SpentBudget { attempts: recovery.attempts, reopens_at, reopens })
     }
 
     /// Starts a recovery: counts the attempt and issues its stop. `reason`
@@ -1242,7 +1375,7 @@ impl<'a> Outcome<'a> {
         let attempt = recovery.attempts;
         self.events.push(Event {
             warning: true,
-            reason: "RecoveryStarted",
+            reason: EventReason::RecoveryStarted,
             note: format!("Recovery attempt {attempt}: {reason}; stopping, then starting the workspace."),
         });
         self.build(WorkspaceTransition::Stop, None, BuildReason::Recovery);
@@ -1255,8 +1388,8 @@ impl<'a> Outcome<'a> {
         self.phase = Phase::Recovering;
         let attempt = self.status.recovery.as_ref().map_or(0, |r| r.attempts);
         let (reason, what) = match stage {
-            RecoveryStage::Stopping => ("Stopping", "stopping the workspace"),
-            RecoveryStage::Starting => ("Starting", "starting the workspace and waiting for its agent"),
+            RecoveryStage::Stopping => (Reason::Stopping, "stopping the workspace"),
+            RecoveryStage::Starting => (Reason::Starting, "starting the workspace and waiting for its agent"),
         };
         let because = self
             .status
@@ -1264,13 +1397,14 @@ impl<'a> Outcome<'a> {
             .as_ref()
             .and_then(|r| r.last_reason.as_deref())
             .map_or_else(|| "the chat's agent is dead".to_string(), str::to_string);
+        let kind = if because.starts_with(RESTART_REASON) { "A requested restart" } else { "Automatic recovery" };
         let message = format!(
-            "Automatic recovery (attempt {attempt}) is {what}, because {because}. Wait for Ready; do not start or \
-             stop the workspace meanwhile."
+            "{kind} (attempt {attempt}) is {what}, because {because}. Wait for Ready; do not start or stop the \
+             workspace meanwhile."
         );
         self.say(RECOVERING, true, reason, message.clone());
-        self.say(READY, false, "Recovering", message);
-        self.say(PROGRESSING, true, "Recovering", format!("Recovery: {what}."));
+        self.say(READY, false, Reason::Recovering, message);
+        self.say(PROGRESSING, true, Reason::Recovering, format!("Recovery: {what}."));
     }
 
     /// Chats whose turn runs on `agent` (the root chat and its sub-agents),
@@ -1307,7 +1441,7 @@ impl<'a> Outcome<'a> {
                     self.say(
                         CHAT_CONTEXT_CURRENT,
                         false,
-                        "NotObserved",
+                        Reason::NotObserved,
                         "The operator has not read this workspace's chats yet.",
                     );
                 }
@@ -1318,7 +1452,7 @@ impl<'a> Outcome<'a> {
                 self.say(
                     CHAT_CONTEXT_CURRENT,
                     false,
-                    "NoChat",
+                    Reason::NoChat,
                     "No chat that the operator's Coder user can read is bound to this workspace.",
                 );
                 return;
@@ -1363,10 +1497,10 @@ impl<'a> Outcome<'a> {
         let (agent_id, agent_name) =
             self.current_agent.map_or_else(Default::default, |a| (a.id.clone(), a.name.clone()));
         let (status, reason, message) = match (self.current_agent, chat.context.as_ref()) {
-            (None, _) => (false, "NoChatAgent", "The workspace has no running chat agent.".to_string()),
+            (None, _) => (false, Reason::NoChatAgent, "The workspace has no running chat agent.".to_string()),
             (Some(_), None) => (
                 false,
-                "NotPinned",
+                Reason::NotPinned,
                 "The chat has no pinned context yet; chatd pins it on the chat's next turn.".to_string(),
             ),
             (Some(agent), Some(_)) if !behind.is_empty() => {
@@ -1374,7 +1508,7 @@ impl<'a> Outcome<'a> {
                 match behind.iter().find(|c| stale(c)) {
                     Some(stale) => (
                         false,
-                        "AgentStale",
+                        Reason::AgentStale,
                         format!(
                             "{} is still bound to an agent older than {} (the latest build's chat agent); its \
                              context refers to the old agent until a re-pin or its next turn.",
@@ -1384,7 +1518,7 @@ impl<'a> Outcome<'a> {
                     ),
                     None => (
                         false,
-                        "ContextDirty",
+                        Reason::ContextDirty,
                         format!(
                             "The files on agent {} changed after {} pinned them; a re-pin (PUT \
                              /chats/{{id}}/context) picks them up.",
@@ -1395,7 +1529,7 @@ impl<'a> Outcome<'a> {
                 }
             }
             (Some(agent), Some(_)) => {
-                (true, "Current", format!("The chat's context is pinned to agent {} and current.", agent.name))
+                (true, Reason::Current, format!("The chat's context is pinned to agent {} and current.", agent.name))
             }
         };
         self.say(CHAT_CONTEXT_CURRENT, status, reason, message);
@@ -1408,7 +1542,7 @@ impl<'a> Outcome<'a> {
             .previous
             .last_build_request
             .as_ref()
-            .is_some_and(|r| r.transition == "start" && r.build_id.as_deref() == Some(build.id.as_str()))
+            .is_some_and(|r| r.transition == WorkspaceTransition::Start && r.build_id.as_deref() == Some(build.id.as_str()))
             // A create's first build binds no chat yet: a chat made on it
             // pins its own context on its first turn.
             && build.build_number > 1;
@@ -1427,7 +1561,7 @@ impl<'a> Outcome<'a> {
         self.requeue_within(Duration::from_millis(100));
     }
 
-    fn no_agent_conditions(&mut self, reason: &'static str, message: &str) {
+    fn no_agent_conditions(&mut self, reason: Reason, message: &str) {
         self.say(AGENT_CONNECTED, false, reason, message);
         self.say(AGENT_REACHABLE, false, reason, message);
     }
@@ -1435,14 +1569,14 @@ impl<'a> Outcome<'a> {
     fn finish(mut self) -> Decision {
         // Defaults for whatever the path above did not speak about.
         let defaults = [
-            (DEGRADED, false, "AsExpected", "Nothing needs a person's attention."),
-            (RECOVERING, false, "NotRecovering", "No recovery is under way."),
+            (DEGRADED, false, Reason::AsExpected, "Nothing needs a person's attention."),
+            (RECOVERING, false, Reason::NotRecovering, "No recovery is under way."),
         ];
         for (type_, status, reason, message) in defaults {
             if !self.verdicts.iter().any(|v| v.type_ == type_) {
                 let kept = type_ == RECOVERING
                     && conditions::find(&self.inputs.previous.conditions, RECOVERING)
-                        .is_some_and(|c| c.status == "False" && c.reason != "NotRecovering");
+                        .is_some_and(|c| c.status == "False" && c.reason != Reason::NotRecovering.as_str());
                 if !kept {
                     self.say(type_, status, reason, message);
                 }
@@ -1452,12 +1586,10 @@ impl<'a> Outcome<'a> {
             self.phase = Phase::Running;
         }
         self.status.phase = Some(self.phase);
-        self.status.conditions = conditions::merge(
-            &self.inputs.previous.conditions,
-            &self.verdicts,
-            self.inputs.generation,
-            &whole_seconds(self.inputs.now),
-        );
+        let now = whole_seconds(self.inputs.now);
+        let merged = conditions::merge(&self.inputs.previous.conditions, &self.verdicts, self.inputs.generation, &now);
+        self.status.conditions =
+            conditions::merge(&merged, &conditions::kstatus(&merged), self.inputs.generation, &now);
         Decision { action: self.action, status: self.status, requeue: self.requeue, events: self.events }
     }
 }
@@ -1466,13 +1598,13 @@ fn job_error(build: &WorkspaceBuild) -> String {
     build.job.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "no error message".into())
 }
 
-fn probe_reason(probe: &ProbeOutcome) -> &'static str {
+fn probe_reason(probe: &ProbeOutcome) -> Reason {
     match probe {
-        ProbeOutcome::Reachable => "Reachable",
-        ProbeOutcome::Refused { .. } => "ProbeRefused",
-        ProbeOutcome::TimedOut => "ProbeTimedOut",
-        ProbeOutcome::Failed { .. } => "ProbeFailed",
-        ProbeOutcome::Inconclusive { .. } => "ProbeInconclusive",
+        ProbeOutcome::Reachable => Reason::Reachable,
+        ProbeOutcome::Refused { .. } => Reason::ProbeRefused,
+        ProbeOutcome::TimedOut => Reason::ProbeTimedOut,
+        ProbeOutcome::Failed { .. } => Reason::ProbeFailed,
+        ProbeOutcome::Inconclusive { .. } => Reason::ProbeInconclusive,
     }
 }
 
@@ -1554,27 +1686,9 @@ pub fn cleanup_deadline(deleted_at: Timestamp, timeout: Duration, now: Timestamp
     CleanupDeadline::WaitUntil { at, remaining: elapsed(now, at) }
 }
 
-/// How long a failed cleanup build waits before it is tried again: `first`,
-/// then twice as long after each further failure, at most `max`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CleanupBackoff {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Default for CleanupBackoff {
-    fn default() -> Self {
-        Self { first: Duration::from_secs(5), max: Duration::from_secs(300) }
-    }
-}
-
-impl CleanupBackoff {
-    /// The wait after `failures` failed builds in a row (at least one).
-    pub fn after(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(20);
-        self.first.saturating_mul(1 << doublings).min(self.max.max(self.first))
-    }
-}
+/// How long a failed cleanup build waits before it is tried again: 5 s,
+/// then twice as long after each further failure, at most five minutes.
+pub const CLEANUP_RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
 
 /// What deleting the resource still has to do to the workspace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1607,7 +1721,7 @@ pub fn decide_cleanup(
     policy: crd::DeletionPolicy,
     workspace: Option<&Workspace>,
     previous: &crd::CleanupStatus,
-    backoff: CleanupBackoff,
+    backoff: Backoff,
     now: Timestamp,
 ) -> CleanupDecision {
     let mut status = previous.clone();
@@ -1635,7 +1749,7 @@ pub fn decide_cleanup(
                 status.last_error = Some(job_error(build));
                 event = Some(Event {
                     warning: true,
-                    reason: "CleanupBuildFailed",
+                    reason: EventReason::CleanupBuildFailed,
                     note: format!(
                         "The {} build #{} of deletionPolicy {policy:?} failed in Coder: {}. Retrying in {} \
                          (failure {} in a row).",

@@ -1,8 +1,9 @@
 //! The reconciler's errors. Each variant is one thing a user or the
-//! controller can act on; `reason()` becomes a condition reason and a metric
-//! label.
+//! controller can act on; `reason()` becomes a condition reason, an Event
+//! reason and a metric label.
 
 use crate::coder::CoderError;
+use crate::conditions::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,23 +72,20 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn reason(&self) -> &'static str {
+    /// The condition reason, Event reason and metric label of this error.
+    pub fn reason(&self) -> Reason {
         match self {
-            Error::Kube(_) => "KubernetesError",
-            Error::Coder(CoderError::Validation { .. }) => "ValidationFailed",
-            Error::Coder(
-                CoderError::Unavailable { .. } | CoderError::Timeout { .. } | CoderError::Transport { .. },
-            ) => "CoderUnavailable",
-            Error::Coder(error) => error.reason(),
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Credentials(_) | Error::CredentialsSecretMissing { .. } => "CredentialsInvalid",
-            Error::TemplateNotFound(_) => "TemplateNotFound",
-            Error::PresetNotFound(_) => "PresetNotFound",
-            Error::OwnerNotGranted(_) => "OwnerNotGranted",
-            Error::CoderUrlNotAllowed { .. } => "CoderUrlNotAllowed",
-            Error::AdoptionNotConsented(_) => "AdoptionNotConsented",
-            Error::WorkspaceOfAnotherOwner { .. } => "WorkspaceOfAnotherOwner",
-            Error::NewParameterRequired { .. } => "NewParameterRequired",
+            Error::Kube(_) => Reason::KubernetesError,
+            Error::Coder(error) => coder_reason(error),
+            Error::InvalidSpec(_) => Reason::InvalidSpec,
+            Error::Credentials(_) | Error::CredentialsSecretMissing { .. } => Reason::CredentialsInvalid,
+            Error::TemplateNotFound(_) => Reason::TemplateNotFound,
+            Error::PresetNotFound(_) => Reason::PresetNotFound,
+            Error::OwnerNotGranted(_) => Reason::OwnerNotGranted,
+            Error::CoderUrlNotAllowed { .. } => Reason::CoderUrlNotAllowed,
+            Error::AdoptionNotConsented(_) => Reason::AdoptionNotConsented,
+            Error::WorkspaceOfAnotherOwner { .. } => Reason::WorkspaceOfAnotherOwner,
+            Error::NewParameterRequired { .. } => Reason::NewParameterRequired,
         }
     }
 
@@ -157,6 +155,27 @@ impl Error {
                 "Add a value for it to spec.parameters (values for parameters that the template's active version adds may be added after the workspace exists; existing values cannot change), or ask a template admin to give it a default; the operator tries the start again when the spec changes."
             }
         }
+    }
+}
+
+/// What a Coder error means for the resource: the errors a retry fixes are
+/// one reason, whichever way coderd was unavailable.
+fn coder_reason(error: &CoderError) -> Reason {
+    match error {
+        CoderError::Validation { .. } => Reason::ValidationFailed,
+        CoderError::Unavailable { .. } | CoderError::Timeout { .. } | CoderError::Transport { .. } => {
+            Reason::CoderUnavailable
+        }
+        CoderError::Unauthorized { .. } => Reason::Unauthorized,
+        CoderError::Forbidden { .. } => Reason::Forbidden,
+        CoderError::NotFound { .. } => Reason::NotFound,
+        CoderError::Conflict { .. } => Reason::Conflict,
+        CoderError::BadRequest { .. } => Reason::BadRequest,
+        CoderError::LeaseExpired { .. } => Reason::LeaseExpired,
+        CoderError::Decode { .. } => Reason::Decode,
+        CoderError::UnexpectedStatus { .. } => Reason::UnexpectedStatus,
+        CoderError::InvalidUrl { .. } => Reason::InvalidUrl,
+        CoderError::InvalidArgument { .. } => Reason::InvalidArgument,
     }
 }
 

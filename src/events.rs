@@ -20,6 +20,55 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 
+crate::conditions::vocabulary! {
+    /// What an Event of the operator tells, besides a new phase (named by
+    /// the phase) and a new `Degraded` cause (named by its condition
+    /// reason). The README's "Event reasons" table lists them (a unit test
+    /// holds the two equal); alerts and `kubectl get events
+    /// --field-selector reason=…` match these names.
+    pub enum EventReason {
+        // What a reconcile decided or found.
+        WorkspaceDeletedInCoder,
+        RestartRequested,
+        RestartRefused,
+        StartRequested,
+        RestartingOutsideStop,
+        ActiveVersionRequired,
+        StopFailed,
+        RecoveryStarted,
+        RecoveryStarting,
+        RecoveryFailed,
+        Recovered,
+        // What carrying out the action produced.
+        WorkspaceCreated,
+        BuildRequested,
+        ChatInterrupted,
+        ChatInterruptFailed,
+        ChatContextRefreshed,
+        ChatContextRefreshFailed,
+        ManagedByAnotherOperator,
+        // A deletion.
+        CleanupBuildFailed,
+        DeletionBlocked,
+        ForeignClaimReleased,
+        WorkspaceLeftAsIs,
+        WorkspaceOrphaned,
+    }
+}
+
+impl EventReason {
+    /// The `chatworkspace_recoveries_total` outcome an Event of this reason
+    /// counts, if any: a recovery that brought the agent back, or one whose
+    /// new agent never connected.
+    pub const fn recovery_outcome(self) -> Option<&'static str> {
+        match self {
+            EventReason::Recovered => Some("succeeded"),
+            EventReason::RecoveryFailed => Some("failed"),
+            _ => None,
+        }
+    }
+}
+
 /// How long a sent Event is remembered: a repeat within it joins its series.
 const REMEMBER: Duration = Duration::from_secs(6 * 60);
 /// How often the memory forgets what is older than `REMEMBER`.
@@ -167,6 +216,24 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_recovery_that_ended_counts_as_a_recovery_outcome() {
+        let counted: Vec<_> =
+            EventReason::ALL.iter().filter_map(|r| r.recovery_outcome().map(|o| (r.as_str(), o))).collect();
+        assert_eq!(counted, [("RecoveryFailed", "failed"), ("Recovered", "succeeded")]);
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_the_event_reasons() {
+        use crate::conditions::{documented, undocumented_or_unknown};
+        let documented = documented(include_str!("../README.md"), "### Event reasons");
+        let names: Vec<&str> = EventReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert!(documented.len() > 10, "the table was not found: {documented:?}");
+        if let Err(difference) = undocumented_or_unknown(&documented, &names) {
+            panic!("{difference}");
+        }
+    }
 
     fn event(reason: &str, note: &str) -> Event {
         Event {

@@ -8,10 +8,12 @@
 //!   resolve what a resource talks to and creates from.
 //! - [`index`]: the Coder index, observing Coder in the background and
 //!   waking the resources whose workspace changed.
-//! - [`controller`]: the kube-runtime reconciler, a thin shell of I/O.
+//! - [`controller`]: the reconciler (gather, decide, act, record) on its own
+//!   small runtime over kube-runtime's watcher.
 //! - [`admin`], [`metrics`], [`telemetry`]: health, metrics and logs.
 
 pub mod admin;
+pub mod backoff;
 pub mod cache;
 pub mod claims;
 pub mod coder;

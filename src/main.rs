@@ -23,10 +23,9 @@ use chatworkspace_operator::metrics::Metrics;
 use chatworkspace_operator::telemetry::{self, LogFormat};
 use chatworkspace_operator::tenancy::urls::AllowedUrls;
 
-/// jemalloc, chosen by measurement (docs/performance.md, "Memory"): at
+/// jemalloc, chosen by measurement (docs/performance-history.md): at
 /// 10,000 resources it keeps less memory than glibc's malloc after the
-/// start's burst of lists and writes, and the release image is built for
-/// musl, whose own allocator is slow under many threads. Only the binary
+/// start's burst of lists and writes. Only the binary
 /// uses it; the library and its tests keep the system allocator, and so
 /// does a binary built with `--features system-allocator`, for heap
 /// profilers that see only malloc (heaptrack; docs/performance.md).
@@ -265,7 +264,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         transient_grace: args.transient_grace,
         cleanup_timeout: args.cleanup_timeout,
-        cleanup_backoff: Default::default(),
+        cleanup_backoff: chatworkspace_operator::decision::CLEANUP_RETRY,
         namespaces: args.namespaces.clone(),
         template_ttl: args.template_cache_ttl,
         instance: identity,
@@ -417,9 +416,9 @@ where
 }
 
 /// Runs the controller until `halt` resolves; the reconciles in flight
-/// finish first. kube-runtime's graceful shutdown also waits for caches that
-/// never synced (an apiserver out of reach) and would wait forever; before
-/// they sync no reconcile can be in flight, so then it stops at once.
+/// finish first (`controller::run`). A halt before the caches synced (an
+/// apiserver out of reach) has no reconcile to wait for: it stops at once,
+/// and says so.
 async fn reconcile_until<F>(context: Arc<Context>, readiness: Arc<Readiness>, halt: impl Fn() -> F)
 where
     F: Future<Output = ()> + Send + Sync + 'static,

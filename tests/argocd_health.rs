@@ -11,9 +11,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chatworkspace_operator::conditions::{DEGRADED, PROGRESSING, READY};
+use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+use chatworkspace_operator::conditions::{self, DEGRADED, PROGRESSING, READY, RECONCILING};
 use chatworkspace_operator::crd::ChatWorkspace;
-use coder_sim::SimConfig;
+use coder_sim::{Fault, FaultKind, SimConfig};
 use serde_json::json;
 use support::{Env, LONG};
 
@@ -88,6 +89,73 @@ async fn each_state_of_a_live_resource_has_the_health_argo_cd_should_show() {
     let refused = env.wait_for_condition("bobs", DEGRADED, "True", Some("OwnerNotGranted"), LONG).await;
     let message = expect(&refused, "owner-not-granted", "Degraded");
     assert!(message.contains("kubectl annotate namespace"), "the message says what to do: {message}");
+
+    // Coder unavailable while a stop is asked for: the operator retries on
+    // its own (Reconciling), so Progressing; not Degraded, though Degraded
+    // says what failed, and not Suspended, though Ready is still the
+    // running workspace's.
+    env.create("down", json!({"template": {"name": "docker-dev"}})).await;
+    env.wait_for_condition("down", READY, "True", Some("Running"), LONG).await;
+    env.sim.inject_fault(Fault::new("/api/v2/", FaultKind::Status(503)));
+    env.set_desired_state("down", "Stopped").await;
+    let retrying = env.wait_for_condition("down", RECONCILING, "True", Some("CoderUnavailable"), LONG).await;
+    assert!(conditions::is_true(&retrying.status.as_ref().unwrap().conditions, DEGRADED));
+    expect(&retrying, "coder-unavailable", "Progressing");
+}
+
+/// A delete build made in Coder by someone else, as a person in Coder's
+/// dashboard would.
+async fn delete_in_coder(env: &Env, id: uuid::Uuid) {
+    let coder =
+        CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap();
+    let request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete);
+    coder.create_build(&id.to_string(), &request).await.expect("a delete made in Coder");
+}
+
+#[tokio::test]
+async fn failed_stops_and_startups_and_workspaces_deleted_in_coder_have_the_health_argo_cd_should_show() {
+    let mut env = Env::without_operator("argocd-failures", SimConfig::fast()).await;
+    // A failed stop is retried after this long, which keeps its state long
+    // enough to be read (the retry counts from the build's request, stamped
+    // to the whole second).
+    env.settings.requeue.retry = Duration::from_secs(4);
+    env.start_operator();
+    env.create("startup", json!({"template": {"name": "docker-dev"}, "desiredState": "Stopped"})).await;
+    env.create("unstoppable", json!({"template": {"name": "docker-dev"}})).await;
+    env.create("deleted", json!({"template": {"name": "docker-dev"}, "deletedInCoder": "Leave"})).await;
+    env.wait_for_condition("startup", READY, "True", Some("NotCreated"), LONG).await;
+    for name in ["unstoppable", "deleted"] {
+        env.wait_for_condition(name, READY, "True", Some("Running"), LONG).await;
+    }
+
+    // A startup script that exits with an error: a person must look at the
+    // template.
+    env.sim.fail_startup_next_start(None);
+    env.set_desired_state("startup", "Running").await;
+    let failed = env.wait_for_condition("startup", DEGRADED, "True", Some("AgentStartupFailed"), LONG).await;
+    let message = expect(&failed, "agent-startup-failed", "Degraded");
+    assert!(message.contains("startup script"), "{message}");
+
+    // A failed stop is retried on its own: Progressing, not Degraded.
+    let unstoppable = env.workspace_id("admin", "unstoppable");
+    env.sim.fail_next_build(Some(unstoppable), Some("stop"));
+    env.set_desired_state("unstoppable", "Stopped").await;
+    let retrying = env.wait_for_condition("unstoppable", READY, "False", Some("StopFailed"), LONG).await;
+    expect(&retrying, "stop-failed", "Progressing");
+    let stopped = env.wait_for_condition("unstoppable", READY, "True", Some("Stopped"), LONG).await;
+    let (found, message) = health(&serde_json::to_value(&stopped).unwrap());
+    assert_eq!(found, "Suspended", "stopped after failed stops: {message}");
+
+    // Deleted in Coder and left so: Degraded while Running is desired
+    // (the message says how to get a workspace again), Suspended once
+    // Stopped is.
+    delete_in_coder(&env, env.workspace_id("admin", "deleted")).await;
+    let left = env.wait_for_condition("deleted", DEGRADED, "True", Some("DeletedInCoder"), LONG).await;
+    let message = expect(&left, "deleted-in-coder", "Degraded");
+    assert!(message.contains("spec.deletedInCoder to Recreate"), "{message}");
+    env.set_desired_state("deleted", "Stopped").await;
+    let stopped = env.wait_for_condition("deleted", READY, "True", Some("DeletedInCoder"), LONG).await;
+    expect(&stopped, "deleted-in-coder-stopped", "Suspended");
 }
 
 #[derive(serde::Deserialize)]

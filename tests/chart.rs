@@ -108,6 +108,7 @@ fn the_pod_is_hardened_and_probed() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "Lease",
             "NetworkPolicy",
             "Role",
             "RoleBinding",
@@ -116,7 +117,7 @@ fn the_pod_is_hardened_and_probed() {
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding"
         ],
-        "by default: cluster-wide workspace RBAC, the lease Role, the aggregated roles, the admission policy, \
+        "by default: cluster-wide workspace RBAC, the Lease and its Role, the aggregated roles, the admission policy, \
          the NetworkPolicy, no Secret access, no ServiceMonitor, no PodDisruptionBudget with one replica"
     );
     let policy = find(&documents, "NetworkPolicy");
@@ -149,6 +150,7 @@ fn the_pod_is_hardened_and_probed() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["ports"][0]["name"], "admin");
     assert_eq!(container["image"], "chatworkspace-operator:0.1.0", "the tag defaults to the appVersion");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30, "time to finish reconciles and release the Lease");
 
     // The token is a mounted file: no RBAC on Secrets needed for it.
     let env = env_of(deployment);

@@ -71,8 +71,8 @@ fn ours(build_id: &str) -> ChatWorkspaceStatus {
     ChatWorkspaceStatus {
         last_build_request: Some(BuildRequestStatus {
             build_id: Some(build_id.into()),
-            transition: "start".into(),
-            reason: "Recovery".into(),
+            transition: WorkspaceTransition::Start,
+            reason: BuildReason::Recovery,
             generation: 1,
             time: Time(at(-700)),
         }),
@@ -98,6 +98,7 @@ fn decide_on(
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     })
 }
 

@@ -45,8 +45,6 @@ async fn the_bound_chat_and_its_sub_agents_appear_in_status() {
         status: Some("running".into()),
         ..NewChat::default()
     });
-    // Another user's chat on the same workspace stays invisible to the operator.
-    env.sim.create_chat(NewChat { owner: Some("alice".into()), workspace_id: Some(ws), ..NewChat::default() });
 
     let cws = env
         .wait_for("chat-1", "showing the chat with its sub-agent", LONG, |cws| {
@@ -161,6 +159,12 @@ async fn a_recovery_interrupts_the_running_chat_before_the_stop_and_re_pins_it_a
 
     env.sim.kill_agent(ws);
     env.wait_for_condition("chat-1", "Recovering", "False", Some("Recovered"), LONG).await;
+    // As coderd v2.36.1: the re-pin keeps each chat on its stored, dead
+    // agent; the chats' next turns move them to the new one.
+    env.wait_for_events("chat-1", &["ChatContextRefreshed"]).await;
+    env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "False", Some("AgentStale"), LONG).await;
+    env.sim.run_chat_turn(root);
+    env.sim.run_chat_turn(child);
     let after = env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
     let new_agent = after.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.id.clone()).unwrap();
     assert_ne!(new_agent, old_agent);
@@ -297,6 +301,9 @@ async fn a_chat_that_cannot_be_interrupted_does_not_hold_up_the_recovery() {
 
     env.sim.kill_agent(ws);
     env.wait_for_condition("chat-1", "Recovering", "False", Some("Recovered"), LONG).await;
+    env.wait_for_events("chat-1", &["ChatContextRefreshed"]).await;
+    // The chat's next turn moves it to the new agent (coderd v2.36.1).
+    env.sim.run_chat_turn(root);
     env.wait_for_condition("chat-1", CHAT_CONTEXT_CURRENT, "True", Some("Current"), LONG).await;
     assert_eq!(env.transitions(ws), ["start", "stop", "start"]);
     let attempts = env.sim.requests().into_iter().filter(|r| r.path == interrupt).count();
@@ -307,7 +314,7 @@ async fn a_chat_that_cannot_be_interrupted_does_not_hold_up_the_recovery() {
 #[tokio::test]
 async fn against_a_coderd_that_re_pins_to_the_stored_agent_the_re_pin_is_tried_once_and_the_binding_shown_stale() {
     let env = Env::start("chat-v2361").await;
-    env.sim.set_context_refresh(coder_sim::ContextRefresh::StoredAgent);
+    // The simulator's default, as v2.36.1.
     env.create("chat-1", spec()).await;
     env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
     let ws = env.workspace_id("admin", "chat-1");

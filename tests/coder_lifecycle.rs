@@ -66,7 +66,11 @@ async fn an_autostop_is_respected_until_a_start_is_asked_for() {
     env.sim.stop_by_coder(id, "autostop");
     let stopped = env.wait_for_condition("chat-1", READY, "False", Some("StoppedByCoder"), LONG).await;
     let build = stopped.status.as_ref().and_then(|s| s.latest_build.clone()).unwrap();
-    assert_eq!(build.reason.as_deref(), Some("autostop"), "status shows who stopped it");
+    assert_eq!(
+        build.reason.as_ref().map(chatworkspace_operator::coder::WorkspaceBuildReason::as_str),
+        Some("autostop"),
+        "status shows who stopped it"
+    );
     assert!(ready_message(&stopped).contains("autostop"), "{}", ready_message(&stopped));
     assert!(ready_message(&stopped).contains(START_REQUESTED_AT), "the message says how to start it");
     // Even with outsideStops: Restart: Coder's own policy is never fought.
@@ -93,7 +97,10 @@ async fn a_persons_stop_is_respected_by_default_and_shows_who() {
     stop_from_dashboard(&env, id).await;
     let stopped = env.wait_for_condition("chat-1", READY, "False", Some("StoppedOutside"), LONG).await;
     let build = stopped.status.as_ref().and_then(|s| s.latest_build.clone()).unwrap();
-    assert_eq!(build.reason.as_deref(), Some("dashboard"));
+    assert_eq!(
+        build.reason.as_ref().map(chatworkspace_operator::coder::WorkspaceBuildReason::as_str),
+        Some("dashboard")
+    );
     assert_eq!(build.initiator.as_deref(), Some("admin"));
     assert!(ready_message(&stopped).contains("by admin"), "{}", ready_message(&stopped));
     builds_settle(&env, id, 2).await;

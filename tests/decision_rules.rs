@@ -3,17 +3,19 @@
 
 use std::time::Duration;
 
+use chatworkspace_operator::backoff::Backoff;
 use chatworkspace_operator::coder::{Chat, ProbeOutcome, Workspace, WorkspaceTransition};
-use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECOVERING};
+use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, DEGRADED, READY, RECONCILING, RECOVERING, STALLED};
 use chatworkspace_operator::crd::{
     BuildRequestStatus, ChatWorkspaceSpec, ChatWorkspaceStatus, CleanupStatus, DeletedInCoder, DeletionPolicy,
     DesiredState, NeverConnected, RecoveryMode, RecoveryPolicy, RecoverySpec, RecoveryStage, RecoveryStatus,
     TemplateRef,
 };
 use chatworkspace_operator::decision::{
-    Action, BuildPlan, BuildReason, Cleanup, CleanupBackoff, CleanupDeadline, Decision, Inputs, Observed, ObservedChat,
+    Action, BuildPlan, BuildReason, CLEANUP_RETRY, Cleanup, CleanupDeadline, Decision, Inputs, Observed, ObservedChat,
     Probe, Requeue, cleanup_deadline, decide, decide_cleanup, needs_probe,
 };
+use chatworkspace_operator::events::EventReason;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
@@ -123,6 +125,7 @@ fn decide_with(
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     })
 }
 
@@ -165,7 +168,7 @@ fn a_workspace_deleted_in_coder_is_recreated_by_default_and_left_when_the_spec_s
     // Default (Recreate): one Warning, and a create.
     let d = decide_with(&spec(DesiredState::Running), &seen.status, None, None);
     assert_eq!(d.action, Action::CreateWorkspace);
-    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["WorkspaceDeletedInCoder"]);
+    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), [EventReason::WorkspaceDeletedInCoder]);
     assert!(d.events[0].note.contains("alice/fix-login-bug (ws-1)"), "{}", d.events[0].note);
 
     // Leave: the same Warning, no create, and the condition says what to do.
@@ -173,7 +176,7 @@ fn a_workspace_deleted_in_coder_is_recreated_by_default_and_left_when_the_spec_s
     leave.deleted_in_coder = DeletedInCoder::Leave;
     let d = decide_with(&leave, &seen.status, None, None);
     assert_eq!(d.action, Action::None);
-    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), ["WorkspaceDeletedInCoder"]);
+    assert_eq!(d.events.iter().map(|e| e.reason).collect::<Vec<_>>(), [EventReason::WorkspaceDeletedInCoder]);
     assert_eq!(condition(&d, READY), ("False".into(), "DeletedInCoder".into()));
     assert_eq!(condition(&d, DEGRADED), ("True".into(), "DeletedInCoder".into()));
     let message = conditions::find(&d.status.conditions, READY).unwrap().message.clone();
@@ -250,7 +253,7 @@ fn start_builds_the_active_version_only_when_the_template_requires_it() {
             reason: BuildReason::DesiredState
         })
     );
-    assert!(d.events.iter().any(|e| e.reason == "ActiveVersionRequired"));
+    assert!(d.events.iter().any(|e| e.reason == EventReason::ActiveVersionRequired));
     let message = &conditions::find(&d.status.conditions, "Progressing").unwrap().message;
     assert!(message.contains("active version"), "{message}");
 
@@ -265,8 +268,8 @@ fn a_failed_start_of_this_generation_is_reported_not_retried() {
     let previous = ChatWorkspaceStatus {
         last_build_request: Some(BuildRequestStatus {
             build_id: Some("build-7".into()),
-            transition: "start".into(),
-            reason: "DesiredState".into(),
+            transition: WorkspaceTransition::Start,
+            reason: BuildReason::DesiredState,
             generation: 1,
             time: Time(at(-700)),
         }),
@@ -306,8 +309,8 @@ fn a_failed_stop_is_retried_after_a_pause() {
     let previous = ChatWorkspaceStatus {
         last_build_request: Some(BuildRequestStatus {
             build_id: Some("build-7".into()),
-            transition: "stop".into(),
-            reason: "DesiredState".into(),
+            transition: WorkspaceTransition::Stop,
+            reason: BuildReason::DesiredState,
             generation: 1,
             time: Time(at(-2)),
         }),
@@ -344,6 +347,7 @@ fn a_conflict_builds_nothing() {
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     });
     assert_eq!(d.action, Action::None);
     assert_eq!(condition(&d, DEGRADED), ("True".into(), "Conflict".into()));
@@ -362,7 +366,7 @@ fn a_dead_agent_past_the_threshold_with_a_failed_probe_is_recovered() {
         assert_eq!(recovery.stage, Some(RecoveryStage::Stopping));
         assert_eq!(recovery.attempts, 1);
         assert_eq!(condition(&d, RECOVERING), ("True".into(), "Stopping".into()));
-        assert!(d.events.iter().any(|e| e.reason == "RecoveryStarted"));
+        assert!(d.events.iter().any(|e| e.reason == EventReason::RecoveryStarted));
     }
 }
 
@@ -400,6 +404,7 @@ fn a_cached_observation_is_refreshed_before_a_recovery() {
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     });
     assert_eq!(d.action, Action::Refresh);
 }
@@ -419,6 +424,7 @@ fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     });
     assert_eq!(d.action, Action::Refresh, "both signals are checked fresh right before the stop");
     let fresh = Probe { fresh: true, ..stale };
@@ -432,6 +438,7 @@ fn a_stale_probe_is_not_enough_for_a_recovery_even_on_a_fresh_read() {
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     });
     assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
 }
@@ -455,6 +462,7 @@ fn the_same_failed_probe_seen_twice_counts_once() {
             now: at(0),
             requeue: Requeue::default(),
             start_request: None,
+            restart_request: None,
         });
         assert_eq!(condition(&d, DEGRADED).0, "False");
         previous = d.status;
@@ -502,7 +510,7 @@ fn an_agent_that_never_connected_is_recovered_with_a_stop_by_default() {
     assert_eq!(condition(&d, AGENT_CONNECTED), ("False".into(), "NeverConnected".into()));
     let recovering = message(&d, RECOVERING);
     assert!(recovering.contains("never connected within its connection timeout (2m)"), "{recovering}");
-    assert!(d.events.iter().any(|e| e.reason == "RecoveryStarted" && e.note.contains("never connected")));
+    assert!(d.events.iter().any(|e| e.reason == EventReason::RecoveryStarted && e.note.contains("never connected")));
 }
 
 #[test]
@@ -539,6 +547,7 @@ fn a_never_connected_agent_needs_no_probe_but_a_fresh_read_before_the_stop() {
         now: at(0),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     });
     assert_eq!(d.action, Action::Refresh);
     assert_eq!(d.status.recovery.as_ref().map_or(0, |r| r.attempts), 0, "nothing counted before the fresh read");
@@ -562,7 +571,7 @@ fn an_agent_that_never_connects_after_the_recoverys_own_start_counts_against_the
     let d = decide_with(&spec(DesiredState::Running), &after_start(1), Some(&ws), None);
     assert_eq!(d.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
     assert_eq!(d.status.recovery.as_ref().unwrap().attempts, 2);
-    assert!(d.events.iter().any(|e| e.reason == "RecoveryFailed"));
+    assert!(d.events.iter().any(|e| e.reason == EventReason::RecoveryFailed));
     // Budget spent: reported with the template hint, no more builds.
     let d = decide_with(&spec(DesiredState::Running), &after_start(3), Some(&ws), None);
     assert_eq!(d.action, Action::None);
@@ -594,6 +603,7 @@ fn a_turn_running_while_the_agent_never_connected_is_interrupted_before_the_reco
             now: at(0),
             requeue: Requeue::default(),
             start_request: None,
+            restart_request: None,
         })
     };
     assert_eq!(decide_with_chat(false).action, Action::Refresh, "the chat is read fresh first");
@@ -691,7 +701,7 @@ fn recovery_resumes_from_its_stage_without_a_second_stop() {
     assert_eq!(d2.action, Action::None);
     assert_eq!(d2.status.recovery.as_ref().unwrap().stage, None);
     assert_eq!(condition(&d2, RECOVERING), ("False".into(), "Recovered".into()));
-    assert!(d2.events.iter().any(|e| e.reason == "Recovered"));
+    assert!(d2.events.iter().any(|e| e.reason == EventReason::Recovered));
 }
 
 #[test]
@@ -717,7 +727,7 @@ fn probes_are_asked_for_only_for_a_judgeable_agent() {
 }
 
 fn cleanup(policy: DeletionPolicy, workspace: Option<&Workspace>) -> Cleanup {
-    decide_cleanup(policy, workspace, &CleanupStatus::default(), CleanupBackoff::default(), at(0)).cleanup
+    decide_cleanup(policy, workspace, &CleanupStatus::default(), CLEANUP_RETRY, at(0)).cleanup
 }
 
 /// A workspace whose latest build is a `transition` that failed `ago` seconds before NOW.
@@ -746,7 +756,7 @@ fn cleanup_follows_the_deletion_policy() {
 
 #[test]
 fn a_failed_cleanup_build_is_counted_once_reported_once_and_retried_after_a_backoff() {
-    let backoff = CleanupBackoff { first: Duration::from_secs(5), max: Duration::from_secs(60) };
+    let backoff = Backoff { first: Duration::from_secs(5), max: Duration::from_secs(60) };
     // Just failed: counted, reported with the job's error, retried in 5 s.
     let first = decide_cleanup(
         DeletionPolicy::Stop,
@@ -759,7 +769,7 @@ fn a_failed_cleanup_build_is_counted_once_reported_once_and_retried_after_a_back
     assert_eq!((first.status.failed_builds, first.status.last_failed_build.as_deref()), (1, Some("b1")));
     assert_eq!(first.status.last_error.as_deref(), Some("boom"));
     let event = first.event.expect("a Warning for the failed build");
-    assert!(event.warning && event.reason == "CleanupBuildFailed", "{event:?}");
+    assert!(event.warning && event.reason == EventReason::CleanupBuildFailed, "{event:?}");
     assert!(event.note.contains("boom") && event.note.contains("5s"), "{}", event.note);
     // The same build seen again: no new count, no new Event.
     let again = decide_cleanup(DeletionPolicy::Stop, Some(&failed_at("stop", 3, "b1")), &first.status, backoff, at(0));
@@ -798,7 +808,7 @@ fn a_blocked_deletion_waits_until_its_timeout_from_the_deletion_timestamp() {
 
 #[test]
 fn the_cleanup_backoff_doubles_up_to_its_cap() {
-    let backoff = CleanupBackoff { first: Duration::from_secs(5), max: Duration::from_secs(30) };
+    let backoff = Backoff { first: Duration::from_secs(5), max: Duration::from_secs(30) };
     let waits: Vec<u64> = (1..=6).map(|n| backoff.after(n).as_secs()).collect();
     assert_eq!(waits, [5, 10, 20, 30, 30, 30]);
     assert_eq!(backoff.after(u32::MAX), Duration::from_secs(30));
@@ -823,6 +833,7 @@ fn condition_times_move_only_on_flips_across_decisions() {
         now: at(100),
         requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
     });
     assert_eq!(first.status, again.status, "nothing changed: the status is identical, so nothing is written");
 }
@@ -879,8 +890,8 @@ proptest! {
             conditions: earlier.status.conditions.clone(),
             last_build_request: unconfirmed_stop.then(|| BuildRequestStatus {
                 build_id: None,
-                transition: "stop".into(),
-                reason: "Recovery".into(),
+                transition: WorkspaceTransition::Stop,
+                reason: BuildReason::Recovery,
                 generation: 1,
                 time: Time(at(-30)),
             }),
@@ -898,6 +909,7 @@ proptest! {
             now: at(0),
             requeue: Requeue::default(),
         start_request: None,
+        restart_request: None,
         });
         let active = matches!(job, "pending" | "running" | "canceling");
         if let Action::Build(plan) = &d.action {
@@ -989,8 +1001,8 @@ fn an_unconfirmed_recovery_stop_is_issued_again_as_the_same_attempt() {
         }),
         last_build_request: Some(BuildRequestStatus {
             build_id: None,
-            transition: "stop".into(),
-            reason: "Recovery".into(),
+            transition: WorkspaceTransition::Stop,
+            reason: BuildReason::Recovery,
             generation: 1,
             time: Time(at(-20)),
         }),
@@ -1017,9 +1029,9 @@ fn a_stop_made_by_coder_or_a_person_is_never_taken_for_an_unconfirmed_recovery_s
         latest_build: Some(chatworkspace_operator::crd::BuildStatus {
             id: "build-6".into(),
             number: 6,
-            transition: "start".into(),
-            status: "running".into(),
-            job_status: "succeeded".into(),
+            transition: WorkspaceTransition::Start,
+            status: chatworkspace_operator::coder::WorkspaceStatus::Running,
+            job_status: chatworkspace_operator::coder::ProvisionerJobStatus::Succeeded,
             ..Default::default()
         }),
         recovery: Some(RecoveryStatus {
@@ -1031,8 +1043,8 @@ fn a_stop_made_by_coder_or_a_person_is_never_taken_for_an_unconfirmed_recovery_s
         }),
         last_build_request: Some(BuildRequestStatus {
             build_id: None,
-            transition: "stop".into(),
-            reason: "Recovery".into(),
+            transition: WorkspaceTransition::Stop,
+            reason: BuildReason::Recovery,
             generation: 1,
             time: Time(at(-20)),
         }),
@@ -1040,7 +1052,7 @@ fn a_stop_made_by_coder_or_a_person_is_never_taken_for_an_unconfirmed_recovery_s
     };
     let stopped_by = |reason: &str| {
         let mut ws = workspace("stop", "succeeded", None);
-        ws.latest_build.reason = reason.into();
+        ws.latest_build.reason = Some(chatworkspace_operator::coder::WorkspaceBuildReason::from_wire(reason));
         ws.latest_build.created_at = at(-10);
         ws
     };
@@ -1065,8 +1077,8 @@ fn a_stop_seen_while_stopped_is_desired_is_started_when_running_is_desired_again
     let earlier = ChatWorkspaceStatus {
         last_build_request: Some(BuildRequestStatus {
             build_id: Some("build-6".into()),
-            transition: "start".into(),
-            reason: "DesiredState".into(),
+            transition: WorkspaceTransition::Start,
+            reason: BuildReason::DesiredState,
             generation: 1,
             time: Time(at(-900)),
         }),
@@ -1089,7 +1101,7 @@ proptest! {
     ) {
         let policy = if delete { DeletionPolicy::Delete } else { DeletionPolicy::Stop };
         let transition = if delete { "delete" } else { "stop" };
-        let backoff = CleanupBackoff::default();
+        let backoff = CLEANUP_RETRY;
         let previous = CleanupStatus {
             failed_builds: failed_before + u32::from(seen_already),
             last_failed_build: seen_already.then(|| "b".to_string()),
@@ -1127,8 +1139,8 @@ proptest! {
             recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
             last_build_request: unconfirmed_stop.then(|| BuildRequestStatus {
                 build_id: None,
-                transition: "stop".into(),
-                reason: "Recovery".into(),
+                transition: WorkspaceTransition::Stop,
+                reason: BuildReason::Recovery,
                 generation: 1,
                 time: Time(at(-30)),
             }),
@@ -1145,6 +1157,7 @@ proptest! {
             now: at(0),
             requeue: Requeue::default(),
             start_request: None,
+            restart_request: None,
         });
         prop_assert!(!matches!(d.action, Action::Build(_) | Action::InterruptChats(_)), "{:?} for an external agent", d.action);
         if agent.is_some_and(|a| matches!(a.status, "disconnected" | "timeout")) {
@@ -1190,6 +1203,7 @@ proptest! {
                 now: at(now),
                 requeue: Requeue::default(),
                 start_request: None,
+                restart_request: None,
             });
             previous = d.status;
             if let Action::Build(plan) = d.action {
@@ -1219,4 +1233,475 @@ proptest! {
             prop_assert!(in_window <= max_attempts, "{in_window} recoveries in one {window_minutes}m window");
         }
     }
+}
+
+// ---- kstatus: Stalled and Reconciling ----
+
+/// (Ready, Stalled, Reconciling) statuses and the one True reason.
+fn kstatus_of(d: &Decision) -> (&'static str, String) {
+    let is_true = |type_| conditions::is_true(&d.status.conditions, type_);
+    let which: Vec<&str> = [READY, STALLED, RECONCILING].into_iter().filter(|t| is_true(t)).collect();
+    assert_eq!(which.len(), 1, "exactly one of Ready, Stalled, Reconciling is True: {:?}", d.status.conditions);
+    (which[0], condition(d, which[0]).1)
+}
+
+#[test]
+fn the_operator_at_work_is_reconciling_and_the_desired_state_reached_is_neither() {
+    let running = spec(DesiredState::Running);
+    let stopped = spec(DesiredState::Stopped);
+    let ready = workspace("start", "succeeded", Some(READY_AGENT));
+    let reachable = Some(&ProbeOutcome::Reachable);
+    let cases: Vec<(&str, Decision, (&str, &str))> = vec![
+        ("creating", decide_with(&running, &Default::default(), None, None), (RECONCILING, "Creating")),
+        (
+            "a build under way",
+            decide_with(&running, &Default::default(), Some(&workspace("start", "running", None)), None),
+            (RECONCILING, "BuildInProgress"),
+        ),
+        (
+            "starting a stopped workspace",
+            decide_with(&running, &Default::default(), Some(&workspace("stop", "succeeded", None)), None),
+            (RECONCILING, "Starting"),
+        ),
+        ("stopping", decide_with(&stopped, &Default::default(), Some(&ready), None), (RECONCILING, "Stopping")),
+        (
+            "an agent connecting",
+            decide_with(
+                &running,
+                &Default::default(),
+                Some(&workspace(
+                    "start",
+                    "succeeded",
+                    Some(Agent { status: "connecting", lifecycle: "created", disconnected_since: None }),
+                )),
+                None,
+            ),
+            (RECONCILING, "AgentConnecting"),
+        ),
+        (
+            "an agent disconnected for less than the threshold",
+            decide_with(
+                &running,
+                &Default::default(),
+                Some(&workspace("start", "succeeded", Some(dead_for(10)))),
+                Some(&refused()),
+            ),
+            (RECONCILING, "AgentDisconnected"),
+        ),
+        (
+            "a recovery",
+            decide_with(
+                &running,
+                &Default::default(),
+                Some(&workspace("start", "succeeded", Some(dead_for(600)))),
+                Some(&refused()),
+            ),
+            (RECONCILING, "Recovering"),
+        ),
+        ("running and ready", decide_with(&running, &Default::default(), Some(&ready), reachable), (READY, "Running")),
+        (
+            "stopped as desired",
+            decide_with(&stopped, &Default::default(), Some(&workspace("stop", "succeeded", None)), None),
+            (READY, "Stopped"),
+        ),
+        ("never created, stopped", decide_with(&stopped, &Default::default(), None, None), (READY, "NotCreated")),
+    ];
+    for (what, d, (type_, reason)) in cases {
+        assert_eq!(kstatus_of(&d), (type_, reason.to_string()), "{what}");
+        if type_ == RECONCILING {
+            // kstatus shows its message: the Ready message, which says what happens.
+            assert_eq!(message(&d, RECONCILING), message(&d, READY), "{what}");
+            assert_eq!(condition(&d, STALLED).0, "False", "{what}");
+        }
+    }
+}
+
+#[test]
+fn what_waits_for_a_person_is_stalled_with_the_reason_and_what_to_do() {
+    let running = spec(DesiredState::Running);
+    let failed_start = ChatWorkspaceStatus {
+        last_build_request: Some(BuildRequestStatus {
+            build_id: Some("build-7".into()),
+            transition: WorkspaceTransition::Start,
+            reason: BuildReason::DesiredState,
+            generation: 1,
+            time: Time(at(-700)),
+        }),
+        ..Default::default()
+    };
+    let spent = ChatWorkspaceStatus {
+        recovery: Some(RecoveryStatus {
+            attempts: 3,
+            window_start: Some(Time(at(-1800))),
+            generation: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let seen_running = ChatWorkspaceStatus {
+        latest_build: Some(chatworkspace_operator::crd::BuildStatus {
+            id: "build-6".into(),
+            number: 6,
+            transition: WorkspaceTransition::Start,
+            status: chatworkspace_operator::coder::WorkspaceStatus::Running,
+            job_status: chatworkspace_operator::coder::ProvisionerJobStatus::Succeeded,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let stopped_by = |reason: &str| {
+        let mut ws = workspace("stop", "succeeded", None);
+        ws.latest_build.reason = Some(chatworkspace_operator::coder::WorkspaceBuildReason::from_wire(reason));
+        ws
+    };
+    let mut dormant = workspace("stop", "succeeded", None);
+    dormant.dormant_at = Some(at(-60));
+    let mut report = spec(DesiredState::Running);
+    report.recovery.never_connected = NeverConnected::Report;
+    let mut disabled = spec(DesiredState::Running);
+    disabled.recovery.mode = RecoveryMode::Disabled;
+    let dial_timeout = {
+        let ws = workspace("start", "succeeded", Some(READY_AGENT));
+        let first = decide_with(&running, &Default::default(), Some(&ws), Some(&timed_out()));
+        decide_with(&running, &first.status, Some(&ws), Some(&timed_out()))
+    };
+    let conflict = decide(&Inputs {
+        spec: &running,
+        policy: policy(),
+        generation: 1,
+        previous: &Default::default(),
+        observed: Observed::Conflict { other: "team-a/first".into() },
+        chat: ObservedChat::Unknown,
+        now: at(0),
+        requeue: Requeue::default(),
+        start_request: None,
+        restart_request: None,
+    });
+    let cases: Vec<(&str, Decision, &str, &str)> = vec![
+        (
+            "a failed start",
+            decide_with(&running, &failed_start, Some(&workspace("start", "failed", None)), None),
+            "StartFailed",
+            "change the spec",
+        ),
+        (
+            "the recovery budget spent",
+            decide_with(
+                &running,
+                &spent,
+                Some(&workspace("start", "succeeded", Some(dead_for(600)))),
+                Some(&refused()),
+            ),
+            "RecoveryBudgetExhausted",
+            "resumes at",
+        ),
+        (
+            "an agent that never connects, reported",
+            decide_with(
+                &report,
+                &Default::default(),
+                Some(&workspace("start", "succeeded", Some(NEVER_CONNECTED))),
+                None,
+            ),
+            "AgentNeverConnected",
+            "check the template",
+        ),
+        (
+            "a dead agent with recovery disabled",
+            decide_with(
+                &disabled,
+                &Default::default(),
+                Some(&workspace("start", "succeeded", Some(dead_for(600)))),
+                Some(&refused()),
+            ),
+            "AgentDead",
+            "must restart",
+        ),
+        (
+            "an external agent offline",
+            decide_with(
+                &running,
+                &Default::default(),
+                Some(&external(workspace("start", "succeeded", Some(dead_for(600))))),
+                Some(&refused()),
+            ),
+            "ExternalAgentDisconnected",
+            "where it runs",
+        ),
+        ("a heartbeating agent that never answers", dial_timeout, "DialTimeout", "should check"),
+        (
+            "a startup script that failed",
+            decide_with(
+                &running,
+                &Default::default(),
+                Some(&workspace(
+                    "start",
+                    "succeeded",
+                    Some(Agent { status: "connected", lifecycle: "start_error", disconnected_since: None }),
+                )),
+                Some(&ProbeOutcome::Reachable),
+            ),
+            "AgentStartupFailed",
+            "startup script",
+        ),
+        (
+            "a build without an agent",
+            decide_with(&running, &Default::default(), Some(&workspace("start", "succeeded", None)), None),
+            "NoAgent",
+            "fix the template",
+        ),
+        ("a dormant workspace", decide_with(&running, &seen_running, Some(&dormant), None), "Dormant", "activate it"),
+        (
+            "a stop by Coder's autostop",
+            decide_with(&running, &seen_running, Some(&stopped_by("autostop")), None),
+            "StoppedByCoder",
+            "start-requested-at",
+        ),
+        (
+            "a stop by a person in Coder",
+            decide_with(&running, &seen_running, Some(&stopped_by("initiator")), None),
+            "StoppedOutside",
+            "start-requested-at",
+        ),
+        ("another resource owns the workspace", conflict, "Conflict", "Delete one of them"),
+    ];
+    for (what, d, reason, advice) in cases {
+        assert_eq!(kstatus_of(&d), (STALLED, reason.to_string()), "{what}");
+        assert_eq!(d.action, Action::None, "{what}: Stalled, yet the operator acts");
+        assert_eq!(condition(&d, RECONCILING).0, "False", "{what}");
+        let stalled = message(&d, STALLED);
+        assert!(stalled.contains(advice), "{what}: the message says what to do: {stalled}");
+    }
+}
+
+#[test]
+fn stalled_and_reconciling_move_their_transition_time_only_on_a_flip() {
+    let running = spec(DesiredState::Running);
+    let building = decide_with(&running, &Default::default(), Some(&workspace("start", "running", None)), None);
+    let since = conditions::find(&building.status.conditions, RECONCILING).unwrap().last_transition_time.clone();
+    let connecting = workspace(
+        "start",
+        "succeeded",
+        Some(Agent { status: "connecting", lifecycle: "created", disconnected_since: None }),
+    );
+    let mut later = decide_with(&running, &building.status, Some(&connecting), None);
+    assert_eq!(kstatus_of(&later).0, RECONCILING);
+    assert_eq!(conditions::find(&later.status.conditions, RECONCILING).unwrap().last_transition_time, since);
+    // The same status again writes nothing new.
+    let again = decide_with(&running, &later.status, Some(&connecting), None);
+    later.status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let mut again_conditions = again.status.conditions.clone();
+    again_conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    assert_eq!(again_conditions, later.status.conditions);
+}
+
+proptest! {
+    /// kstatus reads Stalled=True as Failed and Reconciling=True as
+    /// InProgress: exactly one of them or Ready is True after any decision,
+    /// and a Stalled workspace is one the operator does nothing more for.
+    #[test]
+    fn exactly_one_of_ready_stalled_and_reconciling_and_stalled_means_no_action(
+        desired in prop_oneof![Just(DesiredState::Running), Just(DesiredState::Stopped)],
+        transition in prop_oneof![Just("start"), Just("stop"), Just("delete")],
+        job in prop_oneof![Just("pending"), Just("running"), Just("succeeded"), Just("canceled"), Just("failed")],
+        agent in any_agent(),
+        probe in any_probe(),
+        stage in any_stage(),
+        attempts in 0u32..5,
+        fresh in any::<bool>(),
+        exists in any::<bool>(),
+        external_agent in any::<bool>(),
+        seen_before in any::<bool>(),
+        outside_reason in prop_oneof![Just("initiator"), Just("autostop"), Just("dormancy")],
+        conflict in any::<bool>(),
+    ) {
+        let mut ws = workspace(transition, job, agent);
+        ws.latest_build.reason = Some(chatworkspace_operator::coder::WorkspaceBuildReason::from_wire(outside_reason));
+        if external_agent {
+            ws = external(ws);
+        }
+        let s = spec(desired);
+        let previous = ChatWorkspaceStatus {
+            recovery: Some(RecoveryStatus { stage, attempts, window_start: Some(Time(at(-10))), generation: Some(1), ..Default::default() }),
+            latest_build: seen_before.then(|| chatworkspace_operator::crd::BuildStatus {
+                id: "build-6".into(),
+                number: 6,
+                transition: WorkspaceTransition::Start,
+                status: chatworkspace_operator::coder::WorkspaceStatus::Running,
+                job_status: chatworkspace_operator::coder::ProvisionerJobStatus::Succeeded,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let probe = probe.map(Probe::just_now);
+        let observed = if conflict {
+            Observed::Conflict { other: "team-a/first".into() }
+        } else {
+            Observed::Workspace { workspace: exists.then_some(&ws), fresh, probe: probe.as_ref() }
+        };
+        let d = decide(&Inputs {
+            spec: &s,
+            policy: policy(),
+            generation: 1,
+            previous: &previous,
+            observed,
+            chat: ObservedChat::Unknown,
+            now: at(0),
+            requeue: Requeue::default(),
+            start_request: None,
+            restart_request: None,
+        });
+        let is_true = |type_| conditions::is_true(&d.status.conditions, type_);
+        let trues = [READY, STALLED, RECONCILING].into_iter().filter(|t| is_true(t)).count();
+        prop_assert_eq!(trues, 1, "{:?}", d.status.conditions);
+        if is_true(STALLED) {
+            prop_assert_eq!(&d.action, &Action::None);
+            prop_assert!(!message(&d, STALLED).is_empty());
+        }
+        if matches!(d.action, Action::Build(_) | Action::CreateWorkspace | Action::Refresh) {
+            prop_assert!(is_true(RECONCILING), "building, yet not Reconciling: {:?}", d.status.conditions);
+        }
+    }
+}
+
+// ---- a restart a person asks for ----
+
+fn decide_restart(previous: &ChatWorkspaceStatus, workspace: &Workspace, value: &str) -> Decision {
+    let s = spec(DesiredState::Running);
+    let probe = Probe::just_now(ProbeOutcome::Reachable);
+    decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous,
+        observed: Observed::Workspace { workspace: Some(workspace), fresh: true, probe: Some(&probe) },
+        chat: ObservedChat::Unknown,
+        now: at(0),
+        requeue: Requeue::default(),
+        start_request: None,
+        restart_request: Some(value),
+    })
+}
+
+/// The build the operator asked for, as Coder records it.
+fn confirmed(mut status: ChatWorkspaceStatus, ws: &Workspace) -> ChatWorkspaceStatus {
+    if let Some(request) = status.last_build_request.as_mut() {
+        request.build_id = Some(ws.latest_build.id.clone());
+    }
+    status
+}
+
+fn with_build(transition: &str, job: &str, agent: Option<Agent>, number: i32) -> Workspace {
+    let mut ws = workspace(transition, job, agent);
+    ws.latest_build.build_number = number;
+    ws.latest_build.id = format!("build-{number}");
+    ws
+}
+
+#[test]
+fn a_restart_asked_for_is_one_stop_and_one_start_counted_against_the_budget_and_done_once() {
+    const ASKED: &str = "2026-12-04T15:00:00Z";
+    let running = with_build("start", "succeeded", Some(READY_AGENT), 7);
+    let ready =
+        decide_with(&spec(DesiredState::Running), &Default::default(), Some(&running), Some(&ProbeOutcome::Reachable));
+    assert_eq!(condition(&ready, READY).0, "True");
+
+    let asked = decide_restart(&ready.status, &running, ASKED);
+    assert_eq!(asked.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    let restart = asked.status.restart.clone().expect("status.restart");
+    assert!(restart.accepted && restart.request == ASKED, "{restart:?}");
+    assert_eq!(asked.status.recovery.as_ref().unwrap().attempts, 1, "counted against the recovery budget");
+    assert_eq!(condition(&asked, RECOVERING), ("True".into(), "Stopping".into()));
+    assert!(message(&asked, RECOVERING).starts_with("A requested restart"), "{}", message(&asked, RECOVERING));
+    assert!(asked.events.iter().any(|e| e.reason == EventReason::RestartRequested && !e.warning));
+    assert_eq!(kstatus_of(&asked).0, RECONCILING);
+
+    // The stop succeeds: the start follows, the annotation unchanged.
+    let stopped = with_build("stop", "succeeded", None, 8);
+    let starting = decide_restart(&confirmed(asked.status, &stopped), &stopped, ASKED);
+    assert_eq!(starting.action, build(WorkspaceTransition::Start, BuildReason::Recovery));
+    // The start succeeds and the agent is ready: recovered, nothing more.
+    let back = with_build("start", "succeeded", Some(READY_AGENT), 9);
+    let recovered = decide_restart(&confirmed(starting.status, &back), &back, ASKED);
+    assert_eq!(recovered.action, Action::None);
+    assert_eq!(condition(&recovered, READY).0, "True");
+    assert_eq!(condition(&recovered, RECOVERING), ("False".into(), "Recovered".into()));
+    // The same value, again and again: nothing.
+    let again = decide_restart(&recovered.status, &back, ASKED);
+    assert_eq!(again.action, Action::None);
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert_eq!(again.status.recovery.as_ref().unwrap().attempts, 1);
+    // A new value is a new restart.
+    let second = decide_restart(&recovered.status, &back, "2026-12-04T15:05:00Z");
+    assert_eq!(second.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(second.status.recovery.as_ref().unwrap().attempts, 2);
+}
+
+#[test]
+fn a_restart_is_refused_with_the_reason_when_the_budget_is_spent_or_the_workspace_is_not_running() {
+    let running = workspace("start", "succeeded", Some(READY_AGENT));
+    let ready =
+        decide_with(&spec(DesiredState::Running), &Default::default(), Some(&running), Some(&ProbeOutcome::Reachable));
+    let mut spent = ready.status.clone();
+    spent.recovery = Some(RecoveryStatus {
+        attempts: 3,
+        window_start: Some(Time(at(-1800))),
+        generation: Some(1),
+        ..Default::default()
+    });
+    let refused = decide_restart(&spent, &running, "late");
+    assert_eq!(refused.action, Action::None);
+    let restart = refused.status.restart.clone().unwrap();
+    assert!(!restart.accepted && restart.request == "late");
+    assert!(
+        restart.message.contains("recovery budget is spent") && restart.message.contains("reopens at"),
+        "{restart:?}"
+    );
+    assert!(
+        refused
+            .events
+            .iter()
+            .any(|e| e.reason == EventReason::RestartRefused && e.warning && e.note == restart.message)
+    );
+    // A refusal changes nothing else: the workspace is still Ready.
+    assert_eq!(kstatus_of(&refused), (READY, "Running".into()));
+    // Refused once, for good: the same value says nothing more.
+    let again = decide_restart(&refused.status, &running, "late");
+    assert!(again.events.is_empty() && again.action == Action::None);
+
+    let stopped = workspace("stop", "succeeded", None);
+    let mut seen = Default::default();
+    for _ in 0..2 {
+        let d = decide_with(&spec(DesiredState::Stopped), &seen, Some(&stopped), None);
+        seen = d.status;
+    }
+    let s = spec(DesiredState::Stopped);
+    let not_running = decide(&Inputs {
+        spec: &s,
+        policy: policy(),
+        generation: 1,
+        previous: &seen,
+        observed: Observed::Workspace { workspace: Some(&stopped), fresh: true, probe: None },
+        chat: ObservedChat::Unknown,
+        now: at(0),
+        requeue: Requeue::default(),
+        start_request: None,
+        restart_request: Some("now"),
+    });
+    assert_eq!(not_running.action, Action::None);
+    let restart = not_running.status.restart.unwrap();
+    assert!(!restart.accepted && restart.message.contains("not running"), "{restart:?}");
+}
+
+#[test]
+fn an_unconfirmed_restart_stop_is_issued_again_as_the_same_attempt() {
+    let running = with_build("start", "succeeded", Some(READY_AGENT), 7);
+    let ready =
+        decide_with(&spec(DesiredState::Running), &Default::default(), Some(&running), Some(&ProbeOutcome::Reachable));
+    let asked = decide_restart(&ready.status, &running, "x");
+    // The stop's answer never arrived: the workspace still runs, healthy.
+    let resumed = decide_restart(&asked.status, &running, "x");
+    assert_eq!(resumed.action, build(WorkspaceTransition::Stop, BuildReason::Recovery));
+    assert_eq!(resumed.status.recovery.as_ref().unwrap().attempts, 1, "the same attempt");
+    assert!(resumed.events.iter().all(|e| e.reason != EventReason::RestartRequested));
 }

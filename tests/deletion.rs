@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use chatworkspace_operator::backoff::Backoff;
 use chatworkspace_operator::conditions::READY;
-use chatworkspace_operator::decision::CleanupBackoff;
 use coder_sim::SimConfig;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
@@ -52,7 +52,7 @@ async fn published(env: &Env, name: &str, reason: &str) -> i32 {
 #[tokio::test]
 async fn a_cleanup_stop_that_keeps_failing_is_retried_with_backoff_and_counted_across_a_restart() {
     let mut env = Env::without_operator("cleanup-backoff", SimConfig::fast()).await;
-    env.settings.cleanup_backoff = CleanupBackoff { first: Duration::from_secs(2), max: Duration::from_secs(4) };
+    env.settings.cleanup_backoff = Backoff { first: Duration::from_secs(2), max: Duration::from_secs(4) };
     env.start_operator();
     env.create("chat-1", json!({"template": {"name": "docker-dev"}})).await;
     ready(&env, "chat-1").await;

@@ -29,7 +29,7 @@ async fn create_stop_and_start_again() {
     let status = ready.status.unwrap();
     let workspace = status.workspace.expect("status.workspace");
     assert_eq!((workspace.name.as_str(), workspace.owner.as_str()), ("chat-1", "admin"));
-    assert_eq!(status.agent.expect("status.agent").status, "connected");
+    assert_eq!(status.agent.expect("status.agent").status, chatworkspace_operator::coder::AgentStatus::Connected);
     let id = env.workspace_id("admin", "chat-1");
     assert_eq!(env.transitions(id), ["start"], "creating starts the workspace once");
 
@@ -57,7 +57,10 @@ async fn a_flip_during_an_active_build_yields_exactly_one_follow_up_build() {
 
     env.set_desired_state("chat-1", "Stopped").await;
     env.wait_for("chat-1", "stopping", LONG, |c| {
-        c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.transition == "stop")
+        c.status
+            .as_ref()
+            .and_then(|s| s.latest_build.as_ref())
+            .is_some_and(|b| b.transition == chatworkspace_operator::coder::WorkspaceTransition::Stop)
     })
     .await;
     // The stop is still running: ask for Running again.
@@ -244,4 +247,43 @@ async fn coder_5xx_then_recovery_converges() {
     env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
     let id = env.workspace_id("admin", "chat-1");
     assert_eq!(env.transitions(id), ["start"]);
+}
+
+/// A status holding values this version does not know, as a newer coderd
+/// (through a newer operator) would leave it: the apiserver stores them, the
+/// operator still reads the object and converges it. A build request naming
+/// a reason no version ever wrote is refused by the schema.
+#[tokio::test]
+async fn a_status_with_values_a_newer_coderd_added_is_still_read_and_converged() {
+    use chatworkspace_operator::coder::{AgentStatus, ProvisionerJobStatus, WorkspaceBuildReason};
+    use kube::api::{Patch, PatchParams};
+
+    let mut env = Env::without_operator("newer-coderd", SimConfig::fast()).await;
+    env.create("chat-1", docker_dev()).await;
+    let newer = json!({"status": {
+        "observedGeneration": 1,
+        "latestBuild": {"id": "b0", "number": 1, "transition": "hibernate", "status": "hibernating",
+                        "jobStatus": "suspended", "reason": "task_snooze"},
+        "agent": {"id": "a0", "name": "main", "status": "sleeping", "lifecycleState": "hibernated"},
+    }});
+    let stored = env
+        .api
+        .patch_status("chat-1", &PatchParams::default(), &Patch::Merge(&newer))
+        .await
+        .expect("stored, and read back by this version");
+    let status = stored.status.expect("status");
+    let build = status.latest_build.expect("latestBuild");
+    assert_eq!(build.job_status, ProvisionerJobStatus::Unknown);
+    assert_eq!(build.reason, Some(WorkspaceBuildReason::Other("task_snooze".into())));
+    assert_eq!(status.agent.expect("agent").status, AgentStatus::Unknown);
+
+    let whim = json!({"status": {"lastBuildRequest": {
+        "transition": "start", "reason": "Whim", "generation": 1, "time": "2026-01-01T00:00:00Z"}}});
+    let refused = env.api.patch_status("chat-1", &PatchParams::default(), &Patch::Merge(&whim)).await;
+    assert!(matches!(&refused, Err(kube::Error::Api(e)) if e.code == 422), "{refused:?}");
+
+    env.start_operator();
+    let ready = env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let build = ready.status.and_then(|s| s.latest_build).expect("latestBuild");
+    assert_eq!(build.job_status, ProvisionerJobStatus::Succeeded, "the operator wrote what Coder says now");
 }

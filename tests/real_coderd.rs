@@ -11,12 +11,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use chatworkspace_operator::coder::search;
+use chatworkspace_operator::coder::{CoderClient, SessionToken};
 use chatworkspace_operator::conditions::{self, AGENT_CONNECTED, AGENT_REACHABLE, DEGRADED, READY, RECOVERING};
 use chatworkspace_operator::crd::ChatWorkspace;
+use chatworkspace_operator::index::IndexSettings;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 use support::Operated;
-use support::coderd::{AgentSpec, Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions};
+use support::coderd::{AgentSpec, Build, Coderd, Provisioner, Template, TemplateSpec, str_field, transitions, unique};
 use support::process::parse_exposition;
 
 /// Create-to-ready against coderd: builds take a second or two, agents
@@ -30,20 +33,6 @@ async fn operator(prefix: &str) -> (&'static Coderd, Operated) {
     let mut env = Operated::without_operator(prefix, coderd.url(), &coderd.admin.token).await;
     env.start_operator();
     (coderd, env)
-}
-
-/// A unique Coder name (workspace, template): `prefix` and a short suffix,
-/// within coderd's 32 characters.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
-}
-
-/// A template with one agent of its own and the workspace name to use it
-/// for: every workspace with a live agent needs its own agent token.
-async fn agent_template(coderd: &Coderd, prefix: &str) -> (Template, TemplateSpec, String) {
-    let spec = TemplateSpec::one_agent();
-    let template = coderd.template(&unique(prefix), &spec).await;
-    (template, spec, unique(prefix))
 }
 
 fn running_spec(workspace: &str, template: &Template, recovery: Value) -> Value {
@@ -107,13 +96,13 @@ fn assert_sequential(builds: &[Build]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_start_with_a_live_agent_stop_and_start_again() {
     let (coderd, env) = operator("real-lifecycle").await;
-    let (template, spec, workspace) = agent_template(coderd, "life").await;
+    let (template, spec, workspace) = coderd.agent_template("life").await;
     let provisioner: Provisioner = coderd.provisioner("admin", &workspace, spec.token());
     env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
 
     let first = ready(&env, "chat").await;
     let status = first.status.as_ref().unwrap();
-    assert_eq!(status.agent.as_ref().unwrap().status, "connected");
+    assert_eq!(status.agent.as_ref().unwrap().status, chatworkspace_operator::coder::AgentStatus::Connected);
     assert!(conditions::is_true(&status.conditions, AGENT_CONNECTED));
     let id = workspace_id(&first);
     let workspace_read = coderd.workspace("admin", &workspace).await.expect("the operator created the workspace");
@@ -139,7 +128,7 @@ async fn create_start_with_a_live_agent_stop_and_start_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_is_recovered_with_exactly_one_stop_and_one_start() {
     let (coderd, env) = operator("real-kill").await;
-    let (template, spec, workspace) = agent_template(coderd, "kill").await;
+    let (template, spec, workspace) = coderd.agent_template("kill").await;
     let provisioner = coderd.provisioner("admin", &workspace, spec.token());
     env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
     let before = ready(&env, "chat").await;
@@ -214,7 +203,10 @@ async fn with_never_connected_report_an_agent_that_never_connects_is_degraded_an
     recovery["neverConnected"] = json!("Report");
     env.create("chat", running_spec(&workspace, &template, recovery)).await;
     let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
-    assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
+    assert_eq!(
+        degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status,
+        chatworkspace_operator::coder::AgentStatus::Timeout
+    );
     let message = condition_message(&degraded, DEGRADED);
     assert!(message.contains("never connected"), "{message}");
     let id = workspace_id(&degraded);
@@ -268,7 +260,10 @@ async fn an_agent_that_never_connects_again_is_recovered_within_the_budget_then_
     recovery["maxAttempts"] = json!(2);
     env.create("chat", running_spec(&workspace, &template, recovery)).await;
     let degraded = env.wait_for_condition("chat", DEGRADED, "True", Some("AgentNeverConnected"), CONVERGE).await;
-    assert_eq!(degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status, "timeout");
+    assert_eq!(
+        degraded.status.as_ref().unwrap().agent.as_ref().unwrap().status,
+        chatworkspace_operator::coder::AgentStatus::Timeout
+    );
     let message = condition_message(&degraded, DEGRADED);
     assert!(message.contains("after 2 automatic recoveries") && message.contains("template"), "{message}");
     let id = workspace_id(&degraded);
@@ -324,7 +319,7 @@ async fn assert_builds_stay(coderd: &Coderd, workspace_id: &str, expected: &[&st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_agent_hangs_the_probe_then_is_recovered_with_one_stop_and_one_start() {
     let (coderd, env) = operator("real-freeze").await;
-    let (template, spec, workspace) = agent_template(coderd, "freeze").await;
+    let (template, spec, workspace) = coderd.agent_template("freeze").await;
     let provisioner = coderd.provisioner("admin", &workspace, spec.token());
     env.create("chat", running_spec(&workspace, &template, fast_recovery())).await;
     let before = ready(&env, "chat").await;
@@ -367,7 +362,7 @@ async fn a_frozen_agent_hangs_the_probe_then_is_recovered_with_one_stop_and_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_frozen_for_less_than_the_threshold_builds_nothing() {
     let (coderd, env) = operator("real-blip").await;
-    let (template, spec, workspace) = agent_template(coderd, "blip").await;
+    let (template, spec, workspace) = coderd.agent_template("blip").await;
     let provisioner = coderd.provisioner("admin", &workspace, spec.token());
     // The default threshold: coderd takes 22-25 s to see a frozen agent
     // disconnected, and the operator up to one attention interval more.
@@ -596,7 +591,10 @@ async fn twenty_resources_at_once_never_make_coderd_answer_429() {
     }
     for name in &names {
         env.wait_for(name, "running", Duration::from_secs(180), |c| {
-            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+            c.status
+                .as_ref()
+                .and_then(|s| s.latest_build.as_ref())
+                .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running)
         })
         .await;
     }
@@ -661,7 +659,10 @@ async fn agpl_coderd_never_requires_the_active_version_so_a_start_keeps_the_work
     env.create("chat", running_spec(&unique("active"), &template, fast_recovery())).await;
     let created = env
         .wait_for("chat", "running", CONVERGE, |c| {
-            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+            c.status
+                .as_ref()
+                .and_then(|s| s.latest_build.as_ref())
+                .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running)
         })
         .await;
     let id = workspace_id(&created);
@@ -677,7 +678,10 @@ async fn agpl_coderd_never_requires_the_active_version_so_a_start_keeps_the_work
     env.wait_for_condition("chat", READY, "True", Some("Stopped"), CONVERGE).await;
     env.set_desired_state("chat", "Running").await;
     env.wait_for("chat", "running again", CONVERGE, |c| {
-        c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running" && b.number == 3)
+        c.status
+            .as_ref()
+            .and_then(|s| s.latest_build.as_ref())
+            .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running && b.number == 3)
     })
     .await;
     let builds = coderd.builds(&id).await;
@@ -739,7 +743,10 @@ async fn a_workspace_made_outside_is_adopted_only_with_consent_and_each_deletion
         // The template has no agent: running is as far as it gets.
         let adopted = env
             .wait_for(&resource, "running", CONVERGE, |c| {
-                c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+                c.status
+                    .as_ref()
+                    .and_then(|s| s.latest_build.as_ref())
+                    .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running)
             })
             .await;
         assert_eq!(workspace_id(&adopted), id, "the workspace made outside was adopted");
@@ -797,7 +804,7 @@ async fn the_operators_probe_of_a_frozen_agent_times_out_before_coderd_sees_it_d
     // meets the frozen agent while coderd still sees it connected.
     env.tweak = Some(|settings| settings.index.probe_interval = Duration::from_secs(2));
     env.start_operator();
-    let (template, spec, workspace) = agent_template(coderd, "probehang").await;
+    let (template, spec, workspace) = coderd.agent_template("probehang").await;
     let provisioner = coderd.provisioner("admin", &workspace, spec.token());
     let recovery = json!({"mode": "Automatic", "disconnectedThreshold": "5s", "probeTimeout": "3s"});
     env.create("chat", running_spec(&workspace, &template, recovery)).await;
@@ -836,7 +843,10 @@ async fn running_workspace(coderd: &Coderd, env: &Operated, name: &str, extra: V
     env.create(name, spec).await;
     let running = env
         .wait_for(name, "running", CONVERGE, |c| {
-            c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+            c.status
+                .as_ref()
+                .and_then(|s| s.latest_build.as_ref())
+                .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running)
         })
         .await;
     let id = workspace_id(&running);
@@ -858,7 +868,14 @@ async fn a_stop_made_through_coderds_api_is_respected_until_a_start_is_asked_for
         .expect("a stop through coderd's API");
     let stopped = env.wait_for_condition("outside", READY, "False", Some("StoppedOutside"), CONVERGE).await;
     let build = stopped.status.as_ref().and_then(|s| s.latest_build.clone()).unwrap();
-    assert_eq!((build.reason.as_deref(), build.initiator.as_deref()), (Some("initiator"), Some("admin")), "{build:?}");
+    assert_eq!(
+        (
+            build.reason.as_ref().map(chatworkspace_operator::coder::WorkspaceBuildReason::as_str),
+            build.initiator.as_deref()
+        ),
+        (Some("initiator"), Some("admin")),
+        "{build:?}"
+    );
     let message = condition_message(&stopped, READY);
     assert!(message.contains("by admin") && message.contains("start-requested-at"), "{message}");
     // The operator's production intervals pass several times: no restart.
@@ -870,7 +887,10 @@ async fn a_stop_made_through_coderds_api_is_respected_until_a_start_is_asked_for
         .await
         .expect("ask for a start");
     env.wait_for("outside", "running again", CONVERGE, |c| {
-        c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running" && b.number == 3)
+        c.status
+            .as_ref()
+            .and_then(|s| s.latest_build.as_ref())
+            .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running && b.number == 3)
     })
     .await;
     // One start for one new value.
@@ -898,7 +918,10 @@ async fn a_workspace_deleted_through_coderds_api_is_reported_and_created_again_u
     let again = env
         .wait_for("recreate", "on a new workspace", CONVERGE, |c| {
             c.status.as_ref().and_then(|s| s.workspace.as_ref()).is_some_and(|w| w.id != id)
-                && c.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.status == "running")
+                && c.status
+                    .as_ref()
+                    .and_then(|s| s.latest_build.as_ref())
+                    .is_some_and(|b| b.status == chatworkspace_operator::coder::WorkspaceStatus::Running)
         })
         .await;
     let name = str_field(&created_workspace(&first), "name");
@@ -1023,5 +1046,73 @@ async fn wait_for_job(coderd: &Coderd, workspace_id: &str) {
         }
         assert!(Instant::now() < deadline, "the build never ended: {builds:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The searches the index sends across owners: with an Owner's token, a
+/// search without `owner:` answers for every user, and an `id:` list as
+/// long as a page (what one request of the poller carries) is accepted and
+/// filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_across_owners_answer_for_every_user_and_an_id_list_of_a_page_filters() {
+    let coderd = Coderd::shared();
+    let template = coderd.template(&unique("owners"), &TemplateSpec::default()).await;
+    let mut ids = Vec::new();
+    for user in [&coderd.admin, &coderd.member] {
+        let created: Value = coderd
+            .admin_api()
+            .post(
+                &format!("/users/{}/workspaces", user.username),
+                &json!({"name": unique("owners"), "template_id": template.id}),
+            )
+            .await
+            .expect("a workspace");
+        ids.push(str_field(&created, "id"));
+    }
+    let client = CoderClient::new(
+        coderd.url(),
+        SessionToken::new(coderd.admin.token.clone()).expect("a token"),
+        Duration::from_secs(30),
+    )
+    .expect("a client");
+    let page_size = IndexSettings::default().page_size;
+
+    // Without `owner:`, paged as the poller pages it.
+    let mut owners = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let page = client.list_workspaces("", page_size, offset).await.expect("a search without owner:");
+        let received = u32::try_from(page.workspaces.len()).unwrap();
+        for workspace in page.workspaces.into_iter().filter(|w| ids.contains(&w.id)) {
+            owners.insert(workspace.id, workspace.owner_name);
+        }
+        if received < page_size {
+            break;
+        }
+        offset += received;
+    }
+    assert_eq!(
+        owners.into_values().collect::<Vec<_>>().iter().collect::<std::collections::BTreeSet<_>>(),
+        [&coderd.admin.username, &coderd.member.username].into_iter().collect(),
+        "one search answers for both users"
+    );
+
+    // An `id:` list of a page's length, the two among ids that match nothing.
+    let mut queried: Vec<String> = (2..page_size).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    queried.extend(ids.iter().cloned());
+    let found = client.list_workspaces(&search::ids(&queried), page_size, 0).await.expect("an id: list of a page");
+    let mut found_ids: Vec<String> = found.workspaces.into_iter().map(|w| w.id).collect();
+    found_ids.sort();
+    ids.sort();
+    assert_eq!(found_ids, ids);
+    assert_eq!(found.count, 2);
+
+    for id in &ids {
+        wait_for_job(coderd, id).await;
+        let _: Value = coderd
+            .admin_api()
+            .post(&format!("/workspaces/{id}/builds"), &json!({"transition": "delete"}))
+            .await
+            .expect("deleting the workspace");
     }
 }

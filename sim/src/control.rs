@@ -108,10 +108,12 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/workspaces/{id}/revive-agent", post(revive_agent))
         .route("/workspaces/{id}/partition-probe", post(partition_probe))
         .route("/workspaces/{id}/never-connect", post(never_connect))
+        .route("/workspaces/{id}/fail-startup", post(fail_startup))
         .route("/workspaces/{id}/builds", get(builds))
         .route("/templates/{name}/require-active-version", post(set_require_active_version))
         .route("/templates/{name}/active-version", post(set_active_version))
         .route("/never-connect", post(never_connect_any))
+        .route("/fail-startup", post(fail_startup_any))
         .route("/fail-next-build", post(fail_next_build))
         .route("/faults", post(add_fault).delete(clear_faults))
         .route("/requests", get(requests).delete(clear_requests))
@@ -203,6 +205,18 @@ struct AnyWorkspaceBody {
 async fn never_connect_any(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<StatusCode, ApiError> {
     let body: AnyWorkspaceBody = optional_json(&body)?;
     shared.lock().never_connect_next_start(body.workspace_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fail_startup(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = workspace_param(&shared, &id)?;
+    shared.lock().fail_startup_next_start(Some(id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fail_startup_any(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let body: AnyWorkspaceBody = optional_json(&body)?;
+    shared.lock().fail_startup_next_start(body.workspace_id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -11,6 +11,7 @@
 mod api;
 mod control;
 mod error;
+pub mod fake_model;
 mod faults;
 mod model;
 mod requests;
@@ -239,6 +240,13 @@ impl Simulator {
         self.handle.shared.lock().never_connect_next_start(workspace);
     }
 
+    /// The startup scripts of the agents of the next start build (of this
+    /// workspace, or of any when `None`) exit with an error: the agents
+    /// connect, then go `starting` to `start_error`.
+    pub fn fail_startup_next_start(&self, workspace: Option<Uuid>) {
+        self.handle.shared.lock().fail_startup_next_start(workspace);
+    }
+
     /// The next build (of this workspace or any; of this transition or any)
     /// fails when its job completes.
     ///
@@ -340,8 +348,8 @@ impl Simulator {
         self.handle.shared.lock().chat_api = api;
     }
 
-    /// Which agent `PUT /chats/{id}/context` re-pins to: the latest build's
-    /// (the default) or, as v2.36.1 does, the one the chat has stored.
+    /// Which agent `PUT /chats/{id}/context` re-pins to: the one the chat
+    /// has stored, as v2.36.1 does (the default), or the latest build's.
     pub fn set_context_refresh(&self, rule: ContextRefresh) {
         self.handle.shared.lock().context_refresh = rule;
     }
@@ -358,6 +366,16 @@ impl Simulator {
             .lock()
             .create_chat(&chat, Timestamp::now())
             .unwrap_or_else(|err| panic!("creating chat {:?}: {err}", chat.title))
+    }
+
+    /// The chat's next turn, as chatd runs it: it moves the chat to the
+    /// latest build's chat agent and pins the context there (coderd
+    /// v2.36.1 rebinds a chat only this way).
+    ///
+    /// # Panics
+    /// If there is no such chat.
+    pub fn run_chat_turn(&self, chat: Uuid) {
+        self.handle.shared.lock().run_chat_turn(chat, Timestamp::now()).unwrap_or_else(|err| panic!("{err}"));
     }
 
     /// Sets a chat's status, as a turn starting (`running`) or ending would.

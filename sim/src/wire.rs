@@ -783,7 +783,37 @@ pub struct Chat {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<ChatContext>,
     pub client_type: &'static str,
+    /// On the sub-agent chats embedded in a chat's read: an empty one, as
+    /// coderd gives a chat with no git changes tracked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_status: Option<ChatDiffStatus>,
     pub children: Vec<Chat>,
+}
+
+/// A chat's git changes; the simulator tracks none.
+#[derive(Debug, Serialize)]
+pub struct ChatDiffStatus {
+    pub chat_id: Uuid,
+    pub pull_request_title: String,
+    pub pull_request_draft: bool,
+    pub changes_requested: bool,
+    pub additions: i32,
+    pub deletions: i32,
+    pub changed_files: i32,
+}
+
+impl ChatDiffStatus {
+    fn none(chat_id: Uuid) -> Self {
+        Self {
+            chat_id,
+            pull_request_title: String::new(),
+            pull_request_draft: false,
+            changes_requested: false,
+            additions: 0,
+            deletions: 0,
+            changed_files: 0,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -824,8 +854,14 @@ impl Chat {
         let detailed = true;
         let mut rendered = Self::render_one(d, chat, now, detailed, true);
         if chat.parent_chat_id.is_none() {
-            rendered.children =
-                d.children_of(chat.id).into_iter().map(|c| Self::render_one(d, c, now, false, true)).collect();
+            rendered.children = d
+                .children_of(chat.id)
+                .into_iter()
+                .map(|c| Chat {
+                    diff_status: Some(ChatDiffStatus::none(c.id)),
+                    ..Self::render_one(d, c, now, false, true)
+                })
+                .collect();
         }
         rendered
     }
@@ -870,7 +906,8 @@ impl Chat {
             build_id: chat.build_id,
             agent_id,
             parent_chat_id: chat.parent_chat_id,
-            root_chat_id: chat.parent_chat_id,
+            // A root chat is its own root.
+            root_chat_id: Some(chat.parent_chat_id.unwrap_or(chat.id)),
             last_model_config_id: Uuid::nil(),
             title: chat.title.clone(),
             status: model::Deployment::chat_status(chat, now).to_owned(),
@@ -891,6 +928,7 @@ impl Chat {
             has_unread: false,
             context,
             client_type: "api",
+            diff_status: None,
             children: Vec::new(),
         }
     }

@@ -1,5 +1,6 @@
 //! Agents: status computed from heartbeats as coderd does, deaths, respawns,
-//! agents that never connect, and the three behaviours of the probe.
+//! agents that never connect or whose startup fails, and the three
+//! behaviours of the probe.
 
 mod support;
 
@@ -125,6 +126,40 @@ async fn never_connect_can_target_one_workspace() {
     client.wait_for_agent(&agent_a, "connected", None).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(client.agent(&agent_b).await["status"], "connecting");
+}
+
+#[tokio::test]
+async fn a_failing_startup_script_ends_in_start_error_for_the_workspace_asked_for() {
+    let (_sim, client) = start_with(observable()).await;
+    let control = client.with_token(None);
+    let a = id_of(&client.create_workspace("a", DOCKER_DEV).await);
+    let b = id_of(&client.create_workspace("b", DOCKER_DEV).await);
+    for ws in [&a, &b] {
+        client.wait_for_build(ws, "running").await;
+        client.build(ws, json!({ "transition": "stop" })).await.expect(201);
+        client.wait_for_build(ws, "stopped").await;
+    }
+    control.post(&format!("/sim/workspaces/{b}/fail-startup"), json!({})).await.expect(204);
+    for ws in [&a, &b] {
+        client.build(ws, json!({ "transition": "start" })).await.expect(201);
+        client.wait_for_build(ws, "running").await;
+    }
+    let agent_a = id_of(&client.agents(&a).await[0]);
+    let agent_b = id_of(&client.agents(&b).await[0]);
+    client.wait_for_agent(&agent_b, "connected", Some("starting")).await;
+    let failed = client.wait_for_agent(&agent_b, "connected", Some("start_error")).await;
+    assert_eq!(failed["health"]["reason"], "agent startup script exited with an error");
+    assert_eq!(failed["health"]["healthy"], false);
+    assert!(failed["ready_at"].is_string(), "coderd stamps ready_at when the startup ends: {failed}");
+    client.wait_for_agent(&agent_a, "connected", Some("ready")).await;
+
+    // The rule is used up: the next start's startup succeeds.
+    client.build(&b, json!({ "transition": "stop" })).await.expect(201);
+    client.wait_for_build(&b, "stopped").await;
+    client.build(&b, json!({ "transition": "start" })).await.expect(201);
+    client.wait_for_build(&b, "running").await;
+    let fresh = id_of(&client.agents(&b).await[0]);
+    client.wait_for_agent(&fresh, "connected", Some("ready")).await;
 }
 
 #[tokio::test]

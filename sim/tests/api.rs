@@ -384,6 +384,29 @@ async fn search_filters_and_counts() {
 }
 
 #[tokio::test]
+async fn search_answers_only_what_the_token_may_read_and_one_owner_per_query() {
+    // bob is a member: coderd shows him his own workspaces, with or
+    // without `owner:`, and nobody else's.
+    let mut config = coder_sim::SimConfig::fast();
+    config.seed.token_user = "bob".into();
+    let sim = coder_sim::Simulator::start(config).await.expect("simulator starts");
+    let client = Client::new(&sim.url(), &sim.token());
+    for owner in ["alice", "bob"] {
+        sim.create_workspace(owner, &format!("{owner}-ws"), "docker-dev");
+    }
+    let names = |reply: &Value| -> Vec<String> {
+        reply["workspaces"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let everyone = client.get("/api/v2/workspaces").await.expect(200);
+    assert_eq!(names(&everyone), ["bob-ws", "existing-dev"]);
+    let alices = client.get("/api/v2/workspaces?q=owner:alice").await.expect(200);
+    assert_eq!(alices["count"], 0);
+    let twice = client.get("/api/v2/workspaces?q=owner:bob%20owner:alice").await.expect(400);
+    assert_eq!(twice["validations"][0]["field"], "owner");
+    client.get("/api/v2/workspaces?q=status:running%20status:stopped").await.expect(400);
+}
+
+#[tokio::test]
 async fn delete_removes_the_workspace() {
     let (sim, client) = start().await;
     let id = id_of(&client.create_workspace("doomed", DOCKER_DEV).await);

@@ -4,7 +4,7 @@
 
 mod support;
 
-use coder_sim::{ChatApi, ContextRefresh, NewChat};
+use coder_sim::{ChatApi, ContextRefresh, NewChat, Seed, SimConfig, Simulator};
 use serde_json::Value;
 use support::*;
 use uuid::Uuid;
@@ -31,12 +31,14 @@ async fn by_workspace_maps_each_workspace_to_its_latest_visible_chat() {
     let (other, _) = running_workspace(&client, "quiet").await;
     let older = sim.create_chat(chat("older", ws));
     let newer = sim.create_chat(chat("newer", ws));
-    // Alice's chat on the same workspace is not the caller's to see.
-    sim.create_chat(NewChat { owner: Some("alice".into()), ..chat("alice's", ws) });
 
     let map = client.get(&format!("{EXP}/by-workspace?workspace_ids={ws},{other}")).await.expect(200);
     assert_eq!(map, serde_json::json!({ ws.to_string(): newer.to_string() }));
     assert_ne!(older, newer);
+    // The token's user is an Owner: Alice's newer chat is the one shown.
+    let alices = sim.create_chat(NewChat { owner: Some("alice".into()), ..chat("alice's", ws) });
+    let map = client.get(&format!("{EXP}/by-workspace?workspace_ids={ws}")).await.expect(200);
+    assert_eq!(map, serde_json::json!({ ws.to_string(): alices.to_string() }));
     let empty = client.get(&format!("{EXP}/by-workspace")).await.expect(200);
     assert_eq!(empty, serde_json::json!({}));
 
@@ -48,6 +50,30 @@ async fn by_workspace_maps_each_workspace_to_its_latest_visible_chat() {
     client.get(&format!("{EXP}/by-workspace?workspace_ids=nope")).await.expect(400);
 }
 
+/// As coderd v2.36.1 answered the real-coderd tests: a member's token sees
+/// only the member's chats, an Owner's every user's.
+#[tokio::test]
+async fn a_member_sees_only_their_own_chats_and_an_owner_sees_every_users() {
+    let seed = Seed { token_user: "alice".into(), ..Seed::default() };
+    let sim = Simulator::start(SimConfig { seed, ..SimConfig::fast() }).await.unwrap();
+    let client = Client::new(&sim.url(), &sim.token());
+    let (ws, _) = running_workspace(&client, "alices").await;
+    let alices = sim.create_chat(chat("alice's", ws));
+    let admins = sim.create_chat(NewChat { owner: Some("admin".into()), ..chat("the admin's", ws) });
+
+    let map = client.get(&format!("{EXP}/by-workspace?workspace_ids={ws}")).await.expect(200);
+    assert_eq!(map, serde_json::json!({ ws.to_string(): alices.to_string() }), "the admin's newer chat is hidden");
+    let hidden = client.get(&format!("{EXP}/{admins}")).await.expect(404);
+    assert_eq!(hidden["message"], "Resource not found or you do not have access to this resource");
+    client.post(&format!("{EXP}/{admins}/interrupt"), serde_json::json!({})).await.expect(404);
+
+    let (sim, client) = start().await;
+    let (ws, _) = running_workspace(&client, "admins").await;
+    let alices = sim.create_chat(NewChat { owner: Some("alice".into()), ..chat("alice's", ws) });
+    let body = client.get(&format!("{EXP}/{alices}")).await.expect(200);
+    assert_eq!(body["owner_username"], "alice");
+}
+
 #[tokio::test]
 async fn a_chat_shows_its_binding_sub_agents_and_pinned_context() {
     let (sim, client) = start().await;
@@ -55,7 +81,6 @@ async fn a_chat_shows_its_binding_sub_agents_and_pinned_context() {
     let root = sim.create_chat(chat("fix the login bug", ws));
     let child =
         sim.create_chat(NewChat { parent_chat_id: Some(root), status: Some("running".into()), ..chat("sub", ws) });
-    let alices = sim.create_chat(NewChat { owner: Some("alice".into()), ..chat("alice's", ws) });
 
     let body = client.get(&format!("{EXP}/{root}")).await.expect(200);
     assert_golden("chat.json", &body);
@@ -74,7 +99,6 @@ async fn a_chat_shows_its_binding_sub_agents_and_pinned_context() {
     assert_eq!(children[0]["children"], serde_json::json!([]));
     assert!(children[0]["context"].get("resources").is_none(), "resources only on the chat read itself");
 
-    client.get(&format!("{EXP}/{alices}")).await.expect(404);
     client.get(&format!("{EXP}/{}", Uuid::new_v4())).await.expect(404);
     client.with_token(None).get(&format!("{EXP}/{root}")).await.expect(401);
 
@@ -92,6 +116,7 @@ async fn a_chat_shows_its_binding_sub_agents_and_pinned_context() {
 #[tokio::test]
 async fn a_refresh_after_a_rebuild_rebinds_the_new_agent_and_clears_the_pin_without_one() {
     let (sim, client) = start().await;
+    sim.set_context_refresh(ContextRefresh::LatestAgent);
     let (ws, old_agent) = running_workspace(&client, "chatty").await;
     let root = sim.create_chat(chat("chat", ws));
     let id = ws.to_string();
@@ -150,9 +175,8 @@ async fn chats_are_served_on_one_mount_at_a_time() {
 }
 
 #[tokio::test]
-async fn like_v2_36_1_a_refresh_can_re_pin_to_the_stored_agent_only() {
+async fn like_v2_36_1_a_refresh_re_pins_to_the_stored_agent_only_and_the_next_turn_rebinds() {
     let (sim, client) = start().await;
-    sim.set_context_refresh(ContextRefresh::StoredAgent);
     let (ws, old_agent) = running_workspace(&client, "chatty").await;
     let root = sim.create_chat(chat("chat", ws));
     let id = ws.to_string();
@@ -167,4 +191,9 @@ async fn like_v2_36_1_a_refresh_can_re_pin_to_the_stored_agent_only() {
     assert_eq!(repinned["agent_id"], old_agent, "the chat's next turn rebinds it, not the refresh");
     assert_eq!(repinned["context"]["dirty"], false);
     assert_eq!(repinned["context"]["resources"].as_array().unwrap().len(), 2, "the old agent's snapshot");
+
+    sim.run_chat_turn(root);
+    let rebound = client.get(&format!("{EXP}/{root}")).await.expect(200);
+    assert_eq!(rebound["agent_id"], new_agent, "the next turn moved the chat to the new agent");
+    assert_eq!(rebound["context"]["dirty"], false);
 }

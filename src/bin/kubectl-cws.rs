@@ -5,6 +5,7 @@
 //! kubectl cws status NAME                    # what it is doing, and what to do next
 //! kubectl cws start NAME                     # desiredState Running (and a start request after Coder stopped it)
 //! kubectl cws stop NAME                      # desiredState Stopped
+//! kubectl cws restart NAME                   # one stop, then start, of a running workspace (recovery budget)
 //! kubectl cws wait NAME --for ready|stopped|chat-current [--timeout 5m]
 //! ```
 //!
@@ -14,8 +15,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chatworkspace_operator::conditions::{self, CHAT_CONTEXT_CURRENT, DEGRADED, READY};
-use chatworkspace_operator::crd::{ChatWorkspace, DesiredState, Phase, START_REQUESTED_AT};
+use chatworkspace_operator::conditions::{self, CHAT_CONTEXT_CURRENT, DEGRADED, READY, Reason, STALLED};
+use chatworkspace_operator::crd::{ChatWorkspace, DesiredState, Phase, RESTART_REQUESTED_AT, START_REQUESTED_AT};
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -43,6 +44,15 @@ enum Command {
     Start { name: String },
     /// Asks for the workspace to stop.
     Stop { name: String },
+    /// Asks for one restart (a stop, then a start) of the running
+    /// workspace, as a recovery counted against its budget, and waits for
+    /// the operator to accept or refuse it.
+    Restart {
+        name: String,
+        /// How long to wait for the operator's answer.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Waits until the workspace is ready, stopped, or its chat's context is
     /// current; fails at once, with the reason, if a person must act first.
     Wait {
@@ -100,7 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let resource = api.get(&name).await?;
             let mut patch = json!({"spec": {"desiredState": "Running"}});
             let stopped_by_coder =
-                matches!(ready_reason(&resource).as_deref(), Some("StoppedByCoder" | "StoppedOutside"));
+                ready_reason(&resource).as_deref().and_then(Reason::parse).is_some_and(Reason::is_stopped_in_coder);
             if stopped_by_coder {
                 let now = jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string();
                 patch["metadata"] = json!({"annotations": {START_REQUESTED_AT: now}});
@@ -119,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("chatworkspace {namespace}/{name}: desiredState Stopped");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Restart { name, timeout } => restart(&api, &namespace, &name, timeout).await,
         Command::Wait { name, state, timeout } => {
             let reached = await_condition(api.clone(), &name, move |resource: Option<&ChatWorkspace>| {
                 resource.is_some_and(|r| !matches!(judge(r, state), Judged::Waiting))
@@ -152,6 +163,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Writes a new restart request and waits for the operator's answer in
+/// `status.restart`.
+async fn restart(api: &Api<ChatWorkspace>, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    // Milliseconds: two restarts asked for within a second are two values.
+    let value = jiff::Timestamp::now().round(jiff::Unit::Millisecond)?.to_string();
+    let patch = json!({"metadata": {"annotations": {RESTART_REQUESTED_AT: value}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    println!("chatworkspace {namespace}/{name}: asked for a restart ({RESTART_REQUESTED_AT}={value})");
+    let wanted = value.clone();
+    let answered =
+        await_condition(api.clone(), name, move |resource: Option<&ChatWorkspace>| answer(resource, &wanted).is_some());
+    let resource = match tokio::time::timeout(timeout, answered).await {
+        Err(_) => {
+            eprintln!(
+                "the operator has not answered within {}s; `kubectl cws status {name}` shows what it is doing",
+                timeout.as_secs()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(found) => found?.ok_or_else(|| anyhow::anyhow!("chatworkspace {namespace}/{name} is gone"))?,
+    };
+    let Some(restart) = answer(Some(&resource), &value) else { unreachable!("await_condition returns once answered") };
+    if restart.accepted {
+        println!("{} Wait for it: `kubectl cws wait {name} --for ready`.", restart.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}", restart.message);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The operator's answer to the restart request `value`, once it gave one.
+fn answer<'r>(
+    resource: Option<&'r ChatWorkspace>,
+    value: &str,
+) -> Option<&'r chatworkspace_operator::crd::RestartStatus> {
+    resource?.status.as_ref()?.restart.as_ref().filter(|r| r.request == value)
+}
+
 /// Where a wait stands.
 enum Judged {
     Reached(String),
@@ -167,10 +217,10 @@ fn judge(resource: &ChatWorkspace, wanted: Wanted) -> Judged {
         conditions::find(&status.conditions, type_)
             .filter(|c| c.observed_generation == generation || generation.is_none())
     };
-    if status.phase == Some(Phase::Failed)
-        && let Some(degraded) = current(DEGRADED).filter(|c| c.status == "True")
+    if let Some(stalled) =
+        stalled(resource, status).filter(|c| generation.is_none() || c.observed_generation == generation)
     {
-        return Judged::Stuck(format!("{} ({})", degraded.message, degraded.reason));
+        return Judged::Stuck(format!("{} ({})", stalled.message, stalled.reason));
     }
     let desired = resource.spec.desired_state;
     let ready = current(READY).filter(|c| c.status == "True");
@@ -192,6 +242,26 @@ fn judge(resource: &ChatWorkspace, wanted: Wanted) -> Judged {
             None => Judged::Waiting,
         },
     }
+}
+
+/// The condition saying that nothing will change without a person: `Stalled`
+/// (from an operator that writes no `Stalled`, a `Degraded` of a `Failed`
+/// phase). A stop in Coder that a start was asked for since is not stalled
+/// any more, though the operator may not have written so yet.
+fn stalled<'s>(
+    resource: &ChatWorkspace,
+    status: &'s chatworkspace_operator::crd::ChatWorkspaceStatus,
+) -> Option<&'s k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let find = |type_| conditions::find(&status.conditions, type_).filter(|c| c.status == "True");
+    let stalled = match conditions::find(&status.conditions, STALLED) {
+        Some(_) => find(STALLED),
+        None => find(DEGRADED).filter(|_| status.phase == Some(Phase::Failed)),
+    }?;
+    let start_pending = resource
+        .annotations()
+        .get(START_REQUESTED_AT)
+        .is_some_and(|asked| conditions::stopped_in_coder(stalled) && status.start_request.as_ref() != Some(asked));
+    (!start_pending).then_some(stalled)
 }
 
 fn ready_reason(resource: &ChatWorkspace) -> Option<String> {
@@ -219,7 +289,9 @@ fn describe(resource: &ChatWorkspace, events: &[Event]) -> String {
     let mut out = String::new();
     let name = format!("{}/{}", resource.namespace().unwrap_or_default(), resource.name_any());
     let desired = resource.spec.desired_state;
-    let Some(status) = &resource.status else {
+    // Before the operator's first write, the apiserver's default status
+    // (observedGeneration 0) is all there is.
+    let Some(status) = resource.status.as_ref().filter(|s| !s.conditions.is_empty()) else {
         let _ = writeln!(out, "ChatWorkspace {name}: not observed yet (desired {desired:?})");
         let _ = writeln!(out, "Next: wait for the operator; is it running and does it serve this namespace?");
         return out;
@@ -230,7 +302,7 @@ fn describe(resource: &ChatWorkspace, events: &[Event]) -> String {
         let _ = writeln!(out, "Workspace:  {}/{} (id {})", workspace.owner, workspace.name, workspace.id);
     }
     if let Some(build) = &status.latest_build {
-        let who = build.reason.as_deref().map(|r| format!(", reason {r}")).unwrap_or_default();
+        let who = build.reason.as_ref().map(|r| format!(", reason {r}")).unwrap_or_default();
         let _ = writeln!(out, "Build:      #{} {} {}{who}", build.number, build.transition, build.status);
     }
     if let Some(agent) = &status.agent {
@@ -276,14 +348,15 @@ fn next_step(resource: &ChatWorkspace) -> String {
     let name = resource.name_any();
     let Some(status) = &resource.status else { return "wait for the operator".into() };
     let find = |type_| conditions::find(&status.conditions, type_);
-    if let Some(degraded) = find(DEGRADED).filter(|c| c.status == "True") {
-        return degraded.message.clone();
+    let ready = find(READY);
+    if ready.is_some_and(|r| r.status == "False" && conditions::stopped_in_coder(r)) {
+        return format!("`kubectl cws start {name}` asks for a start of the workspace Coder stopped.");
     }
-    match find(READY) {
+    if let Some(stalled) = stalled(resource, status) {
+        return stalled.message.clone();
+    }
+    match ready {
         Some(ready) if ready.status == "True" => "nothing: the desired state is reached.".into(),
-        Some(ready) if matches!(ready.reason.as_str(), "StoppedByCoder" | "StoppedOutside") => {
-            format!("`kubectl cws start {name}` asks for a start of the workspace Coder stopped.")
-        }
         Some(_) => {
             let wanted = if resource.spec.desired_state == DesiredState::Running { "ready" } else { "stopped" };
             format!("wait: `kubectl cws wait {name} --for {wanted}`.")

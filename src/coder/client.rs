@@ -37,10 +37,20 @@ const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
 /// Told about every request, for metrics.
 pub trait RequestObserver: Send + Sync {
-    /// Called once per request when it ends. `endpoint` is a route label such
-    /// as `GET /workspaces/{id}`; `status` is `None` when no response came
+    /// Called once per request when it ends. `credentials` names the
+    /// credentials that sent it, never their token
+    /// ([`CoderClient::with_observer`]); `endpoint` is a route label such as
+    /// `GET /workspaces/{id}`; `status` is `None` when no response came
     /// (timeout, transport error).
-    fn observe(&self, endpoint: &'static str, status: Option<u16>, elapsed: Duration);
+    fn observe(&self, credentials: &str, endpoint: &'static str, status: Option<u16>, elapsed: Duration);
+
+    /// An observation request waited `waited` for the budget the actions
+    /// left it ([`CoderClient::for_observation`]).
+    fn observation_waited(&self, _waited: Duration) {}
+
+    /// No client uses the credentials named `credentials` any more: what is
+    /// kept for them can go.
+    fn credentials_released(&self, _credentials: &str) {}
 }
 
 /// A client of one Coder deployment with one token. Cloning is cheap and
@@ -48,10 +58,13 @@ pub trait RequestObserver: Send + Sync {
 #[derive(Clone)]
 pub struct CoderClient {
     inner: Arc<Inner>,
-    observer: Option<Arc<dyn RequestObserver>>,
+    /// The observer, and the name of this client's credentials it is told.
+    observer: Option<(Arc<dyn RequestObserver>, Arc<str>)>,
     rate_limit: Option<Arc<RateLimit>>,
     /// Every write (POST, PUT) passes it; reads do not.
     fence: Option<Fence>,
+    /// Its requests take only the budget that actions leave.
+    observation: bool,
 }
 
 struct Inner {
@@ -176,11 +189,15 @@ impl CoderClient {
             observer: None,
             rate_limit: None,
             fence: None,
+            observation: false,
         })
     }
 
-    pub fn with_observer(self, observer: Arc<dyn RequestObserver>) -> Self {
-        Self { observer: Some(observer), ..self }
+    /// `observer` is told about every request of this client (and its
+    /// clones), as sent with `credentials`: a name for the credentials that
+    /// holds no part of the token (a metric label).
+    pub fn with_observer(self, observer: Arc<dyn RequestObserver>, credentials: &str) -> Self {
+        Self { observer: Some((observer, credentials.into())), ..self }
     }
 
     /// Every request of this client (and its clones) waits for `limit`
@@ -188,6 +205,13 @@ impl CoderClient {
     /// against the request's timeout.
     pub fn with_rate_limit(self, limit: Arc<RateLimit>) -> Self {
         Self { rate_limit: Some(limit), ..self }
+    }
+
+    /// A clone whose requests observe: under the rate limit they take only
+    /// what the actions (creates, builds, the reads that decide them) leave,
+    /// so observation slows down rather than delay an action.
+    pub fn for_observation(&self) -> Self {
+        Self { observation: true, ..self.clone() }
     }
 
     /// Every write of this client (and its clones) is sent only while
@@ -361,7 +385,14 @@ impl CoderClient {
     ) -> Result<Answer, CoderError> {
         self.wait_out_pause().await;
         if let Some(limit) = &self.rate_limit {
-            limit.acquire_for(self.inner.share).await;
+            if self.observation {
+                let waited = limit.acquire_observation_for(self.inner.share).await;
+                if let Some((observer, _)) = &self.observer {
+                    observer.observation_waited(waited);
+                }
+            } else {
+                limit.acquire_for(self.inner.share).await;
+            }
         }
         let started = Instant::now();
         let sent = async {
@@ -453,8 +484,8 @@ impl CoderClient {
                 "Coder request failed"
             ),
         }
-        if let Some(observer) = &self.observer {
-            observer.observe(route.label, status, elapsed);
+        if let Some((observer, credentials)) = &self.observer {
+            observer.observe(credentials, route.label, status, elapsed);
         }
     }
 

@@ -81,6 +81,27 @@ pub enum CoderError {
 }
 
 impl CoderError {
+    /// The parameters a refused build names as required and not provided:
+    /// coderd's dynamic-parameters flow lists them as validations, its
+    /// classic flow names one in the message (`Unable to validate
+    /// parameter "zone"`) with the reason in the detail. `None`: not such a
+    /// refusal; an empty list: one that names none.
+    pub fn missing_parameters(&self) -> Option<Vec<String>> {
+        let required = |text: &str| {
+            let text = text.to_ascii_lowercase();
+            text.contains("required parameter not provided") || text.contains("is required but not provided")
+        };
+        match self {
+            CoderError::Validation { validations, .. } => {
+                Some(validations.iter().filter(|v| required(&v.detail)).map(|v| v.field.clone()).collect())
+            }
+            CoderError::BadRequest { message, detail, .. } if required(detail) => {
+                Some(message.split('"').nth(1).map(str::to_string).into_iter().collect())
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the same request may succeed later with nothing changed.
     /// A conflict is not: the caller must read the state again and decide.
     pub fn is_retryable(&self) -> bool {

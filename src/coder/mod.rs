@@ -5,6 +5,7 @@ mod chat_agent;
 mod client;
 mod error;
 mod rate;
+pub mod search;
 mod token;
 mod types;
 
@@ -14,9 +15,9 @@ pub use error::{CoderError, FieldError};
 pub use rate::RateLimit;
 pub use token::{SessionToken, TokenError};
 pub use types::{
-    API_BUILD_REASON, AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, Chat, ChatContext,
-    ChatContextResource, ChatError, CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ListeningPort, ListeningPorts,
-    Organization, ParameterOption, ParameterValue, Preset, PresetParameter, ProvisionerJob, ProvisionerJobStatus,
-    Template, TemplateVersion, TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild,
+    AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, Chat, ChatContext, ChatContextResource, ChatError,
+    CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ListeningPort, ListeningPorts, Organization, ParameterOption,
+    ParameterValue, Preset, PresetParameter, ProvisionerJob, ProvisionerJobStatus, TOKEN_USER, Template,
+    TemplateVersion, TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild, WorkspaceBuildReason,
     WorkspaceHealth, WorkspaceResource, WorkspaceStatus, WorkspaceTransition, WorkspacesResponse,
 };

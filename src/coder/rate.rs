@@ -61,6 +61,38 @@ impl RateLimit {
         }
     }
 
+    /// Waits until one more observation request of `share` is allowed: only
+    /// out of what the actions leave. An action reserves its slot at once,
+    /// even ahead of the bucket (it waits its turn after that), so an
+    /// observation waits while any action is queued and takes a slot only
+    /// when one is free: observation slows down, actions never wait behind
+    /// it. Returns how long it waited.
+    pub async fn acquire_observation_for(&self, share: u64) -> Duration {
+        let started = Instant::now();
+        loop {
+            match self.take_free(share, Instant::now()) {
+                None => return started.elapsed(),
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// Takes a slot of `share` at `now` if one is free (`None`), else says
+    /// how long until one may be.
+    fn take_free(&self, share: u64, now: Instant) -> Option<Duration> {
+        let mut buckets = self.buckets.lock().expect("rate limit buckets");
+        let (per_second, burst) = (self.per_second, self.burst);
+        let bucket = buckets.entry(share).or_insert(Bucket { tokens: burst, updated: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * per_second).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return None;
+        }
+        // At least a millisecond, so that a waiter never spins.
+        Some(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second).max(Duration::from_millis(1)))
+    }
+
     /// Takes a slot of `share` at `now`: how long its caller must wait.
     fn reserve(&self, share: u64, now: Instant) -> Duration {
         let mut buckets = self.buckets.lock().expect("rate limit buckets");
@@ -117,6 +149,48 @@ mod tests {
             let in_window = times[i..].iter().filter(|u| **u < *t + Duration::from_secs(1)).count();
             assert!(in_window <= 7, "{in_window} requests within 1s of {t:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn observation_takes_only_what_the_actions_leave() {
+        let limit = Arc::new(RateLimit::new(5.0, 1));
+        let start = Instant::now();
+        // Ten actions queue up (two seconds of the budget)...
+        let mut actions = Vec::new();
+        for _ in 0..10 {
+            let limit = limit.clone();
+            actions.push(tokio::spawn(async move {
+                limit.acquire().await;
+                Instant::now()
+            }));
+        }
+        tokio::task::yield_now().await;
+        // ...and an observation that asks after them goes after all of them.
+        let observed = {
+            let limit = limit.clone();
+            tokio::spawn(async move {
+                limit.acquire_observation_for(0).await;
+                Instant::now()
+            })
+        };
+        let mut last_action = start;
+        for action in actions {
+            last_action = last_action.max(action.await.unwrap());
+        }
+        let observed = observed.await.unwrap();
+        assert!(observed > last_action, "the observation went before an action: {observed:?} <= {last_action:?}");
+        // An action asked for while an observation waits goes first.
+        let waiting = {
+            let limit = limit.clone();
+            tokio::spawn(async move {
+                limit.acquire_observation_for(0).await;
+                Instant::now()
+            })
+        };
+        tokio::task::yield_now().await;
+        limit.acquire().await;
+        let action_at = Instant::now();
+        assert!(waiting.await.unwrap() > action_at);
     }
 
     #[tokio::test(start_paused = true)]

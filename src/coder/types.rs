@@ -65,6 +65,22 @@ macro_rules! wire_enum {
                 Ok(value.map_or(Self::Unknown, |value| Self::from_wire(&value)))
             }
         }
+
+        /// A plain string in the CRD, with no `enum:`: status copies what
+        /// Coder said, and a newer Coder may say something else.
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string"})
+            }
+        }
     };
 }
 
@@ -186,6 +202,10 @@ where
 {
     Ok(empty_as_none(deserializer)?.map(|error| crate::tenancy::cut(&error, MAX_JOB_ERROR_CHARS)))
 }
+
+/// The `{user}` path parameter by which coderd names the session token's
+/// own user.
+pub const TOKEN_USER: &str = "me";
 
 /// `GET /users/me`, `GET /users/{user}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -367,10 +387,107 @@ pub struct WorkspacesResponse {
     pub count: i64,
 }
 
-/// coderd's build `reason` for a build requested through the API without
-/// one of its own, as the operator's builds are (a person's from the
-/// dashboard is `dashboard`, Coder's own `autostop`, `dormancy`, ...).
-pub const API_BUILD_REASON: &str = "initiator";
+/// Who or what made a build: coderd's build `reason`. A reason this
+/// operator does not know (a newer coderd's) is kept as Coder spelled it, so
+/// that status still shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WorkspaceBuildReason {
+    /// Requested through the API without a reason of its own, as the
+    /// operator's builds are.
+    Initiator,
+    Autostart,
+    Autostop,
+    Dormancy,
+    Dashboard,
+    Cli,
+    SshConnection,
+    VscodeConnection,
+    JetbrainsConnection,
+    TaskAutoPause,
+    TaskManualPause,
+    TaskResume,
+    Other(String),
+}
+
+impl WorkspaceBuildReason {
+    const KNOWN: [(Self, &'static str); 12] = [
+        (Self::Initiator, "initiator"),
+        (Self::Autostart, "autostart"),
+        (Self::Autostop, "autostop"),
+        (Self::Dormancy, "dormancy"),
+        (Self::Dashboard, "dashboard"),
+        (Self::Cli, "cli"),
+        (Self::SshConnection, "ssh_connection"),
+        (Self::VscodeConnection, "vscode_connection"),
+        (Self::JetbrainsConnection, "jetbrains_connection"),
+        (Self::TaskAutoPause, "task_auto_pause"),
+        (Self::TaskManualPause, "task_manual_pause"),
+        (Self::TaskResume, "task_resume"),
+    ];
+
+    /// The reason as Coder spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Other(spelling) => spelling,
+            known => Self::KNOWN.iter().find(|(reason, _)| reason == known).map_or("", |(_, wire)| wire),
+        }
+    }
+
+    /// Reads a wire value; one this operator does not know is kept as is.
+    pub fn from_wire(value: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|(_, wire)| *wire == value)
+            .map_or_else(|| Self::Other(value.to_string()), |(reason, _)| reason.clone())
+    }
+
+    /// Whether one of Coder's own policies made the build (autostop,
+    /// dormancy, a task's auto-pause), not a person or a client.
+    pub fn is_coder_policy(&self) -> bool {
+        matches!(self, Self::Autostop | Self::Dormancy | Self::TaskAutoPause)
+    }
+}
+
+impl std::fmt::Display for WorkspaceBuildReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for WorkspaceBuildReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkspaceBuildReason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::from_wire(&String::deserialize(deserializer)?))
+    }
+}
+
+/// A plain string in the CRD: any reason Coder gives is kept.
+impl schemars::JsonSchema for WorkspaceBuildReason {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WorkspaceBuildReason".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string"})
+    }
+}
+
+/// `null`, a missing key and `""` are no reason.
+fn build_reason<'de, D>(deserializer: D) -> Result<Option<WorkspaceBuildReason>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(empty_as_none(deserializer)?.map(|reason| WorkspaceBuildReason::from_wire(&reason)))
+}
 
 /// One build of a workspace, with the resources and agents it made.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -390,9 +507,9 @@ pub struct WorkspaceBuild {
     pub transition: WorkspaceTransition,
     #[serde(default)]
     pub status: WorkspaceStatus,
-    /// Who or what asked for the build (`initiator`, `autostart`, ...).
-    #[serde(default)]
-    pub reason: String,
+    /// Who or what asked for the build; `None` when coderd gave none.
+    #[serde(default, deserialize_with = "build_reason")]
+    pub reason: Option<WorkspaceBuildReason>,
     /// The user whose request made the build.
     #[serde(default)]
     pub initiator_id: String,
@@ -409,6 +526,23 @@ pub struct WorkspaceBuild {
 }
 
 impl WorkspaceBuild {
+    /// Whether the build was requested through the API without a reason of
+    /// its own, as the operator's builds are.
+    pub fn made_through_api(&self) -> bool {
+        self.reason == Some(WorkspaceBuildReason::Initiator)
+    }
+
+    /// Whether one of Coder's own policies made the build (autostop,
+    /// dormancy, a task's auto-pause), not a person or a client.
+    pub fn made_by_coder_policy(&self) -> bool {
+        self.reason.as_ref().is_some_and(WorkspaceBuildReason::is_coder_policy)
+    }
+
+    /// The build's reason as Coder spelled it, `""` for none.
+    pub fn reason_str(&self) -> &str {
+        self.reason.as_ref().map_or("", WorkspaceBuildReason::as_str)
+    }
+
     /// Every agent of every resource of this build.
     pub fn agents(&self) -> impl Iterator<Item = &WorkspaceAgent> {
         self.resources.iter().flat_map(|resource| resource.agents.iter())
@@ -719,6 +853,28 @@ mod tests {
 
     fn timestamp(text: &str) -> Timestamp {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn build_reasons_are_read_as_coder_spells_them_and_a_new_one_is_kept() {
+        for (reason, wire) in WorkspaceBuildReason::KNOWN {
+            assert_eq!(WorkspaceBuildReason::from_wire(wire), reason);
+            assert_eq!(reason.as_str(), wire);
+        }
+        let newer = WorkspaceBuildReason::from_wire("task_snooze");
+        assert_eq!(newer, WorkspaceBuildReason::Other("task_snooze".into()));
+        assert_eq!(newer.as_str(), "task_snooze");
+        let build = |reason: serde_json::Value| {
+            let mut build: serde_json::Value = serde_json::from_str(WORKSPACE).expect("workspace");
+            build["latest_build"]["reason"] = reason;
+            serde_json::from_value::<Workspace>(build).expect("reads").latest_build
+        };
+        assert!(build(json!("initiator")).made_through_api());
+        assert!(build(json!("autostop")).made_by_coder_policy());
+        assert!(!build(json!("dashboard")).made_by_coder_policy() && !build(json!("dashboard")).made_through_api());
+        for none in [json!(""), json!(null)] {
+            assert_eq!(build(none).reason, None);
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Act: the only Coder I/O of a reconcile. A fresh read of the one
-//! workspace before a destructive step, then the create or the build.
+//! Act: every change a reconcile asks of Coder. [`perform`] carries out
+//! the one action the decision asked for (the create, the build, the chat
+//! requests) and says what Coder made of it ([`Acted`]). What it acts on
+//! was read just before, on its own (`gather::fresh_read`).
 
 use tracing::info;
 
@@ -8,38 +10,92 @@ use crate::coder::{
     TemplateVersionParameter, Workspace, WorkspaceBuild, WorkspaceTransition,
 };
 use crate::crd::{ChatWorkspace, Parameter};
-use crate::credentials::Resolved;
-use crate::decision::{BuildPlan, ChatPlan};
+use crate::decision::{Action, BuildPlan, ChatPlan};
 use crate::error::{Error, Result};
-use crate::index::CoderIndex;
 use crate::templates::TemplateInfo;
 
-/// Reads the workspace on its own, now, and tells the index: by `id` once
-/// it is known (a rename is followed; 404 or 410 means it was deleted),
-/// else by `owner/name`.
-pub(super) async fn fresh_read(
-    index: &CoderIndex,
-    credentials: &Resolved,
-    owner: &str,
-    name: &str,
-    id: Option<&str>,
-) -> Result<Option<Workspace>> {
-    let workspace = match id {
-        Some(id) => match credentials.client.workspace(id).await {
-            Ok(workspace) => Some(workspace),
-            Err(CoderError::NotFound { .. }) => None,
-            Err(error) => return Err(error.into()),
-        },
-        None => credentials.client.workspace_by_owner_and_name(owner, name).await?,
-    };
-    match &workspace {
-        Some(found) => index.record(credentials, owner, &found.name, Some(found.clone())),
-        None => index.record(credentials, owner, name, None),
-    }
-    Ok(workspace)
+/// What the action is carried out on.
+pub(super) struct Target<'a> {
+    pub resource: &'a ChatWorkspace,
+    pub coder: &'a CoderClient,
+    /// The owner's username and the workspace's name.
+    pub owner: &'a str,
+    pub name: &'a str,
+    /// The workspace as read just before (for a build).
+    pub workspace: Option<&'a Workspace>,
+    /// The template (for a create).
+    pub template: Option<&'a TemplateInfo>,
 }
 
-pub(super) async fn create_workspace(
+/// What carrying out one action produced.
+pub(super) enum Acted {
+    /// The decision asked for nothing.
+    Nothing,
+    /// The turns running on the dead agent, interrupted before the
+    /// recovery's stop; a failure is carried, not raised, because a chat
+    /// that cannot be interrupted must not hold up the recovery.
+    ChatsInterrupted { plan: ChatPlan, result: Result<ChatOutcome> },
+    /// The chats' context re-pinned to the new agent; once per build, so a
+    /// failure is carried too (the chat's next turn re-pins it anyway).
+    ChatContextRefreshed { plan: ChatPlan, result: Result<ChatOutcome> },
+    /// The workspace, created from `template`.
+    Created { workspace: Workspace, template: String },
+    /// The workspace with the build just requested as its latest.
+    BuildRequested { workspace: Workspace, plan: BuildPlan },
+    /// The name was taken meanwhile: Coder made nothing. Adopted on the next
+    /// pass (with consent) rather than guessed at now.
+    NameTaken,
+    /// A build became active between the read and the request: Coder made
+    /// nothing, and a second build is never stacked on it.
+    BuildUnderWay,
+}
+
+impl Acted {
+    /// The workspace as the action left it, to be described and indexed.
+    pub fn workspace(&self) -> Option<&Workspace> {
+        match self {
+            Acted::Created { workspace, .. } | Acted::BuildRequested { workspace, .. } => Some(workspace),
+            _ => None,
+        }
+    }
+}
+
+/// Carries out `action` on `target`. Errors are Coder's refusals and
+/// failures of a create or a build; chat requests never fail the pass.
+pub(super) async fn perform(action: &Action, target: &Target<'_>) -> Result<Acted> {
+    let coder = target.coder;
+    match action {
+        Action::None | Action::Refresh => Ok(Acted::Nothing),
+        Action::InterruptChats(plan) => {
+            Ok(Acted::ChatsInterrupted { plan: plan.clone(), result: interrupt_chats(plan, coder).await })
+        }
+        Action::RefreshChatContext(plan) => {
+            Ok(Acted::ChatContextRefreshed { plan: plan.clone(), result: refresh_chat_context(plan, coder).await })
+        }
+        Action::CreateWorkspace => {
+            let template = target.template.expect("a create is decided with its template resolved");
+            match create_workspace(target.resource, target.owner, target.name, template, coder).await {
+                Ok(workspace) => Ok(Acted::Created { workspace, template: template.template.name.clone() }),
+                Err(Error::Coder(CoderError::Conflict { .. })) => Ok(Acted::NameTaken),
+                Err(error) => Err(error),
+            }
+        }
+        Action::Build(plan) => {
+            let current = target.workspace.expect("a build is only decided for an observed workspace");
+            match issue_build(current, plan, &target.resource.spec.parameters, coder).await {
+                Ok(build) => {
+                    let mut workspace = current.clone();
+                    workspace.latest_build = build;
+                    Ok(Acted::BuildRequested { workspace, plan: plan.clone() })
+                }
+                Err(Error::Coder(CoderError::Conflict { .. })) => Ok(Acted::BuildUnderWay),
+                Err(error) => Err(error),
+            }
+        }
+    }
+}
+
+async fn create_workspace(
     resource: &ChatWorkspace,
     owner: &str,
     name: &str,
@@ -128,24 +184,11 @@ async fn added_parameters(coder: &CoderClient, current: &str, version: &str) -> 
     new.into_iter().filter(|p| !old.iter().any(|o| o.name == p.name)).collect()
 }
 
-/// The required parameters a refused start lacks: those coderd names (its
-/// dynamic flow lists them as validations, its classic flow in the message),
-/// else the added ones that are required, have no default and no value.
+/// The required parameters a refused start lacks: those coderd names
+/// (`CoderError::missing_parameters`), else the added ones that are
+/// required, have no default and no value.
 fn missing_required(error: &CoderError, added: &[TemplateVersionParameter], supplied: &[Parameter]) -> Vec<String> {
-    let required = |text: &str| {
-        let text = text.to_ascii_lowercase();
-        text.contains("required parameter not provided") || text.contains("is required but not provided")
-    };
-    let named: Vec<String> = match error {
-        CoderError::Validation { validations, .. } => {
-            validations.iter().filter(|v| required(&v.detail)).map(|v| v.field.clone()).collect()
-        }
-        // e.g. `Unable to validate parameter "zone"` with the reason in detail.
-        CoderError::BadRequest { message, detail, .. } if required(detail) => {
-            message.split('"').nth(1).map(str::to_string).into_iter().collect()
-        }
-        _ => return Vec::new(),
-    };
+    let Some(named) = error.missing_parameters() else { return Vec::new() };
     if !named.is_empty() {
         return named;
     }
@@ -165,7 +208,7 @@ pub(super) struct ChatOutcome {
 }
 
 /// Interrupts the turns running on the dead agent, before the recovery's stop.
-pub(super) async fn interrupt_chats(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
+async fn interrupt_chats(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
     let mut outcome = ChatOutcome { chats: Vec::new(), skipped: 0 };
     for id in &plan.chat_ids {
         info!(chat = %id, agent = %plan.agent_name, "interrupting the chat's turn before the recovery's stop");
@@ -180,7 +223,7 @@ pub(super) async fn interrupt_chats(plan: &ChatPlan, coder: &CoderClient) -> Res
 }
 
 /// Re-pins the chats' context to the new, ready chat agent.
-pub(super) async fn refresh_chat_context(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
+async fn refresh_chat_context(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
     let mut outcome = ChatOutcome { chats: Vec::new(), skipped: 0 };
     for id in &plan.chat_ids {
         info!(chat = %id, agent = %plan.agent_name, "re-pinning the chat's context to the new agent");

@@ -10,18 +10,18 @@
 
 use std::time::Duration;
 
-use super::Action;
+use super::Next;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Context, act, gather, record};
+use super::{Context, act, events, gather, record};
 use crate::claims::Verdict;
-use crate::coder::CoderError;
+use crate::coder::{CoderError, Workspace};
 use crate::crd::{ChatWorkspace, CleanupStatus, DeletionPolicy, FINALIZER};
+use crate::credentials::Resolved;
 use crate::decision::{self, BuildPlan, BuildReason, Cleanup, CleanupDeadline};
 use crate::error::{Error, Result};
 use crate::tenancy;
@@ -48,30 +48,10 @@ async fn leave_workspace(
     resource: &ChatWorkspace,
     context: &Context,
     why: &str,
-) -> Result<Action> {
-    let event = KubeEvent {
-        type_: EventType::Warning,
-        reason: "WorkspaceLeftAsIs".into(),
-        note: Some(format!("deletionPolicy was not applied: {why}")),
-        action: "Delete".into(),
-        secondary: None,
-    };
-    record::publish_one(context, resource, event).await;
+) -> Result<Next> {
+    record::publish_one(context, resource, events::left_as_is(why)).await;
     remove_finalizer(api, resource).await?;
-    Ok(Action::await_change())
-}
-
-/// Lets a resource that does not hold its workspace's claim go: the older
-/// resource `other` drives the workspace, and this one never did.
-async fn leave_claimed(
-    api: &Api<ChatWorkspace>,
-    resource: &ChatWorkspace,
-    context: &Context,
-    other: &str,
-) -> Result<Progress> {
-    let why = format!("another ChatWorkspace ({other}) drives workspace {}", workspace_named(resource));
-    leave_workspace(api, resource, context, &why).await?;
-    Ok(Progress::Finished)
+    Ok(Next::await_change())
 }
 
 /// How far applying the policy got in one pass.
@@ -85,15 +65,15 @@ enum Progress {
 /// Applies `deletionPolicy`, then lets the resource go; gives up (leaving the
 /// workspace in Coder) when a deletion that cannot finish has waited long
 /// enough.
-pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Action> {
+pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Next> {
     // An orphaned workspace needs no Coder at all.
     if resource.spec.deletion_policy == DeletionPolicy::Orphan {
         remove_finalizer(api, resource).await?;
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     }
     let outcome = apply_policy(api, resource, context).await;
     let (detail, after) = match &outcome {
-        Ok(Progress::Finished) => return Ok(Action::await_change()),
+        Ok(Progress::Finished) => return Ok(Next::await_change()),
         Ok(Progress::Pending(after)) => (Some("the cleanup build has not finished".to_string()), *after),
         Err(error) => (Some(error.to_string()), context.settings.requeue.stable),
     };
@@ -110,8 +90,8 @@ pub(super) async fn cleanup(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, 
         // Nothing stands in the way for good: carry on (errors with backoff).
         _ => {
             return outcome.map(|progress| match progress {
-                Progress::Pending(after) => Action::requeue(after),
-                Progress::Finished => Action::await_change(),
+                Progress::Pending(after) => Next::requeue(after),
+                Progress::Finished => Next::await_change(),
             });
         }
     };
@@ -129,7 +109,7 @@ pub(super) async fn release_foreign_claim(
     resource: &ChatWorkspace,
     context: &Context,
     other: &str,
-) -> Result<Option<Action>> {
+) -> Result<Option<Next>> {
     let Some(deleted_at) = resource.metadata.deletion_timestamp.as_ref().map(|t| t.0) else {
         return Ok(None);
     };
@@ -140,20 +120,13 @@ pub(super) async fn release_foreign_claim(
     if let CleanupDeadline::WaitUntil { remaining, .. } =
         decision::cleanup_deadline(deleted_at, timeout, Timestamp::now())
     {
-        return Ok(Some(Action::requeue(remaining + Duration::from_millis(100))));
+        return Ok(Some(Next::requeue(remaining + Duration::from_millis(100))));
     }
     let note = tenancy::installs::abandoned(other, &context.settings.install, &decision::human(timeout));
     warn!(name = %resource.name_any(), namespace = ?resource.namespace(), %note, "releasing another install's claim");
-    let event = KubeEvent {
-        type_: EventType::Warning,
-        reason: "ForeignClaimReleased".into(),
-        note: Some(note),
-        action: "Delete".into(),
-        secondary: None,
-    };
-    record::publish_one(context, resource, event).await;
+    record::publish_one(context, resource, events::foreign_claim_released(note)).await;
     remove_finalizer(api, resource).await?;
-    Ok(Some(Action::await_change()))
+    Ok(Some(Next::await_change()))
 }
 
 /// Whether the resource's namespace is being deleted.
@@ -184,7 +157,7 @@ async fn wait_or_orphan(
     blocker: &str,
     detail: Option<&str>,
     after: Duration,
-) -> Result<Action> {
+) -> Result<Next> {
     let policy = resource.spec.deletion_policy;
     let timeout = context.settings.cleanup_timeout;
     let now = Timestamp::now();
@@ -200,16 +173,9 @@ async fn wait_or_orphan(
             decision::human(timeout)
         );
         warn!(name = %resource.name_any(), namespace = ?resource.namespace(), %note, "giving up on deletionPolicy");
-        let event = KubeEvent {
-            type_: EventType::Warning,
-            reason: "WorkspaceOrphaned".into(),
-            note: Some(note),
-            action: "Delete".into(),
-            secondary: None,
-        };
-        record::publish_one(context, resource, event).await;
+        record::publish_one(context, resource, events::orphaned(note)).await;
         remove_finalizer(api, resource).await?;
-        return Ok(Action::await_change());
+        return Ok(Next::await_change());
     };
     let message = format!(
         "The deletion waits: {blocker}, so deletionPolicy {policy:?} cannot be applied to workspace {workspace}. \
@@ -222,104 +188,59 @@ async fn wait_or_orphan(
     if cleanup.waiting.as_deref() != Some(message.as_str()) {
         // Once per cause, not once per pass.
         cleanup.waiting = Some(message.clone());
-        write_cleanup_status(api, resource, &cleanup).await?;
-        let event = KubeEvent {
-            type_: EventType::Warning,
-            reason: "DeletionBlocked".into(),
-            note: Some(message),
-            action: "Delete".into(),
-            secondary: None,
-        };
-        record::publish_one(context, resource, event).await;
+        record::write_cleanup(context, api, resource, &cleanup).await?;
+        record::publish_one(context, resource, events::deletion_blocked(message)).await;
     }
-    Ok(Action::requeue(after.min(remaining + Duration::from_millis(100))))
+    Ok(Next::requeue(after.min(remaining + Duration::from_millis(100))))
 }
 
 fn previous_cleanup(resource: &ChatWorkspace) -> CleanupStatus {
     resource.status.as_ref().and_then(|s| s.cleanup.clone()).unwrap_or_default()
 }
 
-/// A merge patch of `status.cleanup` alone (a null clears a field).
-async fn write_cleanup_status(
-    api: &Api<ChatWorkspace>,
-    resource: &ChatWorkspace,
-    cleanup: &CleanupStatus,
-) -> Result<()> {
-    // Conditional, as every status write: a stale view fails with 409.
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": resource.resource_version()},
-        "status": {"cleanup": {
-            "failedBuilds": cleanup.failed_builds,
-            "lastFailedBuild": cleanup.last_failed_build,
-            "lastError": cleanup.last_error,
-            "waiting": cleanup.waiting,
-        }},
-    });
-    api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+/// The workspace a deletion may act on, or why it leaves it alone.
+enum Subject {
+    /// This resource drives it.
+    Drives(Box<Driven>),
+    /// An older resource that may name the same workspace is not settled.
+    Waits,
+    /// Leave the workspace as it is, for this reason.
+    Leave(String),
+}
+
+/// What a deletion that drives its workspace acts with.
+struct Driven {
+    credentials: Resolved,
+    /// The owner's username.
+    owner: String,
+    /// `None`: the workspace does not exist.
+    workspace: Option<Workspace>,
 }
 
 /// One pass of `deletionPolicy` (Stop or Delete) against Coder.
 async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, context: &Context) -> Result<Progress> {
-    let policy = resource.spec.deletion_policy;
-    // A resource that may not drive the workspace (any more) leaves it as it
-    // is, and so does one that does not hold its claim: the one-actor rule
-    // is the reconcile's (`gather::admit`, `ClaimsIndex::verdict`).
-    let (credentials, owner, key) = match gather::admit(resource, context).await {
-        Ok(gather::Admitted { credentials, owner, key }) => (credentials, owner, key),
-        Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
-            leave_workspace(api, resource, context, &error.to_string()).await?;
-            return Ok(Progress::Finished);
-        }
-        Err(error) => return Err(error),
-    };
     let active = context.settings.requeue.active;
-    let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
-    match context.claims.verdict(resource, key, known_id) {
-        Verdict::Drives => {}
-        Verdict::Waits => return Ok(Progress::Pending(active)),
-        Verdict::Conflict(other) => return leave_claimed(api, resource, context, &other).await,
-    }
-    let coder = &credentials.client;
-    let workspace =
-        act::fresh_read(&context.index, &credentials, &owner.username, &resource.workspace_name(), known_id)
-            .await
-            .and_then(|workspace| gather::owned_by(workspace, &owner));
-    let workspace = match workspace {
-        Ok(workspace) => workspace,
-        Err(error @ Error::WorkspaceOfAnotherOwner { .. }) => {
-            leave_workspace(api, resource, context, &error.to_string()).await?;
+    let (credentials, owner, workspace) = match subject(resource, context).await? {
+        Subject::Drives(driven) => {
+            let Driven { credentials, owner, workspace } = *driven;
+            (credentials, owner, workspace)
+        }
+        Subject::Waits => return Ok(Progress::Pending(active)),
+        Subject::Leave(why) => {
+            leave_workspace(api, resource, context, &why).await?;
             return Ok(Progress::Finished);
         }
-        Err(error) => return Err(error),
     };
-    if let Some(found) = &workspace {
-        match context.claims.verdict(resource, key, Some(&found.id)) {
-            Verdict::Drives => {}
-            Verdict::Waits => return Ok(Progress::Pending(active)),
-            Verdict::Conflict(other) => return leave_claimed(api, resource, context, &other).await,
-        }
-    }
-    let owner = owner.username;
-    let status = resource.status.clone().unwrap_or_default();
-    let mut policy = policy;
-    if let Some(found) = &workspace {
-        let ownership =
-            match gather::consent(resource, &status, &None, Some(found), (context, &credentials), &owner).await {
-                Ok(recorded) => recorded.or(status.ownership.clone()),
-                Err(refused @ Error::AdoptionNotConsented(_)) => {
-                    leave_workspace(api, resource, context, &refused.to_string()).await?;
-                    return Ok(Progress::Finished);
-                }
-                Err(error) => return Err(error),
-            };
-        if policy == DeletionPolicy::Delete
-            && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
-        {
-            // Deleting needs explicit consent; stopping is what Stop would do.
-            policy = DeletionPolicy::Stop;
-        }
-    }
+    let policy = match &workspace {
+        Some(found) => match policy_for(resource, found, (context, &credentials), &owner).await? {
+            Ok(policy) => policy,
+            Err(why) => {
+                leave_workspace(api, resource, context, &why).await?;
+                return Ok(Progress::Finished);
+            }
+        },
+        None => resource.spec.deletion_policy,
+    };
     let previous = previous_cleanup(resource);
     let decided = decision::decide_cleanup(
         policy,
@@ -330,17 +251,10 @@ async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, contex
     );
     if decided.status != previous {
         // Counted before it is reported or retried: a restart keeps the count.
-        write_cleanup_status(api, resource, &decided.status).await?;
+        record::write_cleanup(context, api, resource, &decided.status).await?;
     }
     if let Some(event) = decided.event {
-        let event = KubeEvent {
-            type_: if event.warning { EventType::Warning } else { EventType::Normal },
-            reason: event.reason.into(),
-            note: Some(event.note),
-            action: "Delete".into(),
-            secondary: None,
-        };
-        record::publish_one(context, resource, event).await;
+        record::publish_one(context, resource, events::of_cleanup(event)).await;
     }
     match decided.cleanup {
         Cleanup::Done => {
@@ -352,26 +266,12 @@ async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, contex
         Cleanup::RetryIn(after) => Ok(Progress::Pending(after)),
         Cleanup::Build(transition) => {
             let workspace = workspace.expect("a cleanup build is only decided for an observed workspace");
-            let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::DesiredState };
-            match act::issue_build(&workspace, &plan, &[], coder).await {
+            let plan = BuildPlan { transition, template_version_id: None, reason: BuildReason::Deletion };
+            match act::issue_build(&workspace, &plan, &[], &credentials.client).await {
                 Ok(build) => {
-                    context.metrics.build(transition.as_str(), "Deletion");
-                    let retry = match previous.failed_builds {
-                        0 => String::new(),
-                        n => format!(" (retry after {n} failed build(s))"),
-                    };
-                    let event = KubeEvent {
-                        type_: EventType::Normal,
-                        reason: "BuildRequested".into(),
-                        note: Some(format!(
-                            "Requested {} build #{} because the resource is being deleted (deletionPolicy \
-                             {policy:?}){retry}.",
-                            transition.as_str(),
-                            build.build_number
-                        )),
-                        action: "Delete".into(),
-                        secondary: None,
-                    };
+                    context.metrics.build(transition.as_str(), plan.reason.as_str());
+                    let event =
+                        events::cleanup_build(transition.as_str(), build.build_number, policy, previous.failed_builds);
                     record::publish_one(context, resource, event).await;
                 }
                 Err(Error::Coder(CoderError::Conflict { .. })) => {}
@@ -380,4 +280,68 @@ async fn apply_policy(api: &Api<ChatWorkspace>, resource: &ChatWorkspace, contex
             Ok(Progress::Pending(active))
         }
     }
+}
+
+/// The workspace the deletion is about, if this resource may act on it: a
+/// resource that may not drive the workspace (any more) leaves it as it is,
+/// and so does one that does not hold its claim, before and after the
+/// fresh read. The one-actor rule is the reconcile's (`gather::admit`,
+/// `ClaimsIndex::verdict`).
+async fn subject(resource: &ChatWorkspace, context: &Context) -> Result<Subject> {
+    let (credentials, owner, key) = match gather::admit(resource, context).await {
+        Ok(gather::Admitted { credentials, owner, key }) => (credentials, owner, key),
+        Err(error @ (Error::OwnerNotGranted(_) | Error::CoderUrlNotAllowed { .. })) => {
+            return Ok(Subject::Leave(error.to_string()));
+        }
+        Err(error) => return Err(error),
+    };
+    let verdict = |id: Option<&str>| match context.claims.verdict(resource, key, id) {
+        Verdict::Drives => None,
+        Verdict::Waits => Some(Subject::Waits),
+        Verdict::Conflict(other) => Some(Subject::Leave(format!(
+            "another ChatWorkspace ({other}) drives workspace {}",
+            workspace_named(resource)
+        ))),
+    };
+    let known_id = resource.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.as_str());
+    if let Some(elsewhere) = verdict(known_id) {
+        return Ok(elsewhere);
+    }
+    let workspace =
+        gather::fresh_read(&context.index, &credentials, &owner.username, &resource.workspace_name(), known_id)
+            .await
+            .and_then(|workspace| gather::owned_by(workspace, &owner));
+    let workspace = match workspace {
+        Ok(workspace) => workspace,
+        Err(error @ Error::WorkspaceOfAnotherOwner { .. }) => return Ok(Subject::Leave(error.to_string())),
+        Err(error) => return Err(error),
+    };
+    if let Some(elsewhere) = workspace.as_ref().and_then(|found| verdict(Some(&found.id))) {
+        return Ok(elsewhere);
+    }
+    Ok(Subject::Drives(Box::new(Driven { credentials, owner: owner.username, workspace })))
+}
+
+/// The policy to apply to `found`: deleting needs the adoption's explicit
+/// consent (stopping is what Stop would do); an adoption refused leaves
+/// the workspace alone (`Err`, why).
+async fn policy_for(
+    resource: &ChatWorkspace,
+    found: &Workspace,
+    (context, credentials): (&Context, &Resolved),
+    owner: &str,
+) -> Result<std::result::Result<DeletionPolicy, String>> {
+    let status = resource.status.clone().unwrap_or_default();
+    let ownership = match gather::consent(resource, &status, &None, Some(found), (context, credentials), owner).await {
+        Ok(recorded) => recorded.or(status.ownership.clone()),
+        Err(refused @ Error::AdoptionNotConsented(_)) => return Ok(Err(refused.to_string())),
+        Err(error) => return Err(error),
+    };
+    let policy = resource.spec.deletion_policy;
+    if policy == DeletionPolicy::Delete
+        && !tenancy::adoption::may_delete(resource.spec.adopt, ownership.as_ref(), &found.id)
+    {
+        return Ok(Ok(DeletionPolicy::Stop));
+    }
+    Ok(Ok(policy))
 }

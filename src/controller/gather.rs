@@ -1,7 +1,9 @@
-//! Gather: everything the decision core needs, without talking to Coder
-//! (except `refresh`, the fresh read before an action): the credentials, the
-//! template (cached), what the index holds for the workspace and its agent's
-//! latest probe, and whether another resource claims the workspace.
+//! Gather: everything the decision core needs, and every read of Coder a
+//! reconcile makes itself: the credentials and the owner as tenancy admits
+//! them, the template (cached), what the index holds for the workspace and
+//! its agent's latest probe, whether another resource claims the workspace,
+//! and, before an action, a fresh read of the one workspace and its chat
+//! ([`Gathered::refresh`], [`fresh_read`]).
 //!
 //! [`admit`] is shared with the deletion path: the one-actor rule is the
 //! same for a reconcile and a cleanup.
@@ -10,14 +12,14 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::{Context, act};
+use super::Context;
 use crate::claims::{Standing, Verdict, WorkspaceKey};
-use crate::coder::{AgentStatus, Chat, Workspace, chat_agent};
+use crate::coder::{AgentStatus, Chat, CoderError, Workspace, chat_agent};
 use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, OwnershipStatus, RecoveryPolicy};
 use crate::credentials::Resolved;
 use crate::decision::{self, Decision, Inputs, Observed, ObservedChat, Probe};
 use crate::error::{Error, Result};
-use crate::index::{ChatLookup, Lookup};
+use crate::index::{ChatLookup, CoderIndex, Lookup};
 use crate::templates::TemplateInfo;
 use crate::tenancy::{self, ResolvedOwner};
 
@@ -51,6 +53,31 @@ pub(super) struct Gathered<'a> {
     pub chat: ChatLookup,
     /// `chat` was read just now, on its own.
     pub chat_fresh: bool,
+}
+
+/// Reads the workspace on its own, now, and tells the index: by `id` once
+/// it is known (a rename is followed; 404 or 410 means it was deleted),
+/// else by `owner/name`.
+pub(super) async fn fresh_read(
+    index: &CoderIndex,
+    credentials: &Resolved,
+    owner: &str,
+    name: &str,
+    id: Option<&str>,
+) -> Result<Option<Workspace>> {
+    let workspace = match id {
+        Some(id) => match credentials.client.workspace(id).await {
+            Ok(workspace) => Some(workspace),
+            Err(CoderError::NotFound { .. }) => None,
+            Err(error) => return Err(error.into()),
+        },
+        None => credentials.client.workspace_by_owner_and_name(owner, name).await?,
+    };
+    match &workspace {
+        Some(found) => index.record(credentials, owner, &found.name, Some(found.clone())),
+        None => index.record(credentials, owner, name, None),
+    }
+    Ok(workspace)
 }
 
 /// What a resource's tenancy admitted it to drive.
@@ -244,13 +271,14 @@ impl Gathered<'_> {
             now: Timestamp::now(),
             requeue: self.context.settings.requeue,
             start_request: super::start_request(self.resource),
+            restart_request: super::restart_request(self.resource),
         })
     }
 
     /// Reads the workspace again, on its own, and takes the freshest probe.
     pub async fn refresh(&mut self, context: &Context) -> Result<()> {
         let known_id = self.previous.workspace.as_ref().map(|w| w.id.as_str());
-        let workspace = act::fresh_read(&context.index, &self.credentials, &self.owner, &self.name, known_id).await?;
+        let workspace = fresh_read(&context.index, &self.credentials, &self.owner, &self.name, known_id).await?;
         let owner = ResolvedOwner { id: self.owner_id.clone(), username: self.owner.clone() };
         self.workspace = owned_by(workspace, &owner)?;
         self.fresh = true;

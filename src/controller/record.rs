@@ -1,22 +1,29 @@
-//! Record: what a reconcile leaves behind in Kubernetes (status, Events) and
-//! in the metrics.
+//! Record: what a reconcile leaves behind in Kubernetes and in the metrics:
+//! the intent written before an action (and taken back if Coder made
+//! nothing), the status that describes what the action produced
+//! ([`describe`]), written by one conditional apply ([`apply_status`]), the
+//! Events (built in `events`) and the counts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::events::Event as KubeEvent;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, warn};
 
-use super::Context;
-use crate::conditions::{self, DEGRADED, READY, Verdict};
-use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, FIELD_MANAGER, Phase};
-use crate::decision;
+use super::act::Acted;
+use super::{Context, events, gather};
+use crate::coder::Workspace;
+use crate::coder::WorkspaceTransition;
+use crate::conditions::{self, DEGRADED, READY, RECONCILING, Reason, STALLED, Verdict};
+use crate::crd::{ChatWorkspace, ChatWorkspaceStatus, CleanupStatus, FIELD_MANAGER, Phase};
+use crate::decision::{self, Action, Decision, Inputs, Observed, ObservedChat};
 use crate::error::{Error, Result};
+use crate::key::ResourceKey;
+use crate::templates::TemplateInfo;
 
 /// The status to write when a reconcile could not complete.
 pub(super) fn failed_status(
@@ -36,8 +43,18 @@ pub(super) fn failed_status(
     if !error.is_transient() {
         status.phase = Some(Phase::Failed);
     }
-    status.conditions =
-        conditions::merge(&previous.conditions, &verdicts, generation, &decision::whole_seconds(Timestamp::now()));
+    let now = decision::whole_seconds(Timestamp::now());
+    let merged = conditions::merge(&previous.conditions, &verdicts, generation, &now);
+    let progress = if error.is_transient() {
+        // The operator retries on its own: working on it, not stalled.
+        [
+            Verdict::new(STALLED, false, Reason::Reconciling, "Nothing waits for a person."),
+            Verdict::new(RECONCILING, true, error.reason(), format!("{error}. {}", error.advice())),
+        ]
+    } else {
+        conditions::kstatus(&merged)
+    };
+    status.conditions = conditions::merge(&merged, &progress, generation, &now);
     status
 }
 
@@ -61,22 +78,22 @@ pub(super) struct Written {
 
 #[derive(Default)]
 struct WrittenInner {
-    by_resource: HashMap<ObjectRef<ChatWorkspace>, Unseen>,
+    by_resource: HashMap<ResourceKey, Unseen>,
     /// Resources with a status write in flight, and the hashes of the
     /// statuses the watch delivered for them meanwhile.
-    in_flight: HashMap<ObjectRef<ChatWorkspace>, Vec<u64>>,
+    in_flight: HashMap<ResourceKey, Vec<u64>>,
     /// Resources being reconciled (see [`Written::reconciling`]), and the
     /// resourceVersion the reconcile's resource had and the one its latest
     /// status write produced: its next write is conditional on that one,
     /// whatever the watch has delivered meanwhile.
-    reconciling: HashMap<ObjectRef<ChatWorkspace>, Option<(String, String)>>,
+    reconciling: HashMap<ResourceKey, Option<(String, String)>>,
 }
 
 /// A reconcile under way (see [`Written::reconciling`]); dropping it
 /// forgets what its writes produced.
 pub(super) struct Reconciling<'a> {
     written: &'a Written,
-    key: ObjectRef<ChatWorkspace>,
+    key: ResourceKey,
 }
 
 impl Drop for Reconciling<'_> {
@@ -89,7 +106,7 @@ impl Drop for Reconciling<'_> {
 /// the flight, whether or not the write succeeded.
 pub(super) struct Sending<'a> {
     written: &'a Written,
-    key: ObjectRef<ChatWorkspace>,
+    key: ResourceKey,
 }
 
 impl Drop for Sending<'_> {
@@ -114,7 +131,7 @@ impl Written {
     /// write while the cache has not caught up with it.
     pub(super) fn previous(&self, resource: &ChatWorkspace) -> ChatWorkspaceStatus {
         let cached = resource.status.clone().unwrap_or_default();
-        let key = crate::crd::reference(resource);
+        let key = super::key(resource);
         let mut inner = self.inner.lock().expect("written statuses");
         let by_resource = &mut inner.by_resource;
         let Some(unseen) = by_resource.get(&key) else { return cached };
@@ -135,7 +152,7 @@ impl Written {
     /// its previous one produced, also when the watch delivered that write
     /// before its answer (and nothing else remembers it).
     pub(super) fn reconciling(&self, resource: &ChatWorkspace) -> Reconciling<'_> {
-        let key = crate::crd::reference(resource);
+        let key = super::key(resource);
         self.inner.lock().expect("written statuses").reconciling.insert(key.clone(), None);
         Reconciling { written: self, key }
     }
@@ -145,13 +162,13 @@ impl Written {
     /// has not caught up with it (and the spec is the same generation).
     pub(super) fn resource_version(&self, resource: &ChatWorkspace) -> Option<String> {
         let inner = self.inner.lock().expect("written statuses");
-        let key = crate::crd::reference(resource);
+        let key = super::key(resource);
         if let Some(Some((had, produced))) = inner.reconciling.get(&key)
             && resource.metadata.resource_version.as_ref() == Some(had)
         {
             return Some(produced.clone());
         }
-        let stale = inner.by_resource.get(&crate::crd::reference(resource)).filter(|unseen| {
+        let stale = inner.by_resource.get(&super::key(resource)).filter(|unseen| {
             unseen.version.1 == resource.metadata.generation
                 && unseen.replaced.contains(&status_hash(&resource.status.clone().unwrap_or_default()))
         });
@@ -164,7 +181,7 @@ impl Written {
     /// A status write of `resource` is about to be sent: until the returned
     /// guard is dropped, what the watch delivers for it is noted.
     pub(super) fn sending(&self, resource: &ChatWorkspace) -> Sending<'_> {
-        let key = crate::crd::reference(resource);
+        let key = super::key(resource);
         self.inner.lock().expect("written statuses").in_flight.insert(key.clone(), Vec::new());
         Sending { written: self, key }
     }
@@ -180,7 +197,7 @@ impl Written {
         status: &ChatWorkspaceStatus,
         written: &ChatWorkspace,
     ) {
-        let key = crate::crd::reference(written);
+        let key = super::key(written);
         let mut inner = self.inner.lock().expect("written statuses");
         if let Some(versions) = inner.reconciling.get_mut(&key)
             && let Some(produced) = written.resource_version()
@@ -221,7 +238,7 @@ impl Written {
 
     /// The watch delivered `resource`: once it holds this replica's latest
     /// write (or someone else's), nothing needs remembering.
-    pub(super) fn delivered(&self, key: &ObjectRef<ChatWorkspace>, hash: u64) {
+    pub(super) fn delivered(&self, key: &ResourceKey, hash: u64) {
         let mut inner = self.inner.lock().expect("written statuses");
         if let Some(delivered) = inner.in_flight.get_mut(key) {
             delivered.push(hash);
@@ -233,7 +250,7 @@ impl Written {
     }
 
     /// Forgets a deleted resource.
-    pub(super) fn forget(&self, resource: &ObjectRef<ChatWorkspace>) {
+    pub(super) fn forget(&self, resource: &ResourceKey) {
         self.inner.lock().expect("written statuses").by_resource.remove(resource);
     }
 
@@ -241,6 +258,103 @@ impl Written {
     fn unseen(&self) -> usize {
         self.inner.lock().expect("written statuses").by_resource.len()
     }
+}
+
+/// What one pass of `apply` produced.
+pub(super) struct Pass {
+    pub status: ChatWorkspaceStatus,
+    pub requeue: Duration,
+    pub events: Vec<decision::Event>,
+    /// Decided with the whole picture; not a status held back for the
+    /// index's first probe or chat lookup.
+    pub complete: bool,
+}
+
+impl Pass {
+    /// Nothing written, nothing told: look again after `requeue`.
+    pub fn unchanged(previous: &ChatWorkspaceStatus, requeue: Duration) -> Self {
+        Pass { status: previous.clone(), requeue, events: Vec::new(), complete: false }
+    }
+}
+
+/// The status, Events and requeue of a pass: the decision's, completed with
+/// what the action produced (the build it requested, the workspace it
+/// created, the chats it changed) so the status describes the state the
+/// action left, not the one before it.
+pub(super) fn describe(
+    gathered: &mut gather::Gathered<'_>,
+    decision: Decision,
+    acted: Acted,
+    template: Option<&TemplateInfo>,
+) -> Pass {
+    let context = gathered.context;
+    let Decision { mut status, mut requeue, mut events, .. } = decision;
+    events.extend(events::of_action(&acted));
+    let built = acted.workspace().map(|w| w.latest_build.id.clone());
+    if let (Some(request), Some(build_id)) = (status.last_build_request.as_mut(), built) {
+        request.build_id = Some(build_id);
+    }
+    match acted {
+        Acted::ChatsInterrupted { result: Ok(outcome), .. } => {
+            outcome.chats.into_iter().for_each(|chat| gathered.chat_changed(context, chat));
+        }
+        Acted::ChatContextRefreshed { result, .. } => {
+            for chat in result.map(|outcome| outcome.chats).unwrap_or_default() {
+                gathered.chat_changed(context, chat);
+            }
+            // Describe the re-pinned chat now rather than at the next pass.
+            let after = gathered.decide_after(&status);
+            if after.action == Action::None {
+                status = after.status;
+            }
+        }
+        Acted::Created { workspace, .. } => {
+            gathered.ownership = Some(crate::crd::OwnershipStatus {
+                workspace_id: workspace.id.clone(),
+                origin: crate::crd::WorkspaceOrigin::Created,
+                time: Some(decision::whole_seconds(Timestamp::now())),
+            });
+            requeue = requeue.min(describe_build(gathered, &mut status, workspace));
+        }
+        Acted::BuildRequested { workspace, .. } => {
+            requeue = requeue.min(describe_build(gathered, &mut status, workspace));
+        }
+        Acted::BuildUnderWay => {
+            // Decided again on a fresh read, soon.
+            status = gathered.previous.clone();
+            requeue = context.settings.requeue.active;
+        }
+        Acted::Nothing | Acted::NameTaken | Acted::ChatsInterrupted { .. } => {}
+    }
+    if let Some(info) = template {
+        status.template = Some(info.status());
+    }
+    if gathered.ownership.is_some() {
+        status.ownership = gathered.ownership.clone();
+    }
+    Pass { status, requeue, events, complete: true }
+}
+
+/// Indexes the workspace an action left and describes it (a build under
+/// way), keeping what the decision recorded (recovery stage, build
+/// request). Returns when to look again.
+fn describe_build(gathered: &gather::Gathered<'_>, status: &mut ChatWorkspaceStatus, workspace: Workspace) -> Duration {
+    let context = gathered.context;
+    context.index.record(&gathered.credentials, &gathered.owner, &gathered.name, Some(workspace.clone()));
+    let after = decision::decide(&Inputs {
+        spec: &gathered.resource.spec,
+        policy: gathered.policy,
+        generation: gathered.generation,
+        previous: status,
+        observed: Observed::Workspace { workspace: Some(&workspace), fresh: true, probe: None },
+        chat: ObservedChat::Unknown,
+        now: Timestamp::now(),
+        requeue: context.settings.requeue,
+        start_request: super::start_request(gathered.resource),
+        restart_request: super::restart_request(gathered.resource),
+    });
+    *status = after.status;
+    after.requeue
 }
 
 /// Writes `status` unless it is what the resource already has. Like every
@@ -262,20 +376,103 @@ pub(super) async fn write_status(
     apply_status(context, api, resource, previous, status).await
 }
 
-/// Persists what is about to be done (a recovery's stage and attempt, the
-/// build request) before it is done, so that an operator stopped between
-/// the build and its record resumes the recovery instead of losing its
-/// stage or counting a new attempt. The resourceVersion makes the write fail
-/// if the resource changed since it was read: a decision taken on a stale
-/// spec or status is not acted on.
-pub(super) async fn write_intent(
+/// What was written down before an action, to be taken back if Coder
+/// made nothing.
+pub(super) enum Intent {
+    None,
+    /// The status written, and whether it was a create's intent.
+    Written {
+        status: Box<ChatWorkspaceStatus>,
+        create: bool,
+    },
+}
+
+/// Persists what is about to be done before it is done: a create's intent
+/// (`status.ownership`, so the workspace it makes is known as this
+/// resource's: `tenancy::adoption::made_by_us`), a recovery's stage and
+/// attempt and its build request (so that an operator stopped between the
+/// build and its record resumes the recovery instead of losing its stage or
+/// counting a new attempt), a chat interrupt's or re-pin's mark (tried once). The resourceVersion makes the write fail if the
+/// resource changed since it was read: a decision taken on a stale spec or
+/// status is not acted on.
+pub(super) async fn intend(
     context: &Context,
     api: &Api<ChatWorkspace>,
     resource: &ChatWorkspace,
     previous: &ChatWorkspaceStatus,
-    status: &ChatWorkspaceStatus,
+    decision: &decision::Decision,
+) -> Result<Intent> {
+    let (status, create) = match &decision.action {
+        decision::Action::CreateWorkspace => {
+            let mut status = previous.clone();
+            let now = decision::whole_seconds(Timestamp::now()).0;
+            status.ownership = Some(crate::tenancy::adoption::create_intent(now));
+            (status, true)
+        }
+        decision::Action::Build(plan) if plan.reason == decision::BuildReason::Recovery => {
+            (decision.status.clone(), false)
+        }
+        // Once per dead agent, once per build: the status says it was
+        // tried before it is, so a pass that follows a write that failed
+        // (or a restart) does not try again.
+        decision::Action::InterruptChats(_) | decision::Action::RefreshChatContext(_) => {
+            (decision.status.clone(), false)
+        }
+        _ => return Ok(Intent::None),
+    };
+    apply_status(context, api, resource, previous, &status).await?;
+    Ok(Intent::Written { status: Box::new(status), create })
+}
+
+/// Takes `intent` back when Coder made nothing: a name taken meanwhile or a
+/// create it refused (a create that may have been made, a timeout or a
+/// 5xx, keeps its intent, which covers only the create's own request), or
+/// a build that found another under way (else a stop someone else makes
+/// next would pass for the recovery's own).
+pub(super) async fn take_back(
+    context: &Context,
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    previous: &ChatWorkspaceStatus,
+    intent: Intent,
+    acted: &Result<Acted>,
 ) -> Result<()> {
-    apply_status(context, api, resource, previous, status).await
+    let Intent::Written { status, create } = intent else { return Ok(()) };
+    let made_nothing = match acted {
+        Ok(Acted::NameTaken | Acted::BuildUnderWay) => true,
+        Err(error) => create && !error.is_transient(),
+        Ok(_) => false,
+    };
+    if made_nothing { write_status(context, api, resource, &status, previous).await } else { Ok(()) }
+}
+
+/// Writes what a deletion has done and waits for (`status.cleanup`), as
+/// every status is written.
+pub(super) async fn write_cleanup(
+    context: &Context,
+    api: &Api<ChatWorkspace>,
+    resource: &ChatWorkspace,
+    cleanup: &CleanupStatus,
+) -> Result<()> {
+    let previous = context.written.previous(resource);
+    let status = ChatWorkspaceStatus { cleanup: Some(cleanup.clone()), ..previous.clone() };
+    write_status(context, api, resource, &previous, &status).await
+}
+
+/// Counts what the action produced.
+pub(super) fn count(context: &Context, acted: &Acted) {
+    match acted {
+        Acted::Created { .. } => {
+            context.metrics.build(WorkspaceTransition::Start.as_str(), decision::BuildReason::Create.as_str());
+        }
+        Acted::BuildRequested { plan, .. } => {
+            context.metrics.build(plan.transition.as_str(), plan.reason.as_str());
+            if plan.reason == decision::BuildReason::Recovery && plan.transition == WorkspaceTransition::Stop {
+                context.metrics.recovery("started");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Applies `status` as the operator's field manager, conditional on the
@@ -303,82 +500,22 @@ async fn apply_status(
     Ok(())
 }
 
-/// Records, before a create, that this resource is creating its workspace
-/// (see `tenancy::adoption::made_by_us`). A merge patch of that one field:
-/// the status apply at the end of the reconcile writes the rest.
-pub(super) async fn write_create_intent(
-    context: &Context,
-    api: &Api<ChatWorkspace>,
-    resource: &ChatWorkspace,
-    previous: &ChatWorkspaceStatus,
-) -> Result<ChatWorkspaceStatus> {
-    let intent = crate::tenancy::adoption::create_intent(decision::whole_seconds(Timestamp::now()).0);
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": context.written.resource_version(resource)},
-        "status": {"ownership": intent},
-    });
-    let sending = context.written.sending(resource);
-    let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    let mut status = previous.clone();
-    status.ownership = Some(intent);
-    context.written.wrote(resource, previous, &status, &written);
-    drop(sending);
-    Ok(status)
-}
-
-/// Takes back a create's intent when Coder answered that it made nothing
-/// (it refused the request, or the name was taken meanwhile): a workspace
-/// someone makes later under that name is not this resource's. `intended`
-/// is the status [`write_create_intent`] wrote; `previous`, the one before.
-pub(super) async fn clear_create_intent(
-    context: &Context,
-    api: &Api<ChatWorkspace>,
-    resource: &ChatWorkspace,
-    (previous, intended): (&ChatWorkspaceStatus, &ChatWorkspaceStatus),
-) -> Result<()> {
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": context.written.resource_version(resource)},
-        "status": {"ownership": previous.ownership},
-    });
-    let sending = context.written.sending(resource);
-    let written = api.patch_status(&resource.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    context.written.wrote(resource, intended, previous, &written);
-    drop(sending);
-    Ok(())
-}
-
-/// Events for what the decision reported, and for every state reached.
+/// Events for what the decision reported and the action produced, and for
+/// every state reached.
 pub(super) async fn publish(
     context: &Context,
     resource: &ChatWorkspace,
     previous: &ChatWorkspaceStatus,
     status: &ChatWorkspaceStatus,
-    events: &[decision::Event],
+    reported: &[decision::Event],
 ) {
-    let mut all: Vec<KubeEvent> = events
-        .iter()
-        .map(|e| KubeEvent {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
-            reason: e.reason.into(),
-            note: Some(e.note.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        })
-        .collect();
-    all.extend(phase_event(previous, status));
-    if let Some(degraded) = flipped_true(&previous.conditions, &status.conditions, DEGRADED) {
-        all.push(KubeEvent {
-            type_: EventType::Warning,
-            reason: degraded.reason.clone(),
-            note: Some(degraded.message.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        });
+    if let Some(stalled) = events::flipped_true(&previous.conditions, &status.conditions, STALLED) {
+        context.metrics.stalled(&stalled.reason);
     }
-    for event in all {
-        if event.reason == "Recovered" {
-            context.metrics.recovery("succeeded");
-        }
+    for outcome in reported.iter().filter_map(|e| e.reason.recovery_outcome()) {
+        context.metrics.recovery(outcome);
+    }
+    for event in events::of_reconcile(reported, previous, status) {
         publish_one(context, resource, event).await;
     }
 }
@@ -389,31 +526,6 @@ pub(super) async fn publish_one(context: &Context, resource: &ChatWorkspace, mut
     if let Err(error) = context.recorder.publish(&event, &resource.object_ref(&())).await {
         warn!(%error, reason = %event.reason, "cannot publish event");
     }
-}
-
-/// The Event of a new phase. The first phase a resource is given is not a
-/// change and has none: an install over 10,000 running workspaces would
-/// otherwise post 10,000 Events that say nothing happened (the status says
-/// what was found). A first phase of `Failed` is a warning, and is told.
-fn phase_event(previous: &ChatWorkspaceStatus, status: &ChatWorkspaceStatus) -> Option<KubeEvent> {
-    let phase = status.phase.filter(|_| status.phase != previous.phase)?;
-    if previous.phase.is_none() && phase != Phase::Failed {
-        return None;
-    }
-    Some(KubeEvent {
-        type_: if phase == Phase::Failed { EventType::Warning } else { EventType::Normal },
-        reason: format!("{phase:?}"),
-        note: conditions::find(&status.conditions, READY).map(|c| c.message.clone()),
-        action: "Reconcile".into(),
-        secondary: None,
-    })
-}
-
-fn flipped_true<'a>(previous: &[Condition], current: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    let now = conditions::find(current, type_).filter(|c| c.status == "True")?;
-    let before = conditions::find(previous, type_);
-    let same = before.is_some_and(|b| b.status == "True" && b.reason == now.reason);
-    (!same).then_some(now)
 }
 
 #[cfg(test)]
@@ -467,7 +579,7 @@ mod tests {
         // The watch caught up: the cache is right, and nothing is kept.
         let caught_up = resource("3", Some(Phase::Running));
         let delivered = |r: &ChatWorkspace| {
-            written.delivered(&crate::crd::reference(r), status_hash(&r.status.clone().unwrap_or_default()))
+            written.delivered(&super::super::key(r), status_hash(&r.status.clone().unwrap_or_default()))
         };
         delivered(&first_delivered);
         assert_eq!(written.unseen(), 1, "the latest write is still on its way");
@@ -480,7 +592,7 @@ mod tests {
     #[test]
     fn a_write_the_watch_delivered_before_its_answer_leaves_nothing_behind() {
         let written = Written::default();
-        let key = crate::crd::reference(&resource("1", None));
+        let key = super::super::key(&resource("1", None));
         let delivered = |r: &ChatWorkspace| written.delivered(&key, status_hash(&r.status.clone().unwrap_or_default()));
         {
             let _sending = written.sending(&resource("1", None));
@@ -523,7 +635,7 @@ mod tests {
     fn a_reconciles_next_write_is_conditional_on_what_its_last_produced_even_once_delivered() {
         let written = Written::default();
         let decided_from = resource("1", None);
-        let key = crate::crd::reference(&decided_from);
+        let key = super::super::key(&decided_from);
         {
             let _reconciling = written.reconciling(&decided_from);
             {
@@ -570,18 +682,6 @@ mod tests {
         assert_eq!(written.previous(&edited).phase, Some(Phase::Failed));
         assert_eq!(written.unseen(), 0);
         assert_eq!(written.resource_version(&edited).as_deref(), Some("4"));
-    }
-
-    #[test]
-    fn a_phase_event_tells_of_a_change_of_phase_not_of_the_first_one_found() {
-        let none = ChatWorkspaceStatus::default();
-        let reason = |previous: &ChatWorkspaceStatus, now: Phase| phase_event(previous, &status(now)).map(|e| e.reason);
-        assert_eq!(reason(&none, Phase::Running), None, "found running: nothing happened");
-        assert_eq!(reason(&none, Phase::Creating), None);
-        assert_eq!(reason(&status(Phase::Starting), Phase::Running).as_deref(), Some("Running"));
-        assert_eq!(reason(&status(Phase::Running), Phase::Running), None, "no change");
-        let failed = phase_event(&none, &status(Phase::Failed)).expect("a first Failed is told");
-        assert_eq!((failed.reason.as_str(), failed.type_), ("Failed", EventType::Warning));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt, stream};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::runtime::Store;
-use crate::cache::Slim;
+use crate::cache::Stored;
 use crate::key::ResourceKey;
 
 /// How often the sweep hands over its next share of a round.
@@ -25,14 +25,14 @@ const TICK: Duration = Duration::from_millis(100);
 pub fn sweep(
     store: Arc<Store>,
     interval: Duration,
-    wanted: impl Fn(&Slim) -> bool + Send + 'static,
+    wanted: impl Fn(&Stored) -> bool + Send + 'static,
 ) -> impl Stream<Item = ResourceKey> + Send {
     let interval = interval.max(Duration::from_secs(1));
     let tick = TICK.min(interval / 10).max(Duration::from_millis(1));
     let ticks = usize::try_from(interval.as_nanos() / tick.as_nanos().max(1)).unwrap_or(usize::MAX).max(1);
     let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let wanted: Box<dyn Fn(&Slim) -> bool + Send> = Box::new(wanted);
+    let wanted: Box<dyn Fn(&Stored) -> bool + Send> = Box::new(wanted);
     let state = Sweep { store, wanted, ticker, ticks, round: Vec::new(), total: 0, ticks_left: ticks };
     stream::unfold(state, |mut state| async move {
         let batch = state.next_batch().await;
@@ -43,13 +43,13 @@ pub fn sweep(
 
 struct Sweep {
     store: Arc<Store>,
-    wanted: Box<dyn Fn(&Slim) -> bool + Send>,
+    wanted: Box<dyn Fn(&Stored) -> bool + Send>,
     ticker: Interval,
     /// Ticks per round.
     ticks: usize,
     /// What this round has still to hand over, last first. Shared pointers
     /// into the cache, not references: a round holds 8 bytes per resource.
-    round: Vec<Arc<Slim>>,
+    round: Vec<Arc<Stored>>,
     /// How many this round began with.
     total: usize,
     ticks_left: usize,
@@ -84,10 +84,10 @@ impl Sweep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Cached;
+    use crate::cache::Watched;
     use kube::runtime::watcher;
 
-    fn resource(name: &str) -> Cached {
+    fn resource(name: &str) -> Watched {
         let resource: crate::crd::ChatWorkspace = serde_json::from_value(serde_json::json!({
             "apiVersion": "chat.coder.com/v1alpha1",
             "kind": "ChatWorkspace",
@@ -95,7 +95,7 @@ mod tests {
             "spec": {"desiredState": "Running", "template": {"name": "docker"}},
         }))
         .expect("a ChatWorkspace");
-        Cached::pack(resource)
+        Watched::pack(resource)
     }
 
     #[tokio::test(start_paused = true)]

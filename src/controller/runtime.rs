@@ -4,7 +4,7 @@
 //! kube-runtime's `Controller` keeps each resource whole in its store (its
 //! `ObjectMeta` alone is 360 bytes), again in a predicate's map, and its
 //! reference (96 bytes, with four strings) in the scheduler's and the
-//! runner's maps. Here the store keeps a [`Slim`] per resource under a
+//! runner's maps. Here the store keeps a [`Stored`] per resource under a
 //! 16-byte key, the predicate's hash inside it, and the queue one slot per
 //! resource. The queue is first in, first out: every resource that becomes
 //! due is reconciled in the order it became due, never two reconciles of one
@@ -19,16 +19,17 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::cache::{Cached, Slim};
+use crate::cache::{Stored, Watched};
+use crate::crd::Phase;
 use crate::key::ResourceKey;
 
 /// What a reconcile asks for next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Action {
+pub struct Next {
     requeue_after: Option<Duration>,
 }
 
-impl Action {
+impl Next {
     /// Reconcile again after `delay` (sooner if something triggers it).
     pub const fn requeue(delay: Duration) -> Self {
         Self { requeue_after: Some(delay) }
@@ -52,7 +53,7 @@ pub struct Store {
 
 #[derive(Default)]
 struct StoreState {
-    objects: HashMap<ResourceKey, Arc<Slim>>,
+    objects: HashMap<ResourceKey, Arc<Stored>>,
     /// The keys a relist under way has delivered so far. The relist
     /// replaces resources one by one instead of building a second store:
     /// at its end, those it did not deliver are gone.
@@ -67,6 +68,8 @@ pub struct Applied {
     pub trigger: Option<ResourceKey>,
     /// Resources gone: deleted, or missing from a relist.
     pub gone: Vec<ResourceKey>,
+    /// How the count of resources by phase moved: (phase, +1 or -1).
+    pub phases: Vec<(Option<Phase>, i64)>,
 }
 
 impl Default for Store {
@@ -76,12 +79,12 @@ impl Default for Store {
 }
 
 impl Store {
-    pub fn get(&self, key: &ResourceKey) -> Option<Arc<Slim>> {
+    pub fn get(&self, key: &ResourceKey) -> Option<Arc<Stored>> {
         self.state.read().expect("store").objects.get(key).cloned()
     }
 
     /// Every resource, in no particular order.
-    pub fn state(&self) -> Vec<Arc<Slim>> {
+    pub fn state(&self) -> Vec<Arc<Stored>> {
         self.state.read().expect("store").objects.values().cloned().collect()
     }
 
@@ -109,9 +112,9 @@ impl Store {
         *self.ready.borrow()
     }
 
-    /// Applies one watch event; `lifecycle` is what triggers a reconcile
+    /// Applies one watch event; `trigger_hash` hashes what triggers a reconcile
     /// when it changes (the controller's predicate).
-    pub fn apply(&self, event: watcher::Event<Cached>, lifecycle: impl Fn(&Cached) -> u64) -> Applied {
+    pub fn apply(&self, event: watcher::Event<Watched>, trigger_hash: impl Fn(&Watched) -> u64) -> Applied {
         let mut state = self.state.write().expect("store");
         match event {
             watcher::Event::Init => {
@@ -119,31 +122,37 @@ impl Store {
                 Applied::default()
             }
             watcher::Event::InitApply(resource) | watcher::Event::Apply(resource) => {
-                let hash = lifecycle(&resource);
-                let slim = resource.slim(hash);
-                let key = slim.key().clone();
+                let hash = trigger_hash(&resource);
+                let stored = resource.stored(hash);
+                let key = stored.key().clone();
                 if let Some(relisted) = state.relisted.as_mut() {
                     relisted.insert(key.clone());
                 }
-                let trigger = match state.objects.get(&key) {
+                let (trigger, before) = match state.objects.get(&key) {
                     // A relist delivers mostly what the store has: the copy
                     // it has stays where it is in memory, and the new one
                     // goes, instead of leaving the old one's room empty
                     // among the new ones.
-                    Some(held) if **held == slim => return Applied::default(),
-                    Some(held) => held.lifecycle() != hash,
-                    None => true,
+                    Some(held) if **held == stored => return Applied::default(),
+                    Some(held) => (held.trigger_hash() != hash, Some(held.phase())),
+                    None => (true, None),
                 };
-                state.objects.insert(key.clone(), Arc::new(slim));
-                Applied { trigger: trigger.then_some(key), gone: Vec::new() }
+                let phases = match before {
+                    Some(phase) if phase == stored.phase() => Vec::new(),
+                    Some(phase) => vec![(phase, -1), (stored.phase(), 1)],
+                    None => vec![(stored.phase(), 1)],
+                };
+                state.objects.insert(key.clone(), Arc::new(stored));
+                Applied { trigger: trigger.then_some(key), gone: Vec::new(), phases }
             }
             watcher::Event::InitDone => {
+                let mut phases = Vec::new();
                 let gone = match state.relisted.take() {
                     Some(relisted) => {
                         let gone: Vec<ResourceKey> =
                             state.objects.keys().filter(|key| !relisted.contains(*key)).cloned().collect();
                         for key in &gone {
-                            state.objects.remove(key);
+                            phases.extend(state.objects.remove(key).map(|held| (held.phase(), -1)));
                         }
                         gone
                     }
@@ -152,15 +161,15 @@ impl Store {
                 state.objects.shrink_to_fit();
                 drop(state);
                 self.ready.send_replace(true);
-                Applied { trigger: None, gone }
+                Applied { trigger: None, gone, phases }
             }
             watcher::Event::Delete(resource) => {
                 let key = ResourceKey::new(
                     resource.metadata.namespace.as_deref().unwrap_or_default(),
                     resource.metadata.name.as_deref().unwrap_or_default(),
                 );
-                state.objects.remove(&key);
-                Applied { trigger: None, gone: vec![key] }
+                let phases = state.objects.remove(&key).map(|held| (held.phase(), -1)).into_iter().collect();
+                Applied { trigger: None, gone: vec![key], phases }
             }
         }
     }
@@ -316,7 +325,7 @@ pub async fn dispatch<F, Fut>(
     shutdown: impl Future<Output = ()>,
     reconcile: F,
 ) where
-    F: Fn(Arc<Slim>) -> Fut,
+    F: Fn(Arc<Stored>) -> Fut,
     Fut: Future<Output = Option<Duration>> + Send + 'static,
 {
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -384,7 +393,7 @@ mod tests {
         let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let dispatcher = dispatch(store, queue, 4, std::future::pending(), {
             let finished = finished.clone();
-            move |resource: Arc<Slim>| {
+            move |resource: Arc<Stored>| {
                 let (told, cancel) = tokio::sync::oneshot::channel();
                 let _ = started.send(resource.key().clone());
                 let cancelled = cancelled.clone();
@@ -537,7 +546,7 @@ mod tests {
         assert!(queue.is_empty());
     }
 
-    fn resource(name: &str, generation: i64) -> Cached {
+    fn resource(name: &str, generation: i64) -> Watched {
         let resource: crate::crd::ChatWorkspace = serde_json::from_value(serde_json::json!({
             "apiVersion": "chat.coder.com/v1alpha1",
             "kind": "ChatWorkspace",
@@ -545,10 +554,10 @@ mod tests {
             "spec": {"desiredState": "Running", "template": {"name": "docker"}},
         }))
         .expect("a ChatWorkspace");
-        Cached::pack(resource)
+        Watched::pack(resource)
     }
 
-    fn generation(resource: &Cached) -> u64 {
+    fn generation(resource: &Watched) -> u64 {
         resource.metadata.generation.unwrap_or_default() as u64
     }
 
@@ -582,5 +591,45 @@ mod tests {
         let deleted = store.apply(watcher::Event::Delete(resource("a", 2)), generation);
         assert_eq!(deleted.gone, [key("a")]);
         assert!(store.is_empty());
+    }
+
+    fn in_phase(name: &str, generation: i64, phase: Option<&str>) -> Watched {
+        let resource = resource(name, generation).expand();
+        let mut value = serde_json::to_value(resource).expect("json");
+        if let Some(phase) = phase {
+            value["status"] = serde_json::json!({"phase": phase});
+        }
+        Watched::pack(serde_json::from_value(value).expect("a ChatWorkspace"))
+    }
+
+    #[tokio::test]
+    async fn the_count_by_phase_moves_with_each_change_and_each_resource_gone() {
+        let store = Store::default();
+        let mut counts: HashMap<String, i64> = HashMap::new();
+        let mut apply = |event| {
+            for (phase, delta) in store.apply(event, generation).phases {
+                *counts.entry(format!("{phase:?}")).or_default() += delta;
+            }
+            let mut now: Vec<(String, i64)> =
+                counts.iter().filter(|(_, n)| **n != 0).map(|(p, n)| (p.clone(), *n)).collect();
+            now.sort();
+            now
+        };
+        let counted = |pairs: &[(&str, i64)]| pairs.iter().map(|(p, n)| ((*p).to_string(), *n)).collect::<Vec<_>>();
+        apply(watcher::Event::Init);
+        apply(watcher::Event::InitApply(in_phase("a", 1, None)));
+        apply(watcher::Event::InitApply(in_phase("b", 1, Some("Running"))));
+        let listed = apply(watcher::Event::InitDone);
+        assert_eq!(listed, counted(&[("None", 1), ("Some(Running)", 1)]));
+        let written = apply(watcher::Event::Apply(in_phase("a", 1, Some("Creating"))));
+        assert_eq!(written, counted(&[("Some(Creating)", 1), ("Some(Running)", 1)]));
+        let same = apply(watcher::Event::Apply(in_phase("a", 2, Some("Creating"))));
+        assert_eq!(same, written, "a change within a phase moves nothing");
+        apply(watcher::Event::Init);
+        apply(watcher::Event::InitApply(in_phase("a", 2, Some("Running"))));
+        let relisted = apply(watcher::Event::InitDone);
+        assert_eq!(relisted, counted(&[("Some(Running)", 1)]), "b is gone from the relist");
+        let deleted = apply(watcher::Event::Delete(in_phase("a", 2, Some("Running"))));
+        assert!(deleted.is_empty(), "{deleted:?}");
     }
 }

@@ -3,8 +3,19 @@
 //! chat each is bound to; a chat's details (status, sub-agents, context)
 //! are read only when that binding changes, once the operator's own build
 //! of the workspace is over, and otherwise every `chat_detail_interval`.
-//! The owner's poller runs this after its workspace poll, so an owner still
-//! has at most one request in flight, under the token's shared rate limit.
+//! The credentials' poller runs this after its workspace poll, for all the
+//! owners it serves at once: a lookup takes workspaces of any owners, so a
+//! thousand owners with a few workspaces each cost what one owner with all
+//! of them would. One request at a time, under the token's shared rate
+//! limit.
+//!
+//! The planning is plain functions over plain data, unit-tested without a
+//! server: how a round is paced ([`round_pace`], [`lookups_now`]), how the
+//! owners' lookups are batched ([`merge`]), when a chat's details are read
+//! ([`detail_read`], [`DetailBudget`]), and what a lookup answer and a read
+//! change and whom they wake ([`take_lookup`], [`take_read`]). `plan` and
+//! `run` are the loop around them that holds the index's lock and talks to
+//! coderd.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::{OwnerKey, Shared};
+use super::{IndexSettings, OwnerKey, Shared};
 use crate::coder::{Chat, CoderClient, CoderError, MAX_WORKSPACES_PER_CHAT_LOOKUP};
 
 /// How long a Coder without chat routes (or that refuses them) is left
@@ -66,10 +77,12 @@ impl Default for DetailBudget {
 }
 
 impl DetailBudget {
-    fn take(&mut self, per_minute: u32, wanted: usize) -> usize {
+    /// Up to `wanted` slow-cadence reads at `now`, as many as the budget has.
+    fn take(&mut self, per_minute: u32, wanted: usize, now: Instant) -> usize {
         let rate = f64::from(per_minute) / 60.0;
-        self.tokens = (self.tokens + self.filled_at.elapsed().as_secs_f64() * rate).min(f64::from(per_minute));
-        self.filled_at = Instant::now();
+        let filled = now.saturating_duration_since(self.filled_at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + filled).min(f64::from(per_minute));
+        self.filled_at = self.filled_at.max(now);
         let granted = (self.tokens.floor() as usize).min(wanted);
         self.tokens -= granted as f64;
         granted
@@ -89,6 +102,11 @@ struct ChatEntry {
     /// poll that began before then holds an older view.
     recorded_at: Option<Instant>,
     details_due: bool,
+    /// When the operator's build of the workspace settled. coderd v2.36.1
+    /// rebinds a chat to the new agent only on the chat's next turn, so for
+    /// one detail interval after it a chat still bound to another agent is
+    /// read at the lookup cadence, not at the slow one.
+    built_at: Option<Instant>,
 }
 
 impl ChatEntry {
@@ -146,18 +164,26 @@ impl OwnerChats {
     }
 }
 
-/// One round for one owner; problems are logged, never the poller's error.
-pub(super) async fn poll(index: &Shared, key: &OwnerKey, client: &CoderClient) {
-    let Some(plan) = plan(index, key) else { return };
-    if let Err(error) = run(index, key, client, plan).await {
+/// One round for the owners of one credentials; problems are logged, never
+/// the poller's error.
+pub(super) async fn poll(index: &Shared, owners: &[Arc<OwnerKey>], client: &CoderClient) {
+    let plans: Vec<(Arc<OwnerKey>, Plan)> =
+        owners.iter().filter_map(|key| plan(index, key).map(|plan| (key.clone(), plan))).collect();
+    if plans.is_empty() {
+        return;
+    }
+    if let Err(error) = run(index, client, plans).await {
         if matches!(error, CoderError::NotFound { .. } | CoderError::Forbidden { .. }) {
             // No chat routes here (an older coderd), or not for this token.
-            warn!(owner = %key.owner, %error, "cannot read chats; trying again in 5 minutes");
-            if let Some(state) = index.owners.lock().expect("index owners").get_mut(key) {
-                state.chats.unavailable_until = Some(Instant::now() + UNAVAILABLE_PAUSE);
+            warn!(%error, "cannot read chats; trying again in 5 minutes");
+            let mut states = index.owners.lock().expect("index owners");
+            for key in owners {
+                if let Some(state) = states.get_mut(key) {
+                    state.chats.unavailable_until = Some(Instant::now() + UNAVAILABLE_PAUSE);
+                }
             }
         } else {
-            debug!(owner = %key.owner, %error, "chat poll failed; trying again next round");
+            debug!(%error, "chat poll failed; trying again next round");
         }
     }
 }
@@ -180,60 +206,58 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     if state.chats.planned_at.is_some_and(|at| at.elapsed() < gap) {
         return None;
     }
-    state.chats.planned_at = Some(Instant::now());
+    let now = Instant::now();
+    state.chats.planned_at = Some(now);
     // Borrowed, not copied: this runs every second over every workspace.
     let super::OwnerState { interested, workspaces, chats, .. } = state;
-    let watched: Vec<(&str, &str, bool)> = interested
+    // (id, name, a build or agent start under way, the chat agent now)
+    let watched: Vec<(&str, &str, bool, Option<&str>)> = interested
         .keys()
         .filter_map(|name| {
             let entry = workspaces.get(name)?;
-            Some((&*entry.id, name.as_str(), entry.in_transition))
+            Some((&*entry.id, name.as_str(), entry.in_transition, entry.chat_agent_id()))
         })
         .collect();
-    let ids: HashSet<&str> = watched.iter().map(|(id, _, _)| *id).collect();
+    let ids: HashSet<&str> = watched.iter().map(|(id, ..)| *id).collect();
     chats.entries.retain(|id, _| ids.contains(id.as_str()));
     chats.after_build.retain(|id| ids.contains(id.as_str()));
     let round_due = chats.looked_up_at.is_none_or(|at| at.elapsed() >= settings.chat_interval);
     if round_due && chats.round_left.is_empty() {
-        // A new round, spread over half the interval at one plan a second.
-        chats.round_left = watched.iter().map(|(id, _, _)| (*id).to_owned()).collect();
-        let plans = (settings.chat_interval.as_secs_f64() / 2.0 / PLAN_EVERY.as_secs_f64()).max(1.0);
-        let lookups = chats.round_left.len().div_ceil(MAX_WORKSPACES_PER_CHAT_LOOKUP) as f64;
-        chats.round_pace = (lookups / plans).ceil().max(1.0) as usize;
-        chats.looked_up_at = Some(Instant::now());
+        chats.round_left = watched.iter().map(|(id, ..)| (*id).to_owned()).collect();
+        chats.round_pace = round_pace(settings.chat_interval, chats.round_left.len());
+        chats.looked_up_at = Some(now);
     }
     let mut details = Vec::new();
     let mut slow = Vec::new();
-    for &(id, name, busy) in &watched {
+    for &(id, name, busy, chat_agent) in &watched {
         let settled_after_build = !busy && chats.after_build.contains(id);
         let Some(entry) = chats.entries.get_mut(id) else { continue };
         let Some(chat_id) = entry.looked_up.clone() else { continue };
         let read = (id.to_owned(), name.to_owned(), entry.chat.as_ref().map_or(chat_id, |c| c.id.clone()));
-        if entry.chat.is_none() || entry.details_due || settled_after_build {
-            chats.after_build.remove(id);
-            details.push(read);
-        } else if entry.read_at.is_none_or(|at| at.elapsed() >= settings.chat_detail_interval) {
-            slow.push((entry.read_at, read));
+        if settled_after_build {
+            entry.built_at = Some(now);
+        }
+        match detail_read(entry, settled_after_build, chat_agent, &settings, now) {
+            DetailRead::Now => {
+                chats.after_build.remove(id);
+                details.push(read);
+            }
+            DetailRead::Slow => slow.push((entry.read_at, read)),
+            DetailRead::NotDue => {}
         }
     }
     // The slow cadence, oldest first, within the shared budget.
     slow.sort_by_key(|(read_at, _)| *read_at);
     let granted =
-        index.chat_budget.lock().expect("chat budget").take(settings.chat_detail_budget_per_minute, slow.len());
+        index.chat_budget.lock().expect("chat budget").take(settings.chat_detail_budget_per_minute, slow.len(), now);
     details.extend(slow.into_iter().take(granted).map(|(_, read)| read));
 
-    // This plan's share of the round, and the workspaces never looked up
-    // (new resources) at once: a thousand resources created together cost
-    // forty lookups, not forty a second.
-    let take = (chats.round_pace * MAX_WORKSPACES_PER_CHAT_LOOKUP).min(chats.round_left.len());
-    let mut wanted: HashSet<String> = chats.round_left.drain(..take).collect();
-    wanted.extend(
-        watched.iter().filter(|(id, _, _)| !chats.entries.contains_key(*id)).map(|(id, _, _)| (*id).to_owned()),
-    );
+    let never_looked_up = watched.iter().map(|(id, ..)| *id).filter(|id| !chats.entries.contains_key(*id));
+    let wanted = lookups_now(&mut chats.round_left, chats.round_pace, never_looked_up);
     let lookup: Vec<(String, String)> = watched
         .into_iter()
-        .filter(|(id, _, _)| wanted.contains(*id))
-        .map(|(id, name, _)| (id.to_owned(), name.to_owned()))
+        .filter(|(id, ..)| wanted.contains(*id))
+        .map(|(id, name, ..)| (id.to_owned(), name.to_owned()))
         .collect();
     if lookup.is_empty() && details.is_empty() {
         return None;
@@ -241,37 +265,167 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     Some(Plan { lookup, details })
 }
 
-async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -> Result<(), CoderError> {
-    let mut details = plan.details;
-    let mut to_wake = Vec::new();
-    for chunk in plan.lookup.chunks(MAX_WORKSPACES_PER_CHAT_LOOKUP) {
-        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+/// How many lookups (of 25 workspaces) each plan of a round sends: the
+/// round is spread over half the lookup interval at one plan a second, so a
+/// thousand resources cost forty lookups over minutes, not at once.
+fn round_pace(chat_interval: Duration, workspaces: usize) -> usize {
+    let plans = (chat_interval.as_secs_f64() / 2.0 / PLAN_EVERY.as_secs_f64()).max(1.0);
+    let lookups = workspaces.div_ceil(MAX_WORKSPACES_PER_CHAT_LOOKUP) as f64;
+    (lookups / plans).ceil().max(1.0) as usize
+}
+
+/// The workspaces this plan looks up: its share (`pace` lookups) of what
+/// the round has left, and every workspace never looked up (a new
+/// resource) at once.
+fn lookups_now<'a>(
+    round_left: &mut Vec<String>,
+    pace: usize,
+    never_looked_up: impl Iterator<Item = &'a str>,
+) -> HashSet<String> {
+    let take = (pace * MAX_WORKSPACES_PER_CHAT_LOOKUP).min(round_left.len());
+    let mut wanted: HashSet<String> = round_left.drain(..take).collect();
+    wanted.extend(never_looked_up.map(str::to_owned));
+    wanted
+}
+
+/// When a bound chat's details are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DetailRead {
+    /// In this plan: never read, asked for, or the operator's build settled.
+    Now,
+    /// On the slow cadence, within the shared budget.
+    Slow,
+    NotDue,
+}
+
+/// Whether the details of `entry`'s chat are read at `now`. After the
+/// operator's build, for one detail interval, a chat still bound to another
+/// agent than `chat_agent` (coderd rebinds it on its next turn only) is read
+/// at the lookup cadence; otherwise every detail interval.
+fn detail_read(
+    entry: &ChatEntry,
+    settled_after_build: bool,
+    chat_agent: Option<&str>,
+    settings: &IndexSettings,
+    now: Instant,
+) -> DetailRead {
+    let since = |at: Instant| now.saturating_duration_since(at);
+    let on_other_agent = chat_agent.is_some_and(|current| {
+        entry.chat.as_ref().is_some_and(|c| {
+            std::iter::once(&**c)
+                .chain(c.children.iter())
+                .any(|c| c.agent_id.as_deref().is_some_and(|agent| agent != current))
+        })
+    });
+    let rebind_read_due = on_other_agent
+        && entry.built_at.is_some_and(|at| since(at) < settings.chat_detail_interval)
+        && entry.read_at.is_none_or(|at| since(at) >= settings.chat_interval);
+    if entry.chat.is_none() || entry.details_due || settled_after_build || rebind_read_due {
+        DetailRead::Now
+    } else if entry.read_at.is_none_or(|at| since(at) >= settings.chat_detail_interval) {
+        DetailRead::Slow
+    } else {
+        DetailRead::NotDue
+    }
+}
+
+/// What one workspace's answer in a `by-workspace` lookup changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Looked {
+    /// No chat is bound (any more, or on the first lookup): its resources
+    /// learn it.
+    Unbound,
+    /// The chat already held (or still none).
+    Unchanged,
+    /// A new binding: its details are read next.
+    Bound(String),
+}
+
+/// Takes one workspace's lookup answer (`first`: never looked up before).
+fn take_lookup(entry: &mut ChatEntry, first: bool, answer: Option<&str>) -> Looked {
+    match answer {
+        None if entry.looked_up.is_some() || first => {
+            entry.looked_up = None;
+            entry.chat = None;
+            Looked::Unbound
+        }
+        None => Looked::Unchanged,
+        Some(chat_id) if entry.holds(chat_id) => Looked::Unchanged,
+        Some(chat_id) => {
+            entry.looked_up = Some(chat_id.to_owned());
+            entry.chat = None;
+            Looked::Bound(chat_id.to_owned())
+        }
+    }
+}
+
+/// What a read of a chat's details, begun at `started`, changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// The operator recorded the chat after the read began (an interrupt,
+    /// a re-pin): the read is older, and dropped.
+    Older,
+    /// The chat is gone (deleted, or no longer the token's to read): the
+    /// workspace is forgotten, looked up again, and its resources woken.
+    Gone,
+    /// Its resources are woken.
+    Changed,
+    Unchanged,
+}
+
+/// Takes a read of the chat's details (`None`: gone) completed at `now`.
+fn take_read(entry: &mut ChatEntry, chat: Option<Chat>, started: Instant, now: Instant) -> Read {
+    if entry.recorded_at.is_some_and(|at| at > started) {
+        return Read::Older;
+    }
+    let Some(chat) = chat else { return Read::Gone };
+    let before = entry.chat.replace(Arc::new(chat));
+    entry.read_at = Some(now);
+    entry.details_due = false;
+    if before == entry.chat { Read::Unchanged } else { Read::Changed }
+}
+
+/// A workspace to look up: (owner, workspace id, workspace name).
+type WorkspaceOf<K> = (K, String, String);
+/// A chat to read: (owner, workspace id, workspace name, chat id).
+type ChatOf<K> = (K, String, String, String);
+
+/// Lookups and reads of every owner's plan together: a lookup takes
+/// workspaces of any owners, so the lookups are sent in batches of 25 across
+/// owners.
+fn merge<K: Clone>(plans: Vec<(K, Plan)>) -> (Vec<WorkspaceOf<K>>, Vec<ChatOf<K>>) {
+    let mut lookup = Vec::new();
+    let mut details = Vec::new();
+    for (key, plan) in plans {
+        details.extend(plan.details.into_iter().map(|(id, name, chat)| (key.clone(), id, name, chat)));
+        lookup.extend(plan.lookup.into_iter().map(|(id, name)| (key.clone(), id, name)));
+    }
+    (lookup, details)
+}
+
+async fn run(index: &Shared, client: &CoderClient, plans: Vec<(Arc<OwnerKey>, Plan)>) -> Result<(), CoderError> {
+    let (lookup, mut details) = merge(plans);
+    let mut to_wake: Vec<(Arc<OwnerKey>, String)> = Vec::new();
+    for batch in lookup.chunks(MAX_WORKSPACES_PER_CHAT_LOOKUP) {
+        let ids: Vec<String> = batch.iter().map(|(_, id, _)| id.clone()).collect();
         let bound = client.chats_by_workspace(&ids).await?;
         let mut owners = index.owners.lock().expect("index owners");
-        let Some(state) = owners.get_mut(key) else { return Ok(()) };
-        for (id, name) in chunk {
-            let answer = bound.get(id).cloned();
+        for (key, id, name) in batch {
+            let Some(state) = owners.get_mut(key) else { continue };
             let first = !state.chats.entries.contains_key(id);
             let entry = state.chats.entries.entry(id.clone()).or_default();
-            match &answer {
-                None if entry.looked_up.is_some() || first => {
-                    entry.looked_up = None;
-                    entry.chat = None;
-                    to_wake.push(name.clone());
-                }
-                None => {}
-                Some(chat_id) if entry.holds(chat_id) => {}
-                Some(chat_id) => {
-                    entry.looked_up = Some(chat_id.clone());
-                    entry.chat = None;
-                    if !details.iter().any(|(ws, _, _)| ws == id) {
-                        details.push((id.clone(), name.clone(), chat_id.clone()));
+            match take_lookup(entry, first, bound.get(id).map(String::as_str)) {
+                Looked::Unbound => to_wake.push((key.clone(), name.clone())),
+                Looked::Unchanged => {}
+                Looked::Bound(chat_id) => {
+                    if !details.iter().any(|(_, ws, _, _)| ws == id) {
+                        details.push((key.clone(), id.clone(), name.clone(), chat_id));
                     }
                 }
             }
         }
     }
-    for (workspace_id, name, chat_id) in details {
+    for (key, workspace_id, name, chat_id) in details {
         let started = Instant::now();
         let chat = match read_root(client, &chat_id).await {
             Ok(chat) => Some(chat),
@@ -280,28 +434,28 @@ async fn run(index: &Shared, key: &OwnerKey, client: &CoderClient, plan: Plan) -
             Err(error) => return Err(error),
         };
         let mut owners = index.owners.lock().expect("index owners");
-        let Some(state) = owners.get_mut(key) else { return Ok(()) };
+        let Some(state) = owners.get_mut(&key) else { continue };
         let entry = state.chats.entries.entry(workspace_id.clone()).or_default();
-        if entry.recorded_at.is_some_and(|at| at > started) {
-            // The operator interrupted or re-pinned it meanwhile: what it
-            // recorded is newer than this read.
-            continue;
+        match take_read(entry, chat, started, Instant::now()) {
+            Read::Older => continue,
+            Read::Gone => {
+                state.chats.entries.remove(&workspace_id);
+                to_wake.push((key.clone(), name));
+                continue;
+            }
+            Read::Changed => to_wake.push((key.clone(), name.clone())),
+            Read::Unchanged => {}
         }
-        let Some(chat) = chat else {
-            // Forget it, so that the next plan looks the workspace up again.
-            state.chats.entries.remove(&workspace_id);
-            to_wake.push(name);
-            continue;
-        };
-        let before = entry.chat.clone();
-        entry.chat = Some(Arc::new(chat));
-        entry.read_at = Some(Instant::now());
-        entry.details_due = false;
-        if before != entry.chat {
-            to_wake.push(name);
+        // A read once the operator's build has settled is the read that
+        // build asked for (a chat bound after it was read right here).
+        if state.workspaces.get(&name).is_some_and(|workspace| !workspace.in_transition)
+            && state.chats.after_build.remove(&workspace_id)
+        {
+            let entry = state.chats.entries.entry(workspace_id).or_default();
+            entry.built_at = Some(Instant::now());
         }
     }
-    let resources: Vec<_> = to_wake.iter().flat_map(|name| index.interested_in(key, name)).collect();
+    let resources: Vec<_> = to_wake.iter().flat_map(|(key, name)| index.interested_in(key, name)).collect();
     index.wake(resources);
     Ok(())
 }
@@ -366,11 +520,130 @@ mod budget_tests {
 
     #[test]
     fn the_detail_budget_grants_at_most_its_rate_and_a_minute_of_savings() {
-        let mut budget = DetailBudget { tokens: 0.0, filled_at: Instant::now() - Duration::from_secs(3600) };
-        assert_eq!(budget.take(60, 1000), 60, "an idle hour saves one minute's worth");
-        assert_eq!(budget.take(60, 1000), 0);
-        let mut budget = DetailBudget { tokens: 0.0, filled_at: Instant::now() - Duration::from_secs(10) };
-        assert_eq!(budget.take(60, 3), 3);
-        assert_eq!(budget.take(60, 100), 7);
+        let start = Instant::now();
+        let hour_later = start + Duration::from_secs(3600);
+        let mut budget = DetailBudget { tokens: 0.0, filled_at: start };
+        assert_eq!(budget.take(60, 1000, hour_later), 60, "an idle hour saves one minute's worth");
+        assert_eq!(budget.take(60, 1000, hour_later), 0);
+        let mut budget = DetailBudget { tokens: 0.0, filled_at: start };
+        let ten_seconds = start + Duration::from_secs(10);
+        assert_eq!(budget.take(60, 3, ten_seconds), 3);
+        assert_eq!(budget.take(60, 100, ten_seconds), 7);
+    }
+}
+
+#[cfg(test)]
+mod planning_tests {
+    use super::*;
+
+    fn chat(id: &str, agent: &str, children: Vec<Chat>) -> Chat {
+        serde_json::from_value(serde_json::json!({"id": id, "status": "waiting", "agent_id": agent}))
+            .map(|chat: Chat| Chat { children, ..chat })
+            .expect("a chat")
+    }
+
+    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|n| format!("ws-{n}")).collect()
+    }
+
+    #[test]
+    fn a_round_is_spread_over_half_the_interval_and_new_workspaces_are_looked_up_at_once() {
+        let interval = Duration::from_secs(300);
+        assert_eq!(round_pace(interval, 0), 1);
+        assert_eq!(round_pace(interval, 25 * 150), 1, "150 lookups over 150 plans: one each");
+        assert_eq!(round_pace(interval, 25 * 151), 2);
+        assert_eq!(round_pace(Duration::from_secs(1), 1000), 40, "an interval under two plans: all at once");
+
+        let mut round_left = ids(0..60);
+        let wanted = lookups_now(&mut round_left, 2, std::iter::empty());
+        assert_eq!(wanted.len(), 50, "two lookups of 25");
+        assert_eq!(round_left, ids(50..60), "the rest waits for the next plans");
+        let wanted = lookups_now(&mut round_left, 2, ["new-1", "new-2"].into_iter());
+        assert_eq!(wanted.len(), 12, "the round's last ten and two never looked up");
+        assert!(wanted.contains("new-1") && round_left.is_empty());
+    }
+
+    #[test]
+    fn lookups_of_many_owners_are_batched_together() {
+        let plan = |first: usize| Plan {
+            lookup: ids(first..first + 10).into_iter().map(|id| (id.clone(), id)).collect(),
+            details: vec![],
+        };
+        let (lookup, details) = merge(vec![("alice", plan(0)), ("bob", plan(10)), ("carol", plan(20))]);
+        let batches: Vec<usize> = lookup.chunks(MAX_WORKSPACES_PER_CHAT_LOOKUP).map(<[_]>::len).collect();
+        assert_eq!(batches, [25, 5], "thirty workspaces of three owners in two lookups");
+        assert_eq!(lookup[10].0, "bob");
+        assert!(details.is_empty());
+    }
+
+    #[test]
+    fn a_chat_is_read_when_new_asked_for_or_after_the_operators_build_and_else_on_the_slow_cadence() {
+        let settings = IndexSettings::default();
+        let start = Instant::now();
+        let read = |entry: &ChatEntry, settled, now| detail_read(entry, settled, Some("a1"), &settings, now);
+        let mut entry = ChatEntry { looked_up: Some("chat-1".into()), ..ChatEntry::default() };
+        assert_eq!(read(&entry, false, start), DetailRead::Now, "bound, never read");
+
+        entry.chat = Some(Arc::new(chat("chat-1", "a1", vec![])));
+        entry.read_at = Some(start);
+        assert_eq!(read(&entry, false, start), DetailRead::NotDue);
+        assert_eq!(read(&entry, true, start), DetailRead::Now, "the operator's build settled");
+        assert_eq!(read(&entry, false, start + settings.chat_detail_interval), DetailRead::Slow);
+        entry.details_due = true;
+        assert_eq!(read(&entry, false, start), DetailRead::Now, "a write answered about another chat");
+    }
+
+    #[test]
+    fn after_the_operators_build_a_chat_on_another_agent_is_read_at_the_lookup_cadence_for_a_while() {
+        let settings = IndexSettings::default();
+        let start = Instant::now();
+        let sub = chat("sub-1", "old-agent", vec![]);
+        let entry = ChatEntry {
+            looked_up: Some("chat-1".into()),
+            chat: Some(Arc::new(chat("chat-1", "a1", vec![sub]))),
+            read_at: Some(start),
+            built_at: Some(start),
+            ..ChatEntry::default()
+        };
+        let read = |now| detail_read(&entry, false, Some("a1"), &settings, now);
+        assert_eq!(read(start + Duration::from_secs(1)), DetailRead::NotDue, "read just now");
+        assert_eq!(read(start + settings.chat_interval), DetailRead::Now, "a sub-agent still on the old agent");
+        let no_chat_agent = detail_read(&entry, false, None, &settings, start + settings.chat_interval);
+        assert_eq!(no_chat_agent, DetailRead::NotDue, "no chat agent to be rebound to");
+        let long_after = start + settings.chat_detail_interval;
+        assert_eq!(read(long_after), DetailRead::Slow, "after a detail interval, the slow cadence");
+    }
+
+    #[test]
+    fn a_lookup_answer_unbinds_binds_anew_or_changes_nothing() {
+        let mut entry = ChatEntry::default();
+        assert_eq!(take_lookup(&mut entry, true, None), Looked::Unbound, "the first lookup tells of no chat");
+        assert_eq!(take_lookup(&mut entry, false, None), Looked::Unchanged, "still none");
+        assert_eq!(take_lookup(&mut entry, false, Some("chat-1")), Looked::Bound("chat-1".into()));
+        assert_eq!(entry.looked_up.as_deref(), Some("chat-1"));
+
+        entry.chat = Some(Arc::new(chat("chat-1", "a1", vec![chat("sub-1", "a1", vec![])])));
+        assert_eq!(take_lookup(&mut entry, false, Some("chat-1")), Looked::Unchanged);
+        assert_eq!(take_lookup(&mut entry, false, Some("sub-1")), Looked::Unchanged, "its sub-agent is no new binding");
+        assert_eq!(take_lookup(&mut entry, false, Some("chat-2")), Looked::Bound("chat-2".into()));
+        assert!(entry.chat.is_none(), "the old chat is not the workspace's any more");
+        assert_eq!(take_lookup(&mut entry, false, None), Looked::Unbound);
+        assert_eq!(entry.looked_up, None);
+    }
+
+    #[test]
+    fn a_read_wakes_on_a_change_drops_what_the_operator_recorded_since_and_forgets_a_gone_chat() {
+        let start = Instant::now();
+        let later = start + Duration::from_secs(1);
+        let mut entry = ChatEntry { looked_up: Some("chat-1".into()), details_due: true, ..ChatEntry::default() };
+        assert_eq!(take_read(&mut entry, Some(chat("chat-1", "a1", vec![])), start, later), Read::Changed);
+        assert_eq!((entry.read_at, entry.details_due), (Some(later), false));
+        assert_eq!(take_read(&mut entry, Some(chat("chat-1", "a1", vec![])), start, later), Read::Unchanged);
+        assert_eq!(take_read(&mut entry, Some(chat("chat-1", "a2", vec![])), start, later), Read::Changed);
+
+        entry.recorded_at = Some(later);
+        assert_eq!(take_read(&mut entry, Some(chat("chat-1", "a3", vec![])), start, later), Read::Older);
+        assert_eq!(entry.chat.as_ref().and_then(|c| c.agent_id.as_deref()), Some("a2"), "what was recorded stays");
+        assert_eq!(take_read(&mut entry, None, later + Duration::from_secs(1), later), Read::Gone);
     }
 }

@@ -93,6 +93,11 @@ impl Entry {
         matches!(agent.status, AgentStatus::Connected | AgentStatus::Disconnected).then_some((&agent.id, agent.status))
     }
 
+    /// The running workspace's chat agent, as chatd picks it.
+    pub fn chat_agent_id(&self) -> Option<&str> {
+        self.agents.iter().find(|agent| agent.default).map(|agent| &*agent.id)
+    }
+
     #[cfg(test)]
     pub fn packed_len(&self) -> usize {
         self.packed.len()

@@ -2,10 +2,17 @@
 //! `ChatWorkspace`s name, kept up to date in the background, so a reconcile
 //! reads it synchronously instead of asking Coder.
 //!
-//! One poller per (credentials, owner) looks at Coder with coderd's own
-//! search filters (`poller`): often at what needs attention (agents that are
-//! not healthy, builds under way, a change in how many workspaces run), and
-//! rarely at everything (the full paged list, as a backstop). A prober
+//! One poller per credentials (a coderd and a token) looks at Coder with
+//! coderd's own search filters, across every owner at once (`poller`):
+//! often at what needs attention (agents that are not healthy, builds under
+//! way, a change in how many workspaces run), and rarely at everything (the
+//! full paged list, as a backstop). What it reads is kept per owner, and
+//! only for the workspaces resources name: of the rest, only a hash of the
+//! owner and name and the workspace's id, so that a resource registering
+//! after a list knows whether its workspace exists without a read of its
+//! own (the names that came late are read by id, a hundred per request,
+//! across owners). Neither the number of owners nor the workspaces no
+//! resource names drive the cost. A prober
 //! (`prober`) probes chat agents off the reconcile path, in a bounded pool.
 //! When what the decision core would see of a workspace changes, only the
 //! resources that name it are woken.
@@ -139,9 +146,12 @@ pub enum Lookup {
 
 #[derive(Default)]
 struct OwnerState {
-    /// The client the poller uses: the latest one a resource brought (a
+    /// The client the prober uses: the latest one a resource brought (a
     /// rotated token replaces it).
     client: Option<CoderClient>,
+    /// When the state was made: a list that began before then may have
+    /// passed over this owner's workspaces without keeping them.
+    since: Option<Instant>,
     /// The owner as resources spell it, for queries.
     query_owner: String,
     /// Name (lowercase) → workspace, for the workspaces of the owner that a
@@ -150,9 +160,29 @@ struct OwnerState {
     workspaces: HashMap<String, Entry>,
     /// Name (lowercase) → the resources that name it.
     interested: HashMap<String, Vec<ResourceKey>>,
+    /// Names resources gave after a list passed over their workspace
+    /// without keeping it: the workspace existed ([`Source::unkept`]), and
+    /// it is read by its id before they are answered.
+    pending: HashSet<Box<str>>,
     listed_at: Option<Instant>,
-    /// Running workspaces of the owner that no resource names, as of the
-    /// last complete list: part of what coderd's `status:running` counts.
+    /// The owner's user id as the latest read of one of its workspaces
+    /// said, and when: it vouches for a username's resolution
+    /// ([`CoderIndex::owner_seen`]).
+    seen_as: Option<(Box<str>, Instant)>,
+    /// The chats bound to the watched workspaces.
+    chats: chats::OwnerChats,
+}
+
+/// What one credentials' poller needs across all the owners it serves.
+#[derive(Default)]
+struct Source {
+    /// The client the poller uses ([`CoderClient::for_observation`]): the
+    /// latest one a resource brought.
+    client: Option<CoderClient>,
+    /// When the first list of everything (across owners) ended.
+    listed_at: Option<Instant>,
+    /// Running workspaces that no kept entry holds, as of the last complete
+    /// list: part of what coderd's `status:running` counts.
     unnamed_running: usize,
     /// The last list was cut short: the next `status:running` count is
     /// taken as it is, since the list could not say how many run.
@@ -164,12 +194,16 @@ struct OwnerState {
     read_soon: HashSet<String>,
     /// Workspaces the last attention poll found unhealthy.
     unhealthy: HashSet<String>,
+    /// [`name_hash`] of each workspace the lists read and did not keep (no
+    /// resource named it then) → its id, as of the last list of
+    /// everything: 24 bytes each instead of the workspace, so that a name
+    /// given later is known to exist (it is read by that id, with the other
+    /// late names) or not (absent, no read).
+    unkept: HashMap<u64, WorkspaceId>,
     poller_running: bool,
     wake_poller: Arc<Notify>,
     /// Why the latest poll failed, until one succeeds.
     last_error: Option<CoderError>,
-    /// The chats bound to the watched workspaces.
-    chats: chats::OwnerChats,
 }
 
 /// The shared index. Cheap to clone.
@@ -181,6 +215,9 @@ pub struct CoderIndex {
 struct Shared {
     settings: IndexSettings,
     owners: Mutex<HashMap<Arc<OwnerKey>, OwnerState>>,
+    /// Credentials key → its poller's state. Locked after `owners`, never
+    /// before.
+    sources: Mutex<HashMap<String, Source>>,
     /// Resource → what it watches.
     interests: Mutex<HashMap<ResourceKey, Interest>>,
     probes: prober::Probes,
@@ -202,6 +239,7 @@ impl CoderIndex {
         let shared = Arc::new(Shared {
             settings,
             owners: Mutex::default(),
+            sources: Mutex::default(),
             interests: Mutex::default(),
             probes: prober::Probes::default(),
             chat_budget: Mutex::default(),
@@ -273,7 +311,11 @@ impl CoderIndex {
         {
             unregister(state, &previous.name, &reference);
         }
-        let state = owners.entry(owner_key.clone()).or_default();
+        let mut sources = self.shared.sources.lock().expect("index sources");
+        let source = sources.entry(credentials.key.clone()).or_default();
+        let state = owners
+            .entry(owner_key.clone())
+            .or_insert_with(|| OwnerState::new(source, crate::credentials::is_operators_own(&credentials.key)));
         state.client = Some(credentials.client.clone());
         if state.query_owner.is_empty() {
             state.query_owner = owner.to_string();
@@ -284,23 +326,36 @@ impl CoderIndex {
         if !interested.contains(&reference) {
             interested.push(reference);
         }
-        if !state.poller_running {
-            state.poller_running = true;
-            poller::spawn(Arc::downgrade(&self.shared), OwnerKey::clone(&owner_key), state.wake_poller.clone());
+        source.client = Some(credentials.client.for_observation());
+        if !source.poller_running {
+            source.poller_running = true;
+            poller::spawn(Arc::downgrade(&self.shared), credentials.key.clone(), source.wake_poller.clone());
         }
-        if let Some(error) = &state.last_error
+        if state.listed_at.is_none() && source.listed_at.is_some() {
+            // A first list of this owner alone (a tenant's coderd, whose
+            // lists keep only the names resources gave).
+            source.wake_poller.notify_one();
+        }
+        if let Some(error) = &source.last_error
             && (state.listed_at.is_none() || !error.is_retryable())
         {
             // A resource brings the credentials it resolved now (a rotated
             // token, say): let the poller try them at once.
-            state.wake_poller.notify_one();
+            source.wake_poller.notify_one();
             return Lookup::Failing(error.clone());
         }
-        if state.listed_at.is_none() {
+        if state.listed_at.is_none() || state.pending.contains(name.as_str()) {
             return Lookup::Unknown;
         }
         match state.workspaces.get(&name) {
             Some(entry) => Lookup::Present(entry.workspace()),
+            None if source.unkept.contains_key(&name_hash(&owner_key.owner, &name)) => {
+                // A list passed over it before this resource named it: the
+                // poller's next tick reads it by id, with every name that
+                // came late meanwhile (the poller is not woken for each).
+                state.pending.insert(name.into());
+                Lookup::Unknown
+            }
             None => Lookup::Absent,
         }
     }
@@ -311,6 +366,17 @@ impl CoderIndex {
         let owners = self.shared.owners.lock().expect("index owners");
         let state = owners.get(&OwnerKey::new(credentials, owner))?;
         state.workspaces.values().find(|entry| &*entry.id == id).map(Entry::workspace)
+    }
+
+    /// The user id that Coder, through `credentials_key`, last gave the
+    /// owner named `username` on one of its workspaces, and when it was
+    /// read: what a username's resolution can be kept alive by, without
+    /// reading the user again (thousands of owners would otherwise each
+    /// cost a read every few minutes).
+    pub fn owner_seen(&self, credentials_key: &str, username: &str) -> Option<(String, Instant)> {
+        let key = OwnerKey { credentials: credentials_key.to_owned(), owner: username.to_lowercase() };
+        let owners = self.shared.owners.lock().expect("index owners");
+        owners.get(&key)?.seen_as.as_ref().map(|(id, at)| (id.to_string(), *at))
     }
 
     /// `resource` was decided on with the whole picture of its workspace:
@@ -351,17 +417,21 @@ impl CoderIndex {
     pub fn record(&self, credentials: &Resolved, owner: &str, name: &str, workspace: Option<Workspace>) {
         let key = OwnerKey::new(credentials, owner);
         let mut owners = self.shared.owners.lock().expect("index owners");
-        let state = owners.entry(Arc::new(key)).or_default();
+        let mut sources = self.shared.sources.lock().expect("index sources");
+        let source = sources.entry(credentials.key.clone()).or_default();
+        let state = owners
+            .entry(Arc::new(key))
+            .or_insert_with(|| OwnerState::new(source, crate::credentials::is_operators_own(&credentials.key)));
         let name = name.to_lowercase();
         match workspace {
             Some(workspace) => {
                 let entry = Entry::new(workspace);
                 if entry.in_transition {
-                    state.read_soon.insert(entry.id.to_string());
+                    source.read_soon.insert(entry.id.to_string());
                     // The chat's binding and context are read again once
                     // the build (and its agent's start) is over.
                     state.chats.after_build(&entry.id);
-                    state.wake_poller.notify_one();
+                    source.wake_poller.notify_one();
                 }
                 state.workspaces.insert(name, entry);
             }
@@ -442,47 +512,70 @@ impl Shared {
         }
     }
 
-    /// Merges workspaces read from Coder into an owner's state, waking the
-    /// resources whose workspace changed in a way the decision core sees.
-    /// Entries recorded after `read_started` are newer than this read and
-    /// are kept. Of a coderd a tenant's Secret names, only the workspaces
-    /// resources name are kept; of the operator's own, every one listed.
-    fn merge(&self, key: &OwnerKey, read: Vec<Workspace>, read_started: Instant) -> Merged {
+    /// Merges workspaces read from Coder (of any owners) into their owners'
+    /// states, waking the resources whose workspace changed in a way the
+    /// decision core sees. Entries recorded after `read_started` are newer
+    /// than this read and are kept. Only the workspaces resources name are
+    /// kept: of the others (an owner no resource names costs nothing), a
+    /// hash ([`Merged::unkept`]).
+    fn merge(&self, credentials: &str, read: Vec<Workspace>, read_started: Instant) -> Merged {
         let mut to_wake = Vec::new();
         let mut merged = Merged::default();
         {
             let mut owners = self.owners.lock().expect("index owners");
-            let Some(state) = owners.get_mut(key) else { return merged };
-            let keeps = if crate::credentials::is_operators_own(&key.credentials) {
-                vec![true; read.len()]
-            } else {
-                state.keeps(&read)
-            };
-            for (workspace, kept) in read.into_iter().zip(keeps) {
-                let name = workspace.name.to_lowercase();
-                if !kept {
-                    merged.unnamed_running += usize::from(entry::running(&workspace));
+            let mut sources = self.sources.lock().expect("index sources");
+            let Some(source) = sources.get_mut(credentials) else { return merged };
+            // One owner's workspaces at a time: coderd lists them together.
+            let mut by_owner: Vec<(String, Vec<Workspace>)> = Vec::new();
+            for workspace in read {
+                let owner = workspace.owner_name.to_lowercase();
+                match by_owner.last_mut() {
+                    Some((last, group)) if *last == owner => group.push(workspace),
+                    _ => by_owner.push((owner, vec![workspace])),
+                }
+            }
+            for (owner, read) in by_owner {
+                let key = OwnerKey { credentials: credentials.to_owned(), owner };
+                let Some(state) = owners.get_mut(&key) else {
+                    for workspace in &read {
+                        merged.pass_over(&key.owner, workspace);
+                    }
                     continue;
+                };
+                if let Some(first) = read.first() {
+                    state.seen_as = Some((first.owner_id.to_lowercase().into(), read_started));
                 }
-                merged.kept_ids.push(workspace.id.clone());
-                if let Some(existing) = state.workspaces.get(&name)
-                    && existing.read_at > read_started
-                {
-                    continue;
-                }
-                let entry = Entry::new(workspace);
-                let changed = state.workspaces.get(&name).is_none_or(|old| old.digest != entry.digest);
-                if entry.in_transition {
-                    state.read_soon.insert(entry.id.to_string());
-                }
-                state.workspaces.insert(name.clone(), entry);
-                // Before the first complete list, the resources wait for
-                // its end ([`Shared::listed`]), not for each of its pages.
-                if changed
-                    && state.listed_at.is_some()
-                    && let Some(resources) = state.interested.get(&name)
-                {
-                    to_wake.extend(resources.iter().cloned());
+                let keeps = state.keeps(&read);
+                for (workspace, kept) in read.into_iter().zip(keeps) {
+                    if !kept {
+                        merged.pass_over(&key.owner, &workspace);
+                        continue;
+                    }
+                    let name = workspace.name.to_lowercase();
+                    merged.kept_ids.push(workspace.id.clone());
+                    if let Some(existing) = state.workspaces.get(&name)
+                        && existing.read_at > read_started
+                    {
+                        continue;
+                    }
+                    let entry = Entry::new(workspace);
+                    let changed = state.workspaces.get(&name).is_none_or(|old| old.digest != entry.digest);
+                    let resources = state.interested.get(&name);
+                    // Only a named workspace is followed (one kept by its
+                    // id, renamed in Coder, is not named any more).
+                    if entry.in_transition && resources.is_some() {
+                        source.read_soon.insert(entry.id.to_string());
+                    }
+                    // Before the owner's first complete list, the resources
+                    // wait for its end ([`Shared::listed`]), not for each of
+                    // its pages.
+                    if changed
+                        && state.listed_at.is_some()
+                        && let Some(resources) = resources
+                    {
+                        to_wake.extend(resources.iter().cloned());
+                    }
+                    state.workspaces.insert(name, entry);
                 }
             }
         }
@@ -490,130 +583,293 @@ impl Shared {
         merged
     }
 
-    /// A list of everything (merged page by page) has ended. When it was
-    /// complete (`unnamed_running` is then what it counted), the workspaces
-    /// it did not have (`seen`: their lowercase names) and that were not
-    /// read since it began are gone, deleted or renamed. When it was cut
-    /// short, nothing is concluded from what it lacks: the workspaces held
-    /// are read again by id (and the names without any were read one by
-    /// one first, [`Shared::unread_names`]).
-    fn listed(&self, key: &OwnerKey, seen: &HashSet<String>, read_started: Instant, unnamed_running: Option<usize>) {
+    /// A list of everything (merged page by page) has ended: across owners
+    /// (`owner` `None`) or of one owner. When it was complete
+    /// (`unnamed_running` is then what it counted), the workspaces it did
+    /// not have (`seen`: lowercase owner and name) and that were not read
+    /// since it began are gone, deleted or renamed. When it was cut short,
+    /// nothing is concluded from what it lacks: the workspaces held are read
+    /// again by id (and the names without any were read one by one first,
+    /// [`Shared::unread_names`]). `unkept`: what the list passed over
+    /// ([`Merged::unkept`]); the names resources gave since its pages
+    /// passed over their workspace wait for a read by id.
+    fn listed(
+        &self,
+        credentials: &str,
+        owner: Option<&OwnerKey>,
+        seen: &HashSet<(String, String)>,
+        read_started: Instant,
+        unnamed_running: Option<usize>,
+        unkept: Vec<(u64, WorkspaceId)>,
+    ) {
         let mut to_wake = Vec::new();
         {
             let mut owners = self.owners.lock().expect("index owners");
-            let Some(state) = owners.get_mut(key) else { return };
-            let unseen = |(name, entry): (&String, &Entry)| !seen.contains(name) && entry.read_at <= read_started;
-            if let Some(unnamed_running) = unnamed_running {
-                let gone: Vec<String> =
-                    state.workspaces.iter().filter(|e| unseen(*e)).map(|(n, _)| n.clone()).collect();
-                for name in gone {
-                    state.workspaces.remove(&name);
-                    if let Some(resources) = state.interested.get(&name) {
-                        to_wake.extend(resources.iter().cloned());
-                    }
-                }
-                state.unnamed_running = unnamed_running;
-                state.running_baseline_due = false;
+            let mut sources = self.sources.lock().expect("index sources");
+            let Some(source) = sources.get_mut(credentials) else { return };
+            let trusted = crate::credentials::is_operators_own(credentials);
+            if owner.is_none() && unnamed_running.is_some() {
+                // A complete list of everything: what it passed over is all
+                // there is to know of.
+                source.unkept = unkept.into_iter().collect();
             } else {
-                let held: Vec<String> =
-                    state.workspaces.iter().filter(|e| unseen(*e)).map(|(_, entry)| entry.id.to_string()).collect();
-                state.read_soon.extend(held);
-                state.running_baseline_due = true;
+                source.unkept.extend(unkept);
             }
-            let first = state.listed_at.is_none();
-            state.listed_at = Some(Instant::now());
-            state.full_list_due = false;
-            if first {
-                // Everything that registered before the first list waits
-                // for it.
-                to_wake = state.interested.values().flatten().cloned().collect();
+            for (key, state) in owners.iter_mut() {
+                if key.credentials != credentials || owner.is_some_and(|owner| **key != *owner) {
+                    continue;
+                }
+                // A tenant's list kept only the owners known when it began.
+                if owner.is_none() && !trusted && state.since.is_some_and(|since| since > read_started) {
+                    continue;
+                }
+                let unseen = |(name, entry): (&String, &Entry)| {
+                    !seen.contains(&(key.owner.clone(), name.clone())) && entry.read_at <= read_started
+                };
+                if unnamed_running.is_some() {
+                    let gone: Vec<String> =
+                        state.workspaces.iter().filter(|e| unseen(*e)).map(|(n, _)| n.clone()).collect();
+                    for name in gone {
+                        state.workspaces.remove(&name);
+                        if let Some(resources) = state.interested.get(&name) {
+                            to_wake.extend(resources.iter().cloned());
+                        }
+                    }
+                    // A name the list did not have does not exist (or not
+                    // any more): it waits for no list.
+                    for name in state.interested.keys() {
+                        if !seen.contains(&(key.owner.clone(), name.clone())) {
+                            source.unkept.remove(&name_hash(&key.owner, name));
+                        }
+                    }
+                } else {
+                    let held = state.workspaces.iter().filter(|e| unseen(*e)).map(|(_, entry)| entry.id.to_string());
+                    source.read_soon.extend(held);
+                }
+                let was_pending = std::mem::take(&mut state.pending);
+                state.pending = late_names(&key.owner, state, &source.unkept);
+                for name in was_pending.difference(&state.pending) {
+                    to_wake.extend(state.interested.get(&**name).into_iter().flatten().cloned());
+                }
+                if state.listed_at.is_none() {
+                    // Everything that registered before the owner's first
+                    // list waits for it.
+                    to_wake.extend(state.interested.values().flatten().cloned());
+                }
+                state.listed_at = Some(Instant::now());
             }
+            match (owner, unnamed_running) {
+                (None, Some(unnamed_running)) => {
+                    source.unnamed_running = unnamed_running;
+                    source.running_baseline_due = false;
+                }
+                // One owner's list, or a list cut short, cannot say how many
+                // run: the next count is the baseline.
+                _ => source.running_baseline_due = true,
+            }
+            if owner.is_none() {
+                source.listed_at = Some(Instant::now());
+                source.full_list_due = false;
+            }
+        }
+        self.wake(to_wake);
+    }
+
+    /// The workspaces with the ids `asked` were read (late names' ids,
+    /// [`PollPlan::late_ids`]), and merged: what the read passed over
+    /// (`unkept`, renamed since the list) is recorded, and each pending name
+    /// that stood for one of these ids is answered, present if the read kept
+    /// it under that name, absent if not (deleted, or renamed since).
+    fn late_read(&self, credentials: &str, asked: &[String], unkept: Vec<(u64, WorkspaceId)>) {
+        let asked: HashSet<WorkspaceId> = asked.iter().filter_map(|id| WorkspaceId::parse(id)).collect();
+        let mut to_wake = Vec::new();
+        {
+            let mut owners = self.owners.lock().expect("index owners");
+            let mut sources = self.sources.lock().expect("index sources");
+            let Some(source) = sources.get_mut(credentials) else { return };
+            source.unkept.extend(unkept);
+            for (key, state) in owners.iter_mut().filter(|(key, _)| key.credentials == credentials) {
+                let answered: Vec<Box<str>> = state
+                    .pending
+                    .iter()
+                    .filter(|name| source.unkept.get(&name_hash(&key.owner, name)).is_none_or(|id| asked.contains(id)))
+                    .cloned()
+                    .collect();
+                for name in answered {
+                    state.pending.remove(&name);
+                    if !state.workspaces.contains_key(&*name) {
+                        source.unkept.remove(&name_hash(&key.owner, &name));
+                    }
+                    to_wake.extend(state.interested.get(&*name).into_iter().flatten().cloned());
+                }
+            }
+            // What the read kept was counted among the running workspaces
+            // no resource names: the next count is the baseline, as after
+            // one owner's list.
+            source.running_baseline_due = true;
         }
         self.wake(to_wake);
     }
 
     /// The names resources give that a list cut short did not have (`seen`)
-    /// and that the index holds nothing of.
-    fn unread_names(&self, key: &OwnerKey, seen: &HashSet<String>) -> Vec<String> {
+    /// and that the index holds nothing of: (owner as resources spell it,
+    /// name).
+    fn unread_names(&self, credentials: &str, seen: &HashSet<(String, String)>) -> Vec<(String, String)> {
         let owners = self.owners.lock().expect("index owners");
-        let Some(state) = owners.get(key) else { return Vec::new() };
-        state
-            .interested
-            .keys()
-            .filter(|name| !seen.contains(*name) && !state.workspaces.contains_key(*name))
-            .cloned()
-            .collect()
+        let mut names = Vec::new();
+        for (key, state) in owners.iter().filter(|(key, _)| key.credentials == credentials) {
+            for name in state.interested.keys() {
+                if !seen.contains(&(key.owner.clone(), name.clone())) && !state.workspaces.contains_key(name) {
+                    names.push((state.query_owner.clone(), name.clone()));
+                }
+            }
+        }
+        names
     }
 
-    /// coderd counts `running` workspaces of the owner: whether that differs
-    /// from what the index knows (then everything is listed again). After a
-    /// list cut short the count is taken as the new baseline instead.
-    fn running_count_differs(&self, key: &OwnerKey, count: i64) -> bool {
-        let mut owners = self.owners.lock().expect("index owners");
-        let Some(state) = owners.get_mut(key) else { return false };
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        let named_running = state.workspaces.values().filter(|e| e.running).count();
-        if state.running_baseline_due {
-            state.running_baseline_due = false;
-            state.unnamed_running = count.saturating_sub(named_running);
-            return false;
+    /// coderd counts the `running` workspaces this token sees: whether that
+    /// differs from what the index knows (then everything is listed again).
+    /// After a list cut short the count is taken as the new baseline
+    /// instead.
+    fn running_count_differs(&self, credentials: &str, count: i64) -> bool {
+        let owners = self.owners.lock().expect("index owners");
+        let mut sources = self.sources.lock().expect("index sources");
+        let Some(source) = sources.get_mut(credentials) else { return false };
+        let kept_running: usize = owners
+            .iter()
+            .filter(|(key, _)| key.credentials == credentials)
+            .map(|(_, state)| state.workspaces.values().filter(|e| e.running).count())
+            .sum();
+        match running_count(count, kept_running, source.unnamed_running, source.running_baseline_due) {
+            RunningCount::Baseline(unnamed_running) => {
+                source.running_baseline_due = false;
+                source.unnamed_running = unnamed_running;
+                false
+            }
+            RunningCount::Same => false,
+            RunningCount::Differs => true,
         }
-        count != named_running + state.unnamed_running
     }
 
     /// Drops what the index knows of workspace `id` (read by id and not
     /// found: deleted), waking its resources.
-    fn remove_id(&self, key: &OwnerKey, id: &str) {
+    fn remove_id(&self, credentials: &str, id: &str) {
         let mut to_wake = Vec::new();
         {
             let mut owners = self.owners.lock().expect("index owners");
-            let Some(state) = owners.get_mut(key) else { return };
-            let names: Vec<String> =
-                state.workspaces.iter().filter(|(_, e)| &*e.id == id).map(|(n, _)| n.clone()).collect();
-            for name in names {
-                state.workspaces.remove(&name);
-                if let Some(resources) = state.interested.get(&name) {
-                    to_wake.extend(resources.iter().cloned());
+            for (_, state) in owners.iter_mut().filter(|(key, _)| key.credentials == credentials) {
+                let names: Vec<String> =
+                    state.workspaces.iter().filter(|(_, e)| &*e.id == id).map(|(n, _)| n.clone()).collect();
+                for name in names {
+                    state.workspaces.remove(&name);
+                    if let Some(resources) = state.interested.get(&name) {
+                        to_wake.extend(resources.iter().cloned());
+                    }
                 }
             }
         }
         self.wake(to_wake);
     }
+
+    /// The ids of the workspaces found unhealthy now (`now_unhealthy`):
+    /// those that left the list since the last poll (healthy again, or
+    /// stopped, or gone) are read by id.
+    fn unhealthy_now(&self, credentials: &str, now_unhealthy: HashSet<String>) {
+        let mut sources = self.sources.lock().expect("index sources");
+        if let Some(source) = sources.get_mut(credentials) {
+            let recovered: Vec<String> = source.unhealthy.difference(&now_unhealthy).cloned().collect();
+            source.read_soon.extend(recovered);
+            source.unhealthy = now_unhealthy;
+        }
+    }
+
+    fn requeue_reads(&self, credentials: &str, ids: Vec<String>) {
+        if let Some(source) = self.sources.lock().expect("index sources").get_mut(credentials) {
+            source.read_soon.extend(ids);
+        }
+    }
+
+    fn list_everything_soon(&self, credentials: &str) {
+        if let Some(source) = self.sources.lock().expect("index sources").get_mut(credentials) {
+            source.full_list_due = true;
+            source.wake_poller.notify_one();
+        }
+    }
 }
 
 impl Shared {
-    /// Records how the owner's latest poll ended; a change of that wakes the
-    /// owner's resources, so that they report it (or stop reporting it).
-    fn poll_ended(&self, key: &OwnerKey, error: Option<&CoderError>) {
+    /// Records how the latest poll of these credentials ended; a change of
+    /// that wakes their resources, so that they report it (or stop
+    /// reporting it).
+    fn poll_ended(&self, credentials: &str, error: Option<&CoderError>) {
         let to_wake = {
-            let mut owners = self.owners.lock().expect("index owners");
-            let Some(state) = owners.get_mut(key) else { return };
-            let changed = state.last_error.as_ref().map(CoderError::reason) != error.map(CoderError::reason);
-            state.last_error = error.cloned();
+            let owners = self.owners.lock().expect("index owners");
+            let mut sources = self.sources.lock().expect("index sources");
+            let Some(source) = sources.get_mut(credentials) else { return };
+            let changed = source.last_error.as_ref().map(CoderError::reason) != error.map(CoderError::reason);
+            source.last_error = error.cloned();
             if !changed {
                 return;
             }
-            state.interested.values().flatten().cloned().collect::<Vec<_>>()
+            owners
+                .iter()
+                .filter(|(key, _)| key.credentials == credentials)
+                .flat_map(|(_, state)| state.interested.values().flatten().cloned())
+                .collect::<Vec<_>>()
         };
         self.wake(to_wake);
     }
 }
 
-/// The owner state's poll inputs, taken under the lock.
+/// What coderd's count of running workspaces says against the index.
+#[derive(Debug, PartialEq, Eq)]
+enum RunningCount {
+    /// As many as the index holds and passed over: nothing started or
+    /// stopped outside its view.
+    Same,
+    /// Something started or stopped outside the index's view.
+    Differs,
+    /// The count after a list cut short, which could not count what it
+    /// did not reach: the running workspaces no resource names, from now on.
+    Baseline(usize),
+}
+
+/// `count` running workspaces in coderd, against the `kept_running` the
+/// index holds and the `unnamed_running` it passed over.
+fn running_count(count: i64, kept_running: usize, unnamed_running: usize, baseline_due: bool) -> RunningCount {
+    // A count below zero is no count a coderd gives: it differs.
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    if baseline_due {
+        RunningCount::Baseline(count.saturating_sub(kept_running))
+    } else if count == kept_running.saturating_add(unnamed_running) {
+        RunningCount::Same
+    } else {
+        RunningCount::Differs
+    }
+}
+
+/// One credentials' poll inputs, taken under the lock.
 struct PollPlan {
     client: CoderClient,
-    query_owner: String,
     full: bool,
     read_ids: Vec<String>,
-    /// How many workspace names the owner's resources give: what bounds
-    /// the pages of a list.
+    /// Owners that need a list of their own: of a tenant's coderd,
+    /// registered after its list began.
+    unlisted: Vec<Arc<OwnerKey>>,
+    /// The ids of the workspaces that names given after a list passed over
+    /// them stand for ([`OwnerState::pending`]), of every owner: read
+    /// together, a page of ids per request.
+    late_ids: Vec<String>,
+    /// The owners with resources, for their chats.
+    owners: Vec<Arc<OwnerKey>>,
+    /// How many workspace names the resources give: what bounds the pages
+    /// of a list.
     named: usize,
     /// The operator's own default credentials: its admin's coderd, whose
-    /// lists are read whole and kept whole, as they are needed when
-    /// thousands of resources register after a list (a start). A coderd a
-    /// tenant's Secret names gets the bounds.
+    /// lists are read whole, so that what they pass over is known
+    /// ([`Source::unkept`]) when thousands of resources register after a
+    /// list (a start). A coderd a tenant's Secret names gets the bounds.
     trusted: bool,
-    wake_poller: Arc<Notify>,
 }
 
 /// What [`Shared::merge`] did with a read.
@@ -623,9 +879,91 @@ struct Merged {
     unnamed_running: usize,
     /// The ids of the workspaces kept.
     kept_ids: Vec<String>,
+    /// [`name_hash`] and id of each workspace not kept.
+    unkept: Vec<(u64, WorkspaceId)>,
+}
+
+impl Merged {
+    /// A workspace read and not kept: counted, and known to exist. coderd's
+    /// ids are UUIDs; one that is not could not be read by id, and is not
+    /// recorded (a name given later for it is absent, and a create of it is
+    /// refused by coderd as a name taken).
+    fn pass_over(&mut self, owner: &str, workspace: &Workspace) {
+        self.unnamed_running += usize::from(entry::running(workspace));
+        if let Some(id) = WorkspaceId::parse(&workspace.id) {
+            self.unkept.push((name_hash(owner, &workspace.name.to_lowercase()), id));
+        }
+    }
+}
+
+/// A workspace's id as coderd gives it (a UUID), in 16 bytes rather than
+/// a string's 36 and its allocation: what the index keeps of the
+/// workspaces no resource names, to read them by id when one is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct WorkspaceId([u8; 16]);
+
+impl WorkspaceId {
+    fn parse(text: &str) -> Option<Self> {
+        let groups: Vec<&str> = text.split('-').collect();
+        if !groups.iter().map(|group| group.len()).eq([8, 4, 4, 4, 12]) {
+            return None;
+        }
+        let digits = groups.concat();
+        if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(&digits, 16).ok().map(|value| Self(value.to_be_bytes()))
+    }
+}
+
+impl std::fmt::Display for WorkspaceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = u128::from_be_bytes(self.0);
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            value >> 96,
+            (value >> 80) & 0xffff,
+            (value >> 64) & 0xffff,
+            (value >> 48) & 0xffff,
+            value & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// A workspace's owner and name (both lowercase), hashed: what the index
+/// keeps of a workspace that no resource names. The hasher's keys are
+/// fixed, so the same workspace hashes the same in every list; two that
+/// collide cost an id read too many, never a wrong answer (the read says
+/// which owner and name the id has).
+fn name_hash(owner: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (owner, name).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The names resources give of `owner` whose workspace a list passed over
+/// without keeping (it exists, and is not held).
+fn late_names(owner: &str, state: &OwnerState, unkept: &HashMap<u64, WorkspaceId>) -> HashSet<Box<str>> {
+    state
+        .interested
+        .keys()
+        .filter(|name| !state.workspaces.contains_key(*name) && unkept.contains_key(&name_hash(owner, name)))
+        .map(|name| name.as_str().into())
+        .collect()
 }
 
 impl OwnerState {
+    /// A new owner's state, for `source`'s credentials. An owner of the
+    /// operator's own coderd counts as listed by the latest list: what it
+    /// passed over of the owner is known ([`Source::unkept`]), and only the
+    /// names that need it wait for a read by id. A tenant's coderd,
+    /// whose lists may be cut short, lists a new owner on its own.
+    fn new(source: &Source, trusted: bool) -> Self {
+        Self { since: Some(Instant::now()), listed_at: source.listed_at.filter(|_| trusted), ..Self::default() }
+    }
+
     /// Which of the workspaces read from Coder the index holds: only those a
     /// resource names, by name or (renamed in Coder since) by the id held.
     /// Whatever else a coderd lists costs the operator nothing to keep.
@@ -645,28 +983,69 @@ impl OwnerState {
 }
 
 impl Shared {
-    /// What the owner's next poll must do; `None` when no resource watches
-    /// the owner any more (the poller ends).
-    fn plan(&self, key: &OwnerKey, full_due: bool) -> Option<PollPlan> {
+    /// What the next poll of `credentials` must do; `None` when no resource
+    /// uses them any more (the poller ends).
+    fn plan(&self, credentials: &str, full_due: bool) -> Option<PollPlan> {
         let mut owners = self.owners.lock().expect("index owners");
-        let state = owners.get_mut(key)?;
-        if state.interested.is_empty() {
-            state.poller_running = false;
-            // Keep nothing of an owner no resource names.
-            owners.remove(key);
+        let mut sources = self.sources.lock().expect("index sources");
+        let trusted = crate::credentials::is_operators_own(credentials);
+        // Keep nothing of an owner no resource names any more: what was
+        // held of it counts as passed over.
+        let (mut dropped_running, mut dropped) = (0, Vec::new());
+        owners.retain(|key, state| {
+            let keep = key.credentials != credentials || !state.interested.is_empty();
+            if !keep {
+                dropped_running += state.workspaces.values().filter(|entry| entry.running).count();
+                dropped.extend(
+                    state.workspaces.iter().filter_map(|(name, entry)| {
+                        Some((name_hash(&key.owner, name), WorkspaceId::parse(&entry.id)?))
+                    }),
+                );
+            }
+            keep
+        });
+        if let Some(source) = sources.get_mut(credentials) {
+            source.unnamed_running += dropped_running;
+            source.unkept.extend(dropped);
+        }
+        let mut named = 0;
+        let mut with_resources = Vec::new();
+        let mut unlisted = Vec::new();
+        let mut late_ids = HashSet::new();
+        let unkept = sources.get(credentials).map(|source| &source.unkept);
+        for (key, state) in owners.iter().filter(|(key, _)| key.credentials == credentials) {
+            if state.interested.is_empty() {
+                continue;
+            }
+            named += state.interested.len();
+            with_resources.push(key.clone());
+            if state.listed_at.is_none() {
+                unlisted.push(key.clone());
+            }
+            let ids = state.pending.iter().filter_map(|name| unkept?.get(&name_hash(&key.owner, name)));
+            late_ids.extend(ids.copied());
+        }
+        let source = sources.get_mut(credentials)?;
+        if with_resources.is_empty() {
+            source.poller_running = false;
+            sources.remove(credentials);
+            owners.retain(|key, _| key.credentials != credentials);
             return None;
         }
-        let client = state.client.clone()?;
-        let full = full_due || state.full_list_due || state.listed_at.is_none();
-        let read_ids: Vec<String> = state.read_soon.drain().collect();
+        let client = source.client.clone()?;
+        let full = full_due || source.full_list_due || source.listed_at.is_none();
+        if full {
+            unlisted.clear();
+        }
         Some(PollPlan {
             client,
-            query_owner: state.query_owner.clone(),
             full,
-            read_ids,
-            named: state.interested.len(),
-            trusted: crate::credentials::is_operators_own(&key.credentials),
-            wake_poller: state.wake_poller.clone(),
+            read_ids: source.read_soon.drain().collect(),
+            unlisted,
+            late_ids: late_ids.iter().map(WorkspaceId::to_string).collect(),
+            owners: with_resources,
+            named,
+            trusted,
         })
     }
 }
@@ -734,14 +1113,24 @@ mod tests {
         );
         workspace.id = id.to_owned();
         workspace.name = name.to_owned();
+        workspace.owner_name = "alice".to_owned();
         workspace
     }
 
-    /// An index whose owner `alice` (default credentials) has resources
-    /// naming `names`.
+    fn owned_by(owner: &str, workspace: Workspace) -> Workspace {
+        Workspace { owner_name: owner.to_owned(), ..workspace }
+    }
+
+    /// An index whose owner `alice` (of a tenant's credentials `tenant`)
+    /// has resources naming `names`.
     fn watching(names: &[&str]) -> (CoderIndex, Arc<OwnerKey>) {
+        watching_through("tenant", "alice", names)
+    }
+
+    fn watching_through(credentials_key: &str, owner: &str, names: &[&str]) -> (CoderIndex, Arc<OwnerKey>) {
         let index = CoderIndex::new(IndexSettings::default(), None);
-        let key = Arc::new(OwnerKey::new(&credentials("default"), "alice"));
+        let key = Arc::new(OwnerKey::new(&credentials(credentials_key), owner));
+        index.shared.sources.lock().unwrap().entry(key.credentials.clone()).or_default();
         let mut owners = index.shared.owners.lock().unwrap();
         let state = owners.entry(key.clone()).or_default();
         for name in names {
@@ -749,6 +1138,26 @@ mod tests {
         }
         drop(owners);
         (index, key)
+    }
+
+    #[test]
+    fn a_running_count_other_than_what_the_index_holds_and_passed_over_differs() {
+        assert_eq!(running_count(5, 3, 2, false), RunningCount::Same);
+        assert_eq!(running_count(6, 3, 2, false), RunningCount::Differs, "one started outside the index");
+        assert_eq!(running_count(4, 3, 2, false), RunningCount::Differs, "one stopped outside the index");
+        assert_eq!(running_count(-1, 3, 2, false), RunningCount::Differs);
+        assert_eq!(running_count(0, 0, 0, false), RunningCount::Same);
+    }
+
+    #[test]
+    fn after_a_list_cut_short_the_running_count_is_the_new_baseline_not_a_change() {
+        assert_eq!(running_count(50, 3, 0, true), RunningCount::Baseline(47));
+        // Fewer than the index holds (they stopped since): none unnamed.
+        assert_eq!(running_count(2, 3, 9, true), RunningCount::Baseline(0));
+    }
+
+    fn seen(names: &[&str]) -> HashSet<(String, String)> {
+        names.iter().map(|name| ("alice".to_owned(), (*name).to_owned())).collect()
     }
 
     #[tokio::test]
@@ -759,7 +1168,7 @@ mod tests {
             named("id-2", "someone-elses", true),
             named("id-3", "stopped-one", false),
         ];
-        let merged = index.shared.merge(&key, listed, Instant::now());
+        let merged = index.shared.merge(&key.credentials, listed, Instant::now());
         assert_eq!(merged.kept_ids, ["id-1"]);
         // Not kept, but counted where coderd's `status:running` counts it.
         assert_eq!(merged.unnamed_running, 1);
@@ -771,17 +1180,188 @@ mod tests {
     #[tokio::test]
     async fn a_workspace_renamed_in_coder_is_still_kept_by_its_id() {
         let (index, key) = watching(&["chat-1"]);
-        index.shared.merge(&key, vec![named("id-1", "chat-1", true)], Instant::now());
+        index.shared.merge(&key.credentials, vec![named("id-1", "chat-1", true)], Instant::now());
         let started = Instant::now();
         let listed = vec![named("id-1", "renamed", true), named("id-9", "other", true)];
-        let merged = index.shared.merge(&key, listed, started);
+        let merged = index.shared.merge(&key.credentials, listed, started);
         assert_eq!(merged.kept_ids, ["id-1"]);
-        let seen = HashSet::from(["renamed".to_owned(), "other".to_owned()]);
-        index.shared.listed(&key, &seen, started, Some(merged.unnamed_running));
+        index.shared.listed(
+            &key.credentials,
+            None,
+            &seen(&["renamed", "other"]),
+            started,
+            Some(merged.unnamed_running),
+            merged.unkept,
+        );
         let owners = index.shared.owners.lock().unwrap();
         let held: Vec<&String> = owners[&key].workspaces.keys().collect();
         assert_eq!(held, ["renamed"]);
-        assert_eq!(owners[&key].unnamed_running, 1);
+        assert_eq!(index.shared.sources.lock().unwrap()[&key.credentials].unnamed_running, 1);
+    }
+
+    #[tokio::test]
+    async fn one_list_across_owners_is_kept_by_owner_and_owners_no_resource_names_are_dropped() {
+        let (index, alice) = watching(&["chat-1"]);
+        let bob = Arc::new(OwnerKey { credentials: alice.credentials.clone(), owner: "bob".to_owned() });
+        index
+            .shared
+            .owners
+            .lock()
+            .unwrap()
+            .entry(bob.clone())
+            .or_default()
+            .interested
+            .insert("chat-1".to_owned(), vec![ResourceKey::from_text("ns/bob-chat".to_owned())]);
+        // coderd lists owners together, in order of username.
+        let listed = vec![
+            named("id-a", "chat-1", true),
+            owned_by("Bob", named("id-b", "chat-1", true)),
+            owned_by("carol", named("id-c", "chat-1", true)),
+            owned_by("carol", named("id-d", "ide", false)),
+        ];
+        let merged = index.shared.merge(&alice.credentials, listed, Instant::now());
+        assert_eq!(merged.kept_ids, ["id-a", "id-b"]);
+        // Carol's running workspace is counted, never kept.
+        assert_eq!(merged.unnamed_running, 1);
+        let owners = index.shared.owners.lock().unwrap();
+        assert_eq!(&*owners[&alice].workspaces["chat-1"].id, "id-a");
+        assert_eq!(&*owners[&bob].workspaces["chat-1"].id, "id-b");
+        assert_eq!(owners.len(), 2, "no state for an owner no resource names");
+    }
+
+    /// A resource named `name`, for [`CoderIndex::observe`].
+    fn resource(name: &str) -> ChatWorkspace {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "chat.coder.com/v1alpha1",
+            "kind": "ChatWorkspace",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"template": {"name": "docker"}},
+        }))
+        .expect("a resource")
+    }
+
+    fn seen_in(read: &[Workspace]) -> HashSet<(String, String)> {
+        read.iter().map(|w| (w.owner_name.to_lowercase(), w.name.to_lowercase())).collect()
+    }
+
+    /// Lists `read` as a complete list (of everything, or of `owner`).
+    fn list(index: &CoderIndex, credentials: &str, owner: Option<&OwnerKey>, read: Vec<Workspace>) -> Merged {
+        let started = Instant::now();
+        let seen = seen_in(&read);
+        let mut merged = index.shared.merge(credentials, read, started);
+        let unkept = std::mem::take(&mut merged.unkept);
+        index.shared.listed(credentials, owner, &seen, started, Some(merged.unnamed_running), unkept);
+        merged
+    }
+
+    /// The owners the next poll lists on their own, and the ids it reads
+    /// for the names that came late.
+    fn planned(index: &CoderIndex, credentials: &str) -> (Vec<String>, Vec<String>) {
+        let plan = index.shared.plan(credentials, false).expect("a plan");
+        assert!(!plan.full);
+        let mut owners: Vec<String> = plan.unlisted.iter().map(|key| key.owner.clone()).collect();
+        owners.sort();
+        let mut ids = plan.late_ids;
+        ids.sort();
+        (owners, ids)
+    }
+
+    /// The poller's read of late names' ids (`asked`), which found `found`.
+    fn read_late(index: &CoderIndex, credentials: &str, asked: &[String], found: Vec<Workspace>) {
+        let merged = index.shared.merge(credentials, found, Instant::now());
+        index.shared.late_read(credentials, asked, merged.unkept);
+    }
+
+    const IDE: &str = "00000000-0000-4000-8000-00000000000a";
+    const CHAT_9: &str = "00000000-0000-4000-8000-00000000000c";
+    const CAROLS_IDE: &str = "00000000-0000-4000-8000-00000000000d";
+    const GONE: &str = "00000000-0000-4000-8000-00000000000e";
+
+    #[tokio::test]
+    async fn the_operators_own_coderd_keeps_only_what_resources_name_and_reads_late_names_by_id() {
+        let default = credentials("default@https://coder.example.com");
+        let (index, alice) = watching_through(&default.key, "alice", &["chat-1"]);
+        // Registrations in this test start no poller.
+        index.shared.sources.lock().unwrap().get_mut(&default.key).unwrap().poller_running = true;
+        let merged = list(
+            &index,
+            &default.key,
+            None,
+            vec![
+                named("id-a", "chat-1", true),
+                named(IDE, "ide", true),
+                named(GONE, "gone", false),
+                owned_by("carol", named(CHAT_9, "chat-9", true)),
+                owned_by("carol", named(CAROLS_IDE, "ide", false)),
+            ],
+        );
+        assert_eq!(merged.kept_ids, ["id-a"]);
+        assert_eq!(merged.unnamed_running, 2, "counted where coderd's `status:running` counts them");
+        {
+            let owners = index.shared.owners.lock().unwrap();
+            assert_eq!(owners.len(), 1, "no state for an owner no resource names");
+            assert_eq!(owners[&alice].workspaces.keys().collect::<Vec<_>>(), ["chat-1"]);
+        }
+        // Resources that register after the list: a workspace it passed
+        // over waits for a read by its id; a name it did not have is
+        // absent at once, without a read.
+        for (owner, name) in [("alice", "ide"), ("alice", "gone"), ("carol", "chat-9")] {
+            assert!(matches!(index.observe(&resource(name), &default, owner, name), Lookup::Unknown), "{name}");
+        }
+        assert!(matches!(index.observe(&resource("new"), &default, "carol", "new"), Lookup::Absent));
+        assert!(matches!(index.observe(&resource("chat-1"), &default, "alice", "chat-1"), Lookup::Present(_)));
+        // One read of their ids, across owners; no owner is listed. Until it
+        // answers (a failed poll), they are asked for again.
+        let expected = vec![IDE.to_owned(), CHAT_9.to_owned(), GONE.to_owned()];
+        let (owners, ids) = planned(&index, &default.key);
+        assert!(owners.is_empty(), "an owner listed for a late name: {owners:?}");
+        assert_eq!(ids, expected);
+        assert_eq!(planned(&index, &default.key).1, expected);
+        // Meanwhile alice's `ide` was renamed and `gone` deleted: the read by
+        // id says so, and only carol's `chat-9` is there.
+        let found = vec![owned_by("carol", named(CHAT_9, "chat-9", true)), named(IDE, "ide-old", true)];
+        read_late(&index, &default.key, &ids, found);
+        assert!(matches!(index.observe(&resource("chat-9"), &default, "carol", "chat-9"), Lookup::Present(_)));
+        assert!(matches!(index.observe(&resource("ide"), &default, "alice", "ide"), Lookup::Absent));
+        assert!(matches!(index.observe(&resource("gone"), &default, "alice", "gone"), Lookup::Absent));
+        assert_eq!(planned(&index, &default.key), (vec![], vec![]), "nothing more to read");
+        // The renamed workspace is known under its new name.
+        assert!(matches!(index.observe(&resource("ide-old"), &default, "alice", "ide-old"), Lookup::Unknown));
+        assert_eq!(planned(&index, &default.key).1, [IDE]);
+    }
+
+    #[test]
+    fn a_workspace_id_is_kept_in_sixteen_bytes_and_given_back_as_coderd_spells_it() {
+        let id = WorkspaceId::parse("0b6a2c1e-9f3d-4e57-a1b2-c3d4e5f60789").expect("a UUID");
+        assert_eq!(id.to_string(), "0b6a2c1e-9f3d-4e57-a1b2-c3d4e5f60789");
+        assert_eq!(WorkspaceId::parse("0B6A2C1E-9F3D-4E57-A1B2-C3D4E5F60789"), Some(id));
+        assert_eq!(std::mem::size_of::<(u64, WorkspaceId)>(), 24);
+        for not_an_id in ["id-a", "", "0b6a2c1e9f3d4e57a1b2c3d4e5f60789", "+b6a2c1e-9f3d-4e57-a1b2-c3d4e5f60789"] {
+            assert_eq!(WorkspaceId::parse(not_an_id), None, "{not_an_id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_owner_no_resource_names_any_more_is_dropped_and_its_workspaces_known_to_exist() {
+        let default = credentials("default@https://coder.example.com");
+        let (index, alice) = watching_through(&default.key, "alice", &["chat-1"]);
+        index.shared.sources.lock().unwrap().get_mut(&default.key).unwrap().poller_running = true;
+        let bob = credentials(&default.key);
+        assert!(matches!(index.observe(&resource("bobs"), &bob, "bob", "bobs"), Lookup::Unknown));
+        list(
+            &index,
+            &default.key,
+            None,
+            vec![named("id-a", "chat-1", true), owned_by("bob", named(CHAT_9, "bobs", true))],
+        );
+        assert!(matches!(index.observe(&resource("bobs"), &bob, "bob", "bobs"), Lookup::Present(_)));
+        index.forget(&ObjectRef::new("bobs").within("ns"));
+        index.shared.plan(&default.key, false).expect("a plan");
+        assert_eq!(index.shared.owners.lock().unwrap().len(), 1);
+        let sources = index.shared.sources.lock().unwrap();
+        assert_eq!(sources[&alice.credentials].unnamed_running, 1, "bob's running workspace is still counted");
+        let unkept = &sources[&alice.credentials].unkept;
+        assert_eq!(unkept.get(&name_hash("bob", "bobs")), WorkspaceId::parse(CHAT_9).as_ref());
     }
 
     #[tokio::test]

@@ -1,20 +1,30 @@
-//! One owner's poller: looks at Coder with as few requests as the state of
-//! that owner's workspaces allows.
+//! One credentials' poller: looks at Coder, for every owner those
+//! credentials serve at once, with as few requests as the state of the
+//! watched workspaces allows. coderd's search without `owner:` answers for
+//! every owner the token may read (the same rights decide what `owner:`
+//! answers), so a token that sees only its own workspaces is served the
+//! same way, and the number of owners does not drive the cost.
 //!
-//! Each attention tick sends, for the owner:
-//! - `owner:"…" healthy:false`: the workspaces with a disconnected or
-//!   timed-out agent (one small page, usually empty);
-//! - `owner:"…" status:running` with `limit=1`, read for its `count` only:
-//!   when it differs from what the index holds, something started or
-//!   stopped outside the operator's view, and everything is listed;
+//! Each attention tick sends:
+//! - `healthy:false`: the workspaces with a disconnected or timed-out agent
+//!   (one small page, usually; those no resource names are dropped);
+//! - `status:running` with `limit=1`, read for its `count` only: when it
+//!   differs from what the index holds, something started or stopped
+//!   outside the operator's view, and everything is listed;
 //! - `id:…` for the workspaces with a build or an agent start under way, and
 //!   for those that just left the unhealthy list (only when there are any,
 //!   at the faster active interval; a page of ids per request).
 //!
+//! At the active interval too, `id:…` for the workspaces that names given
+//! after a list passed over them stand for, of every owner together (a page
+//! of ids per request): never a list of their owner, nor a read each.
+//!
 //! Every `full_interval`, and whenever the counts disagree, the whole list
 //! (paged) is read as the backstop. Requests go through the token's rate
-//! limit like every other, and one owner has at most one in flight, so
-//! polling can slow down but never crowd out the builds.
+//! limit as observation ([`crate::coder::CoderClient::for_observation`]):
+//! they take only what the actions leave, and one credentials' poller has
+//! at most one in flight, so polling slows down but never crowds out the
+//! builds.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -23,61 +33,47 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{OwnerKey, PollPlan, Shared, upgrade};
-use crate::coder::{CoderError, Workspace};
+use super::{IndexSettings, OwnerKey, PollPlan, Shared, upgrade};
+use crate::coder::{CoderError, Workspace, search};
 
-pub(super) fn spawn(shared: Weak<Shared>, key: OwnerKey, wake: Arc<Notify>) {
-    tokio::spawn(async move { run(shared, key, wake).await });
+pub(super) fn spawn(shared: Weak<Shared>, credentials: String, wake: Arc<Notify>) {
+    tokio::spawn(async move { run(shared, credentials, wake).await });
 }
 
-async fn run(shared: Weak<Shared>, key: OwnerKey, wake: Arc<Notify>) {
-    let mut last_full: Option<Instant> = None;
-    let mut last_attention: Option<Instant> = None;
-    let mut failures = 0u32;
+async fn run(shared: Weak<Shared>, credentials: String, wake: Arc<Notify>) {
+    let mut cadence = Cadence::default();
     loop {
         let Some(index) = upgrade(&shared) else { return };
         let settings = index.settings;
-        let full_due = last_full.is_none_or(|at| at.elapsed() >= settings.full_interval);
-        let Some(plan) = index.plan(&key, full_due) else {
-            debug!(owner = %key.owner, "no resource names this owner any more; its poller stops");
+        let Some(plan) = index.plan(&credentials, cadence.full_due(&settings, Instant::now())) else {
+            debug!("no resource uses these credentials any more; their poller stops");
             return;
         };
-        let attention_due = last_attention.is_none_or(|at| at.elapsed() >= settings.attention_interval);
-        let outcome = poll(&index, &key, &plan, attention_due).await;
+        let attention_due = cadence.attention_due(&settings, Instant::now());
+        let started = Instant::now();
+        let outcome = poll(&index, &credentials, &plan, attention_due).await;
         if outcome.is_ok() {
-            super::chats::poll(&index, &key, &plan.client).await;
+            super::chats::poll(&index, &plan.owners, &plan.client).await;
         }
-        if plan.full {
-            last_full = Some(Instant::now());
-            last_attention = last_full;
-        } else if attention_due {
-            last_attention = Some(Instant::now());
+        if let (Some(previous), Some(metrics)) = (cadence.last_attention, &index.metrics)
+            && (plan.full || attention_due)
+        {
+            // The cadence kept: longer than the interval when actions
+            // took the budget.
+            metrics.index_attention_period.set(started.duration_since(previous).as_secs_f64());
         }
-        index.poll_ended(&key, outcome.as_ref().err());
-        let pause = match outcome {
-            Ok(()) => {
-                failures = 0;
-                settings.active_interval.min(settings.attention_interval)
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                // Put back what this poll was to read.
-                requeue_reads(&index, &key, plan.read_ids);
-                if plan.full {
-                    last_full = None;
-                }
-                // A rejected token is not fixed by asking again soon; a new
-                // one (a resource resolving rotated credentials) wakes the
-                // poller early.
-                let pause = if error.is_retryable() {
-                    settings.attention_interval * failures.min(6)
-                } else {
-                    (settings.attention_interval * 6).max(Duration::from_secs(60))
-                };
-                warn!(owner = %key.owner, %error, retry_in = ?pause, "cannot poll Coder");
-                pause
-            }
+        index.poll_ended(&credentials, outcome.as_ref().err());
+        let ended = match &outcome {
+            Ok(()) => PollEnd::Done,
+            Err(error) if error.is_retryable() => PollEnd::Failed,
+            Err(_) => PollEnd::Rejected,
         };
+        let pause = cadence.polled(&settings, plan.full, attention_due, started, ended);
+        if let Err(error) = outcome {
+            // Put back what this poll was to read.
+            index.requeue_reads(&credentials, plan.read_ids);
+            warn!(%error, retry_in = ?pause, "cannot poll Coder");
+        }
         drop(index);
         // Woken early when the operator builds (to follow the build) and
         // when a new resource needs a first list.
@@ -85,106 +81,234 @@ async fn run(shared: Weak<Shared>, key: OwnerKey, wake: Arc<Notify>) {
     }
 }
 
-fn requeue_reads(index: &Shared, key: &OwnerKey, ids: Vec<String>) {
-    if let Some(state) = index.owners.lock().expect("index owners").get_mut(key) {
-        state.read_soon.extend(ids);
+/// When one credentials' poller last did what: plain data, from which
+/// whether the next poll lists everything or looks at what needs
+/// attention, and how long the poller rests after a poll, follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cadence {
+    last_full: Option<Instant>,
+    last_attention: Option<Instant>,
+    /// Polls failed in a row.
+    failures: u32,
+}
+
+/// How a poll ended, for the pause after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PollEnd {
+    Done,
+    /// Failed in a way that asking again may fix (coderd unavailable, a
+    /// timeout, a rate limit).
+    Failed,
+    /// Failed in a way asking again soon does not fix: a refused token, a
+    /// request coderd rejects.
+    Rejected,
+}
+
+impl Cadence {
+    /// Whether the next poll lists everything: the first one, and every
+    /// `full_interval` since the latest whole list that succeeded.
+    fn full_due(&self, settings: &IndexSettings, now: Instant) -> bool {
+        self.last_full.is_none_or(|at| now.saturating_duration_since(at) >= settings.full_interval)
+    }
+
+    /// Whether the next poll looks at what needs attention (unhealthy
+    /// agents, the count of running workspaces).
+    fn attention_due(&self, settings: &IndexSettings, now: Instant) -> bool {
+        self.last_attention.is_none_or(|at| now.saturating_duration_since(at) >= settings.attention_interval)
+    }
+
+    /// Records a poll that began at `started`, and gives the pause before
+    /// the next one.
+    fn polled(
+        &mut self,
+        settings: &IndexSettings,
+        full: bool,
+        attention_due: bool,
+        started: Instant,
+        ended: PollEnd,
+    ) -> Duration {
+        // A whole list covers what attention would look at.
+        if full || attention_due {
+            self.last_attention = Some(started);
+        }
+        if full {
+            // A whole list that failed is asked for again at once.
+            self.last_full = (ended == PollEnd::Done).then_some(started);
+        }
+        self.failures = match ended {
+            PollEnd::Done => 0,
+            PollEnd::Failed | PollEnd::Rejected => self.failures.saturating_add(1),
+        };
+        match ended {
+            PollEnd::Done => settings.active_interval.min(settings.attention_interval),
+            PollEnd::Failed => settings.attention_interval * self.failures.min(6),
+            // A new token (a resource resolving rotated credentials) wakes
+            // the poller early.
+            PollEnd::Rejected => (settings.attention_interval * 6).max(Duration::from_secs(60)),
+        }
     }
 }
 
-async fn poll(index: &Shared, key: &OwnerKey, plan: &PollPlan, attention_due: bool) -> Result<(), CoderError> {
-    let owner = quote(&plan.query_owner);
-    let page_size = index.settings.page_size;
+/// One request (or paged list) of a poll.
+#[derive(Debug, PartialEq, Eq)]
+enum Query {
+    /// Every workspace the credentials see, paged: the backstop.
+    ListEverything,
+    /// Every workspace of an owner of a tenant's coderd registered after
+    /// its list began.
+    ListOwner(Arc<OwnerKey>),
+    /// The workspaces names given late stand for, by id: a page of ids.
+    ReadLate(Vec<String>),
+    /// Workspaces with a build or an agent start under way, or just off the
+    /// unhealthy list, by id: a page of ids.
+    ReadIds(Vec<String>),
+    /// The workspaces with a disconnected or timed-out agent.
+    Unhealthy,
+    /// The count of running workspaces, to compare with the index's.
+    RunningCount,
+}
+
+/// What a poll sends, in order: a whole list alone when one is due; else
+/// the new owners' lists, the late names' and the followed ids (a page of
+/// ids a request), then, when attention is due, the unhealthy list and,
+/// unless builds are under way (the count moves with them, and their ids
+/// are read already), the count of running workspaces.
+fn queries(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<Query> {
     if plan.full {
-        // Merged page by page: at 10,000 workspaces the whole list, decoded,
-        // would be tens of megabytes held at once.
-        let started = Instant::now();
-        let mut seen = HashSet::new();
-        let mut unnamed_running = 0;
-        let pages = plan.page_budget(plan.named, page_size);
-        let complete = for_each_page(plan, &format!("owner:{owner}"), page_size, pages, |page| {
-            seen.extend(page.iter().map(|workspace| workspace.name.to_lowercase()));
-            unnamed_running += index.merge(key, page, started).unnamed_running;
-        })
-        .await?;
-        if !complete {
-            warn!(
-                owner = %key.owner, pages, named = plan.named,
-                "Coder lists more workspaces for this owner than its resources name, beyond a page more; \
-                 reading the named ones on their own"
-            );
-            // Before the list counts as done: until then a resource sees
-            // its workspace as unknown, never as absent.
-            read_names(index, key, plan, index.unread_names(key, &seen)).await?;
+        return vec![Query::ListEverything];
+    }
+    // One page of ids per query: as many as a page holds, so each query is
+    // one request (100 ids make a URL of under 4 KB).
+    let per_query = usize::try_from(page_size).unwrap_or(100).max(1);
+    let mut queries: Vec<Query> = plan.unlisted.iter().cloned().map(Query::ListOwner).collect();
+    queries.extend(plan.late_ids.chunks(per_query).map(|chunk| Query::ReadLate(chunk.to_vec())));
+    queries.extend(plan.read_ids.chunks(per_query).map(|chunk| Query::ReadIds(chunk.to_vec())));
+    if attention_due {
+        queries.push(Query::Unhealthy);
+        if plan.read_ids.is_empty() {
+            queries.push(Query::RunningCount);
         }
-        index.listed(key, &seen, started, complete.then_some(unnamed_running));
-        return Ok(());
     }
-    if !plan.read_ids.is_empty() {
-        read_ids(index, key, plan).await?;
-    }
-    if !attention_due {
-        return Ok(());
-    }
+    queries
+}
+
+/// Lists every workspace matching `query` (all owners', or one owner's),
+/// merged page by page: at 10,000 workspaces the whole list, decoded,
+/// would be tens of megabytes held at once. `None` for `owner`: across
+/// owners.
+async fn list_everything(
+    index: &Shared,
+    credentials: &str,
+    plan: &PollPlan,
+    owner: Option<&OwnerKey>,
+    query: &str,
+) -> Result<(), CoderError> {
+    let page_size = index.settings.page_size;
     let started = Instant::now();
-    let unhealthy = list_all(plan, &format!("owner:{owner} healthy:false"), page_size, plan.named).await?;
-    let now_unhealthy: HashSet<String> = index.merge(key, unhealthy, started).kept_ids.into_iter().collect();
-    {
-        let mut owners = index.owners.lock().expect("index owners");
-        if let Some(state) = owners.get_mut(key) {
-            // Healthy again, or stopped, or gone: read those by id.
-            let recovered: Vec<String> = state.unhealthy.difference(&now_unhealthy).cloned().collect();
-            state.read_soon.extend(recovered);
-            state.unhealthy = now_unhealthy;
-        }
-    }
-    if !plan.read_ids.is_empty() {
-        // Builds are under way: the count moves with them, and the index
-        // follows those by id already.
-        return Ok(());
-    }
-    let running = plan.client.list_workspaces(&format!("owner:{owner} status:running"), 1, 0).await?;
-    if index.running_count_differs(key, running.count) {
-        debug!(
-            owner = %key.owner, coder = running.count,
-            "the number of running workspaces changed outside the index; listing them all"
+    let mut seen = HashSet::new();
+    let mut unnamed_running = 0;
+    let mut unkept = Vec::new();
+    let pages = plan.page_budget(plan.named, page_size);
+    let complete = for_each_page(plan, query, page_size, pages, |page| {
+        seen.extend(page.iter().map(|w| (w.owner_name.to_lowercase(), w.name.to_lowercase())));
+        let merged = index.merge(credentials, page, started);
+        unnamed_running += merged.unnamed_running;
+        unkept.extend(merged.unkept);
+    })
+    .await?;
+    if !complete {
+        warn!(
+            pages,
+            named = plan.named,
+            "Coder lists more workspaces than the resources name, beyond a page more; reading the named ones on their own"
         );
-        if let Some(state) = index.owners.lock().expect("index owners").get_mut(key) {
-            state.full_list_due = true;
+        // Before the list counts as done: until then a resource sees
+        // its workspace as unknown, never as absent.
+        let names = index.unread_names(credentials, &seen);
+        let names = names.into_iter().filter(|(spelled, _)| owner.is_none_or(|o| o.owner == spelled.to_lowercase()));
+        read_names(index, credentials, plan, names.collect()).await?;
+    }
+    index.listed(credentials, owner, &seen, started, complete.then_some(unnamed_running), unkept);
+    Ok(())
+}
+
+/// Sends what [`queries`] plans, in order; the first error ends the poll.
+async fn poll(index: &Shared, credentials: &str, plan: &PollPlan, attention_due: bool) -> Result<(), CoderError> {
+    let page_size = index.settings.page_size;
+    for query in queries(plan, attention_due, page_size) {
+        match query {
+            Query::ListEverything => list_everything(index, credentials, plan, None, search::EVERYTHING).await?,
+            Query::ListOwner(owner) => {
+                let query_owner = index.owners.lock().expect("index owners").get(&owner).map(|s| s.query_owner.clone());
+                if let Some(query_owner) = query_owner {
+                    list_everything(index, credentials, plan, Some(&owner), &search::owner(&query_owner)).await?;
+                }
+            }
+            Query::ReadLate(ids) => read_late(index, credentials, plan, &ids).await?,
+            Query::ReadIds(ids) => read_ids(index, credentials, plan, &ids).await?,
+            Query::Unhealthy => {
+                let started = Instant::now();
+                let unhealthy = list_all(plan, search::UNHEALTHY, page_size, plan.named).await?;
+                let now_unhealthy: HashSet<String> =
+                    index.merge(credentials, unhealthy, started).kept_ids.into_iter().collect();
+                index.unhealthy_now(credentials, now_unhealthy);
+            }
+            Query::RunningCount => {
+                let running = plan.client.list_workspaces(search::RUNNING, 1, 0).await?;
+                if index.running_count_differs(credentials, running.count) {
+                    debug!(
+                        coder = running.count,
+                        "the number of running workspaces changed outside the index; listing them all"
+                    );
+                    index.list_everything_soon(credentials);
+                }
+            }
         }
-        plan.wake_poller.notify_one();
     }
     Ok(())
 }
 
-/// Reads the workspaces in `plan.read_ids`, a few dozen per request. An id
-/// that no longer answers was deleted.
-async fn read_ids(index: &Shared, key: &OwnerKey, plan: &PollPlan) -> Result<(), CoderError> {
-    // One page of ids per query: as many as a page holds, so each query is
-    // one request (100 ids make a URL of under 4 KB).
-    let per_query = usize::try_from(index.settings.page_size).unwrap_or(100).max(1);
-    for chunk in plan.read_ids.chunks(per_query) {
-        let started = Instant::now();
-        let query = format!("id:{}", chunk.join(","));
-        let mut found = list_all(plan, &query, index.settings.page_size, chunk.len()).await?;
-        // Only what was asked for.
-        found.retain(|workspace| chunk.contains(&workspace.id));
-        for id in chunk {
-            if !found.iter().any(|w| w.id == *id) {
-                index.remove_id(key, id);
-            }
+/// Reads the workspaces of `ids` (a page of them). An id that no longer
+/// answers was deleted.
+async fn read_ids(index: &Shared, credentials: &str, plan: &PollPlan, ids: &[String]) -> Result<(), CoderError> {
+    let started = Instant::now();
+    let mut found = list_all(plan, &search::ids(ids), index.settings.page_size, ids.len()).await?;
+    // Only what was asked for.
+    found.retain(|workspace| ids.contains(&workspace.id));
+    for id in ids {
+        if !found.iter().any(|w| w.id == *id) {
+            index.remove_id(credentials, id);
         }
-        index.merge(key, found, started);
     }
+    index.merge(credentials, found, started);
+    Ok(())
+}
+
+/// Reads the workspaces that names given after a list passed over them
+/// stand for, by id (`ids`, a page of them, across owners): never a list
+/// of their owner, nor a read each. What is not read (an error) stays
+/// pending and is asked for again at the next poll.
+async fn read_late(index: &Shared, credentials: &str, plan: &PollPlan, ids: &[String]) -> Result<(), CoderError> {
+    let started = Instant::now();
+    let mut found = list_all(plan, &search::ids(ids), index.settings.page_size, ids.len()).await?;
+    found.retain(|workspace| ids.contains(&workspace.id));
+    let merged = index.merge(credentials, found, started);
+    index.late_read(credentials, ids, merged.unkept);
     Ok(())
 }
 
 /// Reads the workspaces resources name that a list cut short did not have,
 /// by owner and name: as many requests as names, never more.
-async fn read_names(index: &Shared, key: &OwnerKey, plan: &PollPlan, names: Vec<String>) -> Result<(), CoderError> {
-    for name in names {
+async fn read_names(
+    index: &Shared,
+    credentials: &str,
+    plan: &PollPlan,
+    names: Vec<(String, String)>,
+) -> Result<(), CoderError> {
+    for (owner, name) in names {
         let started = Instant::now();
-        if let Some(workspace) = plan.client.workspace_by_owner_and_name(&plan.query_owner, &name).await? {
-            index.merge(key, vec![workspace], started);
+        if let Some(workspace) = plan.client.workspace_by_owner_and_name(&owner, &name).await? {
+            index.merge(credentials, vec![workspace], started);
         }
     }
     Ok(())
@@ -223,7 +347,7 @@ async fn for_each_page(
 }
 
 impl PollPlan {
-    /// The pages a list of this owner may take: what [`page_budget`] allows
+    /// The pages a list may take: what [`page_budget`] allows
     /// for a coderd a tenant's Secret names, and the whole list (until a
     /// short page or its `count`) for the operator's own coderd.
     fn page_budget(&self, wanted: usize, page_size: u32) -> u32 {
@@ -264,14 +388,150 @@ fn next_page(offset: u32, received: usize, count: i64, page_size: u32, pages: u3
     }
 }
 
-/// A search value in double quotes, as coderd's parser takes it.
-fn quote(value: &str) -> String {
-    format!("\"{}\"", value.replace('"', ""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coder::{CoderClient, SessionToken};
+
+    fn plan(full: bool, unlisted: &[&str], late_ids: usize, read_ids: usize) -> PollPlan {
+        let client = CoderClient::new(
+            "https://coder.example.com",
+            SessionToken::new("t").expect("a token"),
+            Duration::from_secs(1),
+        )
+        .expect("a client");
+        let owner = |name: &str| Arc::new(OwnerKey { credentials: "tenant".to_owned(), owner: name.to_owned() });
+        let ids = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        PollPlan {
+            client,
+            full,
+            read_ids: ids("read", read_ids),
+            unlisted: unlisted.iter().map(|name| owner(name)).collect(),
+            late_ids: ids("late", late_ids),
+            owners: vec![owner("alice")],
+            named: 1,
+            trusted: false,
+        }
+    }
+
+    /// The queries, spelled short: `list`, `owner:NAME`, `late:N`, `ids:N`
+    /// (N ids), `unhealthy`, `running`.
+    fn sent(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<String> {
+        queries(plan, attention_due, page_size)
+            .into_iter()
+            .map(|query| match query {
+                Query::ListEverything => "list".to_owned(),
+                Query::ListOwner(owner) => format!("owner:{}", owner.owner),
+                Query::ReadLate(ids) => format!("late:{}", ids.len()),
+                Query::ReadIds(ids) => format!("ids:{}", ids.len()),
+                Query::Unhealthy => "unhealthy".to_owned(),
+                Query::RunningCount => "running".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_whole_list_due_is_the_only_query_of_its_poll() {
+        assert_eq!(sent(&plan(true, &["bob"], 3, 3), true, 100), ["list"]);
+        assert_eq!(sent(&plan(true, &[], 0, 0), false, 100), ["list"]);
+    }
+
+    #[test]
+    fn a_poll_lists_new_owners_then_reads_late_ids_then_followed_ids_then_looks_at_attention() {
+        assert_eq!(
+            sent(&plan(false, &["bob", "carol"], 1, 2), true, 100),
+            ["owner:bob", "owner:carol", "late:1", "ids:2", "unhealthy"]
+        );
+    }
+
+    #[test]
+    fn ids_are_read_a_page_of_them_per_request() {
+        assert_eq!(
+            sent(&plan(false, &[], 250, 101), false, 100),
+            ["late:100", "late:100", "late:50", "ids:100", "ids:1"]
+        );
+        // A page size of zero still reads one id a request, never none.
+        assert_eq!(sent(&plan(false, &[], 2, 0), false, 0), ["late:1", "late:1"]);
+    }
+
+    #[test]
+    fn the_running_count_is_read_only_when_attention_is_due_and_no_build_is_followed() {
+        assert_eq!(sent(&plan(false, &[], 0, 0), true, 100), ["unhealthy", "running"]);
+        assert_eq!(sent(&plan(false, &[], 1, 0), true, 100), ["late:1", "unhealthy", "running"]);
+        assert_eq!(sent(&plan(false, &[], 0, 1), true, 100), ["ids:1", "unhealthy"]);
+        // Between attention ticks, only what is followed by id.
+        assert_eq!(sent(&plan(false, &[], 0, 1), false, 100), ["ids:1"]);
+        assert!(sent(&plan(false, &[], 0, 0), false, 100).is_empty());
+    }
+
+    fn settings() -> IndexSettings {
+        IndexSettings {
+            attention_interval: Duration::from_secs(10),
+            active_interval: Duration::from_secs(2),
+            full_interval: Duration::from_secs(300),
+            ..IndexSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_first_poll_lists_everything_and_looks_at_attention_then_each_at_its_interval() {
+        let settings = settings();
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        assert!(cadence.full_due(&settings, start));
+        assert!(cadence.attention_due(&settings, start));
+        cadence.polled(&settings, true, true, start, PollEnd::Done);
+        let at = |secs| start + Duration::from_secs(secs);
+        assert!(!cadence.full_due(&settings, at(9)));
+        assert!(!cadence.attention_due(&settings, at(9)));
+        assert!(cadence.attention_due(&settings, at(10)));
+        assert!(!cadence.full_due(&settings, at(299)));
+        assert!(cadence.full_due(&settings, at(300)));
+        // A poll between attention ticks moves neither.
+        cadence.polled(&settings, false, false, at(5), PollEnd::Done);
+        assert!(cadence.attention_due(&settings, at(10)));
+        // A whole list counts as an attention tick.
+        cadence.polled(&settings, true, false, at(12), PollEnd::Done);
+        assert!(!cadence.attention_due(&settings, at(21)));
+        assert!(cadence.attention_due(&settings, at(22)));
+        assert!(!cadence.full_due(&settings, at(311)));
+    }
+
+    #[test]
+    fn a_whole_list_that_failed_is_due_again_at_once_and_attention_waits_its_interval() {
+        let settings = settings();
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        cadence.polled(&settings, true, true, start, PollEnd::Done);
+        let later = start + Duration::from_secs(20);
+        cadence.polled(&settings, false, true, later, PollEnd::Failed);
+        assert!(!cadence.full_due(&settings, later), "a failed attention tick is not a failed list");
+        cadence.polled(&settings, true, true, later, PollEnd::Failed);
+        assert!(cadence.full_due(&settings, later));
+        assert!(!cadence.attention_due(&settings, later + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn the_pause_after_a_poll_is_the_active_interval_and_grows_with_failures_in_a_row() {
+        let settings = settings();
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        let mut pause = |ended| cadence.polled(&settings, false, false, start, ended).as_secs();
+        assert_eq!(pause(PollEnd::Done), 2);
+        let failed: Vec<u64> = (0..8).map(|_| pause(PollEnd::Failed)).collect();
+        assert_eq!(failed, [10, 20, 30, 40, 50, 60, 60, 60]);
+        assert_eq!(pause(PollEnd::Done), 2, "a success ends the run of failures");
+        assert_eq!(pause(PollEnd::Failed), 10);
+        // A refused token waits the longest pause, a minute at least.
+        assert_eq!(pause(PollEnd::Rejected), 60);
+        let slow = IndexSettings { attention_interval: Duration::from_secs(30), ..settings };
+        assert_eq!(Cadence::default().polled(&slow, false, false, start, PollEnd::Rejected).as_secs(), 180);
+        let quick = IndexSettings { attention_interval: Duration::from_secs(2), ..settings };
+        assert_eq!(Cadence::default().polled(&quick, false, false, start, PollEnd::Rejected).as_secs(), 60);
+        // The active interval is never slower than attention.
+        let fast = IndexSettings { attention_interval: Duration::from_secs(1), ..settings };
+        assert_eq!(Cadence::default().polled(&fast, false, false, start, PollEnd::Done).as_secs(), 1);
+    }
 
     #[test]
     fn a_list_takes_the_pages_its_named_workspaces_fill_and_one_more() {

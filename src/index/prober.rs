@@ -24,6 +24,14 @@
 //! A result wakes the agent's resources when it says something new: the
 //! first result, a change between reachable and not, the first failures
 //! that chatd's dial-timeout rule counts, or an answer someone asked for.
+//!
+//! The planning is plain functions over plain data, unit-tested without a
+//! server: whom to probe ([`priority`]), in which order ([`fair_order`]),
+//! which start under the budget ([`grant`], [`Budget`]), how much of the
+//! pool an owner may hold ([`owner_share`], [`beyond_share`]), and what a
+//! result changes and whether it wakes anyone ([`next_record`]). `run`,
+//! `due`, `start` and `finish` are the loop around them that holds the locks
+//! and talks to coderd.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -31,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{OwnerKey, ProbeTarget, Shared, upgrade};
+use super::{IndexSettings, OwnerKey, ProbeTarget, Shared, upgrade};
 use crate::coder::{AgentStatus, ProbeOutcome};
 
 /// The latest probe of one agent.
@@ -88,12 +96,26 @@ impl Probes {
             Some(agents) => agents,
             None => records.entry(credentials.to_owned()).or_default(),
         };
-        let previous = agents.get(agent_id);
-        let failures = if outcome.is_reachable() { 0 } else { previous.map_or(0, |r| r.failures) + 1 };
-        let news = asked || previous.is_none_or(|p| !p.outcome.same_kind(&outcome)) || (failures > 0 && failures <= 2);
-        agents.insert(agent_id.to_owned(), ProbeRecord { outcome, at: Instant::now(), failures });
+        let (record, news) = next_record(agents.get(agent_id), outcome, asked, Instant::now());
+        agents.insert(agent_id.to_owned(), record);
         news
     }
+}
+
+/// What a conclusive probe completed at `now` makes of the agent's record,
+/// and whether it is news that wakes the agent's resources: the first
+/// result, a change between reachable and not (or of how it failed), the
+/// first two failures in a row (chatd's "retry once" counts them), or an
+/// answer a reconcile asked for. A third failure like the second is not.
+fn next_record(
+    previous: Option<&ProbeRecord>,
+    outcome: ProbeOutcome,
+    asked: bool,
+    now: Instant,
+) -> (ProbeRecord, bool) {
+    let failures = if outcome.is_reachable() { 0 } else { previous.map_or(0, |r| r.failures) + 1 };
+    let news = asked || previous.is_none_or(|p| !p.outcome.same_kind(&outcome)) || (failures > 0 && failures <= 2);
+    (ProbeRecord { outcome, at: now, failures }, news)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,6 +123,57 @@ enum Priority {
     Asked,
     Needed,
     Healthy,
+}
+
+/// What a round knows of one watched agent: what [`priority`] judges.
+#[derive(Clone, Copy, Debug)]
+struct WatchedAgent<'a> {
+    /// What coderd says of the agent.
+    status: AgentStatus,
+    /// A reconcile asked about it.
+    asked: bool,
+    /// Its latest conclusive probe.
+    last: Option<&'a ProbeRecord>,
+    /// When a probe of it was last inconclusive (or ended early).
+    inconclusive_at: Option<Instant>,
+}
+
+/// Whether the agent is due for a probe at `now`, and how urgently:
+/// asked about first; then never probed, a connected agent whose last probe
+/// failed (after `probe_retry`), a disconnected one every attention interval;
+/// a healthy one every `probe_interval`. After an inconclusive probe only a
+/// reconcile's question probes it again within the attention interval.
+fn priority(agent: WatchedAgent<'_>, settings: &IndexSettings, now: Instant) -> Option<Priority> {
+    let since = |at: Instant| now.saturating_duration_since(at);
+    if agent.asked {
+        return Some(Priority::Asked);
+    }
+    if agent.inconclusive_at.is_some_and(|at| since(at) < settings.attention_interval) {
+        return None;
+    }
+    let Some(last) = agent.last else { return Some(Priority::Needed) };
+    let age = since(last.at);
+    let failed = !last.outcome.is_reachable();
+    match agent.status {
+        AgentStatus::Connected if failed && age >= settings.probe_retry => Some(Priority::Needed),
+        AgentStatus::Disconnected if age >= settings.attention_interval => Some(Priority::Needed),
+        AgentStatus::Connected if age >= settings.probe_interval => Some(Priority::Healthy),
+        _ => None,
+    }
+}
+
+/// The probes of a round in [`fair_order`] that start: every asked and
+/// needed one, and healthy ones while `take_healthy` grants them (they come
+/// last, so the first refused ends the round).
+fn grant<T>(ordered: Vec<Due<T>>, mut take_healthy: impl FnMut() -> bool) -> Vec<(Priority, T)> {
+    let mut granted = Vec::with_capacity(ordered.len());
+    for Due { priority, target, .. } in ordered {
+        if priority == Priority::Healthy && !take_healthy() {
+            break;
+        }
+        granted.push((priority, target));
+    }
+    granted
 }
 
 pub(super) fn spawn(shared: Weak<Shared>) {
@@ -246,6 +319,7 @@ fn fair_order<T, K: Eq + std::hash::Hash + Clone>(mut due: Vec<Due<T>>, owner_of
 /// and copies out only those that are due.
 fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)> {
     let settings = index.settings;
+    let now = Instant::now();
     let asked: HashSet<String> = std::mem::take(&mut *index.probes.urgent.lock().expect("urgent probes"));
     let mut due: Vec<Due<ProbeTarget>> = Vec::new();
     {
@@ -269,36 +343,21 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
             {
                 continue;
             }
-            let recently_inconclusive = inconclusive
-                .get(credentials)
-                .and_then(|agents| agents.get(agent_id))
-                .is_some_and(|at| at.elapsed() < settings.attention_interval);
-            if recently_inconclusive && !asked.contains(agent_id) {
-                continue;
-            }
             let record = records.get(credentials).and_then(|agents| agents.get(agent_id));
-            let age = record.map(|r| r.at.elapsed());
-            let failed = record.is_some_and(|r| !r.outcome.is_reachable());
-            let priority = if asked.contains(agent_id) {
-                Some(Priority::Asked)
-            } else {
-                match (agent_status, age) {
-                    (_, None) => Some(Priority::Needed),
-                    (AgentStatus::Connected, Some(age)) if failed && age >= settings.probe_retry => {
-                        Some(Priority::Needed)
-                    }
-                    (AgentStatus::Disconnected, Some(age)) if age >= settings.attention_interval => {
-                        Some(Priority::Needed)
-                    }
-                    (AgentStatus::Connected, Some(age)) if age >= settings.probe_interval => Some(Priority::Healthy),
-                    _ => None,
-                }
+            let watched_agent = WatchedAgent {
+                status: agent_status,
+                asked: asked.contains(agent_id),
+                last: record,
+                inconclusive_at: inconclusive.get(credentials).and_then(|agents| agents.get(agent_id)).copied(),
             };
-            if let Some(priority) = priority {
+            if let Some(priority) = priority(watched_agent, &settings, now) {
                 let target = ProbeTarget {
                     credentials: credentials.to_owned(),
                     agent_id: agent_id.to_owned(),
-                    client: client.clone(),
+                    // A healthy agent's routine probe is observation; a
+                    // probe something asked for, or of an agent in doubt,
+                    // decides a recovery.
+                    client: if priority == Priority::Healthy { client.for_observation() } else { client.clone() },
                     timeout: interest.probe_timeout,
                     owner: interest.owner.clone(),
                     name: interest.name.clone(),
@@ -318,14 +377,7 @@ fn due(index: &Arc<Shared>, budget: &mut Budget) -> Vec<(Priority, ProbeTarget)>
             !agents.is_empty()
         });
     }
-    let mut granted = Vec::with_capacity(due.len());
-    for Due { priority, target, .. } in fair_order(due, |target| target.owner.clone()) {
-        if priority == Priority::Healthy && !budget.take(settings.probe_budget_per_minute) {
-            break;
-        }
-        granted.push((priority, target));
-    }
-    granted
+    grant(fair_order(due, |target| target.owner.clone()), || budget.take(settings.probe_budget_per_minute, now))
 }
 
 fn start(index: &Arc<Shared>, permit: OwnedSemaphorePermit, priority: Priority, target: ProbeTarget) {
@@ -348,6 +400,9 @@ fn start(index: &Arc<Shared>, permit: OwnedSemaphorePermit, priority: Priority, 
 }
 
 fn finish(index: &Shared, target: &ProbeTarget, outcome: ProbeOutcome, asked: bool) {
+    if let Some(metrics) = &index.metrics {
+        metrics.probed(&outcome);
+    }
     if !outcome.is_conclusive() {
         tracing::debug!(agent = %target.agent_id, %outcome, "inconclusive probe; trying again later");
         index
@@ -363,9 +418,6 @@ fn finish(index: &Shared, target: &ProbeTarget, outcome: ProbeOutcome, asked: bo
     }
     let news = index.probes.record(&target.credentials, &target.agent_id, outcome, asked);
     index.probes.in_flight.lock().expect("probes in flight").remove(&target.agent());
-    if let Some(metrics) = &index.metrics {
-        metrics.index_probes.inc();
-    }
     if news {
         index.wake(index.interested_in(&target.owner, &target.name));
     }
@@ -384,11 +436,12 @@ impl Budget {
         Self { tokens: 0.0, updated: Instant::now() }
     }
 
-    fn take(&mut self, per_minute: u32) -> bool {
+    /// One healthy probe at `now`, if the budget has one.
+    fn take(&mut self, per_minute: u32, now: Instant) -> bool {
         let rate = f64::from(per_minute) / 60.0;
         let cap = (f64::from(per_minute) / 10.0).max(1.0);
-        self.tokens = (self.tokens + self.updated.elapsed().as_secs_f64() * rate).min(cap);
-        self.updated = Instant::now();
+        self.tokens = (self.tokens + now.saturating_duration_since(self.updated).as_secs_f64() * rate).min(cap);
+        self.updated = self.updated.max(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -413,6 +466,114 @@ mod tests {
 
     fn order(due: Vec<Due<(&'static str, &'static str)>>) -> Vec<&'static str> {
         fair_order(due, |target| target.0).into_iter().map(|d| d.target.1).collect()
+    }
+
+    fn record(outcome: ProbeOutcome, at: Instant, failures: u32) -> ProbeRecord {
+        ProbeRecord { outcome, at, failures }
+    }
+
+    fn agent(status: AgentStatus, last: Option<&ProbeRecord>) -> WatchedAgent<'_> {
+        WatchedAgent { status, asked: false, last, inconclusive_at: None }
+    }
+
+    #[test]
+    fn asked_agents_go_first_then_the_never_probed_and_those_in_doubt_then_healthy_ones_on_their_interval() {
+        let settings = IndexSettings::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let passed = record(ProbeOutcome::Reachable, start, 0);
+        let failed = record(ProbeOutcome::TimedOut, start, 1);
+        let judge = |agent: WatchedAgent<'_>, now| priority(agent, &settings, now);
+        use AgentStatus::{Connected, Disconnected};
+
+        assert_eq!(judge(agent(Connected, None), start), Some(Priority::Needed), "never probed");
+        assert_eq!(judge(agent(Connected, Some(&passed)), at(1)), None, "healthy, probed a second ago");
+        let interval = settings.probe_interval.as_secs();
+        assert_eq!(judge(agent(Connected, Some(&passed)), at(interval - 1)), None);
+        assert_eq!(judge(agent(Connected, Some(&passed)), at(interval)), Some(Priority::Healthy));
+        // chatd's "retry once": a connected agent that failed, after probe_retry.
+        assert_eq!(judge(agent(Connected, Some(&failed)), start), None, "not within probe_retry");
+        assert_eq!(judge(agent(Connected, Some(&failed)), at(1)), Some(Priority::Needed));
+        // A disconnected agent, the second signal of a recovery, every attention interval.
+        let attention = settings.attention_interval.as_secs();
+        assert_eq!(judge(agent(Disconnected, Some(&passed)), at(attention - 1)), None);
+        assert_eq!(judge(agent(Disconnected, Some(&failed)), at(attention)), Some(Priority::Needed));
+        // Connecting or timed-out agents are not probed on a cadence.
+        assert_eq!(judge(agent(AgentStatus::Connecting, Some(&passed)), at(interval)), None);
+
+        let asked = WatchedAgent { asked: true, ..agent(Connected, Some(&passed)) };
+        assert_eq!(judge(asked, at(1)), Some(Priority::Asked), "a reconcile's question does not wait");
+    }
+
+    #[test]
+    fn after_an_inconclusive_probe_only_a_question_probes_the_agent_within_the_attention_interval() {
+        let settings = IndexSettings::default();
+        let start = Instant::now();
+        let inconclusive = WatchedAgent { inconclusive_at: Some(start), ..agent(AgentStatus::Connected, None) };
+        assert_eq!(priority(inconclusive, &settings, start + Duration::from_secs(1)), None);
+        let asked = WatchedAgent { asked: true, ..inconclusive };
+        assert_eq!(priority(asked, &settings, start + Duration::from_secs(1)), Some(Priority::Asked));
+        let later = start + settings.attention_interval;
+        assert_eq!(priority(inconclusive, &settings, later), Some(Priority::Needed), "never probed, tried again");
+    }
+
+    #[test]
+    fn a_result_wakes_the_resources_when_it_is_new_and_failures_count_in_a_row() {
+        let now = Instant::now();
+        let news = |previous: Option<&ProbeRecord>, outcome: ProbeOutcome| next_record(previous, outcome, false, now);
+
+        let (first, woke) = news(None, ProbeOutcome::Reachable);
+        assert!(woke, "the first result is news");
+        assert_eq!((first.failures, first.at), (0, now));
+        let (same, woke) = news(Some(&first), ProbeOutcome::Reachable);
+        assert!(!woke, "a pass after a pass is not");
+        assert_eq!(same.failures, 0);
+
+        let (once, woke) = news(Some(&same), ProbeOutcome::TimedOut);
+        assert!(woke && once.failures == 1, "reachable to not: {once:?}");
+        let (twice, woke) = news(Some(&once), ProbeOutcome::TimedOut);
+        assert!(woke && twice.failures == 2, "the second failure is chatd's dial timeout: {twice:?}");
+        let (thrice, woke) = news(Some(&twice), ProbeOutcome::TimedOut);
+        assert!(!woke && thrice.failures == 3, "a third failure like the second is not news: {thrice:?}");
+        let (other, woke) = news(Some(&thrice), ProbeOutcome::Failed { message: "dial".into() });
+        assert!(woke && other.failures == 4, "another kind of failure is: {other:?}");
+        let (back, woke) = news(Some(&other), ProbeOutcome::Reachable);
+        assert!(woke && back.failures == 0, "a pass resets the count: {back:?}");
+
+        let (_, woke) = next_record(Some(&thrice), ProbeOutcome::TimedOut, true, now);
+        assert!(woke, "an answer a reconcile asked for always wakes it");
+    }
+
+    #[test]
+    fn healthy_probes_start_only_within_the_budget_and_the_others_always() {
+        let ordered = vec![
+            due(Priority::Asked, None, "a", "asked"),
+            due(Priority::Needed, None, "a", "needed"),
+            due(Priority::Healthy, None, "a", "h1"),
+            due(Priority::Healthy, None, "b", "h2"),
+            due(Priority::Healthy, None, "c", "h3"),
+        ];
+        let mut tokens = 1;
+        let granted = grant(ordered, || {
+            let granted = tokens > 0;
+            tokens -= i32::from(granted);
+            granted
+        });
+        let agents: Vec<_> = granted.iter().map(|(_, (_, agent))| *agent).collect();
+        assert_eq!(agents, ["asked", "needed", "h1"]);
+        assert!(grant(Vec::<Due<()>>::new(), || true).is_empty());
+    }
+
+    #[test]
+    fn the_healthy_budget_fills_at_its_rate_and_holds_a_tenth_of_a_minute() {
+        let start = Instant::now();
+        let mut budget = Budget { tokens: 0.0, updated: start };
+        assert!(!budget.take(60, start), "empty at first");
+        assert!(budget.take(60, start + Duration::from_secs(1)), "one a second at 60 a minute");
+        assert!(!budget.take(60, start + Duration::from_secs(1)));
+        let idle = start + Duration::from_secs(3600);
+        let burst = (0..100).filter(|_| budget.take(60, idle)).count();
+        assert_eq!(burst, 6, "an idle hour saves a tenth of a minute's worth");
     }
 
     #[test]

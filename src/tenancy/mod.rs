@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
+use crate::coder;
 use crate::crd::ChatWorkspace;
 use crate::credentials::Resolved;
 use crate::error::{Error, Result};
@@ -100,7 +101,9 @@ pub enum OwnerRef {
 impl OwnerRef {
     pub fn from_spec(owner: Option<&str>) -> OwnerRef {
         match owner.map(str::trim) {
-            None | Some("" | "me") => OwnerRef::TokenUser,
+            None | Some("") => OwnerRef::TokenUser,
+            // Coder's own name for the token's user, accepted as it spells it.
+            Some(coder::TOKEN_USER) => OwnerRef::TokenUser,
             Some(value) => match canonical_uuid(value) {
                 Some(id) => OwnerRef::Id(id),
                 None => OwnerRef::Username(value.to_lowercase()),
@@ -111,7 +114,7 @@ impl OwnerRef {
     /// The `{user}` path parameter that names this owner in Coder.
     pub fn path_param(&self) -> &str {
         match self {
-            OwnerRef::TokenUser => "me",
+            OwnerRef::TokenUser => coder::TOKEN_USER,
             OwnerRef::Id(id) => id,
             OwnerRef::Username(name) => name,
         }
@@ -485,7 +488,7 @@ mod tests {
                 let owner = OwnerRef::from_spec(Some(&user.to_uppercase()));
                 proptest::prop_assert_eq!(admit("ns", &grant, &owner, None), Admission::Granted);
             }
-            if !users.contains(&other) && other != "me" {
+            if !users.contains(&other) && other != coder::TOKEN_USER {
                 proptest::prop_assert!(!grant.allows(&other));
                 let owner = OwnerRef::from_spec(Some(&other));
                 let refused = matches!(admit("ns", &grant, &owner, None), Admission::Refused(_));

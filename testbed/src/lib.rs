@@ -3,7 +3,8 @@
 //! `make tools`, started on free loopback ports with per-run credentials,
 //! RBAC authorization and the project's CRDs installed.
 //!
-//! There is no controller-manager, scheduler or kubelet: pods never run,
+//! A [`ControlPlane`] has no controller-manager, scheduler or kubelet (a
+//! [`node::Node`] adds them, for the tests that run pods): pods never run,
 //! deleted namespaces never finish terminating (so tests use fresh unique
 //! namespaces, see [`ControlPlane::namespace`]) and no `default`
 //! ServiceAccount appears in new namespaces.
@@ -13,6 +14,7 @@
 //! - `CWS_TESTBED_KEEP=1`: keep each control plane's directory (data, logs,
 //!   kubeconfigs) after it stops, for post-mortems.
 
+pub mod node;
 mod pki;
 mod process;
 
@@ -114,9 +116,21 @@ impl ControlPlane {
     /// Starts a private control plane, stopped when dropped: for tests that
     /// restart or break it, and for `make demo`.
     pub fn start() -> anyhow::Result<ControlPlane> {
+        Self::start_with(Profile::ControlPlaneOnly)
+    }
+
+    /// Starts a private control plane for a [`node::Node`]: the same, but
+    /// with the ServiceAccount admission plugin on, so pods get their
+    /// ServiceAccount's token (the node's controller-manager creates each
+    /// namespace's `default` ServiceAccount).
+    pub(crate) fn start_for_node() -> anyhow::Result<ControlPlane> {
+        Self::start_with(Profile::Node)
+    }
+
+    fn start_with(profile: Profile) -> anyhow::Result<ControlPlane> {
         let mut attempt = 1;
         loop {
-            match Self::start_once() {
+            match Self::start_once_with(profile) {
                 Err(err) if attempt < START_ATTEMPTS && format!("{err:#}").contains("address already in use") => {
                     attempt += 1;
                 }
@@ -125,18 +139,18 @@ impl ControlPlane {
         }
     }
 
-    fn start_once() -> anyhow::Result<ControlPlane> {
+    fn start_once_with(profile: Profile) -> anyhow::Result<ControlPlane> {
         let started = Instant::now();
         let apiserver_bin = tool("kube-apiserver")?;
         let etcd_bin = tool("etcd")?;
-        let keep_dir = env::var_os("CWS_TESTBED_KEEP").is_some_and(|v| !v.is_empty() && v != "0");
+        let keep_dir = keep_dirs();
         let dir = tempfile::Builder::new()
             .prefix("cws-testbed-")
             .tempdir()
             .context("creating the control plane's directory")?
             .keep();
 
-        let result = Self::start_in(&dir, keep_dir, &etcd_bin, apiserver_bin);
+        let result = Self::start_in(&dir, keep_dir, &etcd_bin, apiserver_bin, profile);
         match &result {
             Ok(control_plane) => eprintln!(
                 "testbed: control plane ready at {} in {:.1}s (files in {})",
@@ -152,7 +166,13 @@ impl ControlPlane {
         result
     }
 
-    fn start_in(dir: &Path, keep_dir: bool, etcd_bin: &Path, apiserver_bin: PathBuf) -> anyhow::Result<ControlPlane> {
+    fn start_in(
+        dir: &Path,
+        keep_dir: bool,
+        etcd_bin: &Path,
+        apiserver_bin: PathBuf,
+        profile: Profile,
+    ) -> anyhow::Result<ControlPlane> {
         let [etcd_client_port, etcd_peer_port, port] = free_ports()?;
         let pki = pki::generate(&dir.join("pki"))?;
 
@@ -186,7 +206,7 @@ impl ControlPlane {
         let mut etcd = Server::spawn("etcd", etcd_bin, &etcd_args, &dir.join("etcd.log"), cleanup)?;
         wait_for_etcd(&mut etcd, etcd_client_port)?;
 
-        let apiserver_args = os_args([
+        let mut apiserver_args = os_args([
             format!("--etcd-servers={etcd_client}"),
             "--bind-address=127.0.0.1".to_owned(),
             "--advertise-address=127.0.0.1".to_owned(),
@@ -212,6 +232,9 @@ impl ControlPlane {
             // would otherwise take the watchdog's whole grace period.
             "--shutdown-watch-termination-grace-period=2s".to_owned(),
         ]);
+        if profile == Profile::Node {
+            apiserver_args.retain(|arg| arg != "--disable-admission-plugins=ServiceAccount");
+        }
         let mut apiserver =
             Server::spawn("kube-apiserver", &apiserver_bin, &apiserver_args, &dir.join("kube-apiserver.log"), None)?;
         on_private_runtime(async {
@@ -434,6 +457,20 @@ impl Drop for ControlPlane {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `CWS_TESTBED_KEEP=1`: keep the test bed's directories for post-mortems.
+fn keep_dirs() -> bool {
+    env::var_os("CWS_TESTBED_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// What a control plane is started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// etcd and kube-apiserver alone: no pod ever runs.
+    ControlPlaneOnly,
+    /// The control plane of a [`node::Node`], whose pods run.
+    Node,
 }
 
 /// `N` distinct free loopback ports: all are held at once, then released.

@@ -36,8 +36,17 @@ pub(crate) fn generate(dir: &Path) -> anyhow::Result<Pki> {
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?).context("generating the CA")?;
 
-    // Clients connect to 127.0.0.1; "localhost" is there for people who type it.
-    let mut serving = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    // Clients connect to 127.0.0.1; "localhost" is there for people who type
+    // it. A node's components reach the apiserver at the node's address, and
+    // its pods at the `kubernetes` Service (crate::node).
+    let mut serving = CertificateParams::new(vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        crate::node::NODE_IP.to_owned(),
+        crate::node::KUBERNETES_SERVICE_IP.to_owned(),
+        "kubernetes.default.svc".to_owned(),
+        "kubernetes.default.svc.cluster.local".to_owned(),
+    ])?;
     serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     let serving_key = KeyPair::generate()?;
     let serving_cert = serving.signed_by(&serving_key, &ca).context("signing the serving certificate")?;

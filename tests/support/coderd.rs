@@ -484,6 +484,22 @@ pub struct Job {
     pub completed_at: Option<jiff::Timestamp>,
 }
 
+/// A unique Coder name (workspace, template): `prefix` and a short suffix,
+/// within coderd's 32 characters.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+impl Coderd {
+    /// A template with one agent of its own and the workspace name to use it
+    /// for: every workspace with a live agent needs its own agent token.
+    pub async fn agent_template(&self, prefix: &str) -> (Template, TemplateSpec, String) {
+        let spec = TemplateSpec::one_agent();
+        let template = self.template(&unique(prefix), &spec).await;
+        (template, spec, unique(prefix))
+    }
+}
+
 /// The transitions of `builds`, in order.
 pub fn transitions(builds: &[Build]) -> Vec<&str> {
     builds.iter().map(|b| b.transition.as_str()).collect()
@@ -659,12 +675,26 @@ impl Api {
         self.send(self.http.patch(self.url(path)).json(body)).await
     }
 
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ApiError> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    /// A PUT without a body.
+    pub async fn put_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.send(self.http.put(self.url(path))).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
         self.send::<Value>(self.http.delete(self.url(path))).await.map(|_| ())
     }
 
     async fn upload(&self, archive: Vec<u8>) -> Result<Value, ApiError> {
         self.send(self.http.post(self.url("/files")).header("Content-Type", "application/x-tar").body(archive)).await
+    }
+
+    /// The same client on `/api/experimental`, where v2.36.1 serves chats.
+    pub fn experimental(&self) -> Api {
+        Api { base: self.base.replace("/api/v2", "/api/experimental"), ..self.clone() }
     }
 
     fn url(&self, path: &str) -> String {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod coderd;
+pub mod coderd_chats;
 pub mod process;
 
 use std::ops::{Deref, DerefMut};
@@ -482,3 +483,11 @@ impl Drop for Operated {
 }
 
 pub const LONG: Duration = Duration::from_secs(30);
+
+/// Whether the operator has written `status`: a resource it has not written
+/// yet reads back with the schema's default, `observedGeneration: 0` alone.
+pub fn written_by_operator(status: Option<&chatworkspace_operator::crd::ChatWorkspaceStatus>) -> bool {
+    let unwritten =
+        chatworkspace_operator::crd::ChatWorkspaceStatus { observed_generation: Some(0), ..Default::default() };
+    status.is_some_and(|status| *status != unwritten)
+}

@@ -27,6 +27,9 @@ pub struct Agent {
     /// When the provisioner created it: the completion of its start build.
     pub created_at: Timestamp,
     pub lives: Vec<Life>,
+    /// Its startup script exits with an error: each run ends its startup in
+    /// `start_error` rather than `ready`.
+    pub startup_fails: bool,
 }
 
 /// What later builds of the workspace do to an agent: a stop (or delete, or
@@ -61,6 +64,7 @@ impl AgentStatus {
 pub enum Lifecycle {
     Created,
     Starting,
+    StartError,
     Ready,
     ShuttingDown,
     Off,
@@ -71,6 +75,7 @@ impl Lifecycle {
         match self {
             Self::Created => "created",
             Self::Starting => "starting",
+            Self::StartError => "start_error",
             Self::Ready => "ready",
             Self::ShuttingDown => "shutting_down",
             Self::Off => "off",
@@ -99,6 +104,7 @@ impl AgentView {
             (status, Lifecycle::Off) if status != AgentStatus::Connected => Some("agent is not running"),
             (AgentStatus::Timeout, _) => Some("agent is taking too long to connect"),
             (AgentStatus::Disconnected, _) => Some("agent has lost connection"),
+            (_, Lifecycle::StartError) => Some("agent startup script exited with an error"),
             (_, Lifecycle::ShuttingDown | Lifecycle::Off) => Some("agent is shutting down"),
             _ => None,
         }
@@ -191,6 +197,7 @@ impl Agent {
                 None => Lifecycle::Created,
                 // A respawned agent runs its startup scripts again.
                 Some(run) if run.end.duration_since(run.start) < startup => Lifecycle::Starting,
+                Some(_) if self.startup_fails => Lifecycle::StartError,
                 Some(_) => Lifecycle::Ready,
             }
         };
@@ -259,6 +266,7 @@ mod tests {
             workspace_id: Uuid::new_v4(),
             created_at: at(0),
             lives: connect_at.map(|ms| Life { start: at(ms), killed_at: None }).into_iter().collect(),
+            startup_fails: false,
         }
     }
 
@@ -307,6 +315,20 @@ mod tests {
         assert_eq!(view.last_connected_at, Some(at(3_000)));
         assert_eq!(view.disconnected_at, Some(at(500)));
         assert_eq!(view.lifecycle, Lifecycle::Starting);
+    }
+
+    #[test]
+    fn a_failing_startup_script_ends_in_start_error_with_the_agent_connected() {
+        let mut agent = agent(Some(0));
+        agent.startup_fails = true;
+        let t = timings();
+        assert_eq!(agent.view(at(100), &t, Shutdown::default()).lifecycle, Lifecycle::Starting);
+        let view = agent.view(at(300), &t, Shutdown::default());
+        assert_eq!(view.lifecycle, Lifecycle::StartError);
+        assert_eq!(view.status, AgentStatus::Connected);
+        // coderd stamps ready_at when the startup ends, whatever its outcome.
+        assert_eq!(view.ready_at, Some(at(200)));
+        assert_eq!(view.health_reason(), Some("agent startup script exited with an error"));
     }
 
     #[test]

@@ -29,12 +29,13 @@ pub enum ChatApi {
 /// Which agent `PUT /chats/{id}/context` re-pins a chat to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ContextRefresh {
-    /// The latest build's chat agent, rebinding the chat to it.
-    #[default]
+    /// The latest build's chat agent, rebinding the chat to it (no coderd
+    /// release seen does this; for tests of an operator that expects it).
     LatestAgent,
-    /// The agent the chat has stored, as v2.36.1's chatd does: after a
-    /// stop/start outside chatd that is the old agent, until the chat's
-    /// next turn rebinds it.
+    /// The agent the chat has stored, as v2.36.1's chatd does (seen in the
+    /// real-coderd tests): after a stop/start outside chatd that is the old
+    /// agent, until the chat's next turn rebinds it.
+    #[default]
     StoredAgent,
 }
 
@@ -227,14 +228,21 @@ impl Deployment {
 
     /// A chat the token's user may see.
     pub fn visible_chat(&self, id: Uuid) -> Option<&Chat> {
-        self.chats.get(&id).filter(|chat| chat.owner_id == self.me)
+        self.chats.get(&id).filter(|chat| self.may_access(chat))
+    }
+
+    /// A user reaches their own chats; an Owner reaches every user's, as
+    /// coderd's site-wide owner role grants every action on chats.
+    fn may_access(&self, chat: &Chat) -> bool {
+        chat.owner_id == self.me
+            || self.users.iter().any(|user| user.id == self.me && user.roles.iter().any(|role| role == "owner"))
     }
 
     /// `GET /chats/by-workspace`: per workspace, the latest updated
     /// non-archived chat the caller can read, sub-agent chats included.
     pub fn chats_by_workspace(&self, workspace_ids: &[Uuid]) -> HashMap<Uuid, Uuid> {
         let mut latest: HashMap<Uuid, &Chat> = HashMap::new();
-        for chat in self.chats.values().filter(|chat| chat.owner_id == self.me && !chat.archived) {
+        for chat in self.chats.values().filter(|chat| self.may_access(chat) && !chat.archived) {
             let Some(workspace) = chat.workspace_id.filter(|ws| workspace_ids.contains(ws)) else { continue };
             let newer = latest.get(&workspace).is_none_or(|seen| chat.updated_at > seen.updated_at);
             if newer {
@@ -310,7 +318,7 @@ impl Deployment {
     /// `POST /chats/{id}/interrupt`: a running turn goes `interrupting`,
     /// then `waiting`; an idle chat cannot be interrupted (409).
     pub fn interrupt_chat(&mut self, id: Uuid, now: Timestamp) -> Result<(), ApiError> {
-        let chat = self.chats.get(&id).filter(|chat| chat.owner_id == self.me).ok_or_else(ApiError::not_found)?;
+        let chat = self.visible_chat(id).ok_or_else(ApiError::not_found)?;
         if chat.archived {
             return Err(ApiError::bad_request("Cannot interrupt an archived chat."));
         }
@@ -347,6 +355,22 @@ impl Deployment {
             workspace_id,
             Snapshot { generation: snapshot.generation + 1, pushed_at: now, error: snapshot.error, resources },
         );
+    }
+
+    /// A turn of the chat, as chatd runs one: the chat moves to the latest
+    /// build's chat agent and its context is pinned there.
+    pub fn run_chat_turn(&mut self, id: Uuid, now: Timestamp) -> Result<(), String> {
+        let workspace_id = self.chats.get(&id).ok_or_else(|| format!("no chat {id}"))?.workspace_id;
+        let binding = workspace_id.and_then(|ws| self.latest_chat_agent(ws, now));
+        let pin = binding.and_then(|(_, agent)| self.pin_for(agent, now));
+        let chat = self.chats.get_mut(&id).ok_or_else(|| format!("no chat {id}"))?;
+        if let Some((build, agent)) = binding {
+            chat.build_id = Some(build);
+            chat.agent_id = Some(agent);
+        }
+        chat.pin = pin;
+        chat.updated_at = now;
+        Ok(())
     }
 
     pub fn set_chat_status(&mut self, id: Uuid, status: &str, now: Timestamp) -> Result<(), String> {

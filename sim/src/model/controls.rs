@@ -12,6 +12,8 @@ pub(super) struct Rules {
     fail_next: Vec<FailRule>,
     /// `None` matches the next start build of any workspace.
     never_connect: Vec<Option<Uuid>>,
+    /// `None` matches the next start build of any workspace.
+    startup_fails: Vec<Option<Uuid>>,
 }
 
 #[derive(Debug)]
@@ -40,6 +42,15 @@ impl Deployment {
     pub(super) fn take_never_connect(&mut self, workspace_id: Uuid) -> bool {
         let found = self.rules.never_connect.iter().position(|rule| rule.is_none_or(|ws| ws == workspace_id));
         found.map(|index| self.rules.never_connect.remove(index)).is_some()
+    }
+
+    pub fn fail_startup_next_start(&mut self, workspace: Option<Uuid>) {
+        self.rules.startup_fails.push(workspace);
+    }
+
+    pub(super) fn take_startup_failure(&mut self, workspace_id: Uuid) -> bool {
+        let found = self.rules.startup_fails.iter().position(|rule| rule.is_none_or(|ws| ws == workspace_id));
+        found.map(|index| self.rules.startup_fails.remove(index)).is_some()
     }
 
     /// The agents of the workspace's most recent start build: the ones a

@@ -289,12 +289,23 @@ impl Deployment {
         !partitioned && self.agent_view(agent, now).alive
     }
 
+    /// Whether the token's user may read every user's workspaces (coderd's
+    /// `owner` site role); a member reads only their own.
+    pub fn token_reads_all_workspaces(&self) -> bool {
+        self.user_by_id(self.me).is_some_and(|user| user.roles.iter().any(|role| role == "owner"))
+    }
+
+    /// What coderd's search answers the token: the same rights decide it
+    /// with or without `owner:` (a member asking for another user's gets
+    /// nothing, and without `owner:` only their own).
     pub fn search_workspaces(&self, filter: &WorkspaceFilter, now: Timestamp) -> Vec<&Workspace> {
         let owner_id = filter.owner.as_deref().map(|owner| self.user(owner).map(|user| user.id));
         let name = filter.name.as_deref().map(str::to_lowercase);
+        let reads_all = self.token_reads_all_workspaces();
         let mut found: Vec<&Workspace> = self
             .workspaces
             .values()
+            .filter(|ws| reads_all || ws.owner_id == self.me)
             .filter(|ws| !self.is_deleted(ws, now))
             .filter(|ws| owner_id.is_none_or(|owner| owner == Some(ws.owner_id)))
             .filter(|ws| name.as_deref().is_none_or(|name| ws.name.to_lowercase().contains(name)))
@@ -319,10 +330,11 @@ impl Deployment {
                     })
             })
             .collect();
-        found.sort_by_cached_key(|ws| {
-            let owner = self.user_by_id(ws.owner_id).map(|user| user.username.to_lowercase());
-            (owner, ws.name.to_lowercase())
-        });
+        // Thousands of users: their names looked up once a search, not once
+        // a workspace.
+        let usernames: HashMap<Uuid, String> =
+            self.users.iter().map(|user| (user.id, user.username.to_lowercase())).collect();
+        found.sort_by_cached_key(|ws| (usernames.get(&ws.owner_id).cloned(), ws.name.to_lowercase()));
         found
     }
 

@@ -29,9 +29,14 @@ pub type QueryError = (String, String);
 const UNSUPPORTED: &[&str] =
     &["organization", "deleted", "dormant", "has-ai-task", "last_used_before", "last_used_after", "param", "shared"];
 
+/// The terms coderd parses as a single value (`has-agent:` and `id:` take
+/// several, in one term or many).
+const SINGLE: &[&str] = &["owner", "name", "template", "status", "outdated", "healthy"];
+
 pub fn parse(query: &str) -> Result<WorkspaceFilter, Vec<QueryError>> {
     let mut filter = WorkspaceFilter::default();
     let mut errors = Vec::new();
+    let mut once = std::collections::HashSet::new();
     for term in split_outside_quotes(query, ' ') {
         let parts = split_outside_quotes(&term, ':');
         let (key, value) = match parts.as_slice() {
@@ -42,6 +47,14 @@ pub fn parse(query: &str) -> Result<WorkspaceFilter, Vec<QueryError>> {
                 continue;
             }
         };
+        // coderd takes one value of these, and refuses a second term.
+        if SINGLE.contains(&key.as_str()) && !once.insert(key.clone()) {
+            errors.push((
+                key.clone(),
+                format!("Query param {key:?} provided more than once, found 2 times. Only provide 1 instance of this query param."),
+            ));
+            continue;
+        }
         match key.as_str() {
             "owner" => filter.owner = Some(value),
             "name" => filter.name = Some(value),
@@ -129,6 +142,13 @@ mod tests {
         let filter = parse("id:A,b").unwrap();
         assert_eq!(filter.ids, Some(vec!["a".to_string(), "b".to_string()]));
         assert!(parse("healthy:maybe").is_err());
+        // One owner and one status per query, as coderd has it; ids and
+        // agent statuses in any number.
+        assert!(parse("owner:alice owner:bob").is_err());
+        assert!(parse("status:running status:starting").is_err());
+        let filter = parse("id:a,b id:c has-agent:connected has-agent:timeout").unwrap();
+        assert_eq!(filter.ids.unwrap(), ["a", "b", "c"]);
+        assert_eq!(filter.agent_statuses, ["connected", "timeout"]);
     }
 
     #[test]

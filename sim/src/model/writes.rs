@@ -271,6 +271,7 @@ impl Deployment {
         let QueuedBuild { transition, template_version_id, preset_id, parameters, reason } = build;
         let failure = self.take_failure(workspace_id, transition);
         let never_connects = transition == Transition::Start && self.take_never_connect(workspace_id);
+        let startup_fails = transition == Transition::Start && self.take_startup_failure(workspace_id);
         let timings = self.timings;
         let job = Job::new(now, timings.job_pending, timings.job_running, failure);
         let build_id = Uuid::new_v4();
@@ -299,6 +300,7 @@ impl Deployment {
                         workspace_id,
                         created_at: job.completed_at,
                         lives,
+                        startup_fails,
                     },
                 );
                 agents.push(id);

@@ -170,11 +170,11 @@ async fn setup() -> (CoderClient, Arc<FakeCoderd>) {
 }
 
 #[derive(Default)]
-struct Observations(Mutex<Vec<(&'static str, Option<u16>)>>);
+struct Observations(Mutex<Vec<(String, &'static str, Option<u16>)>>);
 
 impl RequestObserver for Observations {
-    fn observe(&self, endpoint: &'static str, status: Option<u16>, _elapsed: Duration) {
-        self.0.lock().unwrap().push((endpoint, status));
+    fn observe(&self, credentials: &str, endpoint: &'static str, status: Option<u16>, _elapsed: Duration) {
+        self.0.lock().unwrap().push((credentials.to_owned(), endpoint, status));
     }
 }
 
@@ -391,7 +391,7 @@ async fn the_probe_tells_its_outcomes_apart() {
 async fn the_observer_sees_each_request_once() {
     let (url, _server) = start_server().await;
     let observations = Arc::new(Observations::default());
-    let client = client_for(&url, IMPATIENT).with_observer(observations.clone());
+    let client = client_for(&url, IMPATIENT).with_observer(observations.clone(), "team/coder");
 
     client.current_user().await.unwrap();
     client.workspace("missing").await.unwrap_err();
@@ -406,6 +406,7 @@ async fn the_observer_sees_each_request_once() {
             ("GET /workspaces/{id}", None),
             ("GET /workspaceagents/{id}/listening-ports", Some(200)),
         ]
+        .map(|(endpoint, status)| ("team/coder".to_owned(), endpoint, status))
     );
 }
 

@@ -6,10 +6,13 @@
 -- Suspended:   Ready=True and desiredState Stopped, or a workspace Coder
 --              stopped by its own policy or a person stopped in Coder, which
 --              the operator respects until a start is asked for.
--- Degraded:    Degraded=True: something a person must look at (the message
---              says what and what to do).
--- Progressing: everything else, and a status the operator has not written
---              for the current generation yet.
+-- Degraded:    Stalled=True: nothing changes until a person (or a spec
+--              change) acts; the message says what and what to do. From an
+--              operator that writes no Stalled: Degraded=True.
+-- Progressing: everything else (the operator is at work: Reconciling=True,
+--              which includes retrying while Coder is unavailable), and a
+--              status the operator has not written for the current
+--              generation yet.
 local hs = {}
 
 local function condition(type)
@@ -38,10 +41,30 @@ if generation ~= nil and ready.observedGeneration ~= nil and ready.observedGener
   return hs
 end
 
-local degraded = condition("Degraded")
-if degraded ~= nil and degraded.status == "True" then
+-- A stop made in Coder, which the operator respects until a start is
+-- asked for: Suspended, though it is Stalled too.
+if ready.status ~= "True" and (ready.reason == "StoppedByCoder" or ready.reason == "StoppedOutside") then
+  hs.status = "Suspended"
+  hs.message = ready.message
+  return hs
+end
+
+local stalled = condition("Stalled")
+if stalled == nil then
+  stalled = condition("Degraded")
+end
+if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
-  hs.message = degraded.message
+  hs.message = stalled.message
+  return hs
+end
+
+-- Working towards the desired state; also while retrying after Coder was
+-- unavailable, when Ready may still speak of the previous desired state.
+local reconciling = condition("Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = reconciling.message
   return hs
 end
 
@@ -56,12 +79,6 @@ if ready.status == "True" then
   else
     hs.status = "Healthy"
   end
-  hs.message = ready.message
-  return hs
-end
-
-if ready.reason == "StoppedByCoder" or ready.reason == "StoppedOutside" then
-  hs.status = "Suspended"
   hs.message = ready.message
   return hs
 end

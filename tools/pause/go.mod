@@ -1,0 +1,3 @@
+module chatworkspace-operator/tools/pause
+
+go 1.25.0
