@@ -90,6 +90,49 @@ async fn a_stop_made_in_coder_is_seen_without_a_resync() {
     assert!(noticed.status.is_some());
 }
 
+/// Neither the resync nor the index's backstop list within a test.
+fn without_resync_or_backstop(settings: &mut Settings) {
+    without_resync(settings);
+    settings.index.full_interval = NO_RESYNC;
+}
+
+#[tokio::test]
+async fn a_stop_made_in_coder_is_seen_while_its_build_runs_without_a_list_of_everything() {
+    // Stop builds that outlast several attention intervals, as a real
+    // template's do.
+    let mut config = SimConfig::fast();
+    config.timings.job_running = Duration::from_secs(3);
+    let mut env = Env::without_operator("wake-stop-building", config).await;
+    env.tweak = Some(without_resync_or_backstop);
+    env.start_operator();
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("admin", "chat-1");
+    // Settled: no build followed any more, so the index reads the count.
+    env.sim.clear_requests();
+    env.wait_for("chat-1", "the running count read at rest", LONG, |_| {
+        env.sim.requests().iter().any(|r| r.query.contains("status%3Arunning"))
+    })
+    .await;
+
+    env.sim.clear_requests();
+    let stop = coder(&env)
+        .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop))
+        .await
+        .expect("a stop build from outside");
+    env.wait_for("chat-1", "updated with the outside stop", Duration::from_secs(10), |cws| {
+        cws.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.number >= stop.build_number)
+    })
+    .await;
+    let lists: Vec<String> =
+        env.sim.requests().into_iter().filter(|r| r.path == "/api/v2/workspaces").map(|r| r.query).collect();
+    assert!(lists.iter().any(|query| query.contains("status%3Astopping")), "the builds under way were read: {lists:?}");
+    assert!(
+        !lists.iter().any(|query| query.split('&').any(|pair| pair == "q=")),
+        "a stop seen while its build runs costs no list of everything: {lists:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_workspace_deleted_in_coder_is_seen_without_a_resync() {
     let env = env("wake-delete").await;

@@ -384,6 +384,31 @@ async fn search_filters_and_counts() {
 }
 
 #[tokio::test]
+async fn search_lists_the_started_workspaces_first_as_coderd_orders_them() {
+    let (_sim, client) = start().await;
+    let mut ids = Vec::new();
+    for name in ["ws-a", "ws-b", "ws-c"] {
+        let id = id_of(&client.create_workspace(name, DOCKER_DEV).await);
+        client.wait_for_build(&id, "running").await;
+        ids.push(id);
+    }
+    let names = |reply: Value| -> Vec<String> {
+        reply["workspaces"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let listed = client.get("/api/v2/workspaces?q=name:ws-").await.expect(200);
+    assert_eq!(names(listed), ["ws-a", "ws-b", "ws-c"]);
+
+    // A workspace that stops moves behind those that run: an offset past
+    // its old place now passes over the one that took it.
+    client.build(&ids[0], json!({ "transition": "stop" })).await.expect(201);
+    client.wait_for_build(&ids[0], "stopped").await;
+    let listed = client.get("/api/v2/workspaces?q=name:ws-").await.expect(200);
+    assert_eq!(names(listed), ["ws-b", "ws-c", "ws-a"]);
+    let second_page = client.get("/api/v2/workspaces?q=name:ws-&limit=1&offset=1").await.expect(200);
+    assert_eq!(names(second_page), ["ws-c"]);
+}
+
+#[tokio::test]
 async fn search_answers_only_what_the_token_may_read_and_one_owner_per_query() {
     // bob is a member: coderd shows him his own workspaces, with or
     // without `owner:`, and nobody else's.
@@ -398,7 +423,8 @@ async fn search_answers_only_what_the_token_may_read_and_one_owner_per_query() {
         reply["workspaces"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap().to_owned()).collect()
     };
     let everyone = client.get("/api/v2/workspaces").await.expect(200);
-    assert_eq!(names(&everyone), ["bob-ws", "existing-dev"]);
+    // The one that runs (seeded) first, as coderd orders them.
+    assert_eq!(names(&everyone), ["existing-dev", "bob-ws"]);
     let alices = client.get("/api/v2/workspaces?q=owner:alice").await.expect(200);
     assert_eq!(alices["count"], 0);
     let twice = client.get("/api/v2/workspaces?q=owner:bob%20owner:alice").await.expect(400);

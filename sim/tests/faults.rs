@@ -261,8 +261,9 @@ async fn a_hostile_list_claims_a_count_and_pads_every_page() {
     let page = client.get("/api/v2/workspaces?limit=1&offset=500").await.expect(200);
     assert_eq!(page["count"], 1_000_000_000);
     let workspaces = page["workspaces"].as_array().unwrap();
-    assert_eq!(workspaces.len(), 4, "the real one and three made up, whatever the limit");
-    assert_eq!(workspaces[0]["name"], "real");
+    assert_eq!(workspaces.len(), 4, "a real one and three made up, whatever the limit");
+    // A real one first (the seeded one runs, so it comes first).
+    assert_eq!(workspaces[0]["name"], "existing-dev");
     assert!(
         workspaces[1..].iter().all(|w| w["id"] != workspaces[0]["id"] && w["latest_build"]["workspace_id"] == w["id"])
     );

@@ -14,6 +14,11 @@ pub const UNHEALTHY: &str = "healthy:false";
 /// succeeded): the index asks only for the count.
 pub const RUNNING: &str = "status:running";
 
+/// The workspaces with a build under way, one query each (coderd takes one
+/// `status:` a query), the commonest first: what a stop, a start or a
+/// delete made in Coder looks like until its build ends.
+pub const BUILDING: [&str; 4] = ["status:stopping", "status:pending", "status:starting", "status:deleting"];
+
 /// One owner's workspaces, the name in double quotes as coderd's parser
 /// takes a value (a quote inside one is dropped: no username has one).
 pub fn owner(username: &str) -> String {

@@ -587,7 +587,9 @@ impl Shared {
     /// (`owner` `None`) or of one owner. When it was complete
     /// (`unnamed_running` is then what it counted), the workspaces it did
     /// not have (`seen`: lowercase owner and name) and that were not read
-    /// since it began are gone, deleted or renamed. When it was cut short,
+    /// since it began were renamed (dropped under the old name) or are read
+    /// by id before anything is concluded (a paged list can pass over one
+    /// that moved in coderd's order meanwhile). When it was cut short,
     /// nothing is concluded from what it lacks: the workspaces held are read
     /// again by id (and the names without any were read one by one first,
     /// [`Shared::unread_names`]). `unkept`: what the list passed over
@@ -627,9 +629,24 @@ impl Shared {
                     !seen.contains(&(key.owner.clone(), name.clone())) && entry.read_at <= read_started
                 };
                 if unnamed_running.is_some() {
-                    let gone: Vec<String> =
-                        state.workspaces.iter().filter(|e| unseen(*e)).map(|(n, _)| n.clone()).collect();
-                    for name in gone {
+                    // Held under a name the list did not have: renamed, when
+                    // the list had its id under another name; else gone, or
+                    // only skipped (a workspace that stops or is deleted
+                    // during a list moves the later ones a place up in
+                    // coderd's order, so an offset can pass over one), which
+                    // a read by id tells apart before anything is dropped.
+                    let unseen: Vec<(String, Box<str>)> = state
+                        .workspaces
+                        .iter()
+                        .filter(|e| unseen(*e))
+                        .map(|(n, e)| (n.clone(), e.id.clone()))
+                        .collect();
+                    for (name, id) in unseen {
+                        let renamed = state.workspaces.iter().any(|(other, entry)| *other != name && entry.id == id);
+                        if !renamed {
+                            source.read_soon.insert(id.to_string());
+                            continue;
+                        }
                         state.workspaces.remove(&name);
                         if let Some(resources) = state.interested.get(&name) {
                             to_wake.extend(resources.iter().cloned());
@@ -1156,6 +1173,26 @@ mod tests {
         assert_eq!(running_count(2, 3, 9, true), RunningCount::Baseline(0));
     }
 
+    #[tokio::test]
+    async fn a_stop_made_in_coder_seen_while_its_build_runs_explains_the_running_count() {
+        let (index, key) = watching(&["chat-1"]);
+        let started = Instant::now();
+        let merged = index.shared.merge(&key.credentials, vec![named("id-1", "chat-1", true)], started);
+        index.shared.listed(&key.credentials, None, &seen(&["chat-1"]), started, Some(merged.unnamed_running), vec![]);
+        assert!(!index.shared.running_count_differs(&key.credentials, 1));
+        // Stopped in Coder: one fewer running than the index holds.
+        assert!(index.shared.running_count_differs(&key.credentials, 0));
+        // `status:stopping` shows it with its build under way.
+        let mut stopping = workspace("stop", "running", serde_json::json!([]));
+        stopping.id = "id-1".to_owned();
+        stopping.name = "chat-1".to_owned();
+        stopping.owner_name = "alice".to_owned();
+        index.shared.merge(&key.credentials, vec![stopping], Instant::now());
+        assert!(!index.shared.running_count_differs(&key.credentials, 0), "explained without a list of everything");
+        let sources = index.shared.sources.lock().unwrap();
+        assert!(sources[&key.credentials].read_soon.contains("id-1"), "followed until its build ends");
+    }
+
     fn seen(names: &[&str]) -> HashSet<(String, String)> {
         names.iter().map(|name| ("alice".to_owned(), (*name).to_owned())).collect()
     }
@@ -1197,6 +1234,37 @@ mod tests {
         let held: Vec<&String> = owners[&key].workspaces.keys().collect();
         assert_eq!(held, ["renamed"]);
         assert_eq!(index.shared.sources.lock().unwrap()[&key.credentials].unnamed_running, 1);
+    }
+
+    #[tokio::test]
+    async fn a_named_workspace_a_complete_list_passed_over_is_read_by_id_before_it_is_dropped() {
+        let (index, key) = watching(&["chat-1", "chat-2"]);
+        let started = Instant::now();
+        let listed = vec![named("id-1", "chat-1", true), named("id-2", "chat-2", true)];
+        let merged = index.shared.merge(&key.credentials, listed, started);
+        index.shared.listed(
+            &key.credentials,
+            None,
+            &seen(&["chat-1", "chat-2"]),
+            started,
+            Some(merged.unnamed_running),
+            vec![],
+        );
+        index.shared.sources.lock().unwrap().get_mut(&key.credentials).unwrap().read_soon.clear();
+
+        // A later list whose offsets passed over chat-2 (or it is gone).
+        let started = Instant::now();
+        let merged = index.shared.merge(&key.credentials, vec![named("id-1", "chat-1", true)], started);
+        index.shared.listed(&key.credentials, None, &seen(&["chat-1"]), started, Some(merged.unnamed_running), vec![]);
+        let held: HashSet<String> = index.shared.owners.lock().unwrap()[&key].workspaces.keys().cloned().collect();
+        assert!(held.contains("chat-2"), "not dropped on the list's word alone: {held:?}");
+        assert!(index.shared.sources.lock().unwrap()[&key.credentials].read_soon.contains("id-2"), "read by id next");
+
+        // The read by id finds nothing: gone.
+        index.shared.remove_id(&key.credentials, "id-2");
+        let owners = index.shared.owners.lock().unwrap();
+        let held: Vec<&String> = owners[&key].workspaces.keys().collect();
+        assert_eq!(held, ["chat-1"]);
     }
 
     #[tokio::test]

@@ -10,7 +10,11 @@
 //!   (one small page, usually; those no resource names are dropped);
 //! - `status:running` with `limit=1`, read for its `count` only: when it
 //!   differs from what the index holds, something started or stopped
-//!   outside the operator's view, and everything is listed;
+//!   outside the operator's view. The workspaces with a build under way
+//!   (`status:stopping`, then `pending`, `starting`, `deleting`, until the
+//!   count is explained) are read first: a stop, start or delete made in
+//!   Coder is one of them while its build runs. Only a count they do not
+//!   explain has everything listed;
 //! - `id:…` for the workspaces with a build or an agent start under way, and
 //!   for those that just left the unhealthy list (only when there are any,
 //!   at the faster active interval; a page of ids per request).
@@ -255,7 +259,9 @@ async fn poll(index: &Shared, credentials: &str, plan: &PollPlan, attention_due:
             }
             Query::RunningCount => {
                 let running = plan.client.list_workspaces(search::RUNNING, 1, 0).await?;
-                if index.running_count_differs(credentials, running.count) {
+                if index.running_count_differs(credentials, running.count)
+                    && !builds_explain(index, credentials, plan, running.count).await?
+                {
                     debug!(
                         coder = running.count,
                         "the number of running workspaces changed outside the index; listing them all"
@@ -266,6 +272,23 @@ async fn poll(index: &Shared, credentials: &str, plan: &PollPlan, attention_due:
         }
     }
     Ok(())
+}
+
+/// The count of running workspaces (`count`) moved outside the index's
+/// view: reads the workspaces with a build under way, one status at a time,
+/// until what they show of the named workspaces explains the count. A stop
+/// made in Coder is seen this way while its build runs, for a request or
+/// two instead of a list of everything; whether the count was explained.
+async fn builds_explain(index: &Shared, credentials: &str, plan: &PollPlan, count: i64) -> Result<bool, CoderError> {
+    for query in search::BUILDING {
+        let started = Instant::now();
+        let building = list_all(plan, query, index.settings.page_size, plan.named).await?;
+        index.merge(credentials, building, started);
+        if !index.running_count_differs(credentials, count) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Reads the workspaces of `ids` (a page of them). An id that no longer

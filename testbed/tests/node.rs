@@ -143,3 +143,35 @@ fn a_killed_test_process_leaves_no_node_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `make image` promises the same digest for the same inputs: nothing of
+/// where or when the binary was built (its path, its file times) gets into
+/// the image, and another binary gives another digest.
+#[test]
+fn the_same_binary_makes_the_same_image_byte_for_byte() {
+    let pause = testbed::tool("pause").expect("the pause binary");
+    let dir = tempfile::tempdir().unwrap();
+    let build = |binary: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let digest = testbed::node::build_image(binary, "/pause", "pause:reproducible", &out, None).unwrap();
+        (digest, fs::read(out).unwrap())
+    };
+    let copy = dir.path().join("elsewhere").join("pause");
+    fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    fs::copy(&pause, &copy).unwrap();
+    // Another day's build of the same bytes.
+    let status = Command::new("touch").args(["-d", "2001-02-03 04:05:06"]).arg(&copy).status().unwrap();
+    assert!(status.success());
+
+    let (digest, archive) = build(&pause, "a.tar");
+    let (again, archive_again) = build(&copy, "b.tar");
+    assert!(digest.starts_with("sha256:"), "a manifest digest: {digest}");
+    assert_eq!(digest, again, "the same binary from another path and time");
+    assert!(archive == archive_again, "the archives differ byte for byte");
+
+    let mut changed = fs::read(&copy).unwrap();
+    changed.extend_from_slice(b"\0");
+    fs::write(&copy, changed).unwrap();
+    let (other, _) = build(&copy, "c.tar");
+    assert_ne!(digest, other, "another binary, another digest");
+}

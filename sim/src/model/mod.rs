@@ -334,7 +334,14 @@ impl Deployment {
         // a workspace.
         let usernames: HashMap<Uuid, String> =
             self.users.iter().map(|user| (user.id, user.username.to_lowercase())).collect();
-        found.sort_by_cached_key(|ws| (usernames.get(&ws.owner_id).cloned(), ws.name.to_lowercase()));
+        // coderd's order: the workspaces whose latest build is a start that
+        // succeeded first, then by owner and name (so one that stops moves
+        // back, and a paged list can pass over another).
+        found.sort_by_cached_key(|ws| {
+            let build = self.latest_build(ws);
+            let started = build.transition == Transition::Start && build.job.status(now) == JobStatus::Succeeded;
+            (!started, usernames.get(&ws.owner_id).cloned(), ws.name.to_lowercase())
+        });
         found
     }
 
