@@ -222,7 +222,10 @@ async fn interrupt_chats(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOut
     Ok(outcome)
 }
 
-/// Re-pins the chats' context to the new, ready chat agent.
+/// Asks coderd to re-pin the chats' context once the new chat agent is
+/// ready. coderd v2.36.1 re-pins to the agent stored on the chat, which
+/// after a recovery is still the old one; the chat's next turn binds it to
+/// the new agent (docs/coder-api.md, "Context re-pin").
 async fn refresh_chat_context(plan: &ChatPlan, coder: &CoderClient) -> Result<ChatOutcome> {
     let mut outcome = ChatOutcome { chats: Vec::new(), skipped: 0 };
     for id in &plan.chat_ids {

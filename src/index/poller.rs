@@ -17,7 +17,8 @@
 //!   explain has everything listed;
 //! - `id:…` for the workspaces with a build or an agent start under way, and
 //!   for those that just left the unhealthy list (only when there are any,
-//!   at the faster active interval; a page of ids per request).
+//!   at the faster active interval; a page of ids per request), before the
+//!   count, which is not read while more than a page of them is followed.
 //!
 //! At the active interval too, `id:…` for the workspaces that names given
 //! after a list passed over them stand for, of every owner together (a page
@@ -174,9 +175,13 @@ enum Query {
 
 /// What a poll sends, in order: a whole list alone when one is due; else
 /// the new owners' lists, the late names' and the followed ids (a page of
-/// ids a request), then, when attention is due, the unhealthy list and,
-/// unless builds are under way (the count moves with them, and their ids
-/// are read already), the count of running workspaces.
+/// ids a request), then, when attention is due, the unhealthy list and the
+/// count of running workspaces, after the followed ids (so that the count
+/// is compared with their state of a moment before). Some build is under
+/// way nearly all the time in a large deployment, and a stop made in Coder
+/// must not wait for all of them to end; only while more builds are
+/// followed than a page of ids holds (a burst of creates, whose ends the
+/// count would race) is the count left for a quieter tick.
 fn queries(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<Query> {
     if plan.full {
         return vec![Query::ListEverything];
@@ -189,7 +194,7 @@ fn queries(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<Query> {
     queries.extend(plan.read_ids.chunks(per_query).map(|chunk| Query::ReadIds(chunk.to_vec())));
     if attention_due {
         queries.push(Query::Unhealthy);
-        if plan.read_ids.is_empty() {
+        if plan.read_ids.len() <= per_query {
             queries.push(Query::RunningCount);
         }
     }
@@ -463,7 +468,7 @@ mod tests {
     fn a_poll_lists_new_owners_then_reads_late_ids_then_followed_ids_then_looks_at_attention() {
         assert_eq!(
             sent(&plan(false, &["bob", "carol"], 1, 2), true, 100),
-            ["owner:bob", "owner:carol", "late:1", "ids:2", "unhealthy"]
+            ["owner:bob", "owner:carol", "late:1", "ids:2", "unhealthy", "running"]
         );
     }
 
@@ -478,10 +483,13 @@ mod tests {
     }
 
     #[test]
-    fn the_running_count_is_read_only_when_attention_is_due_and_no_build_is_followed() {
+    fn the_running_count_is_read_when_attention_is_due_after_the_followed_ids_unless_a_burst_is_followed() {
         assert_eq!(sent(&plan(false, &[], 0, 0), true, 100), ["unhealthy", "running"]);
         assert_eq!(sent(&plan(false, &[], 1, 0), true, 100), ["late:1", "unhealthy", "running"]);
-        assert_eq!(sent(&plan(false, &[], 0, 1), true, 100), ["ids:1", "unhealthy"]);
+        assert_eq!(sent(&plan(false, &[], 0, 1), true, 100), ["ids:1", "unhealthy", "running"]);
+        assert_eq!(sent(&plan(false, &[], 0, 100), true, 100), ["ids:100", "unhealthy", "running"]);
+        // More builds under way than a page of ids: a burst of creates.
+        assert_eq!(sent(&plan(false, &[], 0, 101), true, 100), ["ids:100", "ids:1", "unhealthy"]);
         // Between attention ticks, only what is followed by id.
         assert_eq!(sent(&plan(false, &[], 0, 1), false, 100), ["ids:1"]);
         assert!(sent(&plan(false, &[], 0, 0), false, 100).is_empty());
