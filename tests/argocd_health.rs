@@ -11,7 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+use chatworkspace_operator::coder::WorkspaceTransition;
 use chatworkspace_operator::conditions::{self, DEGRADED, PROGRESSING, READY, RECONCILING};
 use chatworkspace_operator::crd::ChatWorkspace;
 use coder_sim::{Fault, FaultKind, SimConfig};
@@ -103,15 +103,6 @@ async fn each_state_of_a_live_resource_has_the_health_argo_cd_should_show() {
     expect(&retrying, "coder-unavailable", "Progressing");
 }
 
-/// A delete build made in Coder by someone else, as a person in Coder's
-/// dashboard would.
-async fn delete_in_coder(env: &Env, id: uuid::Uuid) {
-    let coder =
-        CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap();
-    let request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete);
-    coder.create_build(&id.to_string(), &request).await.expect("a delete made in Coder");
-}
-
 #[tokio::test]
 async fn failed_stops_and_startups_and_workspaces_deleted_in_coder_have_the_health_argo_cd_should_show() {
     let mut env = Env::without_operator("argocd-failures", SimConfig::fast()).await;
@@ -149,7 +140,7 @@ async fn failed_stops_and_startups_and_workspaces_deleted_in_coder_have_the_heal
     // Deleted in Coder and left so: Degraded while Running is desired
     // (the message says how to get a workspace again), Suspended once
     // Stopped is.
-    delete_in_coder(&env, env.workspace_id("admin", "deleted")).await;
+    env.build_in_coder(env.workspace_id("admin", "deleted"), WorkspaceTransition::Delete).await;
     let left = env.wait_for_condition("deleted", DEGRADED, "True", Some("DeletedInCoder"), LONG).await;
     let message = expect(&left, "deleted-in-coder", "Degraded");
     assert!(message.contains("spec.deletedInCoder to Recreate"), "{message}");

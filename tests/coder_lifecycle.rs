@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+use chatworkspace_operator::coder::{CreateWorkspaceBuildRequest, WorkspaceTransition};
 use chatworkspace_operator::conditions::{self, DEGRADED, READY};
 use chatworkspace_operator::crd::{ChatWorkspace, START_REQUESTED_AT};
 use kube::api::{Patch, PatchParams};
@@ -33,11 +33,9 @@ fn ready_message(cws: &ChatWorkspace) -> String {
 
 /// A person's Stop in Coder's dashboard: the API call with its reason.
 async fn stop_from_dashboard(env: &Env, id: uuid::Uuid) {
-    let coder =
-        CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap();
     let mut request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop);
     request.reason = Some("dashboard".into());
-    coder.create_build(&id.to_string(), &request).await.expect("a stop from the dashboard");
+    env.coder_client().create_build(&id.to_string(), &request).await.expect("a stop from the dashboard");
 }
 
 async fn request_start(env: &Env, value: &str) {
@@ -155,14 +153,6 @@ async fn a_dormant_workspace_is_reported_with_its_remedy_and_never_started() {
     assert_eq!(env.transitions(id), ["start", "stop", "start"]);
 }
 
-/// A delete made in Coder (a person's, or dormancy's auto-deletion).
-async fn delete_in_coder(env: &Env, id: uuid::Uuid) {
-    let coder =
-        CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap();
-    let request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete);
-    coder.create_build(&id.to_string(), &request).await.expect("a delete made in Coder");
-}
-
 fn workspace_of(cws: &ChatWorkspace) -> Option<String> {
     cws.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone())
 }
@@ -174,7 +164,7 @@ async fn a_workspace_deleted_in_coder_is_created_again_by_default_with_an_event(
     ready(&env).await;
     let id = env.workspace_id("admin", "chat-1");
 
-    delete_in_coder(&env, id).await;
+    env.build_in_coder(id, WorkspaceTransition::Delete).await;
     let again = env
         .wait_for("chat-1", "ready on a new workspace", LONG, |cws| {
             workspace_of(cws).is_some_and(|w| w != id.to_string())
@@ -194,7 +184,7 @@ async fn a_workspace_deleted_in_coder_is_left_deleted_when_the_spec_says_leave()
     ready(&env).await;
     let id = env.workspace_id("admin", "chat-1");
 
-    delete_in_coder(&env, id).await;
+    env.build_in_coder(id, WorkspaceTransition::Delete).await;
     let left = env.wait_for_condition("chat-1", READY, "False", Some("DeletedInCoder"), LONG).await;
     let message = ready_message(&left);
     assert!(message.contains(&id.to_string()) && message.contains("spec.deletedInCoder to Recreate"), "{message}");

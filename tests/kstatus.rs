@@ -11,7 +11,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+use chatworkspace_operator::coder::WorkspaceTransition;
 use chatworkspace_operator::conditions::{self, DEGRADED, READY, RECONCILING, RECOVERING, STALLED};
 use chatworkspace_operator::crd::ChatWorkspace;
 use coder_sim::{Fault, FaultKind, SimConfig};
@@ -225,15 +225,6 @@ async fn what_waits_for_a_person_is_failed_with_the_reason_and_a_flux_style_wait
     check("autostopped, then asked to start", found, "Current", None);
 }
 
-/// A delete build made in Coder by someone else, as a person in Coder's
-/// dashboard would.
-async fn delete_in_coder(env: &Env, id: uuid::Uuid) {
-    let coder =
-        CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap();
-    let request = CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete);
-    coder.create_build(&id.to_string(), &request).await.expect("a delete made in Coder");
-}
-
 #[tokio::test]
 async fn failed_builds_and_startups_agents_that_never_connect_deletions_and_coders_errors_read_as_documented() {
     let mut env = Env::without_operator("kstatus-builds", SimConfig::fast()).await;
@@ -284,7 +275,7 @@ async fn failed_builds_and_startups_agents_that_never_connect_deletions_and_code
 
     // Deleted in Coder with `deletedInCoder: Leave`: Failed while Running is
     // desired; a desired Stopped is reached by it (Current).
-    delete_in_coder(&env, env.workspace_id("admin", "deleted")).await;
+    env.build_in_coder(env.workspace_id("admin", "deleted"), WorkspaceTransition::Delete).await;
     env.wait_for_condition("deleted", DEGRADED, "True", Some("DeletedInCoder"), LONG).await;
     let left = check("deleted in Coder, left", live(&env, "deleted").await, "Failed", Some("DeletedInCoder"));
     assert!(left.message.contains("spec.deletedInCoder to Recreate"), "says what to do: {left:?}");

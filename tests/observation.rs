@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use chatworkspace_operator::coder::{CoderClient, CreateWorkspaceBuildRequest, SessionToken, WorkspaceTransition};
+use chatworkspace_operator::coder::WorkspaceTransition;
 use chatworkspace_operator::conditions::{READY, RECOVERING};
 use chatworkspace_operator::controller::Settings;
 use coder_sim::{Fault, FaultKind, SimConfig};
@@ -35,10 +35,6 @@ fn spec() -> serde_json::Value {
         "template": {"name": "docker-dev"},
         "recovery": {"mode": "Automatic", "disconnectedThreshold": "2s", "probeTimeout": "1s", "maxAttempts": 3, "window": "1h"},
     })
-}
-
-fn coder(env: &Env) -> CoderClient {
-    CoderClient::new(&env.sim.url(), SessionToken::new(env.sim.token()).unwrap(), Duration::from_secs(5)).unwrap()
 }
 
 #[tokio::test]
@@ -77,10 +73,7 @@ async fn a_stop_made_in_coder_is_seen_without_a_resync() {
     let id = env.workspace_id("admin", "chat-1");
 
     // What a person's Stop button in Coder's dashboard sends.
-    let stop = coder(&env)
-        .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop))
-        .await
-        .expect("a stop build from outside");
+    let stop = env.build_in_coder(id, WorkspaceTransition::Stop).await;
     assert!(stop.build_number > seen);
     let noticed = env
         .wait_for("chat-1", "updated with the outside stop", Duration::from_secs(10), |cws| {
@@ -116,10 +109,7 @@ async fn a_stop_made_in_coder_is_seen_while_its_build_runs_without_a_list_of_eve
     .await;
 
     env.sim.clear_requests();
-    let stop = coder(&env)
-        .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Stop))
-        .await
-        .expect("a stop build from outside");
+    let stop = env.build_in_coder(id, WorkspaceTransition::Stop).await;
     env.wait_for("chat-1", "updated with the outside stop", Duration::from_secs(10), |cws| {
         cws.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.number >= stop.build_number)
     })
@@ -140,10 +130,7 @@ async fn a_workspace_deleted_in_coder_is_seen_without_a_resync() {
     env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
     let id = env.workspace_id("admin", "chat-1");
 
-    coder(&env)
-        .create_build(&id.to_string(), &CreateWorkspaceBuildRequest::new(WorkspaceTransition::Delete))
-        .await
-        .expect("a delete build from outside");
+    env.build_in_coder(id, WorkspaceTransition::Delete).await;
     // Desired Running: the operator creates it again, which it can only do
     // once it has seen the deletion.
     env.wait_for("chat-1", "on a new workspace", LONG, |cws| {
@@ -227,7 +214,7 @@ async fn a_resource_seen_for_the_first_time_is_written_once_with_the_whole_pictu
     env.tweak = Some(without_resync);
     // A running workspace with a ready agent before the operator sees it.
     let id = env.sim.create_workspace("admin", "chat-1", "docker-dev");
-    let client = coder(&env);
+    let client = env.coder_client();
     let deadline = std::time::Instant::now() + LONG;
     loop {
         let workspace = client.workspace(&id.to_string()).await.expect("read the workspace");

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatworkspace_operator::admin::Readiness;
-use chatworkspace_operator::coder::{RateLimit, SessionToken};
+use chatworkspace_operator::coder::{
+    CoderClient, CreateWorkspaceBuildRequest, RateLimit, SessionToken, WorkspaceBuild, WorkspaceTransition,
+};
 use chatworkspace_operator::conditions;
 use chatworkspace_operator::controller::{self, Context, Settings};
 use chatworkspace_operator::crd::ChatWorkspace;
@@ -114,6 +116,19 @@ struct Operator {
 }
 
 impl Env {
+    /// A client of the simulator with its token, not the operator's: what
+    /// a person in Coder's dashboard, or Coder itself, does.
+    pub fn coder_client(&self) -> CoderClient {
+        CoderClient::new(&self.sim.url(), SessionToken::new(self.sim.token()).unwrap(), Duration::from_secs(5)).unwrap()
+    }
+
+    /// A build made in Coder from outside the operator: a person's Stop
+    /// button, a delete in the dashboard, dormancy's auto-deletion.
+    pub async fn build_in_coder(&self, id: uuid::Uuid, transition: WorkspaceTransition) -> WorkspaceBuild {
+        let request = CreateWorkspaceBuildRequest::new(transition);
+        self.coder_client().create_build(&id.to_string(), &request).await.expect("a build made in Coder")
+    }
+
     /// A fresh namespace, a simulator with fast timings, and a running operator.
     pub async fn start(prefix: &str) -> Env {
         Self::start_with(prefix, SimConfig::fast()).await
