@@ -131,6 +131,30 @@ async fn an_agent_death_among_a_hundred_owners_is_recovered_within_the_bound() {
 }
 
 #[tokio::test]
+async fn a_hundred_owners_are_resolved_from_one_read_of_coders_users_not_a_read_each() {
+    let mut env = env("owners-directory", SimConfig::fast()).await;
+    env.start_operator();
+    many_owners_ready(&env).await;
+
+    let requests = env.sim.requests();
+    let directory = requests.iter().filter(|r| r.method == "GET" && r.path == "/api/v2/users").count();
+    let one_by_one: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/api/v2/users/") && r.path.matches('/').count() == 4)
+        .filter(|r| r.path != "/api/v2/users/me")
+        .map(|r| r.path.as_str())
+        .collect();
+    println!(
+        "{OWNERS} owners resolved with {directory} reads of the user directory and {} of one user",
+        one_by_one.len()
+    );
+    // One read, and one more if the resources' reconciles outlast a
+    // directory's minute.
+    assert!((1..=2).contains(&directory), "{directory} reads of the user directory");
+    assert!(one_by_one.is_empty(), "owners read one by one: {one_by_one:?}");
+}
+
+#[tokio::test]
 async fn a_create_among_a_hundred_owners_is_not_delayed_by_observation() {
     let mut env = env("owners-create", SimConfig::fast()).await;
     env.start_operator();

@@ -117,6 +117,12 @@ pub struct WorkspaceHealth {
 }
 
 #[derive(Debug, Serialize)]
+pub struct UsersResponse {
+    pub users: Vec<User>,
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize)]
 pub struct WorkspacesResponse {
     pub workspaces: Vec<Workspace>,
     pub count: usize,

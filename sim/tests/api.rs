@@ -409,6 +409,35 @@ async fn search_lists_the_started_workspaces_first_as_coderd_orders_them() {
 }
 
 #[tokio::test]
+async fn the_user_list_is_paged_by_lower_cased_username_and_a_member_sees_only_themselves() {
+    let (_sim, client) = start().await;
+    let all = client.get("/api/v2/users").await.expect(200);
+    let names = |reply: &Value| -> Vec<String> {
+        reply["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap().to_lowercase()).collect()
+    };
+    let everyone = names(&all);
+    let mut sorted = everyone.clone();
+    sorted.sort();
+    assert_eq!(everyone, sorted, "ordered by lower-cased username");
+    assert!(everyone.contains(&"admin".to_owned()) && everyone.contains(&"alice".to_owned()));
+    assert_eq!(all["count"], everyone.len());
+    let second = client.get("/api/v2/users?limit=1&offset=1").await.expect(200);
+    assert_eq!(names(&second), [everyone[1].clone()]);
+    assert_eq!(second["count"], everyone.len(), "the count is of every page");
+    let alice = all["users"].as_array().unwrap().iter().find(|u| u["username"] == "alice").unwrap();
+    assert_eq!(client.get("/api/v2/users/alice").await.expect(200)["id"], alice["id"]);
+
+    // bob is a member: the list is him alone, as coderd's filter gives it.
+    let mut config = coder_sim::SimConfig::fast();
+    config.seed.token_user = "bob".into();
+    let sim = coder_sim::Simulator::start(config).await.expect("simulator starts");
+    let member = Client::new(&sim.url(), &sim.token());
+    let own = member.get("/api/v2/users").await.expect(200);
+    assert_eq!(names(&own), ["bob"]);
+    assert_eq!(own["count"], 1);
+}
+
+#[tokio::test]
 async fn search_answers_only_what_the_token_may_read_and_one_owner_per_query() {
     // bob is a member: coderd shows him his own workspaces, with or
     // without `owner:`, and nobody else's.

@@ -17,7 +17,7 @@ use super::rate::RateLimit;
 use super::token::SessionToken;
 use super::types::{
     CreateWorkspaceBuildRequest, CreateWorkspaceRequest, Organization, Preset, Template, TemplateVersion,
-    TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild, WorkspacesResponse,
+    TemplateVersionParameter, User, UsersResponse, Workspace, WorkspaceAgent, WorkspaceBuild, WorkspacesResponse,
 };
 
 const SESSION_TOKEN_HEADER: HeaderName = HeaderName::from_static("coder-session-token");
@@ -238,6 +238,17 @@ impl CoderClient {
     /// `user`: a username, a user id or `me`.
     pub async fn user(&self, user: &str) -> Result<User, CoderError> {
         self.get(route::USER, &[user]).await
+    }
+
+    /// A page of the users the token may read (`limit` of them from
+    /// `offset`), in coderd's order: by lower-cased username.
+    pub async fn list_users(&self, limit: u32, offset: u32) -> Result<UsersResponse, CoderError> {
+        let route = route::USERS;
+        let mut url = route.url(&self.inner.api_url, &[])?;
+        url.query_pairs_mut().append_pair("limit", &limit.to_string()).append_pair("offset", &offset.to_string());
+        let mut page: UsersResponse = self.call(route, url, None).await?;
+        page.users.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(page)
     }
 
     pub async fn organization(&self, name_or_id: &str) -> Result<Organization, CoderError> {
@@ -683,6 +694,7 @@ mod route {
 
     pub const CURRENT_USER: Route = Route::get("GET /users/me");
     pub const USER: Route = Route::get("GET /users/{user}");
+    pub const USERS: Route = Route::get("GET /users");
     pub const ORGANIZATION: Route = Route::get("GET /organizations/{organization}");
     pub const TEMPLATE_BY_NAME: Route = Route::get("GET /organizations/{organization}/templates/{name}");
     pub const TEMPLATE: Route = Route::get("GET /templates/{id}");

@@ -18,6 +18,6 @@ pub use types::{
     AgentHealth, AgentLifecycle, AgentStatus, AutomaticUpdates, Chat, ChatContext, ChatContextResource, ChatError,
     CreateWorkspaceBuildRequest, CreateWorkspaceRequest, ListeningPort, ListeningPorts, Organization, ParameterOption,
     ParameterValue, Preset, PresetParameter, ProvisionerJob, ProvisionerJobStatus, TOKEN_USER, Template,
-    TemplateVersion, TemplateVersionParameter, User, Workspace, WorkspaceAgent, WorkspaceBuild, WorkspaceBuildReason,
-    WorkspaceHealth, WorkspaceResource, WorkspaceStatus, WorkspaceTransition, WorkspacesResponse,
+    TemplateVersion, TemplateVersionParameter, User, UsersResponse, Workspace, WorkspaceAgent, WorkspaceBuild,
+    WorkspaceBuildReason, WorkspaceHealth, WorkspaceResource, WorkspaceStatus, WorkspaceTransition, WorkspacesResponse,
 };

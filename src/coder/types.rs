@@ -215,6 +215,17 @@ pub struct User {
     pub username: String,
 }
 
+/// `GET /users`: a page of the users the token may read, ordered by
+/// lower-cased username.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UsersResponse {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub users: Vec<User>,
+    /// Matches across all pages, not only this one.
+    #[serde(default)]
+    pub count: i64,
+}
+
 /// `GET /organizations/{organization}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Organization {

@@ -28,6 +28,7 @@ const SIGNED_OUT: &str = "You are signed out or your session has expired. Please
 
 pub fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
     let authenticated = Router::new()
+        .route("/users", get(users::list))
         .route("/users/{user}", get(users::user))
         .route("/users/{user}/organizations", get(users::organizations))
         .route("/users/{user}/workspace/{name}", get(workspaces::by_owner_and_name))

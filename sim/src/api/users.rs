@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use serde_json::json;
 
+use super::Pagination;
 use crate::error::ApiError;
 use crate::server::Shared;
 use crate::wire;
@@ -14,6 +15,19 @@ pub async fn user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -
     let deployment = shared.lock();
     let user = deployment.user(&user).ok_or_else(ApiError::not_found)?;
     Ok(Json(wire::User::render(&deployment, user)))
+}
+
+/// `GET /users`: like coderd, ordered by lower-cased username, a `limit`
+/// of 0 for all of them; an Owner reads every user, a member only
+/// themselves.
+pub async fn list(State(shared): State<Arc<Shared>>, Query(page): Query<Pagination>) -> Json<wire::UsersResponse> {
+    let deployment = shared.lock();
+    let reads_all = deployment.token_reads_all_workspaces();
+    let mut users: Vec<_> = deployment.users.iter().filter(|user| reads_all || user.id == deployment.me).collect();
+    users.sort_by_key(|user| user.username.to_lowercase());
+    let count = users.len();
+    let users = page.apply(users).into_iter().map(|user| wire::User::render(&deployment, user)).collect();
+    Json(wire::UsersResponse { users, count })
 }
 
 /// Every seeded user belongs to every organization.
