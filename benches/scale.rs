@@ -312,10 +312,11 @@ async fn run(args: &Args, plane: &ControlPlane, binary: &Path, out_dir: &Path) -
         ("KUBECONFIG", plane.kubeconfig_path().display().to_string()),
         ("CODER_URL", sim.url()),
         ("CODER_SESSION_TOKEN", sim.token()),
-        // Warnings and errors only: at thousands of resources the info
-        // lines (one per create and build) would make a large log and add
-        // their own cost to what is measured.
-        ("RUST_LOG", "warn".to_owned()),
+        // Warnings and errors only, unless `CWS_OPERATOR_LOG` says otherwise
+        // (to trace a run): at thousands of resources the info lines (one
+        // per create and build) would make a large log and add their own
+        // cost to what is measured.
+        ("RUST_LOG", std::env::var("CWS_OPERATOR_LOG").unwrap_or_else(|_| "warn".to_owned())),
     ];
     if args.existing {
         eprintln!("scale: {} workspaces and ChatWorkspaces exist before the operator starts", args.resources);
@@ -966,6 +967,23 @@ impl RequestCounts {
     }
 }
 
+/// What a request was, for the busiest minute's breakdown: a workspace list
+/// by the keys of its search terms (`q=status id` for a running count by
+/// id, `q=` for a page of everything), the rest by route.
+fn request_kind(request: &RequestRecord) -> String {
+    if request.path != "/api/v2/workspaces" {
+        return format!("{} {}", request.method, generic_path(&request.path));
+    }
+    let query = request.query.replace("%3A", ":").replace("%2C", ",").replace('+', " ").replace("%20", " ");
+    let q = query.split('&').find_map(|pair| pair.strip_prefix("q=")).unwrap_or("");
+    let keys: Vec<&str> = q.split(' ').filter(|t| !t.is_empty()).map(|t| t.split(':').next().unwrap_or(t)).collect();
+    let value = q.strip_prefix("status:").and_then(|v| v.split(' ').next());
+    match value {
+        Some(status) => format!("GET /workspaces q=status:{status} {}", keys[1..].join(" ")).trim_end().to_owned(),
+        None => format!("GET /workspaces q={}", keys.join(" ")),
+    }
+}
+
 /// A path with its ids and names replaced by `*`, so that "other" requests
 /// group by route.
 fn generic_path(path: &str) -> String {
@@ -990,6 +1008,8 @@ struct CoderLoad {
     /// routine probes and chat lookups start minutes after convergence, so
     /// the busiest minute is the steady state's, not the window's average.
     total_by_minute: Vec<u64>,
+    /// The requests of the busiest of those minutes, by [`request_kind`].
+    busiest_minute: BTreeMap<String, u64>,
     /// One read per workspace per resync interval.
     baseline_per_workspace_per_minute: f64,
     baseline_formula: String,
@@ -1091,12 +1111,21 @@ async fn steady_state(
     // those that arrived inside the window.
     let window_s = seconds_between(begin, end);
     let mut total_by_minute = vec![0; (window_s / 60.0).floor() as usize];
+    let mut kinds_by_minute: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); total_by_minute.len()];
     for request in sim.requests().iter().filter(|r| r.at >= begin && r.at < end) {
         requests.count(request);
-        if let Some(minute) = total_by_minute.get_mut((seconds_between(begin, request.at) / 60.0) as usize) {
-            *minute += 1;
+        let minute = (seconds_between(begin, request.at) / 60.0) as usize;
+        if let (Some(total), Some(kinds)) = (total_by_minute.get_mut(minute), kinds_by_minute.get_mut(minute)) {
+            *total += 1;
+            *kinds.entry(request_kind(request)).or_default() += 1;
         }
     }
+    let busiest_minute = total_by_minute
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, total)| **total)
+        .map(|(minute, _)| kinds_by_minute[minute].clone())
+        .unwrap_or_default();
     let per_minute = |count: u64| count as f64 / args.resources as f64 / (window_s / 60.0);
     let resync_s = args.baseline_interval.as_secs_f64();
     let baseline = 60.0 / resync_s;
@@ -1106,6 +1135,7 @@ async fn steady_state(
         total,
         per_workspace_per_minute: per_minute(total),
         total_by_minute,
+        busiest_minute,
         baseline_per_workspace_per_minute: baseline,
         baseline_formula: format!(
             "N x 60 / resync_seconds = {} x 60 / {resync_s} = {:.0} reads per minute, i.e. {baseline:.2} per workspace \
@@ -1711,6 +1741,10 @@ impl Report {
                     load.total_by_minute,
                     load.total_by_minute.iter().max().copied().unwrap_or_default()
                 );
+                let _ = writeln!(out, "  the busiest minute, by kind:");
+                for (kind, count) in &load.busiest_minute {
+                    let _ = writeln!(out, "    {kind:<50}{count:>6}");
+                }
             }
             let _ = writeln!(out, "  baseline: {}", load.baseline_formula);
             let _ = write!(out, "  {:<42}{:>10.3}", "ratio to the polling baseline", load.ratio_to_baseline);

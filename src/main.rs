@@ -107,16 +107,19 @@ struct RunArgs {
     /// How long template and preset reads are reused.
     #[arg(long, env = "TEMPLATE_CACHE_TTL", default_value = "5m", value_parser = duration)]
     template_cache_ttl: Duration,
-    /// How often each owner's workspaces that need attention (unhealthy
-    /// agents, how many run) are looked at: the delay to notice an agent's
-    /// death or a stop made in Coder. Two small requests per owner.
+    /// How often the workspaces that need attention (unhealthy agents, how
+    /// many run) are looked at, for every owner a token serves at once: the
+    /// delay to notice an agent's death or a stop made in Coder. Two small
+    /// requests per token.
     #[arg(long, env = "ATTENTION_INTERVAL", default_value = "10s", value_parser = duration)]
     attention_interval: Duration,
-    /// How often every workspace of each owner is listed, as a backstop.
+    /// How often every workspace is listed, as a backstop; its pages are
+    /// spread over nine tenths of this interval.
     #[arg(long, env = "FULL_LIST_INTERVAL", default_value = "5m", value_parser = duration)]
     full_list_interval: Duration,
     /// How often the chats bound to the watched workspaces are looked up
-    /// (one request per owner and 25 workspaces).
+    /// (one request per 25 workspaces of any owners; each owner at its own
+    /// point of the interval).
     #[arg(long, env = "CHAT_INTERVAL", default_value = "5m", value_parser = duration)]
     chat_interval: Duration,
     /// How often a bound chat's details (status, sub-agents, context) are

@@ -123,6 +123,85 @@ async fn a_stop_made_in_coder_is_seen_while_its_build_runs_without_a_list_of_eve
     );
 }
 
+/// Attention ticks far enough apart that a build made in Coder right after
+/// one (half a second, the simulator's fast timings) ends before the next.
+fn slow_attention_without_resync_or_backstop(settings: &mut Settings) {
+    without_resync_or_backstop(settings);
+    settings.index.attention_interval = Duration::from_secs(3);
+}
+
+/// The workspace lists in the simulator's log, by their decoded query.
+fn lists(env: &Env) -> Vec<String> {
+    env.sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v2/workspaces")
+        .map(|r| r.query.replace("%3A", ":").replace('+', " "))
+        .collect()
+}
+
+fn is_everything(query: &str) -> bool {
+    query.split('&').any(|pair| pair == "q=")
+}
+
+fn is_running_count_by_id(query: &str) -> bool {
+    query.contains("q=status:running id:")
+}
+
+/// Waits for an attention tick's running count (the last query of a tick)
+/// that is not part of a count by id.
+async fn after_a_tick(env: &Env) {
+    env.sim.clear_requests();
+    env.wait_for("chat-1", "an attention tick's running count", LONG, |_| {
+        lists(env).iter().any(|q| q.contains("q=status:running&"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stop_made_in_coder_that_ended_between_two_ticks_is_found_by_running_counts_not_a_list_of_everything() {
+    let mut env = Env::without_operator("wake-stop-ended", SimConfig::fast()).await;
+    // Workspaces no resource names, in the same counts.
+    let others: Vec<uuid::Uuid> =
+        (0..3).map(|n| env.sim.create_workspace("admin", &format!("ide-{n}"), "docker-dev")).collect();
+    env.tweak = Some(slow_attention_without_resync_or_backstop);
+    env.start_operator();
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("admin", "chat-1");
+    // Settled: the running count matches what the index holds.
+    after_a_tick(&env).await;
+    after_a_tick(&env).await;
+
+    // Stopped in Coder right after a tick: over before the next one.
+    let stop = env.build_in_coder(id, WorkspaceTransition::Stop).await;
+    env.wait_for("chat-1", "updated with the outside stop", Duration::from_secs(10), |cws| {
+        cws.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.number >= stop.build_number)
+    })
+    .await;
+    let seen = lists(&env);
+    assert!(seen.iter().any(|q| is_running_count_by_id(q)), "the named workspaces' running count was read: {seen:?}");
+    assert!(
+        !seen.iter().any(|q| is_everything(q)),
+        "a stop that ended between ticks costs no list of everything: {seen:?}"
+    );
+
+    // A workspace no resource names stops the same way: the counts by id
+    // find nothing of the named ones, and the count becomes the unnamed
+    // workspaces' own, so the ticks after it read nothing more.
+    after_a_tick(&env).await;
+    env.build_in_coder(others[0], WorkspaceTransition::Stop).await;
+    env.wait_for("chat-1", "the named workspaces counted by id", LONG, |_| {
+        lists(&env).iter().any(|q| is_running_count_by_id(q))
+    })
+    .await;
+    after_a_tick(&env).await;
+    after_a_tick(&env).await;
+    let seen = lists(&env);
+    assert!(!seen.iter().any(|q| is_running_count_by_id(q)), "the unnamed stop was counted again: {seen:?}");
+    assert!(!seen.iter().any(|q| is_everything(q)), "an unnamed stop costs no list of everything: {seen:?}");
+}
+
 #[tokio::test]
 async fn a_workspace_deleted_in_coder_is_seen_without_a_resync() {
     let env = env("wake-delete").await;

@@ -1050,11 +1050,12 @@ async fn wait_for_job(coderd: &Coderd, workspace_id: &str) {
 }
 
 /// The searches the index sends across owners: with an Owner's token, a
-/// search without `owner:` answers for every user, and an `id:` list as
-/// long as a page (what one request of the poller carries) is accepted and
-/// filters.
+/// search without `owner:` answers for every user, an `id:` list as long as
+/// a page (what one request of the poller carries) is accepted and filters,
+/// also with `status:running` for a count; and the user directory lists
+/// every user with their id, a page at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn searches_across_owners_answer_for_every_user_and_an_id_list_of_a_page_filters() {
+async fn searches_across_owners_running_counts_by_id_and_the_user_directory_answer_as_the_index_reads_them() {
     let coderd = Coderd::shared();
     let template = coderd.template(&unique("owners"), &TemplateSpec::default()).await;
     let mut ids = Vec::new();
@@ -1107,8 +1108,31 @@ async fn searches_across_owners_answer_for_every_user_and_an_id_list_of_a_page_f
     assert_eq!(found_ids, ids);
     assert_eq!(found.count, 2);
 
+    // `status:` and an `id:` list together: the running ones among a page
+    // of ids, read for the count alone.
     for id in &ids {
         wait_for_job(coderd, id).await;
+    }
+    let running = client.list_workspaces(&search::running_among(&queried), 1, 0).await.expect("a running count by id");
+    assert_eq!(running.count, 2, "both workspaces' first builds were starts that succeeded");
+    assert!(running.workspaces.len() <= 1);
+
+    // The user directory: an Owner's token reads every user, a page at a
+    // time, with their ids.
+    let users = client.list_users(1000, 0).await.expect("the users");
+    for user in [&coderd.admin, &coderd.member] {
+        assert!(
+            users.users.iter().any(|u| u.username == user.username && u.id.eq_ignore_ascii_case(&user.id)),
+            "{} is listed with its id: {users:?}",
+            user.username
+        );
+    }
+    assert!(users.count >= 2);
+    let first = client.list_users(1, 0).await.expect("a page of one user");
+    assert_eq!(first.users.len(), 1);
+    assert_eq!(first.count, users.count, "the count is of every page");
+
+    for id in &ids {
         let _: Value = coderd
             .admin_api()
             .post(&format!("/workspaces/{id}/builds"), &json!({"transition": "delete"}))

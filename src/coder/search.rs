@@ -31,6 +31,13 @@ pub fn ids(ids: &[String]) -> String {
     format!("id:{}", ids.join(","))
 }
 
+/// The running workspaces among these ids (a page of them), read for the
+/// count only: which page of the named workspaces holds one that started
+/// or stopped.
+pub fn running_among(list: &[String]) -> String {
+    format!("{RUNNING} {}", ids(list))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +48,6 @@ mod tests {
         assert_eq!(owner("a\"b"), "owner:\"ab\"");
         assert_eq!(ids(&["a".to_owned(), "b".to_owned()]), "id:a,b");
         assert_eq!(ids(&[]), "id:");
+        assert_eq!(running_among(&["a".to_owned(), "b".to_owned()]), "status:running id:a,b");
     }
 }

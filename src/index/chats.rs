@@ -225,7 +225,11 @@ fn plan(index: &Shared, key: &OwnerKey) -> Option<Plan> {
     if round_due && chats.round_left.is_empty() {
         chats.round_left = watched.iter().map(|(id, ..)| (*id).to_owned()).collect();
         chats.round_pace = round_pace(settings.chat_interval, chats.round_left.len());
-        chats.looked_up_at = Some(now);
+        // The first round sets the owner's phase: its next rounds come at
+        // the point of the interval its name picks.
+        let phase =
+            if chats.looked_up_at.is_none() { round_phase(&key.owner, settings.chat_interval) } else { Duration::ZERO };
+        chats.looked_up_at = Some(now.checked_sub(phase).unwrap_or(now));
     }
     let mut details = Vec::new();
     let mut slow = Vec::new();
@@ -272,6 +276,23 @@ fn round_pace(chat_interval: Duration, workspaces: usize) -> usize {
     let plans = (chat_interval.as_secs_f64() / 2.0 / PLAN_EVERY.as_secs_f64()).max(1.0);
     let lookups = workspaces.div_ceil(MAX_WORKSPACES_PER_CHAT_LOOKUP) as f64;
     (lookups / plans).ceil().max(1.0) as usize
+}
+
+/// Points of the chat interval an owner's rounds may come at.
+const PHASES: u32 = 30;
+
+/// How far into the chat interval an owner's rounds come, picked by its
+/// name: one of [`PHASES`] points. Thousands of owners whose first rounds
+/// came together (the operator's start) would otherwise look up at the same
+/// moment every interval, hundreds of lookups within a minute; owners of
+/// one phase still share their lookups (25 workspaces a request).
+fn round_phase(owner: &str, chat_interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same phase in every process.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut hasher);
+    let point = u32::try_from(hasher.finish() % u64::from(PHASES)).unwrap_or(0);
+    chat_interval / PHASES * point
 }
 
 /// The workspaces this plan looks up: its share (`pace` lookups) of what
@@ -544,6 +565,49 @@ mod planning_tests {
 
     fn ids(range: std::ops::Range<usize>) -> Vec<String> {
         range.map(|n| format!("ws-{n}")).collect()
+    }
+
+    #[test]
+    fn owners_rounds_are_spread_over_the_interval_by_name() {
+        let interval = Duration::from_secs(300);
+        let mut per_phase = HashMap::new();
+        for n in 0..2000 {
+            let phase = round_phase(&format!("dev-{n:05}"), interval);
+            assert!(phase < interval);
+            assert_eq!(phase, round_phase(&format!("dev-{n:05}"), interval), "the same owner, the same phase");
+            *per_phase.entry(phase).or_insert(0) += 1;
+        }
+        // 2,000 owners over 30 points: about 67 each, none of them empty
+        // or holding a crowd.
+        assert_eq!(per_phase.len(), PHASES as usize);
+        assert!(per_phase.values().all(|&owners| (30..=110).contains(&owners)), "{per_phase:?}");
+    }
+
+    #[tokio::test]
+    async fn an_owners_first_round_sets_its_phase_and_its_next_round_comes_that_much_sooner() {
+        let interval = Duration::from_secs(300);
+        let index =
+            super::super::CoderIndex::new(IndexSettings { chat_interval: interval, ..IndexSettings::default() }, None);
+        // An owner whose name picks a phase other than the interval's start.
+        let owner = (0..).map(|n| format!("dev-{n:05}")).find(|o| round_phase(o, interval) > Duration::ZERO).unwrap();
+        let phase = round_phase(&owner, interval);
+        let key = Arc::new(OwnerKey { credentials: "default@coder".to_owned(), owner });
+        {
+            let mut owners = index.shared.owners.lock().unwrap();
+            let state = owners.entry(key.clone()).or_default();
+            let resource = crate::key::ResourceKey::from_text("ns/chat-1".to_owned());
+            state.interested.insert("chat-1".to_owned(), vec![resource]);
+            let mut workspace = super::super::entry::tests::workspace("start", "succeeded", serde_json::json!([]));
+            workspace.id = "ws-1".to_owned();
+            workspace.name = "chat-1".to_owned();
+            state.workspaces.insert("chat-1".to_owned(), super::super::entry::Entry::new(workspace));
+        }
+        let before = Instant::now();
+        let first = plan(&index.shared, &key).expect("the first round");
+        let after = Instant::now();
+        assert_eq!(first.lookup.len(), 1, "looked up at once");
+        let looked_up_at = index.shared.owners.lock().unwrap()[&key].chats.looked_up_at.expect("a round");
+        assert!(looked_up_at + phase >= before && looked_up_at + phase <= after, "set back by its phase, {phase:?}");
     }
 
     #[test]

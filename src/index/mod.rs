@@ -187,8 +187,6 @@ struct Source {
     /// The last list was cut short: the next `status:running` count is
     /// taken as it is, since the list could not say how many run.
     running_baseline_due: bool,
-    /// Set when the next poll must list everything.
-    full_list_due: bool,
     /// Workspace ids the next poll reads on their own (the operator just
     /// built them, or they just left the unhealthy list).
     read_soon: HashSet<String>,
@@ -686,7 +684,6 @@ impl Shared {
             }
             if owner.is_none() {
                 source.listed_at = Some(Instant::now());
-                source.full_list_due = false;
             }
         }
         self.wake(to_wake);
@@ -768,6 +765,47 @@ impl Shared {
         }
     }
 
+    /// The ids of the workspaces the index holds for these credentials, in
+    /// one order (sorted), so that pages of them are the same from one
+    /// count to the next.
+    fn held_ids(&self, credentials: &str) -> Vec<String> {
+        let owners = self.owners.lock().expect("index owners");
+        let mut ids: Vec<String> = owners
+            .iter()
+            .filter(|(key, _)| key.credentials == credentials)
+            .flat_map(|(_, state)| state.workspaces.values().map(|entry| entry.id.to_string()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// How many of the workspaces with these ids the index holds as
+    /// running.
+    fn running_among(&self, credentials: &str, ids: &[String]) -> usize {
+        let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let owners = self.owners.lock().expect("index owners");
+        let running: HashSet<&str> = owners
+            .iter()
+            .filter(|(key, _)| key.credentials == credentials)
+            .flat_map(|(_, state)| state.workspaces.values())
+            .filter(|entry| entry.running && ids.contains(&*entry.id))
+            .map(|entry| &*entry.id)
+            .collect();
+        running.len()
+    }
+
+    /// Every workspace the index holds agrees with coderd, yet coderd
+    /// counts `count` running: the difference is among the workspaces no
+    /// resource names, whose count this becomes.
+    fn unnamed_running_is(&self, credentials: &str, count: i64) {
+        if let Some(source) = self.sources.lock().expect("index sources").get_mut(credentials) {
+            source.running_baseline_due = true;
+        }
+        // Taken as the baseline, as after a list cut short.
+        self.running_count_differs(credentials, count);
+    }
+
     /// Drops what the index knows of workspace `id` (read by id and not
     /// found: deleted), waking its resources.
     fn remove_id(&self, credentials: &str, id: &str) {
@@ -803,13 +841,6 @@ impl Shared {
     fn requeue_reads(&self, credentials: &str, ids: Vec<String>) {
         if let Some(source) = self.sources.lock().expect("index sources").get_mut(credentials) {
             source.read_soon.extend(ids);
-        }
-    }
-
-    fn list_everything_soon(&self, credentials: &str) {
-        if let Some(source) = self.sources.lock().expect("index sources").get_mut(credentials) {
-            source.full_list_due = true;
-            source.wake_poller.notify_one();
         }
     }
 }
@@ -869,6 +900,9 @@ fn running_count(count: i64, kept_running: usize, unnamed_running: usize, baseli
 struct PollPlan {
     client: CoderClient,
     full: bool,
+    /// The list of everything is the periodic backstop, not the first one
+    /// (which resources wait for): its pages are spread out.
+    backstop: bool,
     read_ids: Vec<String>,
     /// Owners that need a list of their own: of a tenant's coderd,
     /// registered after its list began.
@@ -1050,13 +1084,14 @@ impl Shared {
             return None;
         }
         let client = source.client.clone()?;
-        let full = full_due || source.full_list_due || source.listed_at.is_none();
+        let full = full_due || source.listed_at.is_none();
         if full {
             unlisted.clear();
         }
         Some(PollPlan {
             client,
             full,
+            backstop: full && source.listed_at.is_some(),
             read_ids: source.read_soon.drain().collect(),
             unlisted,
             late_ids: late_ids.iter().map(WorkspaceId::to_string).collect(),

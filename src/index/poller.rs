@@ -14,7 +14,10 @@
 //!   (`status:stopping`, then `pending`, `starting`, `deleting`, until the
 //!   count is explained) are read first: a stop, start or delete made in
 //!   Coder is one of them while its build runs. Only a count they do not
-//!   explain has everything listed;
+//!   explain is looked for among the named workspaces by running counts
+//!   of a page of ids each, and a page whose count differs is read: never a
+//!   list of everything, whose pages grow with the workspaces no resource
+//!   names;
 //! - `id:…` for the workspaces with a build or an agent start under way, and
 //!   for those that just left the unhealthy list (only when there are any,
 //!   at the faster active interval; a page of ids per request), before the
@@ -24,12 +27,13 @@
 //! after a list passed over them stand for, of every owner together (a page
 //! of ids per request): never a list of their owner, nor a read each.
 //!
-//! Every `full_interval`, and whenever the counts disagree, the whole list
-//! (paged) is read as the backstop. Requests go through the token's rate
-//! limit as observation ([`crate::coder::CoderClient::for_observation`]):
-//! they take only what the actions leave, and one credentials' poller has
-//! at most one in flight, so polling slows down but never crowds out the
-//! builds.
+//! Every `full_interval` the whole list (paged) is read as the backstop;
+//! between its pages, the followed ids and (when attention is due) the
+//! unhealthy list are read, so that a long list holds back neither. Requests
+//! go through the token's rate limit as observation
+//! ([`crate::coder::CoderClient::for_observation`]): they take only what the
+//! actions leave, and one credentials' poller has at most one in flight, so
+//! polling slows down but never crowds out the builds.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -218,13 +222,24 @@ async fn list_everything(
     let mut unnamed_running = 0;
     let mut unkept = Vec::new();
     let pages = plan.page_budget(plan.named, page_size);
-    let complete = for_each_page(plan, query, page_size, pages, |page| {
-        seen.extend(page.iter().map(|w| (w.owner_name.to_lowercase(), w.name.to_lowercase())));
-        let merged = index.merge(credentials, page, started);
+    let mut between = BetweenPages::new(index, credentials, plan);
+    // As `for_each_page`, with what a long list does between its pages.
+    let (mut offset, mut read) = (0u32, 0u32);
+    let complete = loop {
+        let page = plan.client.list_workspaces(query, page_size, offset).await?;
+        read += 1;
+        let paging = next_page(offset, page.workspaces.len(), page.count, page_size, read, pages);
+        seen.extend(page.workspaces.iter().map(|w| (w.owner_name.to_lowercase(), w.name.to_lowercase())));
+        let merged = index.merge(credentials, page.workspaces, started);
         unnamed_running += merged.unnamed_running;
         unkept.extend(merged.unkept);
-    })
-    .await?;
+        match paging {
+            Paging::Next(next) => offset = next,
+            Paging::Done => break true,
+            Paging::Cut => break false,
+        }
+        between.run(page.count).await?;
+    };
     if !complete {
         warn!(
             pages,
@@ -255,28 +270,128 @@ async fn poll(index: &Shared, credentials: &str, plan: &PollPlan, attention_due:
             }
             Query::ReadLate(ids) => read_late(index, credentials, plan, &ids).await?,
             Query::ReadIds(ids) => read_ids(index, credentials, plan, &ids).await?,
-            Query::Unhealthy => {
-                let started = Instant::now();
-                let unhealthy = list_all(plan, search::UNHEALTHY, page_size, plan.named).await?;
-                let now_unhealthy: HashSet<String> =
-                    index.merge(credentials, unhealthy, started).kept_ids.into_iter().collect();
-                index.unhealthy_now(credentials, now_unhealthy);
-            }
-            Query::RunningCount => {
-                let running = plan.client.list_workspaces(search::RUNNING, 1, 0).await?;
-                if index.running_count_differs(credentials, running.count)
-                    && !builds_explain(index, credentials, plan, running.count).await?
-                {
-                    debug!(
-                        coder = running.count,
-                        "the number of running workspaces changed outside the index; listing them all"
-                    );
-                    index.list_everything_soon(credentials);
-                }
-            }
+            Query::Unhealthy => unhealthy(index, credentials, plan).await?,
+            Query::RunningCount => running_count(index, credentials, plan).await?,
         }
     }
     Ok(())
+}
+
+/// Reads the workspaces with a disconnected or timed-out agent.
+async fn unhealthy(index: &Shared, credentials: &str, plan: &PollPlan) -> Result<(), CoderError> {
+    let started = Instant::now();
+    let unhealthy = list_all(plan, search::UNHEALTHY, index.settings.page_size, plan.named).await?;
+    let now_unhealthy: HashSet<String> = index.merge(credentials, unhealthy, started).kept_ids.into_iter().collect();
+    index.unhealthy_now(credentials, now_unhealthy);
+    Ok(())
+}
+
+/// Reads the count of running workspaces and, when it is not the index's,
+/// what explains it: the builds under way, then counts by id.
+async fn running_count(index: &Shared, credentials: &str, plan: &PollPlan) -> Result<(), CoderError> {
+    let running = plan.client.list_workspaces(search::RUNNING, 1, 0).await?;
+    if index.running_count_differs(credentials, running.count)
+        && !builds_explain(index, credentials, plan, running.count).await?
+    {
+        debug!(
+            coder = running.count,
+            "the number of running workspaces changed outside the index; counting them by id"
+        );
+        counts_explain(index, credentials, plan, running.count).await?;
+    }
+    Ok(())
+}
+
+/// What a list of everything does between two of its pages, so that a long
+/// one (two hundred pages take 40 s under a cap of 5 requests a second, and
+/// a backstop list is spread over minutes on purpose, [`page_pause`]) holds back
+/// neither a recovery, nor the end of a build, nor a stop made in Coder, nor
+/// a resource that named its workspace late, nor a chat: the late names'
+/// ids, the workspaces followed by id (the operator's builds) and the chat
+/// lookups due, at the active interval, and, when attention is due, the
+/// unhealthy list and the running count.
+struct BetweenPages<'a> {
+    index: &'a Shared,
+    credentials: &'a str,
+    plan: &'a PollPlan,
+    active_at: Instant,
+    attention_at: Instant,
+    /// How long a page of this list is spread over.
+    pause: Duration,
+    page_at: Instant,
+}
+
+impl<'a> BetweenPages<'a> {
+    fn new(index: &'a Shared, credentials: &'a str, plan: &'a PollPlan) -> Self {
+        let now = Instant::now();
+        Self { index, credentials, plan, active_at: now, attention_at: now, pause: Duration::ZERO, page_at: now }
+    }
+
+    /// After a page: `count`, what the server says the list holds.
+    async fn run(&mut self, count: i64) -> Result<(), CoderError> {
+        let settings = &self.index.settings;
+        if self.plan.backstop {
+            self.pause = page_pause(settings.full_interval, count, settings.page_size);
+        }
+        let next_page_at = self.page_at + self.pause;
+        loop {
+            self.attend().await?;
+            let now = Instant::now();
+            if now >= next_page_at {
+                break;
+            }
+            let step = settings.active_interval.min(settings.attention_interval).max(Duration::from_millis(100));
+            tokio::time::sleep_until((now + step).min(next_page_at).into()).await;
+        }
+        self.page_at = Instant::now();
+        Ok(())
+    }
+
+    async fn attend(&mut self) -> Result<(), CoderError> {
+        let settings = &self.index.settings;
+        let now = Instant::now();
+        if now.saturating_duration_since(self.active_at) < settings.active_interval.min(settings.attention_interval) {
+            return Ok(());
+        }
+        self.active_at = now;
+        // What a poll between attention ticks would read: the late names'
+        // ids and the followed ones (a tenant's new owners wait for the
+        // list's end).
+        let Some(between) = self.index.plan(self.credentials, false) else { return Ok(()) };
+        let per_query = usize::try_from(settings.page_size).unwrap_or(100).max(1);
+        for page in between.late_ids.chunks(per_query) {
+            read_late(self.index, self.credentials, self.plan, page).await?;
+        }
+        let ids = between.read_ids;
+        for (n, page) in ids.chunks(per_query).enumerate() {
+            if let Err(error) = read_ids(self.index, self.credentials, self.plan, page).await {
+                // Read at the next chance, as a failed poll's are.
+                self.index.requeue_reads(self.credentials, ids[n * per_query..].to_vec());
+                return Err(error);
+            }
+        }
+        if now.saturating_duration_since(self.attention_at) >= settings.attention_interval {
+            self.attention_at = now;
+            unhealthy(self.index, self.credentials, self.plan).await?;
+            running_count(self.index, self.credentials, self.plan).await?;
+        }
+        // The chat rounds keep their pace too, rather than all those that
+        // fell due meanwhile coming at the list's end.
+        super::chats::poll(self.index, &between.owners, &self.plan.client).await;
+        Ok(())
+    }
+}
+
+/// How long each page of a backstop list of `count` workspaces is spread
+/// over: the list takes nine tenths of the interval between two of them.
+/// The first list, which resources wait for, is never spread; a backstop
+/// list has no hurry (what it would find, the attention ticks between its
+/// pages find first), and two hundred pages sent at once would take, with
+/// what else a minute holds, more than coderd's 512 requests a minute for
+/// one user.
+fn page_pause(full_interval: Duration, count: i64, page_size: u32) -> Duration {
+    let pages = u64::try_from(count).unwrap_or(0).div_ceil(u64::from(page_size.max(1))).max(1);
+    full_interval * 9 / 10 / u32::try_from(pages).unwrap_or(u32::MAX)
 }
 
 /// The count of running workspaces (`count`) moved outside the index's
@@ -294,6 +409,31 @@ async fn builds_explain(index: &Shared, credentials: &str, plan: &PollPlan, coun
         }
     }
     Ok(false)
+}
+
+/// The count of running workspaces still differs once the builds under way
+/// are read: a start or a stop made in Coder ended between two attention
+/// ticks. The running workspaces among the ones the index holds are
+/// counted a page of ids at a time (`limit=1`: the count alone), and only
+/// a page whose count is not the index's is read, until the whole count
+/// agrees. When every page agrees, what changed is a workspace no resource
+/// names, and the count is taken as theirs. At most a request per page of
+/// named workspaces and a read per page that changed: never a list of
+/// everything, whose pages grow with the workspaces no resource names.
+async fn counts_explain(index: &Shared, credentials: &str, plan: &PollPlan, count: i64) -> Result<(), CoderError> {
+    let per_query = usize::try_from(index.settings.page_size).unwrap_or(100).max(1);
+    for page in index.held_ids(credentials).chunks(per_query) {
+        let running = plan.client.list_workspaces(&search::running_among(page), 1, 0).await?;
+        if usize::try_from(running.count).ok() == Some(index.running_among(credentials, page)) {
+            continue;
+        }
+        read_ids(index, credentials, plan, page).await?;
+        if !index.running_count_differs(credentials, count) {
+            return Ok(());
+        }
+    }
+    index.unnamed_running_is(credentials, count);
+    Ok(())
 }
 
 /// Reads the workspaces of `ids` (a page of them). An id that no longer
@@ -433,6 +573,7 @@ mod tests {
         PollPlan {
             client,
             full,
+            backstop: false,
             read_ids: ids("read", read_ids),
             unlisted: unlisted.iter().map(|name| owner(name)).collect(),
             late_ids: ids("late", late_ids),
@@ -456,6 +597,137 @@ mod tests {
                 Query::RunningCount => "running".to_owned(),
             })
             .collect()
+    }
+
+    /// A list of everything of many pages, with a build followed by id and
+    /// attention due all along: between its pages it reads the followed
+    /// workspace and the unhealthy list, not only after its last page.
+    #[tokio::test]
+    async fn a_long_list_reads_the_followed_ids_and_the_unhealthy_list_between_its_pages() {
+        let sim = coder_sim::Simulator::start(coder_sim::SimConfig::fast()).await.expect("the simulator");
+        let named = sim.create_workspace("admin", "chat-1", "docker-dev");
+        for n in 0..30 {
+            sim.create_workspace("admin", &format!("ide-{n:02}"), "docker-dev");
+        }
+        let settings = IndexSettings {
+            page_size: 5,
+            active_interval: Duration::ZERO,
+            attention_interval: Duration::ZERO,
+            ..IndexSettings::default()
+        };
+        let index = super::super::CoderIndex::new(settings, None);
+        // The operator's own coderd: its lists are read whole.
+        let credentials = "default@sim";
+        let client =
+            CoderClient::new(&sim.url(), SessionToken::new(sim.token()).expect("a token"), Duration::from_secs(5))
+                .expect("a client");
+        let key = Arc::new(OwnerKey { credentials: credentials.to_owned(), owner: "admin".to_owned() });
+        index.shared.sources.lock().unwrap().entry(credentials.to_owned()).or_default().client = Some(client);
+        let resource = crate::key::ResourceKey::from_text("ns/chat-1".to_owned());
+        index
+            .shared
+            .owners
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .interested
+            .insert("chat-1".to_owned(), vec![resource]);
+        let plan = index.shared.plan(credentials, true).expect("a plan");
+        // The operator built it: followed by id from now on.
+        index.shared.requeue_reads(credentials, vec![named.to_string()]);
+
+        list_everything(&index.shared, credentials, &plan, None, search::EVERYTHING).await.expect("the list");
+        let queries: Vec<String> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/api/v2/workspaces")
+            .map(|r| r.query.replace("%3A", ":"))
+            .collect();
+        assert_eq!(queries.iter().filter(|q| q.starts_with("q=&")).count(), 7, "31 workspaces are 7 pages of 5");
+        let last_page = queries.iter().rposition(|q| q.starts_with("q=&")).expect("the list's pages");
+        let followed = queries.iter().position(|q| q.contains(&format!("id:{named}"))).expect("the followed id read");
+        let unhealthy = queries.iter().position(|q| q.contains("healthy:false")).expect("the unhealthy list");
+        let running = queries.iter().position(|q| q.starts_with("q=status:running&")).expect("the running count");
+        assert!(
+            followed < last_page && unhealthy < last_page && running < last_page,
+            "not between the pages: {queries:?}"
+        );
+        // The chat lookup of the named workspace, never looked up, too.
+        let requests = sim.requests();
+        let last_page_at =
+            requests.iter().rfind(|r| r.path == "/api/v2/workspaces" && r.query.starts_with("q=&")).unwrap().at;
+        assert!(
+            requests.iter().any(|r| r.path.ends_with("/chats/by-workspace") && r.at < last_page_at),
+            "no chat lookup between the pages"
+        );
+    }
+
+    /// Lists everything as planned: from its first page to its last.
+    async fn list_span(shared: &Shared, sim: &coder_sim::Simulator, plan: &PollPlan) -> jiff::SignedDuration {
+        sim.clear_requests();
+        list_everything(shared, "default@sim", plan, None, search::EVERYTHING).await.expect("the list");
+        let pages: Vec<jiff::Timestamp> = sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/api/v2/workspaces" && r.query.starts_with("q=&"))
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(pages.len(), 7, "31 workspaces are 7 pages of 5");
+        pages[6].duration_since(pages[0])
+    }
+
+    /// The pages of a backstop list are spread out; those of the first list
+    /// (which resources wait for) are not.
+    #[tokio::test]
+    async fn a_backstop_list_is_spread_out_and_the_first_list_is_not() {
+        let sim = coder_sim::Simulator::start(coder_sim::SimConfig::fast()).await.expect("the simulator");
+        for n in 0..30 {
+            sim.create_workspace("admin", &format!("ide-{n:02}"), "docker-dev");
+        }
+        // 7 pages of 5; a backstop list spread over nine tenths of 2 s.
+        let settings =
+            IndexSettings { page_size: 5, full_interval: Duration::from_secs(2), ..IndexSettings::default() };
+        let index = super::super::CoderIndex::new(settings, None);
+        // The operator's own coderd: its lists are read whole.
+        let credentials = "default@sim";
+        let client =
+            CoderClient::new(&sim.url(), SessionToken::new(sim.token()).expect("a token"), Duration::from_secs(5))
+                .expect("a client");
+        let key = Arc::new(OwnerKey { credentials: credentials.to_owned(), owner: "admin".to_owned() });
+        index.shared.sources.lock().unwrap().entry(credentials.to_owned()).or_default().client = Some(client);
+        let resource = crate::key::ResourceKey::from_text("ns/chat-1".to_owned());
+        index
+            .shared
+            .owners
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .interested
+            .insert("chat-1".to_owned(), vec![resource]);
+        let first = index.shared.plan(credentials, true).expect("a plan");
+        assert!(!first.backstop, "the first list is no backstop");
+        let first = list_span(&index.shared, &sim, &first).await;
+        let backstop = index.shared.plan(credentials, true).expect("a plan");
+        assert!(backstop.backstop);
+        let backstop = list_span(&index.shared, &sim, &backstop).await;
+        // Six pauses of a seventh of 1.8 s.
+        assert!(backstop >= jiff::SignedDuration::from_millis(1500), "the backstop took {backstop:?}");
+        assert!(first < jiff::SignedDuration::from_millis(500), "the first list took {first:?}");
+    }
+
+    #[test]
+    fn a_backstop_list_is_spread_over_nine_tenths_of_its_interval() {
+        let five_minutes = Duration::from_secs(300);
+        // 20,000 workspaces: 200 pages over 270 s, 44 a minute.
+        assert_eq!(page_pause(five_minutes, 20_000, 100), Duration::from_millis(1350));
+        assert_eq!(page_pause(five_minutes, 1_000, 100), Duration::from_secs(27));
+        // One page, whatever the count claims.
+        assert_eq!(page_pause(five_minutes, 0, 100), Duration::from_secs(270));
+        assert_eq!(page_pause(five_minutes, -3, 0), Duration::from_secs(270));
+        assert_eq!(page_pause(Duration::from_secs(2), 500, 100), Duration::from_millis(360));
+        assert!(page_pause(five_minutes, i64::MAX, 1) < Duration::from_millis(1));
     }
 
     #[test]
