@@ -107,6 +107,12 @@ struct Args {
     /// skips it).
     #[arg(long, default_value_t = 10)]
     outside_stops: usize,
+    /// Make the outside stops right after an attention tick has read the
+    /// running count, so that their builds end before the next tick: the
+    /// case where the count, not the builds under way, has to tell which
+    /// workspaces stopped.
+    #[arg(long)]
+    outside_stops_after_tick: bool,
     /// At the end, time the apiserver's CPU for the two smallest writes a
     /// first sight needs (a finalizer, a one-field status) on this many
     /// resources that no operator watches (0 skips it).
@@ -1363,6 +1369,8 @@ async fn recover(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator) -> anyh
 #[derive(Debug, Serialize)]
 struct OutsideStops {
     workspaces: usize,
+    /// Made right after an attention tick (`--outside-stops-after-tick`).
+    after_tick: bool,
     /// The operator's `--attention-interval`: the bar for the first figure.
     attention_interval_s: f64,
     /// The stop build made through Coder's API (the benchmark's clock, just
@@ -1387,6 +1395,20 @@ async fn stop_outside(args: &Args, sim: &Simulator, tracker: &Tracker) -> anyhow
     }
     eprintln!("scale: stopping {k} workspaces in Coder from outside the operator");
     let person = CoderClient::new(&sim.url(), SessionToken::new(sim.token())?, Duration::from_secs(30))?;
+    if args.outside_stops_after_tick {
+        let since = Timestamp::now();
+        let deadline = Instant::now() + args.attention_interval * 3;
+        let is_tick = |r: &RequestRecord| {
+            r.at > since && r.path == "/api/v2/workspaces" && r.query.starts_with("q=status%3Arunning&")
+        };
+        while !sim.requests().iter().any(is_tick) {
+            if Instant::now() > deadline {
+                bail!("no attention tick read the running count within three attention intervals");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("scale: an attention tick read the running count; stopping at once");
+    }
     let mut stops = Vec::with_capacity(k);
     for name in (last - k..last).map(resource_name) {
         let owner = owner_of_name(args, &name);
@@ -1432,6 +1454,7 @@ async fn stop_outside(args: &Args, sim: &Simulator, tracker: &Tracker) -> anyhow
     });
     Ok(OutsideStops {
         workspaces: k,
+        after_tick: args.outside_stops_after_tick,
         attention_interval_s: args.attention_interval.as_secs_f64(),
         build_to_status_s: Summary::of(shown),
         build_to_stopped_outside_s: Summary::of(stopped),
@@ -1810,7 +1833,12 @@ impl Report {
             );
         }
         if let Some(o) = &self.outside_stops {
-            let _ = writeln!(out, "\nOutside stops ({} workspaces stopped through Coder's API at once)", o.workspaces);
+            let _ = writeln!(
+                out,
+                "\nOutside stops ({} workspaces stopped through Coder's API at once{})",
+                o.workspaces,
+                if o.after_tick { ", right after an attention tick" } else { "" }
+            );
             let _ = writeln!(out, "  {:<36}{:>9}{:>9}{:>9}{:>9}", "in s", "p50", "p90", "p99", "max");
             for (label, s) in [
                 ("stop build -> status shows it", &o.build_to_status_s),

@@ -604,35 +604,15 @@ mod tests {
     /// workspace and the unhealthy list, not only after its last page.
     #[tokio::test]
     async fn a_long_list_reads_the_followed_ids_and_the_unhealthy_list_between_its_pages() {
-        let sim = coder_sim::Simulator::start(coder_sim::SimConfig::fast()).await.expect("the simulator");
-        let named = sim.create_workspace("admin", "chat-1", "docker-dev");
-        for n in 0..30 {
-            sim.create_workspace("admin", &format!("ide-{n:02}"), "docker-dev");
-        }
-        let settings = IndexSettings {
+        let (sim, index) = indexed_simulator(IndexSettings {
             page_size: 5,
             active_interval: Duration::ZERO,
             attention_interval: Duration::ZERO,
             ..IndexSettings::default()
-        };
-        let index = super::super::CoderIndex::new(settings, None);
-        // The operator's own coderd: its lists are read whole.
+        })
+        .await;
+        let named = sim.create_workspace("admin", "chat-1", "docker-dev");
         let credentials = "default@sim";
-        let client =
-            CoderClient::new(&sim.url(), SessionToken::new(sim.token()).expect("a token"), Duration::from_secs(5))
-                .expect("a client");
-        let key = Arc::new(OwnerKey { credentials: credentials.to_owned(), owner: "admin".to_owned() });
-        index.shared.sources.lock().unwrap().entry(credentials.to_owned()).or_default().client = Some(client);
-        let resource = crate::key::ResourceKey::from_text("ns/chat-1".to_owned());
-        index
-            .shared
-            .owners
-            .lock()
-            .unwrap()
-            .entry(key)
-            .or_default()
-            .interested
-            .insert("chat-1".to_owned(), vec![resource]);
         let plan = index.shared.plan(credentials, true).expect("a plan");
         // The operator built it: followed by id from now on.
         index.shared.requeue_reads(credentials, vec![named.to_string()]);
@@ -663,6 +643,34 @@ mod tests {
         );
     }
 
+    /// A simulator with 30 workspaces no resource names, and an index of
+    /// the operator's own coderd there (`default@sim`, whose lists are read
+    /// whole) in which a resource names `admin`'s `chat-1`.
+    async fn indexed_simulator(settings: IndexSettings) -> (coder_sim::Simulator, super::super::CoderIndex) {
+        let sim = coder_sim::Simulator::start(coder_sim::SimConfig::fast()).await.expect("the simulator");
+        for n in 0..30 {
+            sim.create_workspace("admin", &format!("ide-{n:02}"), "docker-dev");
+        }
+        let index = super::super::CoderIndex::new(settings, None);
+        let client =
+            CoderClient::new(&sim.url(), SessionToken::new(sim.token()).expect("a token"), Duration::from_secs(5))
+                .expect("a client");
+        let credentials = "default@sim";
+        index.shared.sources.lock().unwrap().entry(credentials.to_owned()).or_default().client = Some(client);
+        let key = Arc::new(OwnerKey { credentials: credentials.to_owned(), owner: "admin".to_owned() });
+        let resource = crate::key::ResourceKey::from_text("ns/chat-1".to_owned());
+        index
+            .shared
+            .owners
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .interested
+            .insert("chat-1".to_owned(), vec![resource]);
+        (sim, index)
+    }
+
     /// Lists everything as planned: from its first page to its last.
     async fn list_span(shared: &Shared, sim: &coder_sim::Simulator, plan: &PollPlan) -> jiff::SignedDuration {
         sim.clear_requests();
@@ -681,31 +689,15 @@ mod tests {
     /// (which resources wait for) are not.
     #[tokio::test]
     async fn a_backstop_list_is_spread_out_and_the_first_list_is_not() {
-        let sim = coder_sim::Simulator::start(coder_sim::SimConfig::fast()).await.expect("the simulator");
-        for n in 0..30 {
-            sim.create_workspace("admin", &format!("ide-{n:02}"), "docker-dev");
-        }
-        // 7 pages of 5; a backstop list spread over nine tenths of 2 s.
-        let settings =
-            IndexSettings { page_size: 5, full_interval: Duration::from_secs(2), ..IndexSettings::default() };
-        let index = super::super::CoderIndex::new(settings, None);
-        // The operator's own coderd: its lists are read whole.
+        // 31 workspaces (the seed's one and 30): 7 pages of 5; a backstop
+        // list spread over nine tenths of 2 s.
+        let (sim, index) = indexed_simulator(IndexSettings {
+            page_size: 5,
+            full_interval: Duration::from_secs(2),
+            ..IndexSettings::default()
+        })
+        .await;
         let credentials = "default@sim";
-        let client =
-            CoderClient::new(&sim.url(), SessionToken::new(sim.token()).expect("a token"), Duration::from_secs(5))
-                .expect("a client");
-        let key = Arc::new(OwnerKey { credentials: credentials.to_owned(), owner: "admin".to_owned() });
-        index.shared.sources.lock().unwrap().entry(credentials.to_owned()).or_default().client = Some(client);
-        let resource = crate::key::ResourceKey::from_text("ns/chat-1".to_owned());
-        index
-            .shared
-            .owners
-            .lock()
-            .unwrap()
-            .entry(key)
-            .or_default()
-            .interested
-            .insert("chat-1".to_owned(), vec![resource]);
         let first = index.shared.plan(credentials, true).expect("a plan");
         assert!(!first.backstop, "the first list is no backstop");
         let first = list_span(&index.shared, &sim, &first).await;
