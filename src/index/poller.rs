@@ -27,9 +27,11 @@
 //! after a list passed over them stand for, of every owner together (a page
 //! of ids per request): never a list of their owner, nor a read each.
 //!
-//! Every `full_interval` the whole list (paged) is read as the backstop;
-//! between its pages, the followed ids and (when attention is due) the
-//! unhealthy list are read, so that a long list holds back neither. Requests
+//! Every `full_interval` the whole list (paged) is read as the backstop,
+//! its pages spread over most of the interval; between them the late and
+//! followed ids and the due chat lookups are read at the active interval,
+//! and the unhealthy list and the running count when attention is due
+//! ([`BetweenPages`]), so that a long list holds none of them back. Requests
 //! go through the token's rate limit as observation
 //! ([`crate::coder::CoderClient::for_observation`]): they take only what the
 //! actions leave, and one credentials' poller has at most one in flight, so
