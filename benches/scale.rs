@@ -107,10 +107,11 @@ struct Args {
     /// skips it).
     #[arg(long, default_value_t = 10)]
     outside_stops: usize,
-    /// Make the outside stops right after an attention tick has read the
-    /// running count, so that their builds end before the next tick: the
-    /// case where the count, not the builds under way, has to tell which
-    /// workspaces stopped.
+    /// Make the outside stops right after the index has read the running
+    /// count, so that they wait the longest for the next read: the worst
+    /// case of an outside stop; their builds end before it when they are
+    /// shorter than the time between two reads, and the count, not the
+    /// builds under way, then has to tell which workspaces stopped.
     #[arg(long)]
     outside_stops_after_tick: bool,
     /// At the end, time the apiserver's CPU for the two smallest writes a
@@ -1369,7 +1370,7 @@ async fn recover(args: &Args, api: &Api<ChatWorkspace>, sim: &Simulator) -> anyh
 #[derive(Debug, Serialize)]
 struct OutsideStops {
     workspaces: usize,
-    /// Made right after an attention tick (`--outside-stops-after-tick`).
+    /// Made right after a read of the running count (`--outside-stops-after-tick`).
     after_tick: bool,
     /// The operator's `--attention-interval`: the bar for the first figure.
     attention_interval_s: f64,
@@ -1403,11 +1404,11 @@ async fn stop_outside(args: &Args, sim: &Simulator, tracker: &Tracker) -> anyhow
         };
         while !sim.requests().iter().any(is_tick) {
             if Instant::now() > deadline {
-                bail!("no attention tick read the running count within three attention intervals");
+                bail!("the index read no running count within three attention intervals");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        eprintln!("scale: an attention tick read the running count; stopping at once");
+        eprintln!("scale: the index read the running count; stopping at once");
     }
     let mut stops = Vec::with_capacity(k);
     for name in (last - k..last).map(resource_name) {
@@ -1837,7 +1838,7 @@ impl Report {
                 out,
                 "\nOutside stops ({} workspaces stopped through Coder's API at once{})",
                 o.workspaces,
-                if o.after_tick { ", right after an attention tick" } else { "" }
+                if o.after_tick { ", right after a read of the running count" } else { "" }
             );
             let _ = writeln!(out, "  {:<36}{:>9}{:>9}{:>9}{:>9}", "in s", "p50", "p90", "p99", "max");
             for (label, s) in [

@@ -110,7 +110,8 @@ struct RunArgs {
     /// How often the workspaces that need attention (unhealthy agents, how
     /// many run) are looked at, for every owner a token serves at once: the
     /// delay to notice an agent's death or a stop made in Coder. Two small
-    /// requests per token.
+    /// requests per token, and the count of running workspaces (one
+    /// request) once more halfway between.
     #[arg(long, env = "ATTENTION_INTERVAL", default_value = "10s", value_parser = duration)]
     attention_interval: Duration,
     /// How often every workspace is listed, as a backstop; its pages are

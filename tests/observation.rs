@@ -202,6 +202,42 @@ async fn a_stop_made_in_coder_that_ended_between_two_ticks_is_found_by_running_c
     assert!(!seen.iter().any(|q| is_everything(q)), "an unnamed stop costs no list of everything: {seen:?}");
 }
 
+/// Attention ticks far enough apart that the running count read halfway
+/// between two of them is the only request to see a stop made in Coder.
+fn attention_every_six_seconds_without_resync_or_backstop(settings: &mut Settings) {
+    without_resync_or_backstop(settings);
+    settings.index.attention_interval = Duration::from_secs(6);
+}
+
+#[tokio::test]
+async fn a_stop_made_in_coder_right_after_an_attention_tick_is_seen_before_the_next_one() {
+    let mut env = Env::without_operator("wake-stop-halfway", SimConfig::fast()).await;
+    env.tweak = Some(attention_every_six_seconds_without_resync_or_backstop);
+    env.start_operator();
+    env.create("chat-1", spec()).await;
+    env.wait_for_condition("chat-1", READY, "True", Some("Running"), LONG).await;
+    let id = env.workspace_id("admin", "chat-1");
+    let unhealthy_list = |q: &String| q.contains("q=healthy:false");
+    for _ in 0..2 {
+        env.sim.clear_requests();
+        env.wait_for("chat-1", "an attention tick's unhealthy list", LONG, |_| lists(&env).iter().any(unhealthy_list))
+            .await;
+    }
+
+    // Its build (half a second) ends long before the next tick.
+    env.sim.clear_requests();
+    let stop = env.build_in_coder(id, WorkspaceTransition::Stop).await;
+    env.wait_for("chat-1", "updated with the outside stop", LONG, |cws| {
+        cws.status.as_ref().and_then(|s| s.latest_build.as_ref()).is_some_and(|b| b.number >= stop.build_number)
+    })
+    .await;
+    let seen = lists(&env);
+    assert!(
+        !seen.iter().any(unhealthy_list),
+        "the stop waited for the next attention tick, not the running count read halfway to it: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_workspace_deleted_in_coder_is_seen_without_a_resync() {
     let env = env("wake-delete").await;

@@ -8,9 +8,11 @@
 //! Each attention tick sends:
 //! - `healthy:false`: the workspaces with a disconnected or timed-out agent
 //!   (one small page, usually; those no resource names are dropped);
-//! - `status:running` with `limit=1`, read for its `count` only: when it
-//!   differs from what the index holds, something started or stopped
-//!   outside the operator's view. The workspaces with a build under way
+//! - `status:running` with `limit=1`, read for its `count` only, and read
+//!   again halfway to the next tick (one request, so that a build made in
+//!   Coder that begins and ends between two ticks is seen within the
+//!   interval): when it differs from what the index holds, something
+//!   started or stopped outside the operator's view. The workspaces with a build under way
 //!   (`status:stopping`, then `pending`, `starting`, `deleting`, until the
 //!   count is explained) are read first: a stop, start or delete made in
 //!   Coder is one of them while its build runs. Only a count they do not
@@ -60,14 +62,14 @@ async fn run(shared: Weak<Shared>, credentials: String, wake: Arc<Notify>) {
             debug!("no resource uses these credentials any more; their poller stops");
             return;
         };
-        let attention_due = cadence.attention_due(&settings, Instant::now());
+        let look = cadence.look(&settings, Instant::now());
         let started = Instant::now();
-        let outcome = poll(&index, &credentials, &plan, attention_due).await;
+        let outcome = poll(&index, &credentials, &plan, look).await;
         if outcome.is_ok() {
             super::chats::poll(&index, &plan.owners, &plan.client).await;
         }
         if let (Some(previous), Some(metrics)) = (cadence.last_attention, &index.metrics)
-            && (plan.full || attention_due)
+            && (plan.full || look == Look::Attention)
         {
             // The cadence kept: longer than the interval when actions
             // took the budget.
@@ -79,7 +81,7 @@ async fn run(shared: Weak<Shared>, credentials: String, wake: Arc<Notify>) {
             Err(error) if error.is_retryable() => PollEnd::Failed,
             Err(_) => PollEnd::Rejected,
         };
-        let pause = cadence.polled(&settings, plan.full, attention_due, started, ended);
+        let pause = cadence.polled(&settings, plan.full, look, started, ended);
         if let Err(error) = outcome {
             // Put back what this poll was to read.
             index.requeue_reads(&credentials, plan.read_ids);
@@ -99,8 +101,23 @@ async fn run(shared: Weak<Shared>, credentials: String, wake: Arc<Notify>) {
 struct Cadence {
     last_full: Option<Instant>,
     last_attention: Option<Instant>,
+    last_count: Option<Instant>,
     /// Polls failed in a row.
     failures: u32,
+}
+
+/// What a poll looks at besides the workspaces it follows by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Look {
+    /// Only what it follows.
+    Followed,
+    /// The running count too, between two attention ticks: one request
+    /// (`limit=1`), read twice an attention interval, so that a stop or
+    /// start made in Coder whose build begins and ends between two ticks
+    /// is still seen within the interval.
+    Count,
+    /// The unhealthy list and the running count: an attention tick.
+    Attention,
 }
 
 /// How a poll ended, for the pause after it.
@@ -122,10 +139,18 @@ impl Cadence {
         self.last_full.is_none_or(|at| now.saturating_duration_since(at) >= settings.full_interval)
     }
 
-    /// Whether the next poll looks at what needs attention (unhealthy
-    /// agents, the count of running workspaces).
-    fn attention_due(&self, settings: &IndexSettings, now: Instant) -> bool {
-        self.last_attention.is_none_or(|at| now.saturating_duration_since(at) >= settings.attention_interval)
+    /// What the next poll looks at: what needs attention (unhealthy
+    /// agents, the count of running workspaces) every attention interval,
+    /// and the count alone halfway between.
+    fn look(&self, settings: &IndexSettings, now: Instant) -> Look {
+        let since = |at: Option<Instant>| at.map(|at| now.saturating_duration_since(at));
+        if since(self.last_attention).is_none_or(|since| since >= settings.attention_interval) {
+            Look::Attention
+        } else if since(self.last_count).is_none_or(|since| since >= settings.attention_interval / 2) {
+            Look::Count
+        } else {
+            Look::Followed
+        }
     }
 
     /// Records a poll that began at `started`, and gives the pause before
@@ -134,13 +159,16 @@ impl Cadence {
         &mut self,
         settings: &IndexSettings,
         full: bool,
-        attention_due: bool,
+        look: Look,
         started: Instant,
         ended: PollEnd,
     ) -> Duration {
         // A whole list covers what attention would look at.
-        if full || attention_due {
+        if full || look == Look::Attention {
             self.last_attention = Some(started);
+        }
+        if full || look != Look::Followed {
+            self.last_count = Some(started);
         }
         if full {
             // A whole list that failed is asked for again at once.
@@ -181,14 +209,15 @@ enum Query {
 
 /// What a poll sends, in order: a whole list alone when one is due; else
 /// the new owners' lists, the late names' and the followed ids (a page of
-/// ids a request), then, when attention is due, the unhealthy list and the
-/// count of running workspaces, after the followed ids (so that the count
-/// is compared with their state of a moment before). Some build is under
-/// way nearly all the time in a large deployment, and a stop made in Coder
-/// must not wait for all of them to end; only while more builds are
-/// followed than a page of ids holds (a burst of creates, whose ends the
-/// count would race) is the count left for a quieter tick.
-fn queries(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<Query> {
+/// ids a request), then, when attention is due, the unhealthy list, and the
+/// count of running workspaces when it or the count is due, after the
+/// followed ids (so that the count is compared with their state of a
+/// moment before). Some build is under way nearly all the time in a large
+/// deployment, and a stop made in Coder must not wait for all of them to
+/// end; only while more builds are followed than a page of ids holds (a
+/// burst of creates, whose ends the count would race) is the count left
+/// for a quieter tick.
+fn queries(plan: &PollPlan, look: Look, page_size: u32) -> Vec<Query> {
     if plan.full {
         return vec![Query::ListEverything];
     }
@@ -198,11 +227,11 @@ fn queries(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<Query> {
     let mut queries: Vec<Query> = plan.unlisted.iter().cloned().map(Query::ListOwner).collect();
     queries.extend(plan.late_ids.chunks(per_query).map(|chunk| Query::ReadLate(chunk.to_vec())));
     queries.extend(plan.read_ids.chunks(per_query).map(|chunk| Query::ReadIds(chunk.to_vec())));
-    if attention_due {
+    if look == Look::Attention {
         queries.push(Query::Unhealthy);
-        if plan.read_ids.len() <= per_query {
-            queries.push(Query::RunningCount);
-        }
+    }
+    if look != Look::Followed && plan.read_ids.len() <= per_query {
+        queries.push(Query::RunningCount);
     }
     queries
 }
@@ -259,9 +288,9 @@ async fn list_everything(
 }
 
 /// Sends what [`queries`] plans, in order; the first error ends the poll.
-async fn poll(index: &Shared, credentials: &str, plan: &PollPlan, attention_due: bool) -> Result<(), CoderError> {
+async fn poll(index: &Shared, credentials: &str, plan: &PollPlan, look: Look) -> Result<(), CoderError> {
     let page_size = index.settings.page_size;
-    for query in queries(plan, attention_due, page_size) {
+    for query in queries(plan, look, page_size) {
         match query {
             Query::ListEverything => list_everything(index, credentials, plan, None, search::EVERYTHING).await?,
             Query::ListOwner(owner) => {
@@ -317,7 +346,8 @@ struct BetweenPages<'a> {
     credentials: &'a str,
     plan: &'a PollPlan,
     active_at: Instant,
-    attention_at: Instant,
+    /// When attention and the running count were last looked at.
+    looked: Cadence,
     /// How long a page of this list is spread over.
     pause: Duration,
     page_at: Instant,
@@ -326,7 +356,8 @@ struct BetweenPages<'a> {
 impl<'a> BetweenPages<'a> {
     fn new(index: &'a Shared, credentials: &'a str, plan: &'a PollPlan) -> Self {
         let now = Instant::now();
-        Self { index, credentials, plan, active_at: now, attention_at: now, pause: Duration::ZERO, page_at: now }
+        let looked = Cadence { last_attention: Some(now), last_count: Some(now), ..Cadence::default() };
+        Self { index, credentials, plan, active_at: now, looked, pause: Duration::ZERO, page_at: now }
     }
 
     /// After a page: `count`, what the server says the list holds.
@@ -372,9 +403,12 @@ impl<'a> BetweenPages<'a> {
                 return Err(error);
             }
         }
-        if now.saturating_duration_since(self.attention_at) >= settings.attention_interval {
-            self.attention_at = now;
+        let look = self.looked.look(settings, now);
+        self.looked.polled(settings, false, look, now, PollEnd::Done);
+        if look == Look::Attention {
             unhealthy(self.index, self.credentials, self.plan).await?;
+        }
+        if look != Look::Followed {
             running_count(self.index, self.credentials, self.plan).await?;
         }
         // The chat rounds keep their pace too, rather than all those that
@@ -587,8 +621,8 @@ mod tests {
 
     /// The queries, spelled short: `list`, `owner:NAME`, `late:N`, `ids:N`
     /// (N ids), `unhealthy`, `running`.
-    fn sent(plan: &PollPlan, attention_due: bool, page_size: u32) -> Vec<String> {
-        queries(plan, attention_due, page_size)
+    fn sent(plan: &PollPlan, look: Look, page_size: u32) -> Vec<String> {
+        queries(plan, look, page_size)
             .into_iter()
             .map(|query| match query {
                 Query::ListEverything => "list".to_owned(),
@@ -726,14 +760,14 @@ mod tests {
 
     #[test]
     fn a_whole_list_due_is_the_only_query_of_its_poll() {
-        assert_eq!(sent(&plan(true, &["bob"], 3, 3), true, 100), ["list"]);
-        assert_eq!(sent(&plan(true, &[], 0, 0), false, 100), ["list"]);
+        assert_eq!(sent(&plan(true, &["bob"], 3, 3), Look::Attention, 100), ["list"]);
+        assert_eq!(sent(&plan(true, &[], 0, 0), Look::Followed, 100), ["list"]);
     }
 
     #[test]
     fn a_poll_lists_new_owners_then_reads_late_ids_then_followed_ids_then_looks_at_attention() {
         assert_eq!(
-            sent(&plan(false, &["bob", "carol"], 1, 2), true, 100),
+            sent(&plan(false, &["bob", "carol"], 1, 2), Look::Attention, 100),
             ["owner:bob", "owner:carol", "late:1", "ids:2", "unhealthy", "running"]
         );
     }
@@ -741,24 +775,28 @@ mod tests {
     #[test]
     fn ids_are_read_a_page_of_them_per_request() {
         assert_eq!(
-            sent(&plan(false, &[], 250, 101), false, 100),
+            sent(&plan(false, &[], 250, 101), Look::Followed, 100),
             ["late:100", "late:100", "late:50", "ids:100", "ids:1"]
         );
         // A page size of zero still reads one id a request, never none.
-        assert_eq!(sent(&plan(false, &[], 2, 0), false, 0), ["late:1", "late:1"]);
+        assert_eq!(sent(&plan(false, &[], 2, 0), Look::Followed, 0), ["late:1", "late:1"]);
     }
 
     #[test]
-    fn the_running_count_is_read_when_attention_is_due_after_the_followed_ids_unless_a_burst_is_followed() {
-        assert_eq!(sent(&plan(false, &[], 0, 0), true, 100), ["unhealthy", "running"]);
-        assert_eq!(sent(&plan(false, &[], 1, 0), true, 100), ["late:1", "unhealthy", "running"]);
-        assert_eq!(sent(&plan(false, &[], 0, 1), true, 100), ["ids:1", "unhealthy", "running"]);
-        assert_eq!(sent(&plan(false, &[], 0, 100), true, 100), ["ids:100", "unhealthy", "running"]);
+    fn the_running_count_is_read_when_attention_or_the_count_is_due_after_the_followed_ids_unless_a_burst_is_followed()
+    {
+        assert_eq!(sent(&plan(false, &[], 0, 0), Look::Attention, 100), ["unhealthy", "running"]);
+        assert_eq!(sent(&plan(false, &[], 1, 0), Look::Attention, 100), ["late:1", "unhealthy", "running"]);
+        assert_eq!(sent(&plan(false, &[], 0, 1), Look::Attention, 100), ["ids:1", "unhealthy", "running"]);
+        assert_eq!(sent(&plan(false, &[], 0, 100), Look::Attention, 100), ["ids:100", "unhealthy", "running"]);
         // More builds under way than a page of ids: a burst of creates.
-        assert_eq!(sent(&plan(false, &[], 0, 101), true, 100), ["ids:100", "ids:1", "unhealthy"]);
-        // Between attention ticks, only what is followed by id.
-        assert_eq!(sent(&plan(false, &[], 0, 1), false, 100), ["ids:1"]);
-        assert!(sent(&plan(false, &[], 0, 0), false, 100).is_empty());
+        assert_eq!(sent(&plan(false, &[], 0, 101), Look::Attention, 100), ["ids:100", "ids:1", "unhealthy"]);
+        // Halfway between attention ticks, the count without the unhealthy list.
+        assert_eq!(sent(&plan(false, &[], 0, 1), Look::Count, 100), ["ids:1", "running"]);
+        assert_eq!(sent(&plan(false, &[], 0, 101), Look::Count, 100), ["ids:100", "ids:1"]);
+        // Else only what is followed by id.
+        assert_eq!(sent(&plan(false, &[], 0, 1), Look::Followed, 100), ["ids:1"]);
+        assert!(sent(&plan(false, &[], 0, 0), Look::Followed, 100).is_empty());
     }
 
     fn settings() -> IndexSettings {
@@ -776,22 +814,40 @@ mod tests {
         let start = Instant::now();
         let mut cadence = Cadence::default();
         assert!(cadence.full_due(&settings, start));
-        assert!(cadence.attention_due(&settings, start));
-        cadence.polled(&settings, true, true, start, PollEnd::Done);
+        assert_eq!(Look::Attention, cadence.look(&settings, start));
+        cadence.polled(&settings, true, Look::Attention, start, PollEnd::Done);
         let at = |secs| start + Duration::from_secs(secs);
         assert!(!cadence.full_due(&settings, at(9)));
-        assert!(!cadence.attention_due(&settings, at(9)));
-        assert!(cadence.attention_due(&settings, at(10)));
+        assert_ne!(Look::Attention, cadence.look(&settings, at(9)));
+        assert_eq!(Look::Attention, cadence.look(&settings, at(10)));
         assert!(!cadence.full_due(&settings, at(299)));
         assert!(cadence.full_due(&settings, at(300)));
         // A poll between attention ticks moves neither.
-        cadence.polled(&settings, false, false, at(5), PollEnd::Done);
-        assert!(cadence.attention_due(&settings, at(10)));
+        cadence.polled(&settings, false, Look::Followed, at(5), PollEnd::Done);
+        assert_eq!(Look::Attention, cadence.look(&settings, at(10)));
         // A whole list counts as an attention tick.
-        cadence.polled(&settings, true, false, at(12), PollEnd::Done);
-        assert!(!cadence.attention_due(&settings, at(21)));
-        assert!(cadence.attention_due(&settings, at(22)));
+        cadence.polled(&settings, true, Look::Followed, at(12), PollEnd::Done);
+        assert_ne!(Look::Attention, cadence.look(&settings, at(21)));
+        assert_eq!(Look::Attention, cadence.look(&settings, at(22)));
         assert!(!cadence.full_due(&settings, at(311)));
+    }
+
+    #[test]
+    fn the_running_count_is_read_alone_halfway_between_two_attention_ticks() {
+        let settings = settings();
+        let start = Instant::now();
+        let mut cadence = Cadence::default();
+        cadence.polled(&settings, false, Look::Attention, start, PollEnd::Done);
+        let at = |secs| start + Duration::from_secs(secs);
+        assert_eq!(cadence.look(&settings, at(4)), Look::Followed);
+        assert_eq!(cadence.look(&settings, at(5)), Look::Count);
+        cadence.polled(&settings, false, Look::Count, at(6), PollEnd::Done);
+        assert_eq!(cadence.look(&settings, at(8)), Look::Followed, "the count was just read");
+        assert_eq!(cadence.look(&settings, at(10)), Look::Attention, "the count leaves attention's pace alone");
+        // A whole list stands for the count too.
+        cadence.polled(&settings, true, Look::Followed, at(10), PollEnd::Done);
+        assert_eq!(cadence.look(&settings, at(14)), Look::Followed);
+        assert_eq!(cadence.look(&settings, at(15)), Look::Count);
     }
 
     #[test]
@@ -799,13 +855,13 @@ mod tests {
         let settings = settings();
         let start = Instant::now();
         let mut cadence = Cadence::default();
-        cadence.polled(&settings, true, true, start, PollEnd::Done);
+        cadence.polled(&settings, true, Look::Attention, start, PollEnd::Done);
         let later = start + Duration::from_secs(20);
-        cadence.polled(&settings, false, true, later, PollEnd::Failed);
+        cadence.polled(&settings, false, Look::Attention, later, PollEnd::Failed);
         assert!(!cadence.full_due(&settings, later), "a failed attention tick is not a failed list");
-        cadence.polled(&settings, true, true, later, PollEnd::Failed);
+        cadence.polled(&settings, true, Look::Attention, later, PollEnd::Failed);
         assert!(cadence.full_due(&settings, later));
-        assert!(!cadence.attention_due(&settings, later + Duration::from_secs(9)));
+        assert_ne!(Look::Attention, cadence.look(&settings, later + Duration::from_secs(9)));
     }
 
     #[test]
@@ -813,7 +869,7 @@ mod tests {
         let settings = settings();
         let start = Instant::now();
         let mut cadence = Cadence::default();
-        let mut pause = |ended| cadence.polled(&settings, false, false, start, ended).as_secs();
+        let mut pause = |ended| cadence.polled(&settings, false, Look::Followed, start, ended).as_secs();
         assert_eq!(pause(PollEnd::Done), 2);
         let failed: Vec<u64> = (0..8).map(|_| pause(PollEnd::Failed)).collect();
         assert_eq!(failed, [10, 20, 30, 40, 50, 60, 60, 60]);
@@ -822,12 +878,12 @@ mod tests {
         // A refused token waits the longest pause, a minute at least.
         assert_eq!(pause(PollEnd::Rejected), 60);
         let slow = IndexSettings { attention_interval: Duration::from_secs(30), ..settings };
-        assert_eq!(Cadence::default().polled(&slow, false, false, start, PollEnd::Rejected).as_secs(), 180);
+        assert_eq!(Cadence::default().polled(&slow, false, Look::Followed, start, PollEnd::Rejected).as_secs(), 180);
         let quick = IndexSettings { attention_interval: Duration::from_secs(2), ..settings };
-        assert_eq!(Cadence::default().polled(&quick, false, false, start, PollEnd::Rejected).as_secs(), 60);
+        assert_eq!(Cadence::default().polled(&quick, false, Look::Followed, start, PollEnd::Rejected).as_secs(), 60);
         // The active interval is never slower than attention.
         let fast = IndexSettings { attention_interval: Duration::from_secs(1), ..settings };
-        assert_eq!(Cadence::default().polled(&fast, false, false, start, PollEnd::Done).as_secs(), 1);
+        assert_eq!(Cadence::default().polled(&fast, false, Look::Followed, start, PollEnd::Done).as_secs(), 1);
     }
 
     #[test]
