@@ -309,12 +309,12 @@ async fn a_403_with_a_namespaces_own_token_is_reported_not_retried_in_a_storm() 
     env.sim.inject_fault(Fault::new("/api/v2/", FaultKind::Status(403)));
     env.create("mine", json!({"template": {"name": "docker-dev"}, "credentialsRef": {"name": "coder"}})).await;
     env.wait_for_condition("mine", DEGRADED, "True", Some("Forbidden"), LONG).await;
-    let at_refusal = env.sim.requests().len();
-    // Several resyncs of a settled resource (2 s in the tests).
+    // Several resyncs of a settled resource (2 s in the tests). The
+    // refusal may be read twice (the second read can land just after the
+    // condition shows), never once more per resync.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let later = env.sim.requests().len();
-    assert!(at_refusal <= 2, "{:?}", env.sim.requests());
-    assert_eq!(later, at_refusal, "no retry within seconds: {:?}", env.sim.requests());
+    let requests = env.sim.requests();
+    assert!(requests.len() <= 2, "no retry within seconds: {requests:?}");
 }
 
 #[tokio::test]
