@@ -12,14 +12,14 @@
 //!   again halfway to the next tick (one request, so that a build made in
 //!   Coder that begins and ends between two ticks is seen within the
 //!   interval): when it differs from what the index holds, something
-//!   started or stopped outside the operator's view. The workspaces with a build under way
-//!   (`status:stopping`, then `pending`, `starting`, `deleting`, until the
-//!   count is explained) are read first: a stop, start or delete made in
-//!   Coder is one of them while its build runs. Only a count they do not
-//!   explain is looked for among the named workspaces by running counts
-//!   of a page of ids each, and a page whose count differs is read: never a
-//!   list of everything, whose pages grow with the workspaces no resource
-//!   names;
+//!   started or stopped outside the operator's view. The workspaces with a
+//!   build under way (`status:stopping`, then `pending`, `starting`,
+//!   `deleting`, until the count is explained) are read first: a stop,
+//!   start or delete made in Coder is one of them while its build runs.
+//!   Only a count they do not explain is looked for among the named
+//!   workspaces by running counts of a page of ids each, and a page whose
+//!   count differs is read: never a list of everything, whose pages grow
+//!   with the workspaces no resource names;
 //! - `id:…` for the workspaces with a build or an agent start under way, and
 //!   for those that just left the unhealthy list (only when there are any,
 //!   at the faster active interval; a page of ids per request), before the
